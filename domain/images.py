@@ -1,0 +1,196 @@
+"""The image: its state, its public JSON shape, and the catalogue rules the original enforces.
+
+The gateway and the consumers share these rules: the gateway to refuse a request early (nothing
+is published for a request that cannot succeed), the consumers because they decide.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping, Protocol
+
+from domain import fields
+from shared.db.records import DatacenterRecord, ImageRecord, UserRecord
+
+STATUS_OK, STATUS_PENDING = 1, 2
+
+# Refusal messages (reference §5).
+IMAGE_NOT_FOUND = "Image not found"
+IMAGE_EXISTS = "Image already exists"
+DC_NOT_FOUND = "Datacenter not found"
+STATUS_NOT_OK = "Image status is not OK"
+PERMISSION_DENIED = "Permission denied"
+NO_PERMISSION = "You do not have permission to perform this action."
+LOCK_NOT_ACQUIRED = "Task did not acquire lock"
+
+# Validation messages (reference §3.3.1).
+DC_REQUIRED = (
+    'You have to specify to which datacenter shall the image be bound. Either use the "dc" parameter or set the '
+    '"dc_bound" parameter to false.'
+)
+ALIAS_TAKEN = "This alias is already in use. Please supply a different alias or version."
+LIMIT_REACHED = "Maximum number of server disk images reached"
+PENDING_TASKS = "Image has pending tasks."
+ATTRIBUTE_FORBIDDEN = "You don't have permission to modify this attribute."
+ATTACHED_TO_MANY = "Image is attached into more than one datacenter."
+ATTACHED_TO_NONE = "Image is not attached into any datacenters."
+
+
+def owner_missing(username: str) -> str:
+    return f"Object with username={username} does not exist."
+
+
+def format_time(value: datetime) -> str:
+    """Python's ISO-8601 rendering (microseconds only when non-zero) with ``Z`` for UTC."""
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def public_view(image: ImageRecord) -> dict[str, Any]:
+    """The API's image object (reference §6.2), keys in the original's order."""
+    return {
+        "dc_bound": image.dc_bound is not None,
+        "name": image.name,
+        "uuid": image.uuid,
+        "alias": image.alias,
+        "version": image.version,
+        "owner": image.owner,
+        "access": image.access,
+        "desc": image.desc,
+        "ostype": image.ostype,
+        "size": image.size,
+        "resize": image.resize,
+        "deploy": image.deploy,
+        "tags": list(image.tags),
+        "status": image.status,
+        "created": format_time(image.created),
+    }
+
+
+def to_state(image: ImageRecord) -> dict[str, Any]:
+    """The image's full state as carried by image events."""
+    state = public_view(image)
+    state.update(
+        dc_bound=image.dc_bound,
+        dcs=sorted(image.dcs),
+        changed=format_time(image.changed),
+        manifest=image.manifest_active,
+    )
+    return state
+
+
+def from_state(state: Mapping[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        uuid=state["uuid"],
+        name=state["name"],
+        alias=state["alias"],
+        version=state["version"],
+        desc=state["desc"],
+        owner=state["owner"],
+        access=state["access"],
+        size=state["size"],
+        ostype=state["ostype"],
+        deploy=state["deploy"],
+        resize=state["resize"],
+        status=state["status"],
+        tags=list(state["tags"]),
+        created=parse_time(state["created"]),
+        changed=parse_time(state.get("changed") or state["created"]),
+        dc_bound=state.get("dc_bound"),
+        dcs=list(state.get("dcs") or []),
+        manifest_active=dict(state.get("manifest") or {}),
+    )
+
+
+# --- the catalogue the rules read --------------------------------------------------------------
+
+
+class Catalogue(Protocol):
+    """Read access the rules need; ``shared.db.catalogue.SqlCatalogue`` implements it."""
+
+    def image_by_name(self, name: str, *, for_update: bool = False) -> ImageRecord | None: ...
+
+    def image_by_uuid(self, uuid: str) -> ImageRecord | None: ...
+
+    def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None) -> bool: ...
+
+    def count_bound(self, dc_name: str) -> int: ...
+
+    def user(self, username: str) -> UserRecord | None: ...
+
+    def datacenter(self, name: str) -> DatacenterRecord | None: ...
+
+    def default_datacenter(self) -> DatacenterRecord: ...
+
+
+# --- rules shared by the gateway (early refusal) and the consumers (the decision) ---------------
+
+
+def check_import_shape(payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Field-level checks of an import that need no manifest and no catalogue (deviations #15).
+
+    Returns the normalised supplied values and the errors; a missing ``manifest_url`` and a
+    DC-bound image without ``dc`` are errors here, as they are in the original.
+    """
+    values, errors = fields.validate(payload, fields.IMPORT_FIELDS)
+    if "manifest_url" not in payload:
+        errors["manifest_url"] = [fields.REQUIRED]
+    name_errors = _name_errors(payload.get("name"))
+    if name_errors:
+        errors["name"] = name_errors
+    if not errors and values.get("dc_bound", True) and "dc" not in values:
+        errors.update(dc=[DC_REQUIRED], dc_bound=[DC_REQUIRED])
+    return values, fields.order_errors(errors)
+
+
+def _name_errors(name: Any) -> list[str]:
+    try:
+        fields.image_name(name)
+    except fields.FieldError as exc:
+        return exc.messages
+    return []
+
+
+def check_update_shape(payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    return fields.validate(payload, fields.UPDATE_FIELDS)
+
+
+def check_owner(catalogue: Catalogue, values: Mapping[str, Any], errors: dict[str, list[str]]) -> UserRecord | None:
+    """Resolve ``values['owner']`` (when given); adds the original's error when it does not exist."""
+    if "owner" not in values or "owner" in errors:
+        return None
+    owner = catalogue.user(values["owner"])
+    if owner is None or not owner.is_active:
+        errors["owner"] = [owner_missing(values["owner"])]
+        return None
+    return owner
+
+
+def check_alias_and_limit(catalogue: Catalogue, *, alias: str, version: str, bound_dc: DatacenterRecord | None,
+                          exclude_uuid: str | None, errors: dict[str, list[str]], count_limit: bool) -> None:
+    """Object-level checks (run only when every field is valid): alias+version and the DC's limit."""
+    if errors:
+        return
+    if catalogue.alias_taken(alias, version, exclude_uuid=exclude_uuid):
+        errors["alias"] = [ALIAS_TAKEN]
+    if count_limit and bound_dc is not None and bound_dc.image_limit is not None:
+        if catalogue.count_bound(bound_dc.name) >= bound_dc.image_limit:
+            errors["non_field_errors"] = [LIMIT_REACHED]
+
+
+def rebind(image: ImageRecord, dc_bound: bool, errors: dict[str, list[str]]) -> str | None:
+    """New ``dc_bound`` for a PUT: true binds to the single attached DC, false makes it global."""
+    if not dc_bound:
+        return None
+    if image.dc_bound is not None:
+        return image.dc_bound
+    if len(image.dcs) > 1:
+        errors["dc_bound"] = [ATTACHED_TO_MANY]
+    elif not image.dcs:
+        errors["dc_bound"] = [ATTACHED_TO_NONE]
+    else:
+        return image.dcs[0]
+    return None

@@ -1,0 +1,58 @@
+"""Task ids and task states as the original API shows them (reference §6, §7.1, §7.6).
+
+A task id reads ``<user id><type><owner id><group><dc id>-<8 hex>-<4 hex>-<4 hex>-<4 hex>``.
+Image commands use type ``e`` (execute) and group ``u`` (DC-unbound); synchronous reads answer
+with a *dummy* id (type ``d``) that names no task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+
+PENDING, STARTED, SUCCESS, FAILURE = "PENDING", "STARTED", "SUCCESS", "FAILURE"
+#: HTTP code of a task-style envelope by status (FAILURE carries its own code).
+STATUS_CODES = {PENDING: 201, STARTED: 201, SUCCESS: 200, FAILURE: 400}
+TERMINAL = frozenset({SUCCESS, FAILURE})
+
+TASK_NOT_FOUND = "Task does not exist (anymore)"
+
+#: Task log message of each command (the original's ``msg``).
+COMMAND_MESSAGES = {
+    "image.import": "Import image",
+    "image.update": "Update image",
+    "image.delete": "Delete image",
+}
+
+_TASK_ID = re.compile(r"^(\d+)([deamif])(\d+)([du])(\d+)-([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})\Z")
+
+
+def _random_groups() -> list[str]:
+    return str(uuid.uuid4()).split("-")[:4]
+
+
+def new_task_id(*, user_id: int, owner_id: int, dc_id: int) -> str:
+    """A fresh task id for an image command (type ``e``, group ``u``)."""
+    return f"{user_id}e{owner_id}u{dc_id}-" + "-".join(_random_groups())
+
+
+def dummy_task_id(*, user_id: int, dc_id: int) -> str:
+    """The id a synchronous answer carries: first group = last 8 hex digits of md5(user id)."""
+    groups = _random_groups()
+    groups[0] = hashlib.md5(str(user_id).encode()).hexdigest()[-8:]
+    return f"{user_id}d{user_id}u{dc_id}-" + "-".join(groups)
+
+
+def parse_task_id(task_id: str) -> dict[str, object] | None:
+    """The parts of a well-formed task id, or None."""
+    match = _TASK_ID.match(task_id)
+    if not match:
+        return None
+    user_id, kind, owner_id, group, dc_id = match.group(1, 2, 3, 4, 5)
+    return {"user_id": int(user_id), "type": kind, "owner_id": int(owner_id), "group": group, "dc_id": int(dc_id)}
+
+
+def is_dummy(task_id: str) -> bool:
+    parts = parse_task_id(task_id)
+    return parts is not None and parts["type"] == "d"

@@ -1,0 +1,1 @@
+"""The ``imagesvc`` command and the composition root (``bootstrap``) that wires services."""

@@ -1,0 +1,142 @@
+"""The composition root: the one place that wires services to infrastructure.
+
+``Infrastructure`` holds what a process shares (engine, topology, publisher, connection
+factory). ``consumer(...)`` builds the runner of one consumer service, ``gateway_app(...)`` the
+ASGI app; ``Embedded`` runs them all in one process (threads over ``memory://`` and SQLite).
+Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kombu import Connection
+from sqlalchemy import Engine
+
+from services.deleter.handlers import delete_image
+from services.gateway.app import create_app
+from services.importer.handlers import import_image
+from services.projector import handlers as projection
+from services.updater.handlers import update_image
+from shared.broker.connection import connect
+from shared.broker.consumer import ConsumerRunner
+from shared.broker.notifications import TaskNotifier
+from shared.broker.publisher import Publisher
+from shared.broker.topology import Topology, build_topology
+from shared.config import Settings
+from shared.db.engine import make_engine
+from shared.handling import CommandConsumer, EventConsumer, Notification
+from shared.net.fetch import Fetcher, UrlPolicy
+from shared.relay import OutboxRelay
+
+CONSUMERS = ("importer", "updater", "deleter", "projector")
+
+
+@dataclass
+class Infrastructure:
+    settings: Settings
+    engine: Engine
+    topology: Topology
+    publisher: Publisher
+    connect: Callable[[str], Connection]
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.engine.dispose()
+
+
+def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    topology = build_topology(settings.topology_prefix, quorum=not settings.embedded_broker)
+
+    def connection_for(role: str) -> Connection:
+        return connect(settings, f"{purpose}-{role}")
+
+    publisher = Publisher(lambda: connection_for("publisher"), size=max(4, settings.worker_threads),
+                          timeout=settings.publish_timeout, heartbeat=0 if settings.embedded_broker else settings.heartbeat)
+    return Infrastructure(settings, engine, topology, publisher, connection_for)
+
+
+def relay(infra: Infrastructure) -> OutboxRelay:
+    return OutboxRelay(infra.engine, infra.publisher, infra.topology)
+
+
+def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
+    """The runner of one consumer service (importer, updater, deleter or projector)."""
+    settings = infra.settings
+    if service == "projector":
+        notifier = TaskNotifier(infra.publisher, infra.topology)
+        handler = EventConsumer(name="projector", engine=infra.engine, apply=projection.apply,
+                                notify=lambda note: notifier(note.task_id, note.status))
+        prefetch = max(settings.prefetch, 32)
+    else:
+        lease = settings.lock_lease_seconds
+        routes = {
+            "importer": {"image.import": functools.partial(
+                import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)))},
+            "updater": {"image.update": functools.partial(update_image, lease_seconds=lease)},
+            "deleter": {"image.delete": functools.partial(delete_image, lease_seconds=lease)},
+        }[service]
+        handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes)
+        prefetch = settings.prefetch
+    return ConsumerRunner(
+        name=service,
+        connect=lambda: infra.connect(service),
+        queue=infra.topology.work_queue(service),
+        topology=infra.topology,
+        handler=handler,
+        publisher=infra.publisher,
+        prefetch=prefetch,
+        threads=settings.worker_threads,
+        max_attempts=settings.max_attempts,
+        backoff=settings.retry_backoff,
+    )
+
+
+def gateway_app(infra: Infrastructure):
+    return create_app(infra.settings, engine=infra.engine, publisher=infra.publisher, topology=infra.topology,
+                      connect=lambda: infra.connect("gateway-notifications"))
+
+
+def gateway_app_from_env():
+    """Factory for ``uvicorn --factory`` (one per gateway worker process)."""
+    settings = Settings.from_env(os.environ)
+    from shared.logging import configure_logging
+
+    configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
+    return gateway_app(infrastructure(settings, purpose="gateway"))
+
+
+class Embedded:
+    """Every consumer and the outbox sweeper as threads of this process (the gateway runs beside)."""
+
+    def __init__(self, infra: Infrastructure):
+        self.infra = infra
+        self.relay = relay(infra)
+        self.runners = [consumer(infra, name, self.relay) for name in CONSUMERS]
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        targets = [(r.name, r.run) for r in self.runners] + [("relay", self.relay.run)]
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"embedded-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        return all(r.ready.wait(timeout) for r in self.runners)
+
+    def stop(self) -> None:
+        for runner in self.runners:
+            runner.stop()
+        self.relay.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+__all__ = ["Infrastructure", "infrastructure", "consumer", "relay", "gateway_app", "Embedded", "Notification"]

@@ -1,0 +1,218 @@
+"""The ``imagesvc`` command.
+
+    imagesvc serve [--host H] [--port P]       everything in one process (memory:// + SQLite)
+    imagesvc gateway [--host H] [--port P] [--workers N]
+    imagesvc worker importer|updater|deleter|projector
+    imagesvc db upgrade
+    imagesvc admin create-superadmin USERNAME [--new-key]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import stat
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from shared.config import ConfigError, Settings
+from shared.logging import configure_logging, get_logger
+
+log = get_logger("imagesvc")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"imagesvc: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagesvc", description="Server disk image service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the whole system in this process (embedded mode)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    gateway = commands.add_parser("gateway", help="run the HTTP gateway")
+    gateway.add_argument("--host", default="127.0.0.1")
+    gateway.add_argument("--port", type=int, default=8000)
+    gateway.add_argument("--workers", type=int, default=1)
+    gateway.set_defaults(func=_gateway)
+
+    worker = commands.add_parser("worker", help="run one consumer service")
+    worker.add_argument("service", choices=["importer", "updater", "deleter", "projector"])
+    worker.set_defaults(func=_worker)
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply the Alembic migrations up to head").set_defaults(func=_db_upgrade)
+
+    admin = commands.add_parser("admin", help="accounts")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    superadmin = admin_commands.add_parser("create-superadmin", help="create a SuperAdmin; prints its API key last")
+    superadmin.add_argument("username")
+    superadmin.add_argument("--new-key", action="store_true", help="if the user exists, replace its API key")
+    superadmin.set_defaults(func=_create_superadmin)
+    return parser
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings.from_env(os.environ, **overrides)
+
+
+def _embedded_settings() -> Settings:
+    base = Settings.from_env(os.environ)
+    overrides: dict[str, object] = {}
+    if "IMAGESVC_BROKER_URL" not in os.environ:
+        overrides["broker_url"] = "memory://"
+    if "IMAGESVC_DATABASE_URL" not in os.environ:
+        overrides["database_url"] = "sqlite:///" + str(Path(base.data_dir).resolve() / "imagesvc.db")
+    return Settings.from_env(os.environ, **overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imagesvc import bootstrap
+    from shared.db.migrate import upgrade
+
+    settings = _embedded_settings()
+    configure_logging("imagesvc", fmt=settings.log_format, level=settings.log_level)
+    upgrade(settings.database_url)
+    key_line = _first_run_superadmin(settings)
+    infra = bootstrap.infrastructure(settings, purpose="embedded")
+    embedded = bootstrap.Embedded(infra)
+    embedded.start()
+    embedded.wait_ready()
+    app = bootstrap.gateway_app(infra)
+    base = f"http://{args.host}:{args.port}/api"
+    print(f"imagesvc is running at {base} (database: {settings.database_url}, broker: {settings.broker_url})")
+    print(key_line)
+    print(f"Try:  curl -H 'ES-API-KEY: <key>' {base}/image/")
+    sys.stdout.flush()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    finally:
+        embedded.stop()
+        infra.close()
+    return 0
+
+
+def _first_run_superadmin(settings: Settings) -> str:
+    """Create ``admin`` on the first start and keep its key in ``<data_dir>/admin.key`` (mode 0600)."""
+    from shared.db import accounts
+    from shared.db.engine import make_engine, write_transaction
+    from shared.keys import new_api_key
+
+    key_file = Path(settings.data_dir).resolve() / "admin.key"
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        with write_transaction(engine) as conn:
+            if accounts.count_superadmins(conn) == 0:
+                key = new_api_key()
+                accounts.create_user(conn, "admin", api_key=key, is_superadmin=True)
+                key_file.parent.mkdir(parents=True, exist_ok=True)
+                key_file.write_text(key + "\n")
+                key_file.chmod(stat.S_IRUSR | stat.S_IWUSR)
+                return (f"Created SuperAdmin 'admin'. Authenticate with the header  ES-API-KEY: {key}\n"
+                        f"(the key is also in {key_file}; more users: imagesvc admin create-superadmin NAME)")
+    finally:
+        engine.dispose()
+    if key_file.exists():
+        return f"Authenticate with the header  ES-API-KEY: $(cat {key_file})"
+    return "Authenticate with the ES-API-KEY header; create a key with: imagesvc admin create-superadmin NAME"
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
+    uvicorn.run("imagesvc.bootstrap:gateway_app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_config=None, access_log=False)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from imagesvc import bootstrap
+
+    settings = _settings()
+    configure_logging(args.service, fmt=settings.log_format, level=settings.log_level)
+    infra = bootstrap.infrastructure(settings, purpose=args.service)
+    outbox = bootstrap.relay(infra)
+    runner = bootstrap.consumer(infra, args.service, outbox)
+
+    def stop(_signum, _frame) -> None:
+        runner.stop()
+        outbox.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.service != "projector":
+        threading.Thread(target=outbox.run, name="relay", daemon=True).start()
+    log.info("worker.start", service=args.service, broker=_redact(settings.broker_url))
+    try:
+        runner.run()
+    finally:
+        infra.close()
+    return 0
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from shared.db.migrate import upgrade
+
+    settings = _settings()
+    configure_logging("migrate", fmt=settings.log_format, level=settings.log_level)
+    upgrade(settings.database_url)
+    print(f"database at head: {_redact(settings.database_url)}")
+    return 0
+
+
+def _create_superadmin(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+    from shared.db.engine import make_engine, write_transaction
+    from shared.keys import new_api_key
+
+    settings = _settings()
+    engine = make_engine(settings.database_url, pool_size=1)
+    key = new_api_key()
+    try:
+        with write_transaction(engine) as conn:
+            try:
+                accounts.create_user(conn, args.username, api_key=key, is_superadmin=True)
+                print(f"created SuperAdmin {args.username!r}; its API key (shown once):")
+            except accounts.AccountExists:
+                if not args.new_key:
+                    print(f"imagesvc: user {args.username!r} exists (use --new-key to replace its key)",
+                          file=sys.stderr)
+                    return 1
+                accounts.set_api_key(conn, args.username, key)
+                print(f"replaced the API key of {args.username!r}; the new key (shown once):")
+    finally:
+        engine.dispose()
+    print(key)
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True) if "://" in url and not url.startswith("amqp") else (
+            url.split("@")[-1] if "@" in url else url)
+    except Exception:  # noqa: BLE001
+        return "<url>"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Deleter: consumes ``image.delete`` commands; removes an image.
+"""

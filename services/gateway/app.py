@@ -1,0 +1,116 @@
+"""Assemble the gateway's ASGI application from its parts (wiring only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Callable
+
+from kombu import Connection
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.gateway import openapi
+from services.gateway.auth import Authenticator
+from services.gateway.dispatch import Dispatcher, TaskWaiter
+from services.gateway.http import (
+    ApiError,
+    GatewayMiddleware,
+    ValidationFailed,
+    error_response,
+    handle_api_error,
+    handle_command_failed,
+    handle_validation,
+    json_response,
+)
+from services.gateway.queries import Queries
+from services.gateway.routes import ImageRoutes, TaskRoutes
+from shared.broker.notifications import NotificationListener
+from shared.broker.topology import Topology
+from shared.config import Settings
+from shared.errors import CommandFailed
+from shared.net.fetch import UrlPolicy
+
+
+class ImageNameConvertor(Convertor):
+    """The name segment of the original's URLs: ``[A-Za-z0-9._-]+``."""
+
+    regex = r"[A-Za-z0-9._-]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+def _routes(path: str, endpoint, methods: list[str]) -> list[Route]:
+    """The original requires the trailing slash; we accept both forms (deviations table, header)."""
+    return [Route(path, endpoint, methods=methods), Route(path + "/", endpoint, methods=methods)]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(request, 405, f'Method "{request.method}" not allowed.')
+    if exc.status_code == 404:
+        return error_response(request, 404, "Not found.")
+    return error_response(request, exc.status_code, str(exc.detail))
+
+
+def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topology,
+               connect: Callable[[], Connection]) -> Starlette:
+    register_url_convertor("imagename", ImageNameConvertor())
+    queries = Queries(engine)
+    auth = Authenticator(queries, cache_seconds=settings.auth_cache_seconds)
+    waiter = TaskWaiter(queries)
+    dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
+                            answer_window=settings.answer_window)
+    images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher,
+                         url_policy=UrlPolicy(settings.fetch_allow), max_body_bytes=settings.max_body_bytes)
+    task_routes = TaskRoutes(queries=queries, auth=auth)
+    listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
+
+    async def openapi_document(request: Request) -> Response:
+        return json_response(request, openapi.document())
+
+    routes = [
+        *_routes("/api/image", images.list_images, ["GET"]),
+        *_routes("/api/image/{name:imagename}", images.show, ["GET"]),
+        *_routes("/api/image/{name:imagename}", images.create, ["POST"]),
+        *_routes("/api/image/{name:imagename}", images.update, ["PUT"]),
+        *_routes("/api/image/{name:imagename}", images.delete, ["DELETE"]),
+        *_routes("/api/task/{task_id}/status", task_routes.status, ["GET"]),
+        *_routes("/api/task/{task_id}/state", task_routes.status, ["GET"]),
+        Route("/api/openapi.json", openapi_document, methods=["GET"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        waiter.bind(asyncio.get_running_loop())
+        listener.start()
+        try:
+            yield
+        finally:
+            listener.stop()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(GatewayMiddleware)],
+        exception_handlers={
+            ApiError: handle_api_error,
+            ValidationFailed: handle_validation,
+            CommandFailed: handle_command_failed,
+            HTTPException: _http_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.listener = listener
+    app.state.waiter = waiter
+    return app

@@ -1,0 +1,187 @@
+"""Publishing a command and answering by the gateway's one rule.
+
+1. Journal the command (so its task is known at once), then publish it and wait for the broker's
+   confirm: nothing is promised before the command is durable (503 otherwise).
+2. Wait up to the answer window for the task's first decisive state *in the read model*: SUCCESS
+   (200 with the result), FAILURE (the consumer's code and body), or STARTED (201). Because the
+   projector records a task's outcome only after the image change it made, an answer of 200
+   means any gateway now serves the new image (read-your-writes).
+3. Nothing decisive in time: 201 PENDING; with ``ES-STREAM`` the connection stays open and the
+   final answer is streamed in the ``es`` client's format (reference §7.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from domain import tasks
+from services.gateway.http import ApiError, envelope, failure_response, json_bytes, json_response
+from services.gateway.queries import Queries, TaskView
+from shared import contracts
+from shared.contracts import Actor, Command
+from shared.errors import PublishFailed, Transient
+from shared.logging import get_logger
+
+log = get_logger("gateway.dispatch")
+
+UNAVAILABLE = "Service temporarily unavailable, try again later."
+#: Seconds between re-reads of the read model while waiting (notifications usually come first).
+POLL_INTERVAL = 0.25
+#: The ``es`` streaming schedule: (elapsed seconds from which it applies, poll interval).
+STREAM_SCHEDULE = ((0, 1.0), (5, 3.0), (30, 6.0), (60, 12.0), (1200, 30.0))
+STREAM_TIMEOUT = 3600.0
+DECISIVE = frozenset({tasks.STARTED, tasks.SUCCESS, tasks.FAILURE})
+
+
+class TaskWaiter:
+    """Wakes requests waiting for a task when a notification about it arrives (from any thread)."""
+
+    def __init__(self, queries: Queries):
+        self._queries = queries
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def notify(self, task_id: str, _status: str = "") -> None:
+        if self._loop is not None and task_id in self._events:
+            self._loop.call_soon_threadsafe(self._wake, task_id)
+
+    def wake_all(self) -> None:
+        if self._loop is not None:
+            for task_id in list(self._events):
+                self._loop.call_soon_threadsafe(self._wake, task_id)
+
+    def _wake(self, task_id: str) -> None:
+        for event in self._events.get(task_id, ()):
+            event.set()
+
+    def register(self, task_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events.setdefault(task_id, set()).add(event)
+        return event
+
+    def unregister(self, task_id: str, event: asyncio.Event) -> None:
+        waiting = self._events.get(task_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._events[task_id]
+
+    async def wait(self, task_id: str, event: asyncio.Event, timeout: float,
+                   states: frozenset[str] = DECISIVE) -> TaskView | None:
+        """The task once it reaches one of ``states`` in the read model, or its latest view at the deadline."""
+        deadline = time.monotonic() + timeout
+        view: TaskView | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(event.wait(), timeout=max(0.0, min(remaining, POLL_INTERVAL)))
+            except asyncio.TimeoutError:
+                pass
+            event.clear()
+            view = await run_in_threadpool(self._queries.task, task_id)
+            if view is not None and view.status in states:
+                return view
+            if time.monotonic() >= deadline:
+                return view
+
+
+class Dispatcher:
+    def __init__(self, *, queries: Queries, publisher, topology, waiter: TaskWaiter, answer_window: float):
+        self._queries = queries
+        self._publisher = publisher
+        self._topology = topology
+        self._waiter = waiter
+        self._window = answer_window
+
+    async def submit(self, request: Request, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> Response:
+        envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor)
+        request.state.task_id = task_id
+        try:
+            await run_in_threadpool(
+                self._queries.record_submission, message_id=envelope_.id, task_id=task_id, command_type=command.TYPE,
+                object_name=str(getattr(command, "name", "")), user=actor.user, owner=owner, dc=actor.dc)
+        except Transient as exc:
+            log.warning("command.journal_failed", error=str(exc))
+            raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
+        wake = self._waiter.register(task_id)
+        try:
+            try:
+                await run_in_threadpool(
+                    self._publisher.publish, exchange=self._topology.commands.name, routing_key=command.TYPE,
+                    body=contracts.encode(envelope_), message_id=envelope_.id, message_type=envelope_.type,
+                    correlation_id=task_id)
+            except PublishFailed as exc:
+                log.warning("command.publish_failed", error=str(exc))
+                await run_in_threadpool(self._forget, envelope_.id)
+                raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
+            log.info("command.published", command=command.TYPE, message_id=envelope_.id)
+            view = await self._waiter.wait(task_id, wake, self._window)
+        finally:
+            self._waiter.unregister(task_id, wake)
+        if view is not None and view.status in tasks.TERMINAL:
+            return answer(request, view)
+        if request.headers.get("es-stream"):
+            return self._stream(request, task_id)
+        return pending(request, task_id)
+
+    def _forget(self, message_id: str) -> None:
+        try:
+            self._queries.forget_submission(message_id)
+        except Transient:
+            pass  # the journal row only says PENDING; a later status read will still find no outcome
+
+    def _stream(self, request: Request, task_id: str) -> Response:
+        """The ``es`` client's synchronous mode: spaces while waiting, then ``<code>\\n<body>``."""
+
+        async def body() -> AsyncIterator[bytes]:
+            started = time.monotonic()
+            wake = self._waiter.register(task_id)
+            try:
+                while True:
+                    elapsed = time.monotonic() - started
+                    if elapsed >= STREAM_TIMEOUT:
+                        yield json_bytes(request, envelope(task_id, tasks.PENDING, None))
+                        return
+                    interval = [i for since, i in STREAM_SCHEDULE if elapsed >= since][-1]
+                    view = await self._waiter.wait(task_id, wake, interval, states=tasks.TERMINAL)
+                    if view is not None and view.status in tasks.TERMINAL:
+                        status, payload = status_body(view)
+                        yield f"{status}\n".encode() + json_bytes(request, payload)
+                        return
+                    yield b" "
+            finally:
+                self._waiter.unregister(task_id, wake)
+
+        headers = {"es_stream": "True", "es_task_id": task_id, "es_task_response": "true"}
+        return StreamingResponse(body(), status_code=201, media_type="application/json", headers=headers)
+
+
+def pending(request: Request, task_id: str) -> Response:
+    return json_response(request, envelope(task_id, tasks.PENDING, None), 201,
+                         {"es_task_id": task_id, "es_task_response": "true"})
+
+
+def answer(request: Request, view: TaskView) -> Response:
+    """How a finished task answers the request that started it."""
+    if view.status == tasks.SUCCESS:
+        return json_response(request, envelope(view.task_id, tasks.SUCCESS, view.result), 200,
+                             {"es_task_id": view.task_id, "es_task_response": "true"})
+    return failure_response(request, view.task_id, view.http_code, view.result)
+
+
+def status_body(view: TaskView) -> tuple[int, dict]:
+    """``GET /task/<id>/status/``: (HTTP code, task envelope) for any state (deviations #3, #16)."""
+    if view.status == tasks.SUCCESS:
+        return 200, envelope(view.task_id, tasks.SUCCESS, view.result)
+    if view.status == tasks.FAILURE:
+        return view.http_code, envelope(view.task_id, tasks.FAILURE, view.result)
+    return 201, envelope(view.task_id, view.status, None)

@@ -1,0 +1,165 @@
+"""The gateway's OpenAPI 3.1 description, served at ``GET /api/openapi.json``.
+
+Written by hand next to the routes (the framework cannot infer the original API's envelopes and
+status codes); ``tests/unit/test_openapi.py`` checks that it names every route the app serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain import fields
+
+_BOOL = {"oneOf": [{"type": "boolean"}, {"type": "string", "pattern": "^(?i:true|false|1|0)$"},
+                   {"type": "integer", "enum": [0, 1]}]}
+_SAFE = {"type": "string", "pattern": "^[^<>%$&;'\"]*$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _detail(description: str) -> dict[str, Any]:
+    return _json(_ref("Detail"), description)
+
+
+_AUTH_FAILED = _detail("Forbidden: missing or invalid credentials, or no permission")
+_IMAGE_FIELDS: dict[str, Any] = {
+    "alias": {**_SAFE, "maxLength": 32},
+    "access": {"oneOf": [{"type": "integer", "enum": list(fields.ACCESS_CHOICES)}, {"type": "string"}]},
+    "owner": {"type": "string"},
+    "desc": {**_SAFE, "maxLength": 128},
+    "version": {**_SAFE, "maxLength": 16},
+    "resize": _BOOL,
+    "deploy": _BOOL,
+    "tags": {"oneOf": [{"type": "array", "items": {"type": "string", "pattern": "^[ :/A-Za-z0-9_-]+$"}},
+                       {"type": "string"}]},
+    "dc_bound": _BOOL,
+}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}}
+_TASK_ANSWERS = {
+    "200": _json(_ref("TaskEnvelope"), "SUCCESS: the consumer finished within the answer window"),
+    "201": _json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/"),
+    "400": _json(_ref("TaskEnvelope"), "FAILURE: validation errors by field"),
+    "403": _AUTH_FAILED,
+    "404": _detail("Image not found / Datacenter not found"),
+    "412": _detail("Invalid order_by"),
+    "415": _detail("Unsupported media type"),
+    "417": _detail("Image status is not OK"),
+    "503": _detail("The broker or the database is unavailable; retry later"),
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imagesvc",
+            "version": "1.0.0",
+            "description": "Server disk images, compatible with the Danube Cloud image API. Authenticate with "
+                           "the ES-API-KEY header. Every command answers 200 when it finished within a short "
+                           "window, 201 PENDING otherwise (send ES-STREAM: es to wait on the connection).",
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "ES-API-KEY"}},
+            "schemas": {
+                "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
+                "TaskEnvelope": {
+                    "type": "object",
+                    "required": ["task_id", "status", "result"],
+                    "properties": {
+                        "task_id": {"type": "string"},
+                        "status": {"type": "string", "enum": ["SUCCESS", "FAILURE", "PENDING", "STARTED"]},
+                        "result": {},
+                    },
+                },
+                "Image": {
+                    "type": "object",
+                    "properties": {
+                        "dc_bound": {"type": "boolean"}, "name": {"type": "string"}, "uuid": {"type": "string"},
+                        "alias": {"type": "string"}, "version": {"type": "string"}, "owner": {"type": "string"},
+                        "access": {"type": "integer"}, "desc": {"type": "string"}, "ostype": {"type": "integer"},
+                        "size": {"type": "integer"}, "resize": {"type": "boolean"}, "deploy": {"type": "boolean"},
+                        "tags": {"type": "array", "items": {"type": "string"}}, "status": {"type": "integer"},
+                        "created": {"type": "string", "format": "date-time"},
+                        "dcs": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "ImportImage": {
+                    "type": "object",
+                    "required": ["manifest_url"],
+                    "properties": {
+                        "manifest_url": {"type": "string", "format": "uri", "maxLength": 1024},
+                        "file_url": {"type": "string", "format": "uri", "maxLength": 1024},
+                        "dc": {"type": "string"},
+                        **_IMAGE_FIELDS,
+                    },
+                },
+                "UpdateImage": {"type": "object", "properties": dict(_IMAGE_FIELDS)},
+            },
+        },
+        "security": [{"apiKey": []}],
+        "paths": {
+            "/api/image/": {
+                "get": {
+                    "operationId": "image_list",
+                    "summary": "List server disk images",
+                    "parameters": [
+                        {"name": "full", "in": "query", "schema": _BOOL},
+                        {"name": "extended", "in": "query", "schema": _BOOL},
+                        {"name": "order_by", "in": "query", "schema": {"type": "string"},
+                         "description": "name or created; prefix - for descending"},
+                    ],
+                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "400": _json(
+                        _ref("TaskEnvelope"), "Invalid flag"), "403": _AUTH_FAILED,
+                        "412": _detail("Invalid order_by")},
+                }
+            },
+            "/api/image/{name}/": {
+                "parameters": [_NAME],
+                "get": {
+                    "operationId": "image_show",
+                    "summary": "Show a server disk image",
+                    "parameters": [{"name": "extended", "in": "query", "schema": _BOOL}],
+                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "403": _AUTH_FAILED,
+                                  "404": _detail("Image not found"), "412": _detail("Invalid order_by")},
+                },
+                "post": {
+                    "operationId": "image_import",
+                    "summary": "Import a server disk image from a manifest URL",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ImportImage")}}},
+                    "responses": {**_TASK_ANSWERS, "406": _detail("Image already exists")},
+                },
+                "put": {
+                    "operationId": "image_update",
+                    "summary": "Update a server disk image",
+                    "requestBody": {"content": {"application/json": {"schema": _ref("UpdateImage")}}},
+                    "responses": _TASK_ANSWERS,
+                },
+                "delete": {
+                    "operationId": "image_delete",
+                    "summary": "Delete a server disk image",
+                    "responses": _TASK_ANSWERS,
+                },
+            },
+            "/api/task/{task_id}/status/": {
+                "parameters": [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {
+                    "operationId": "task_status",
+                    "summary": "Status of a task (every command is a task)",
+                    "responses": {
+                        "200": _json(_ref("TaskEnvelope"), "SUCCESS"),
+                        "201": _json(_ref("TaskEnvelope"), "PENDING or STARTED"),
+                        "400": _json(_ref("TaskEnvelope"), "FAILURE (validation)"),
+                        "403": _AUTH_FAILED,
+                        "404": _detail("Task does not exist (anymore), or the task failed with 404"),
+                    },
+                },
+            },
+        },
+    }

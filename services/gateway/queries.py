@@ -1,0 +1,139 @@
+"""What the gateway reads (the read model, accounts, datacenters) and its command journal.
+
+Blocking functions: the routes call them through a thread pool. Image documents are stored
+pre-encoded by the projector, so a list is a concatenation of bytes, not an object graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from sqlalchemy import Engine, delete, insert, select
+
+from shared.db.catalogue import datacenter_record, user_record
+from shared.db.engine import read_transaction, write_transaction
+from shared.db.models import Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
+from shared.db.records import DatacenterRecord, UserRecord
+
+_users = User.__table__
+_dcs = Datacenter.__table__
+_images = ReadImage.__table__
+_tasks = ReadTask.__table__
+_journal = SubmittedCommand.__table__
+
+#: Sortable fields of ``GET /image/`` and their columns.
+ORDER_FIELDS = {"name": _images.c.name, "created": _images.c.created}
+
+
+@dataclass(frozen=True)
+class ImageView:
+    uuid: str
+    name: str
+    owner: str
+    dc_bound: str | None
+    status: int
+    doc: bytes
+    dcs: bytes
+
+    def encoded(self, *, extended: bool) -> bytes:
+        """The image object; with ``extended`` the ``dcs`` list is appended to it."""
+        if not extended:
+            return self.doc
+        return self.doc[:-1] + b',"dcs":' + self.dcs + b"}"
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task_id: str
+    status: str
+    http_code: int
+    result: Any
+    user: str | None
+    owner: str | None
+
+
+class Queries:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # --- accounts ------------------------------------------------------------------------------
+
+    def user_by_key_digest(self, digest: str) -> UserRecord | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(select(_users).where(_users.c.api_key_digest == digest)).first()
+        return user_record(row)
+
+    def user_by_name(self, username: str) -> UserRecord | None:
+        with read_transaction(self.engine) as conn:
+            return user_record(conn.execute(select(_users).where(_users.c.username == username)).first())
+
+    def datacenter(self, name: str) -> DatacenterRecord | None:
+        with read_transaction(self.engine) as conn:
+            return datacenter_record(conn.execute(select(_dcs).where(_dcs.c.name == name)).first())
+
+    def default_datacenter(self) -> DatacenterRecord:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(select(_dcs).where(_dcs.c.is_default.is_(True))).first()
+        if row is None:
+            raise LookupError("no default datacenter: run `imagesvc db upgrade`")
+        return datacenter_record(row)  # type: ignore[return-value]
+
+    # --- images --------------------------------------------------------------------------------
+
+    def image(self, name: str) -> ImageView | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(
+                select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
+                       _images.c.doc, _images.c.dcs).where(_images.c.name == name)
+            ).first()
+        if row is None:
+            return None
+        return ImageView(row.uuid, row.name, row.owner, row.dc_bound, row.status, row.doc.encode(), row.dcs.encode())
+
+    def image_names(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int]) -> list[str]:
+        with read_transaction(self.engine) as conn:
+            query = select(_images.c.name).where(_images.c.access.notin_(list(exclude_access)))
+            return list(conn.execute(query.order_by(*_order(order))).scalars())
+
+    def image_docs(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
+                   extended: bool) -> list[bytes]:
+        columns = [_images.c.doc, _images.c.dcs] if extended else [_images.c.doc]
+        with read_transaction(self.engine) as conn:
+            query = select(*columns).where(_images.c.access.notin_(list(exclude_access))).order_by(*_order(order))
+            rows = conn.execute(query).all()
+        if extended:
+            return [row[0][:-1].encode() + b',"dcs":' + row[1].encode() + b"}" for row in rows]
+        return [row[0].encode() for row in rows]
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    def task(self, task_id: str) -> TaskView | None:
+        with read_transaction(self.engine) as conn:
+            row = conn.execute(select(_tasks).where(_tasks.c.task_id == task_id)).first()
+            if row is not None:
+                return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner)
+            journal = conn.execute(select(_journal).where(_journal.c.task_id == task_id)).first()
+        if journal is not None:
+            return TaskView(task_id, "PENDING", 201, None, journal.user, journal.owner)
+        return None
+
+    def record_submission(self, *, message_id: str, task_id: str, command_type: str, object_name: str, user: str,
+                          owner: str | None, dc: str | None) -> None:
+        with write_transaction(self.engine) as conn:
+            conn.execute(insert(_journal).values(
+                message_id=message_id, task_id=task_id, type=command_type, object_name=object_name[:64], user=user,
+                owner=owner, dc=dc, created_at=utcnow(),
+            ))
+
+    def forget_submission(self, message_id: str) -> None:
+        with write_transaction(self.engine) as conn:
+            conn.execute(delete(_journal).where(_journal.c.message_id == message_id))
+
+
+def _order(order: Sequence[tuple[str, bool]]) -> list:
+    clauses = [ORDER_FIELDS[name].desc() if descending else ORDER_FIELDS[name].asc() for name, descending in order]
+    if not any(name == "name" for name, _ in order):
+        clauses.append(_images.c.name.asc())  # a stable order among equal timestamps
+    return clauses
+

@@ -1,0 +1,2 @@
+"""Projector: builds the read model from events, idempotently; decides nothing.
+"""

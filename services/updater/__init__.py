@@ -1,0 +1,2 @@
+"""Updater: consumes ``image.update`` commands; applies attribute changes to an image.
+"""

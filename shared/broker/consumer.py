@@ -1,0 +1,303 @@
+"""The consumer runner: the one place that decides ack, retry and dead-letter.
+
+Threads: one I/O thread owns the broker connection (consume, ack, heartbeats, reconnects);
+handlers run on a pool of worker threads, so a slow handler never starves heartbeats
+(celery/kombu#806). Workers hand their verdict back to the I/O thread, which alone touches the
+channel (kombu connections are not thread-safe).
+
+Policy, for each delivery, by what the handler returns or raises:
+
+==========================  ===============================================================
+``Disposition.ack()``        ack.
+``Disposition.dead_letter``  publish the message to ``<queue>.dlq`` (confirmed), then ack.
+``Disposition.retry``        after a delay, republish a copy to the same queue with
+/ any exception              ``x-imagesvc-attempt`` + 1 (confirmed), then ack; once
+                             ``max_attempts`` is reached, dead-letter instead and tell the
+                             handler (``on_give_up``) so the task still ends.
+==========================  ===============================================================
+
+Never ``requeue=True`` (a hot loop) and never ack a failure silently. Retries and dead letters
+are done by this code, not by broker features, so the in-memory transport (which has neither
+TTL nor dead-lettering) runs exactly the same path; on RabbitMQ the quorum queues' delivery
+limit is a second net for messages whose handler kills the process.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from queue import Empty, SimpleQueue
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import structlog
+from kombu import Connection, Consumer
+from kombu import Queue as KombuQueue
+
+from shared.broker.topology import Topology
+from shared.errors import PublishFailed, Transient
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+ATTEMPT_HEADER = "x-imagesvc-attempt"
+DEATH_REASON_HEADER = "x-imagesvc-death-reason"
+ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
+
+
+class Outcome(enum.Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Disposition:
+    outcome: Outcome
+    reason: str = ""
+    #: For RETRY: seconds to wait before the copy is republished (None: the runner's backoff).
+    delay: float | None = None
+
+    @classmethod
+    def ack(cls, reason: str = "handled") -> "Disposition":
+        return cls(Outcome.ACK, reason)
+
+    @classmethod
+    def retry(cls, reason: str, delay: float | None = None) -> "Disposition":
+        return cls(Outcome.RETRY, reason, delay)
+
+    @classmethod
+    def dead_letter(cls, reason: str) -> "Disposition":
+        return cls(Outcome.DEAD_LETTER, reason)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler gets of a delivery: the raw body and the AMQP metadata it may need."""
+
+    body: bytes
+    queue: str
+    headers: dict[str, Any]
+    message_id: str | None
+    correlation_id: str | None
+    message_type: str | None
+    user_id: str | None
+    redelivered: bool
+    #: 1 for the first delivery; counts our retries and the broker's redeliveries.
+    attempt: int
+
+
+class Handler(Protocol):
+    def __call__(self, delivery: Delivery) -> Disposition: ...
+
+    def on_give_up(self, delivery: Delivery, reason: str) -> None:
+        """Called once a message is dead-lettered after its last attempt."""
+
+
+@dataclass(order=True)
+class _Scheduled:
+    due: float
+    seq: int
+    epoch: int = field(compare=False)
+    message: Any = field(compare=False)
+    delivery: Delivery = field(compare=False)
+    disposition: Disposition = field(compare=False)
+
+
+class ConsumerRunner:
+    """Consume one queue until ``stop()``; reconnect with backoff when the broker goes away."""
+
+    def __init__(self, *, name: str, connect: Callable[[], Connection], queue: KombuQueue, topology: Topology,
+                 handler: Handler, publisher, prefetch: int = 8, threads: int = 4, max_attempts: int = 5,
+                 backoff: Sequence[float] = (0.5, 2.0, 5.0, 10.0), idle_timeout: float = 0.2):
+        self.name = name
+        self._connect = connect
+        self._queue = queue
+        self._topology = topology
+        self._handler = handler
+        self._publisher = publisher
+        self._prefetch = prefetch
+        self._max_attempts = max_attempts
+        self._backoff = tuple(backoff)
+        self._idle_timeout = idle_timeout
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-worker")
+        self._done: SimpleQueue[tuple[int, Any, Delivery, Disposition]] = SimpleQueue()
+        self._scheduled: list[_Scheduled] = []
+        self._seq = itertools.count()
+        self._epoch = 0
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.handled = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Blocking consume loop; returns after ``stop()``. In-flight work is not acked on stop
+        (the broker redelivers it), so stopping never loses a message."""
+        reconnect_delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with self._connect() as connection:
+                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
+                    self._consume(connection)
+                    reconnect_delay = 0.5
+            except Exception as exc:  # noqa: BLE001 - the loop's job is to survive the broker
+                if self._stop.is_set():
+                    break
+                self._epoch += 1  # results for the dead channel's deliveries are now void
+                self._scheduled.clear()
+                self.ready.clear()
+                log.warning("consumer.connection_lost", consumer=self.name, error=repr(exc), retry_in=reconnect_delay)
+                self._stop.wait(reconnect_delay)
+                reconnect_delay = min(reconnect_delay * 2, 10.0)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _consume(self, connection: Connection) -> None:
+        channel = connection.channel()
+        self._topology.declare(channel)
+        consumer = Consumer(channel, queues=[self._queue], on_message=self._on_message, prefetch_count=self._prefetch,
+                            accept=["application/json"])
+        consumer.consume()
+        self.ready.set()
+        log.info("consumer.ready", consumer=self.name, queue=self._queue.name)
+        try:
+            while not self._stop.is_set():
+                try:
+                    connection.drain_events(timeout=self._idle_timeout)
+                except socket.timeout:
+                    pass
+                connection.heartbeat_check()
+                self._settle(channel)
+        finally:
+            self.ready.clear()
+            try:
+                consumer.cancel()
+            except Exception:  # noqa: BLE001 - the channel may already be gone
+                pass
+
+    # --- I/O thread ----------------------------------------------------------------------------
+
+    def _on_message(self, message) -> None:
+        props = message.properties or {}
+        headers = dict(message.headers or {})
+        info = message.delivery_info or {}
+        ours = _as_int(headers.get(ATTEMPT_HEADER), 1)
+        broker = _as_int(headers.get("x-delivery-count"), 0)
+        redelivered = bool(info.get("redelivered"))
+        delivery = Delivery(
+            body=message.body if isinstance(message.body, bytes) else str(message.body).encode(),
+            queue=self._queue.name,
+            headers=headers,
+            message_id=props.get("message_id"),
+            correlation_id=props.get("correlation_id"),
+            message_type=props.get("type"),
+            user_id=props.get("user_id"),
+            redelivered=redelivered,
+            attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),
+        )
+        epoch = self._epoch
+        self._pool.submit(self._work, epoch, message, delivery)
+
+    def _work(self, epoch: int, message, delivery: Delivery) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            consumer=self.name, message_id=delivery.message_id, type=delivery.message_type,
+            correlation_id=delivery.correlation_id, task_id=delivery.correlation_id, attempt=delivery.attempt,
+            redelivered=delivery.redelivered,
+        )
+        started = time.perf_counter()
+        try:
+            disposition = self._handler(delivery)
+        except Transient as exc:
+            disposition = Disposition.retry(f"transient: {exc}")
+        except Exception as exc:  # noqa: BLE001 - unexpected errors are retried, then dead-lettered
+            log.exception("message.handler_error", error=repr(exc))
+            disposition = Disposition.retry(f"error: {exc!r}")
+        if disposition.outcome is Outcome.RETRY and delivery.attempt >= self._max_attempts:
+            disposition = Disposition.dead_letter(f"gave up after {delivery.attempt} attempts: {disposition.reason}")
+            self._give_up(delivery, disposition.reason)
+        log.info("message.handled", outcome=disposition.outcome.value, reason=disposition.reason,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        structlog.contextvars.clear_contextvars()
+        self._done.put((epoch, message, delivery, disposition))
+
+    def _give_up(self, delivery: Delivery, reason: str) -> None:
+        try:
+            self._handler.on_give_up(delivery, reason)
+        except Exception as exc:  # noqa: BLE001 - the dead letter still goes out
+            log.error("message.give_up_failed", error=repr(exc))
+
+    def _settle(self, channel) -> None:
+        """Apply verdicts and due retries; only this (I/O) thread touches the channel."""
+        while True:
+            try:
+                epoch, message, delivery, disposition = self._done.get_nowait()
+            except Empty:
+                break
+            if epoch != self._epoch:
+                continue  # delivered on a channel that died; the broker has requeued it
+            if disposition.outcome is Outcome.ACK:
+                message.ack()
+                self.handled += 1
+            elif disposition.outcome is Outcome.DEAD_LETTER:
+                self._schedule(0.0, message, delivery, disposition)
+            else:
+                delay = disposition.delay
+                if delay is None:
+                    delay = self._backoff[min(delivery.attempt - 1, len(self._backoff) - 1)]
+                self._schedule(delay, message, delivery, disposition)
+        now = time.monotonic()
+        while self._scheduled and self._scheduled[0].due <= now:
+            item = heapq.heappop(self._scheduled)
+            if item.epoch != self._epoch:
+                continue
+            try:
+                self._forward(item.delivery, item.disposition)
+            except PublishFailed as exc:
+                log.warning("message.forward_failed", error=repr(exc), message_id=item.delivery.message_id)
+                item.due = now + 1.0
+                heapq.heappush(self._scheduled, item)
+                break
+            item.message.ack()
+            self.handled += 1
+
+    def _schedule(self, delay: float, message, delivery: Delivery, disposition: Disposition) -> None:
+        heapq.heappush(
+            self._scheduled,
+            _Scheduled(time.monotonic() + delay, next(self._seq), self._epoch, message, delivery, disposition),
+        )
+
+    def _forward(self, delivery: Delivery, disposition: Disposition) -> None:
+        """Republish a retry copy, or the dead letter, with confirms (before the original is acked)."""
+        headers = {k: v for k, v in delivery.headers.items() if not k.startswith("x-delivery-count")}
+        if disposition.outcome is Outcome.DEAD_LETTER:
+            headers.update({
+                DEATH_REASON_HEADER: disposition.reason[:1000],
+                ORIGINAL_QUEUE_HEADER: delivery.queue,
+                ATTEMPT_HEADER: delivery.attempt,
+            })
+            exchange, routing_key = self._topology.dlx.name, self._topology.dead_letter_routing_key(delivery.queue)
+            log.error("message.dead_lettered", message_id=delivery.message_id, reason=disposition.reason)
+        else:
+            headers[ATTEMPT_HEADER] = delivery.attempt + 1
+            # The default exchange routes by queue name: the copy reaches this queue only.
+            exchange, routing_key = "", delivery.queue
+        self._publisher.publish(
+            exchange=exchange, routing_key=routing_key, body=delivery.body, message_id=delivery.message_id,
+            message_type=delivery.message_type, correlation_id=delivery.correlation_id, headers=headers,
+        )
+
+
+def _as_int(value: object, default: int) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default

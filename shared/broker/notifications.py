@@ -1,0 +1,92 @@
+"""Read-model notifications: "task X is now in state S in the read model".
+
+The projector sends one after each commit that changed a task; every gateway process listens on
+its own exclusive queue, so a waiting request wakes as soon as the read model can answer it.
+Notifications are a latency optimisation, not a delivery guarantee: a gateway also re-reads
+the read model periodically, so a lost notification only delays an answer.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from typing import Callable
+
+import orjson
+from kombu import Connection, Consumer, Queue
+
+from shared.broker.topology import Topology
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class TaskNotifier:
+    def __init__(self, publisher, topology: Topology):
+        self._publisher = publisher
+        self._exchange = topology.notifications.name
+
+    def __call__(self, task_id: str, status: str) -> None:
+        self._publisher.publish(
+            exchange=self._exchange, routing_key="task", body=orjson.dumps({"task_id": task_id, "status": status}),
+            message_type="task.projected", persistent=False, mandatory=False,
+        )
+
+
+class NotificationListener:
+    """Background thread delivering notifications to ``on_task(task_id, status)``."""
+
+    def __init__(self, connect: Callable[[], Connection], topology: Topology, on_task: Callable[[str, str], None],
+                 on_reconnect: Callable[[], None] = lambda: None):
+        self._connect = connect
+        self._topology = topology
+        self._on_task = on_task
+        self._on_reconnect = on_reconnect
+        self._queue = Queue(f"{topology.prefix}gateway.{uuid.uuid4().hex[:12]}.notifications",
+                            exchange=topology.notifications, exclusive=True, auto_delete=True, durable=False)
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="notification-listener", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with self._connect() as connection:
+                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
+                    channel = connection.channel()
+                    # Declaring everything here means commands are routable as soon as a gateway runs,
+                    # even before any consumer has started.
+                    self._topology.declare(channel)
+                    with Consumer(channel, queues=[self._queue], on_message=self._deliver, no_ack=True):
+                        self.ready.set()
+                        self._on_reconnect()
+                        delay = 0.5
+                        while not self._stop.is_set():
+                            try:
+                                connection.drain_events(timeout=0.5)
+                            except socket.timeout:
+                                pass
+                            connection.heartbeat_check()
+            except Exception as exc:  # noqa: BLE001 - keep listening across broker restarts
+                self.ready.clear()
+                if self._stop.is_set():
+                    break
+                log.warning("notifications.connection_lost", error=repr(exc), retry_in=delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _deliver(self, message) -> None:
+        try:
+            data = orjson.loads(message.body)
+            self._on_task(str(data["task_id"]), str(data["status"]))
+        except Exception as exc:  # noqa: BLE001 - a malformed notification is only noise
+            log.warning("notifications.bad_message", error=repr(exc))

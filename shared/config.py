@@ -1,0 +1,120 @@
+"""Process settings, read once from an environment mapping.
+
+``Settings.from_env`` is a pure function of the mapping it is given: nothing here reads
+``os.environ`` by itself, so tests pass their own mapping and ``__main__`` modules pass theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/imagesvc"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the process cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of an imagesvc process. Defaults suit a loopback development setup."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    #: Prefix for every exchange and queue name (lets test runs share one broker safely).
+    topology_prefix: str = ""
+    log_format: str = "auto"  # auto (JSON unless on a terminal) | json | console
+    log_level: str = "INFO"
+    #: Seconds the gateway waits for a task's first decisive event before answering 201.
+    answer_window: float = 5.0
+    #: AMQP heartbeat in seconds (kombu's default of 0 switches heartbeats off).
+    heartbeat: int = 15
+    #: Seconds to wait for a publisher confirm (and for a broker connection) before giving up.
+    publish_timeout: float = 5.0
+    #: Unacknowledged deliveries per consumer process.
+    prefetch: int = 8
+    #: Handler threads per consumer process.
+    worker_threads: int = 4
+    #: Deliveries of one message before it is dead-lettered.
+    max_attempts: int = 5
+    #: Delay before each retry, in seconds (the last value repeats).
+    retry_backoff: tuple[float, ...] = (0.5, 2.0, 5.0, 10.0)
+    #: Operator allow-list for fetches: host names, IP addresses or CIDRs, each with an optional
+    #: ``:port`` (deviations #6).
+    fetch_allow: tuple[str, ...] = ()
+    #: ``none``: no image server, the original's database-level operations.
+    image_store: str = "none"
+    #: ``off`` or a rate such as ``45/minute`` (deviations #13).
+    throttle: str = "off"
+    #: Seconds a resolved API key stays cached in a gateway process.
+    auth_cache_seconds: float = 2.0
+    #: Image lock lease in seconds; a lock older than this may be broken.
+    lock_lease_seconds: float = 3600.0
+    #: Where the embedded mode keeps its SQLite file (and later the image store).
+    data_dir: str = "./var"
+    #: Largest accepted request body, in bytes.
+    max_body_bytes: int = 1024 * 1024
+    #: Database connections per process.
+    db_pool_size: int = 10
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> "Settings":
+        """Build settings from ``IMAGESVC_*`` variables; ``overrides`` win over the mapping.
+
+        Raises ConfigError naming the variable when a value cannot be parsed.
+        """
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            var = "IMAGESVC_" + f.name.upper()
+            if var not in environ:
+                continue
+            raw = environ[var]
+            try:
+                values[f.name] = _parse(f.type, raw)
+            except ValueError as exc:
+                raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError("IMAGESVC_LOG_FORMAT must be auto, json or console")
+        if self.answer_window < 0:
+            raise ConfigError("IMAGESVC_ANSWER_WINDOW must not be negative")
+        if self.max_attempts < 1:
+            raise ConfigError("IMAGESVC_MAX_ATTEMPTS must be at least 1")
+        if not self.retry_backoff:
+            raise ConfigError("IMAGESVC_RETRY_BACKOFF needs at least one delay")
+        if self.image_store != "none":
+            raise ConfigError("IMAGESVC_IMAGE_STORE: only 'none' (database-level operations) is supported")
+        if self.prefetch < 1 or self.worker_threads < 1:
+            raise ConfigError("IMAGESVC_PREFETCH and IMAGESVC_WORKER_THREADS must be at least 1")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("memory://")
+
+
+def _parse(annotation: str, raw: str) -> object:
+    kind = str(annotation)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind.startswith("tuple[float"):
+        return tuple(float(part) for part in _split(raw))
+    if kind.startswith("tuple[str"):
+        return tuple(_split(raw))
+    return raw
+
+
+def _split(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]

@@ -1,0 +1,62 @@
+"""Commands: imperative requests, each owned by exactly one consumer.
+
+Field values other than ``name`` are carried as the client sent them (numbers may arrive as
+strings, as the ``es`` client sends them) and validated by the consumer with the original API's
+messages; the gateway normally sends them already normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from shared.contracts.base import UNSET, Message
+
+
+class Command(Message):
+    KIND: ClassVar[str] = "command"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportImage(Command):
+    """Import an image from a remote manifest (``POST /api/image/<name>/``)."""
+
+    TYPE: ClassVar[str] = "image.import"
+    name: str
+    manifest_url: Any = UNSET
+    file_url: Any = UNSET
+    alias: Any = UNSET
+    access: Any = UNSET
+    owner: Any = UNSET
+    desc: Any = UNSET
+    version: Any = UNSET
+    resize: Any = UNSET
+    deploy: Any = UNSET
+    tags: Any = UNSET
+    dc_bound: Any = UNSET
+    dc: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateImage(Command):
+    """Change an image's attributes; only supplied fields change (``PUT /api/image/<name>/``)."""
+
+    TYPE: ClassVar[str] = "image.update"
+    name: str
+    alias: Any = UNSET
+    access: Any = UNSET
+    owner: Any = UNSET
+    desc: Any = UNSET
+    version: Any = UNSET
+    resize: Any = UNSET
+    deploy: Any = UNSET
+    tags: Any = UNSET
+    dc_bound: Any = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteImage(Command):
+    """Delete an image (``DELETE /api/image/<name>/``)."""
+
+    TYPE: ClassVar[str] = "image.delete"
+    name: str

@@ -1,0 +1,132 @@
+"""The one JSON envelope every command and event travels in, and its codec.
+
+Wire format (UTF-8 JSON object)::
+
+    {"id": "<uuid>", "type": "image.update", "schema_version": 1, "time": "<ISO-8601 UTC>",
+     "correlation_id": "<task id>", "causation_id": "<id of the message that caused this>" | null,
+     "actor": {"user": "<username>", "dc": "<datacenter>" | null} | null,
+     "payload": {...}}
+
+``decode`` accepts exactly this shape and raises ``PoisonMessage`` (with whatever ids it could
+read) for anything else, so a bad delivery can still be answered with a terminal event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from shared.errors import PoisonMessage
+
+#: The envelope/payload version this code writes and reads.
+SCHEMA_VERSION = 1
+#: Versions this code can still read.
+READABLE_SCHEMA_VERSIONS = frozenset({1})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Actor:
+    """Who asked for a command: a username and the datacenter the request was made in."""
+
+    user: str
+    dc: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "dc": self.dc}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Envelope:
+    id: str
+    type: str
+    correlation_id: str
+    payload: dict[str, Any]
+    causation_id: str | None = None
+    actor: Actor | None = None
+    schema_version: int = SCHEMA_VERSION
+    time: str = field(default_factory=lambda: utc_now_iso())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "time": self.time,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "actor": self.actor.to_dict() if self.actor else None,
+            "payload": self.payload,
+        }
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def encode(envelope: Envelope) -> bytes:
+    return orjson.dumps(envelope.to_dict())
+
+
+def decode(body: bytes | str) -> Envelope:
+    """Parse and check an envelope. Raises PoisonMessage when it is not one we can read."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonMessage(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PoisonMessage("body is not a JSON object")
+    ids = {
+        "message_id": _str_or_none(data.get("id")),
+        "correlation_id": _str_or_none(data.get("correlation_id")),
+        "message_type": _str_or_none(data.get("type")),
+    }
+    for key in ("id", "type", "correlation_id"):
+        value = data.get(key)
+        if not isinstance(value, str) or not value or len(value) > 128:
+            raise PoisonMessage(f"envelope field {key!r} must be a non-empty string of at most 128 characters", **ids)
+    version = data.get("schema_version")
+    if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
+        raise PoisonMessage(f"unsupported schema_version {version!r}", **ids)
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        raise PoisonMessage("envelope field 'payload' must be an object", **ids)
+    causation = data.get("causation_id")
+    if causation is not None and not isinstance(causation, str):
+        raise PoisonMessage("envelope field 'causation_id' must be a string or null", **ids)
+    actor = _decode_actor(data.get("actor"), ids)
+    time = data.get("time")
+    if not isinstance(time, str):
+        raise PoisonMessage("envelope field 'time' must be an ISO-8601 string", **ids)
+    return Envelope(
+        id=data["id"],
+        type=data["type"],
+        schema_version=version,
+        time=time,
+        correlation_id=data["correlation_id"],
+        causation_id=causation,
+        actor=actor,
+        payload=payload,
+    )
+
+
+def _decode_actor(raw: object, ids: dict) -> Actor | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("user"), str) or not raw["user"]:
+        raise PoisonMessage("envelope field 'actor' must be {\"user\": <name>, \"dc\": <name>|null}", **ids)
+    dc = raw.get("dc")
+    if dc is not None and not isinstance(dc, str):
+        raise PoisonMessage("envelope field 'actor.dc' must be a string or null", **ids)
+    return Actor(user=raw["user"], dc=dc)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

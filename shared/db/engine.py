@@ -1,0 +1,101 @@
+"""Engines for PostgreSQL (psycopg 3) and SQLite, with the settings each needs under load.
+
+SQLite: WAL, ``busy_timeout`` 5 s, and ``BEGIN IMMEDIATE`` for transactions opened through
+``write_transaction`` (so two writers queue up instead of failing on lock upgrade), plain
+``BEGIN`` for reads. PostgreSQL: ``pool_pre_ping`` so connections that died with the server are
+replaced instead of failing the next request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared.errors import Transient
+
+_WRITE = "imagesvc_write"
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """Create an engine for ``url`` (no connection is opened until first use)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 5.0},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: sqlite3.Connection, _record) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself instead of pysqlite's deferred one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a write transaction: committed if the block returns, rolled back otherwise.
+
+    Connection-level failures surface as ``Transient`` so callers retry instead of failing.
+    """
+    with translate_db_errors():
+        with engine.connect().execution_options(**{_WRITE: True}) as conn:
+            with conn.begin():
+                yield conn
+
+
+@contextlib.contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    with translate_db_errors():
+        with engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+
+@contextlib.contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Turn "the database is unreachable or busy" into ``Transient``; leave real errors alone."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise Transient(f"database unavailable: {exc.orig or exc}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Transient(f"database connection lost: {exc.orig or exc}") from exc
+        raise
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"

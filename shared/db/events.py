@@ -1,0 +1,133 @@
+"""The event store, which is also the outbox; stream heads; the inbox (processed messages).
+
+Events are appended in the transaction that produced them, published by the relay afterwards,
+and kept: the read model is rebuilt by replaying them in ``id`` order. ``(stream_id,
+stream_version)`` is unique, so two writers can never both produce version N of an image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Sequence
+
+from sqlalchemy import Connection, and_, select, update
+
+from shared.contracts import Envelope, encode
+from shared.db.dialect import insert_for, insert_ignore
+from shared.db.models import ProcessedMessage, StoredEvent, Stream, utcnow
+
+_events = StoredEvent.__table__
+_streams = Stream.__table__
+_processed = ProcessedMessage.__table__
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    message_id: str
+    type: str
+    correlation_id: str
+    body: bytes
+
+
+def advance_stream(conn: Connection, stream_id: str) -> int:
+    """Bump a stream's head and return the new version (1 for a new stream). Row-locks the head."""
+    stmt = (
+        insert_for(conn, _streams)
+        .values(stream_id=stream_id, version=1)
+        .on_conflict_do_update(index_elements=[_streams.c.stream_id], set_={"version": _streams.c.version + 1})
+        .returning(_streams.c.version)
+    )
+    return conn.execute(stmt).scalar_one()
+
+
+def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int] | None]]) -> list[int]:
+    """Store events (with their stream position, if any) as unpublished outbox rows; return their ids."""
+    ids = []
+    now = utcnow()
+    for envelope, position in envelopes:
+        stream_id, version = position if position else (None, None)
+        row_id = conn.execute(
+            _events.insert()
+            .values(
+                message_id=envelope.id,
+                type=envelope.type,
+                stream_id=stream_id,
+                stream_version=version,
+                correlation_id=envelope.correlation_id,
+                causation_id=envelope.causation_id,
+                body=encode(envelope).decode(),
+                created_at=now,
+            )
+            .returning(_events.c.id)
+        ).scalar_one()
+        ids.append(row_id)
+    return ids
+
+
+def unpublished(conn: Connection, *, ids: Sequence[int] | None = None, older_than: datetime | None = None,
+                limit: int = 500) -> list[OutboxRow]:
+    """Unpublished rows in id order: the given ``ids``, or all created before ``older_than``."""
+    query = select(_events.c.id, _events.c.message_id, _events.c.type, _events.c.correlation_id, _events.c.body).where(
+        _events.c.published_at.is_(None)
+    )
+    if ids is not None:
+        query = query.where(_events.c.id.in_(list(ids)))
+    if older_than is not None:
+        query = query.where(_events.c.created_at < older_than)
+    rows = conn.execute(query.order_by(_events.c.id).limit(limit)).all()
+    return [OutboxRow(r.id, r.message_id, r.type, r.correlation_id, r.body.encode()) for r in rows]
+
+
+def unpublished_for_message(conn: Connection, causation_id: str) -> list[int]:
+    """Ids of unpublished events caused by one handled message (its redelivery republishes them)."""
+    rows = conn.execute(
+        select(_events.c.id)
+        .where(_events.c.causation_id == causation_id, _events.c.published_at.is_(None))
+        .order_by(_events.c.id)
+    ).all()
+    return [r.id for r in rows]
+
+
+def mark_published(conn: Connection, ids: Sequence[int]) -> None:
+    if ids:
+        conn.execute(
+            update(_events).where(and_(_events.c.id.in_(list(ids)), _events.c.published_at.is_(None))).values(
+                published_at=utcnow()
+            )
+        )
+
+
+def stream_events(conn: Connection, stream_id: str, *, after: int, up_to: int) -> list[bytes]:
+    """Bodies of a stream's events with ``after < version <= up_to``, in version order."""
+    rows = conn.execute(
+        select(_events.c.body)
+        .where(_events.c.stream_id == stream_id, _events.c.stream_version > after, _events.c.stream_version <= up_to)
+        .order_by(_events.c.stream_version)
+    ).all()
+    return [r.body.encode() for r in rows]
+
+
+def all_events(conn: Connection, *, after_id: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
+    """A page of the whole log in commit order, for replays."""
+    rows = conn.execute(
+        select(_events.c.id, _events.c.body).where(_events.c.id > after_id).order_by(_events.c.id).limit(limit)
+    ).all()
+    return [(r.id, r.body.encode()) for r in rows]
+
+
+def mark_processed(conn: Connection, consumer: str, message_id: str) -> bool:
+    """Record that ``consumer`` handled ``message_id``. False if it already had (a duplicate)."""
+    return insert_ignore(conn, _processed, {"consumer": consumer, "message_id": message_id, "processed_at": utcnow()})
+
+
+def was_processed(conn: Connection, consumer: str, message_id: str) -> bool:
+    return (
+        conn.execute(
+            select(_processed.c.message_id).where(
+                _processed.c.consumer == consumer, _processed.c.message_id == message_id
+            )
+        ).first()
+        is not None
+    )

@@ -1,0 +1,52 @@
+"""Lease locks: one row per held lock, taken and checked in a single atomic statement.
+
+A lock has an owner (a task id) and an expiry. ``acquire`` succeeds when the lock is free,
+expired, or already held by the same owner (re-entry after a redelivery); it never waits. Which
+command needs which lock, and what "held" means for it, is the handlers' business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, delete, select
+
+from shared.db.dialect import insert_for
+from shared.db.models import Lock, utcnow
+
+_locks = Lock.__table__
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    owner: str
+    expires_at: datetime
+
+
+def acquire(conn: Connection, name: str, owner: str, lease_seconds: float, *, now: datetime | None = None) -> bool:
+    """Take ``name`` for ``owner`` until now + lease. True if the caller now holds it."""
+    now = now or utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    stmt = insert_for(conn, _locks).values(name=name, owner=owner, acquired_at=now, expires_at=expires)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[_locks.c.name],
+        set_={"owner": owner, "acquired_at": now, "expires_at": expires},
+        where=(_locks.c.expires_at < now) | (_locks.c.owner == owner),
+    ).returning(_locks.c.owner)
+    return conn.execute(stmt).first() is not None
+
+
+def release(conn: Connection, name: str, owner: str) -> bool:
+    """Drop the lock if ``owner`` holds it. True if a row was removed."""
+    result = conn.execute(delete(_locks).where(_locks.c.name == name, _locks.c.owner == owner))
+    return result.rowcount == 1
+
+
+def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockHolder | None:
+    """The current, unexpired holder of ``name``, if any."""
+    now = now or utcnow()
+    row = conn.execute(
+        select(_locks.c.owner, _locks.c.expires_at).where(_locks.c.name == name, _locks.c.expires_at >= now)
+    ).first()
+    return LockHolder(owner=row.owner, expires_at=row.expires_at) if row else None

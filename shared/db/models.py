@@ -1,0 +1,268 @@
+"""Database tables: the write side (owned by the consumers), the gateway's command journal,
+accounts and datacenters, and the read model (owned by the projector).
+
+The read-model tables are prefixed ``rm_``: they hold nothing that cannot be rebuilt from the
+``events`` table, which doubles as the outbox (a row is published once, then kept).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+# SQLite only auto-increments INTEGER PRIMARY KEY columns.
+AutoBigInt = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+metadata = Base.metadata
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --- accounts and datacenters ---------------------------------------------------------------
+
+
+class Datacenter(Base):
+    __tablename__ = "datacenters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(16), unique=True)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: VMS_IMAGE_LIMIT of the original: most images bound to this DC (NULL = unlimited).
+    image_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "uq_datacenters_one_default",
+            "is_default",
+            unique=True,
+            sqlite_where=text("is_default"),
+            postgresql_where=text("is_default"),
+        ),
+    )
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    #: sha256 hex digest of the API key; the key itself is never stored.
+    api_key_digest: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    is_superadmin: Mapped[bool] = mapped_column(Boolean, default=False)
+    api_access: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    default_dc_id: Mapped[int | None] = mapped_column(ForeignKey("datacenters.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- write side ------------------------------------------------------------------------------
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(16))
+    desc: Mapped[str] = mapped_column(String(128), default="")
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    access: Mapped[int] = mapped_column(SmallInteger)
+    size: Mapped[int] = mapped_column(Integer)
+    ostype: Mapped[int] = mapped_column(SmallInteger)
+    deploy: Mapped[bool] = mapped_column(Boolean)
+    resize: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    manifest_active: Mapped[dict[str, Any]] = mapped_column(JSON)
+    dc_bound_id: Mapped[int | None] = mapped_column(ForeignKey("datacenters.id", ondelete="SET NULL"), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime)
+    changed: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ImageDatacenter(Base):
+    """An image attached to (usable in) a datacenter."""
+
+    __tablename__ = "image_dcs"
+
+    image_uuid: Mapped[str] = mapped_column(ForeignKey("images.uuid", ondelete="CASCADE"), primary_key=True)
+    dc_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="CASCADE"), primary_key=True)
+
+
+class Stream(Base):
+    """Head version of each event stream (``image:<uuid>``); survives the image's deletion."""
+
+    __tablename__ = "streams"
+
+    stream_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class StoredEvent(Base):
+    """Outbox and event store: written in the producing transaction, published, then kept."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(AutoBigInt, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    stream_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    stream_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    correlation_id: Mapped[str] = mapped_column(String(128), index=True)
+    #: Id of the message whose handling produced the event (a redelivery republishes its events).
+    causation_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("uq_events_stream_version", "stream_id", "stream_version", unique=True),
+        Index(
+            "ix_events_unpublished",
+            "id",
+            sqlite_where=text("published_at IS NULL"),
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+
+class ProcessedMessage(Base):
+    """Inbox: a (consumer, message id) pair is handled at most once; written with the effect."""
+
+    __tablename__ = "processed_messages"
+
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Lock(Base):
+    """Lease locks (one row per held lock); see ``shared.db.locks``."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# --- gateway journal -------------------------------------------------------------------------
+
+
+class SubmittedCommand(Base):
+    """Every command the gateway published (written before the publish), so a task is known
+    from the moment it is accepted, even before any consumer has seen it."""
+
+    __tablename__ = "submitted_commands"
+
+    message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    object_name: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(150))
+    owner: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    dc: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- read model ------------------------------------------------------------------------------
+
+
+class ReadImage(Base):
+    __tablename__ = "rm_images"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime)
+    owner: Mapped[str] = mapped_column(String(150))
+    dc_bound: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    access: Mapped[int] = mapped_column(SmallInteger)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    #: The image's public JSON object (without ``dcs``), encoded once by the projector.
+    doc: Mapped[str] = mapped_column(Text)
+    #: JSON list of attached datacenter names.
+    dcs: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_rm_images_created", "created"),)
+
+
+class ReadStream(Base):
+    """The projector's position in each stream (kept after a delete, so stale events stay dead)."""
+
+    __tablename__ = "rm_streams"
+
+    stream_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class ReadTask(Base):
+    __tablename__ = "rm_tasks"
+
+    task_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    http_code: Mapped[int] = mapped_column(Integer)
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    command: Mapped[str] = mapped_column(String(64))
+    object_name: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    dc: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,55 @@
+"""Plain records of the write model, as ``shared.db.catalogue`` reads and writes them.
+
+Data only: the rules that apply to them live in ``domain``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image as the write side knows it. ``dc_bound`` and ``dcs`` are datacenter names."""
+
+    uuid: str
+    name: str
+    alias: str
+    version: str
+    desc: str
+    owner: str
+    access: int
+    size: int
+    ostype: int
+    deploy: bool
+    resize: bool
+    status: int
+    tags: list[str]
+    created: datetime
+    changed: datetime
+    dc_bound: str | None = None
+    dcs: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest_active: dict[str, Any] = field(default_factory=dict)
+
+    def with_changes(self, **changes: Any) -> "ImageRecord":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    id: int
+    username: str
+    is_superadmin: bool
+    api_access: bool = True
+    is_active: bool = True
+
+
+@dataclass(frozen=True)
+class DatacenterRecord:
+    id: int
+    name: str
+    is_default: bool = False
+    image_limit: int | None = None

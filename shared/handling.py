@@ -1,0 +1,270 @@
+"""Message handling protocol between the consumer runner and the services' handlers.
+
+``CommandConsumer`` gives every command exactly one terminal task event:
+
+1. decode the envelope (a poison message is dead-lettered, with a ``task.failed`` when its task
+   id can be read);
+2. skip a message this consumer already handled (its events are republished if still pending);
+3. call the handler, which opens its own transactions through ``CommandContext`` and ends the
+   successful path with ``Transaction.finish(...)``: effect, inbox row and outbox events commit
+   together;
+4. a ``CommandFailed`` raised by the handler becomes a ``task.failed`` committed with the inbox row;
+5. publish the new outbox rows (confirmed), then let the runner ack.
+
+``EventConsumer`` applies events to the read model the same way: inbox row and effect in one
+transaction, then an optional notification, then the ack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import structlog
+from sqlalchemy import Connection, Engine
+
+from shared import contracts
+from shared.broker.consumer import Delivery, Disposition
+from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
+from shared.db import events as store
+from shared.db import locks
+from shared.db.catalogue import SqlCatalogue
+from shared.db.engine import read_transaction, write_transaction
+from shared.errors import CommandFailed, OutOfOrder, PoisonMessage
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Duplicate(Exception):
+    """The message was handled before (its inbox row exists)."""
+
+
+class Transaction:
+    """A handler's write transaction: catalogue access, stream versions, locks, and ``finish``."""
+
+    def __init__(self, ctx: "CommandContext", conn: Connection):
+        self._ctx = ctx
+        self.conn = conn
+        self.catalogue = SqlCatalogue(conn)
+
+    def advance_stream(self, stream_id: str) -> int:
+        return store.advance_stream(self.conn, stream_id)
+
+    def acquire_lock(self, name: str, lease_seconds: float) -> bool:
+        return locks.acquire(self.conn, name, self._ctx.task_id, lease_seconds)
+
+    def release_lock(self, name: str) -> None:
+        locks.release(self.conn, name, self._ctx.task_id)
+
+    def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None) -> None:
+        """End the task in success: store the events and ``task.succeeded``, mark the command handled.
+
+        Raises Duplicate (rolling the transaction back) if another delivery of the same command
+        got here first.
+        """
+        ctx = self._ctx
+        if not store.mark_processed(self.conn, ctx.consumer, ctx.envelope.id):
+            raise Duplicate(ctx.envelope.id)
+        position = next((e.stream_position() for e in reversed(events) if e.stream_position()), None)
+        terminal = TaskSucceeded(
+            task_id=ctx.task_id,
+            command=ctx.envelope.type,
+            object_name=ctx.object_name,
+            user=ctx.actor.user if ctx.actor else None,
+            owner=owner,
+            dc=dc,
+            result=result,
+            stream=position[0] if position else None,
+            stream_version=position[1] if position else None,
+        )
+        ctx.event_ids = store.append(self.conn, [(ctx.wrap(e), e.stream_position()) for e in [*events, terminal]])
+        ctx.finished = True
+
+
+class CommandContext:
+    """What a command handler knows of its message, and how it opens transactions."""
+
+    def __init__(self, engine: Engine, consumer: str, envelope: Envelope, delivery: Delivery):
+        self.engine = engine
+        self.consumer = consumer
+        self.envelope = envelope
+        self.delivery = delivery
+        self.finished = False
+        self.event_ids: list[int] = []
+
+    @property
+    def task_id(self) -> str:
+        return self.envelope.correlation_id
+
+    @property
+    def actor(self) -> Actor | None:
+        return self.envelope.actor
+
+    @property
+    def object_name(self) -> str:
+        return str(self.envelope.payload.get("name", ""))[:64]
+
+    def wrap(self, event: Event) -> Envelope:
+        return contracts.wrap(event, correlation_id=self.task_id, causation_id=self.envelope.id, actor=self.actor)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[SqlCatalogue]:
+        with read_transaction(self.engine) as conn:
+            yield SqlCatalogue(conn)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Transaction]:
+        with write_transaction(self.engine) as conn:
+            yield Transaction(self, conn)
+
+
+CommandHandler = Callable[[Command, CommandContext], None]
+
+
+class CommandConsumer:
+    def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler]):
+        self.name = name
+        self._engine = engine
+        self._relay = relay
+        self._routes = dict(routes)
+
+    def __call__(self, delivery: Delivery) -> Disposition:
+        try:
+            envelope = contracts.decode(delivery.body)
+            handler = self._routes.get(envelope.type)
+            if handler is None:
+                raise PoisonMessage(f"{self.name} does not handle {envelope.type!r}", message_id=envelope.id,
+                                    correlation_id=envelope.correlation_id, message_type=envelope.type)
+            command = contracts.parse(envelope)
+        except PoisonMessage as poison:
+            self._fail_poison(poison, delivery)
+            return Disposition.dead_letter(poison.reason)
+        structlog.contextvars.bind_contextvars(task_id=envelope.correlation_id, message_id=envelope.id,
+                                               type=envelope.type)
+        with read_transaction(self._engine) as conn:
+            handled = store.was_processed(conn, self.name, envelope.id)
+        if handled:
+            return self._duplicate(envelope)
+        ctx = CommandContext(self._engine, self.name, envelope, delivery)
+        try:
+            handler(command, ctx)
+            if not ctx.finished:
+                raise RuntimeError(f"handler for {envelope.type} returned without finishing its task")
+        except Duplicate:
+            return self._duplicate(envelope)
+        except CommandFailed as failure:
+            try:
+                ctx.event_ids = self._record_failure(envelope, failure)
+            except Duplicate:
+                return self._duplicate(envelope)
+            log.info("task.failed", http_code=failure.http_code, code=failure.code)
+        self._relay.publish(ctx.event_ids)
+        return Disposition.ack()
+
+    def _duplicate(self, envelope: Envelope) -> Disposition:
+        with read_transaction(self._engine) as conn:
+            pending = store.unpublished_for_message(conn, envelope.id)
+        self._relay.publish(pending)
+        return Disposition.ack("duplicate")
+
+    def _record_failure(self, envelope: Envelope, failure: CommandFailed, *, consumer: str | None = None) -> list[int]:
+        terminal = TaskFailed(
+            task_id=envelope.correlation_id,
+            command=envelope.type,
+            object_name=str(envelope.payload.get("name", ""))[:64],
+            user=envelope.actor.user if envelope.actor else None,
+            owner=envelope.actor.user if envelope.actor else None,
+            dc=envelope.actor.dc if envelope.actor else None,
+            http_code=failure.http_code,
+            result=failure.result,
+            code=failure.code,
+        )
+        wrapped = contracts.wrap(terminal, correlation_id=envelope.correlation_id, causation_id=envelope.id,
+                                 actor=envelope.actor)
+        with write_transaction(self._engine) as conn:
+            if not store.mark_processed(conn, consumer or self.name, envelope.id):
+                raise Duplicate(envelope.id)
+            return store.append(conn, [(wrapped, None)])
+
+    def _fail_poison(self, poison: PoisonMessage, delivery: Delivery) -> None:
+        """A poison command still ends its task, when its task id (correlation id) is readable."""
+        task_id = poison.correlation_id or delivery.correlation_id
+        message_id = poison.message_id or delivery.message_id
+        log.error("message.poison", reason=poison.reason, task_id=task_id, message_id=message_id)
+        if not task_id or not message_id:
+            return
+        envelope = Envelope(id=message_id, type=poison.message_type or delivery.message_type or "unknown",
+                            correlation_id=task_id, payload={})
+        failure = CommandFailed({"detail": f"Invalid command message: {poison.reason}"}, http_code=400,
+                                code="invalid_message")
+        try:
+            ids = self._record_failure(envelope, failure)
+        except Duplicate:
+            return
+        self._relay.publish(ids)
+
+    def on_give_up(self, delivery: Delivery, reason: str) -> None:
+        """Retries exhausted: end the task in failure (500), so no accepted command hangs forever."""
+        try:
+            envelope = contracts.decode(delivery.body)
+        except PoisonMessage:
+            return
+        failure = CommandFailed({"detail": "Internal error: the command could not be processed"}, http_code=500,
+                                code="retries_exhausted")
+        try:
+            ids = self._record_failure(envelope, failure)
+        except Duplicate:
+            return
+        self._relay.publish(ids)
+
+
+# --- events -> read model ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Sent after a read-model commit that a waiting gateway may care about."""
+
+    task_id: str
+    status: str
+
+
+EventApplier = Callable[[Connection, Envelope, Event], "Notification | None"]
+
+
+class EventConsumer:
+    """Applies events idempotently: the inbox row and the read-model change commit together."""
+
+    def __init__(self, *, name: str, engine: Engine, apply: EventApplier, notify: Callable[[Notification], None]):
+        self.name = name
+        self._engine = engine
+        self._apply = apply
+        self._notify = notify
+
+    def __call__(self, delivery: Delivery) -> Disposition:
+        try:
+            envelope = contracts.decode(delivery.body)
+            event = contracts.parse(envelope)
+            if not isinstance(event, Event):
+                raise PoisonMessage(f"{envelope.type!r} is not an event", message_id=envelope.id)
+        except PoisonMessage as poison:
+            log.error("message.poison", reason=poison.reason, message_id=poison.message_id)
+            return Disposition.dead_letter(poison.reason)
+        try:
+            with write_transaction(self._engine) as conn:
+                if not store.mark_processed(conn, self.name, envelope.id):
+                    return Disposition.ack("duplicate")
+                note = self._apply(conn, envelope, event)
+        except OutOfOrder as gap:
+            return Disposition.retry(f"out of order: {gap}", delay=0.2)
+        if note is not None:
+            try:
+                self._notify(note)
+            except Exception as exc:  # noqa: BLE001 - gateways also poll; a lost notification only delays
+                log.warning("projector.notify_failed", error=repr(exc))
+        return Disposition.ack()
+
+    def on_give_up(self, delivery: Delivery, reason: str) -> None:
+        log.error("projector.gave_up", reason=reason, message_id=delivery.message_id)

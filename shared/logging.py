@@ -1,0 +1,73 @@
+"""structlog set-up, called once per process by its entry point.
+
+One processor chain for structlog and the standard library (kombu, SQLAlchemy, uvicorn and
+Alembic log through ``ProcessorFormatter``), JSON lines when the output is not a terminal.
+Context (request id, task id, message id) travels in ``structlog.contextvars``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import structlog
+
+
+def _json_dumps(obj: object, default=None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO", stream=None) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr by default).
+
+    ``fmt`` is ``json``, ``console`` or ``auto`` (JSON unless the stream is a terminal). Safe to call
+    again (tests do); the last call wins.
+    """
+    stream = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_service(service),
+    ]
+    renderer = (
+        structlog.processors.JSONRenderer(serializer=_json_dumps)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Libraries that are chatty at INFO; their warnings still come through.
+    for name in ("pika", "amqp", "kombu", "uvicorn.access", "httpx", "httpcore", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _add_service(service: str):
+    def processor(_logger, _name, event_dict):
+        event_dict.setdefault("service", service)
+        return event_dict
+
+    return processor
+
+
+def get_logger(name: str | None = None):
+    return structlog.get_logger(name)

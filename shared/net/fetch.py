@@ -1,0 +1,278 @@
+"""Fetching remote URLs without becoming a proxy into our own network (deviations #6).
+
+Rules: http and https only; ports 80 and 443 unless an allow-list entry admits the host with its
+port; the host is resolved once and *every* address must be public (loopback, private,
+link-local, shared, reserved, IPv4-mapped and encoded forms such as ``2130706433`` or
+``127.1`` are refused) unless allow-listed; the connection goes to the checked address (no
+second lookup, so DNS rebinding cannot redirect it); redirects are followed by hand, each
+re-checked, at most ``max_redirects``, never from https to http; TLS is verified against the
+original host name; bodies are read raw (no transparent decompression) and capped; connect,
+read and total time are bounded.
+
+``IMAGESVC_FETCH_ALLOW`` entries: a host name, an IP address or a CIDR, each optionally with
+``:port`` (IPv6 as ``[addr]:port``); an entry without a port admits any port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_EXTRA_DENIED = [ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4",
+    "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10",
+)]
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+class FetchError(Exception):
+    """A fetch failed. ``str()`` is a short human text (used inside the original's messages);
+    ``code`` is stable and machine-readable."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class _AllowEntry:
+    host: str | None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    port: int | None
+
+    def admits(self, host: str, address: str | None, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.host is not None:
+            return host.lower().rstrip(".") == self.host
+        if address is None or self.network is None:
+            return False
+        return ipaddress.ip_address(address) in self.network
+
+
+def parse_allow_list(entries: Iterable[str]) -> list[_AllowEntry]:
+    """Parse ``IMAGESVC_FETCH_ALLOW`` entries. Raises ValueError on a malformed one."""
+    parsed = []
+    for raw in entries:
+        entry = raw.strip()
+        if not entry:
+            continue
+        port: int | None = None
+        if entry.startswith("["):
+            address, _, rest = entry[1:].partition("]")
+            if rest:
+                port = int(rest.lstrip(":"))
+            entry = address
+        elif entry.count(":") == 1:
+            entry, port_text = entry.split(":")
+            port = int(port_text)
+        try:
+            parsed.append(_AllowEntry(None, ipaddress.ip_network(entry, strict=False), port))
+        except ValueError:
+            if not entry or "/" in entry:
+                raise ValueError(f"bad fetch allow-list entry {raw!r}") from None
+            parsed.append(_AllowEntry(entry.lower().rstrip("."), None, port))
+    return parsed
+
+
+def literal_address(host: str) -> str | None:
+    """The IP address a URL host denotes without DNS, including legacy IPv4 forms
+    (``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1``), or None for a name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if all(part and all(c in "0123456789abcdefxABCDEFX" for c in part) for part in host.split(".")) and any(
+            c.isdigit() for c in host
+        ):
+            try:
+                return socket.inet_ntoa(socket.inet_aton(host))
+            except OSError:
+                return None
+        return None
+    return str(address)
+
+
+def is_public_address(text: str) -> bool:
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is not None:
+            return is_public_address(str(embedded))
+    if address.is_multicast or any(address in net for net in _EXTRA_DENIED if net.version == address.version):
+        return False
+    return address.is_global
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class UrlPolicy:
+    """Decides which URLs may be fetched and to which address the connection goes."""
+
+    def __init__(self, allow: Iterable[str] = (), *, resolver: Resolver = system_resolver):
+        self._allow = parse_allow_list(allow)
+        self._resolver = resolver
+
+    def _admitted(self, host: str, address: str | None, port: int) -> bool:
+        return any(entry.admits(host, address, port) for entry in self._allow)
+
+    def check_static(self, url: str) -> tuple[str, str, int]:
+        """Checks that need no DNS: scheme, port, IP literals. Returns (scheme, host, port).
+
+        Raises FetchError(code="url_not_allowed").
+        """
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise FetchError("URL not allowed: malformed URL", "url_not_allowed") from None
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            raise FetchError(f"URL not allowed: scheme {scheme or '(none)'!r}", "url_not_allowed")
+        host = (parts.hostname or "").rstrip(".")
+        if not host:
+            raise FetchError("URL not allowed: no host", "url_not_allowed")
+        if parts.username is not None or parts.password is not None:
+            raise FetchError("URL not allowed: credentials in URL", "url_not_allowed")
+        port = port if port is not None else DEFAULT_PORTS[scheme]
+        address = literal_address(host)
+        if self._admitted(host, address, port):
+            return scheme, host, port
+        if port not in DEFAULT_PORTS.values():
+            raise FetchError(f"URL not allowed: port {port}", "url_not_allowed")
+        if address is not None and not is_public_address(address):
+            raise FetchError(f"URL not allowed: {address} is not a public address", "url_not_allowed")
+        return scheme, host, port
+
+    def resolve(self, url: str) -> tuple[str, str, int, str]:
+        """Full check: returns (scheme, host, port, address to connect to)."""
+        scheme, host, port = self.check_static(url)
+        address = literal_address(host)
+        if address is not None:
+            return scheme, host, port, address
+        try:
+            addresses = list(self._resolver(host, port))
+        except OSError as exc:
+            raise FetchError(f"cannot resolve {host}: {exc.strerror or exc}", "connection_error") from None
+        if not addresses:
+            raise FetchError(f"cannot resolve {host}", "connection_error")
+        if not self._admitted(host, None, port):
+            for candidate in addresses:
+                if not self._admitted(host, candidate, port) and not is_public_address(candidate):
+                    raise FetchError(f"URL not allowed: {host} resolves to {candidate}, not a public address",
+                                     "url_not_allowed")
+        return scheme, host, port, addresses[0]
+
+
+class Fetcher:
+    """GET a URL under a ``UrlPolicy``; returns the body (at most ``max_bytes``)."""
+
+    def __init__(self, policy: UrlPolicy, *, max_redirects: int = 3, transport: httpx.BaseTransport | None = None):
+        self.policy = policy
+        self._max_redirects = max_redirects
+        self._transport = transport
+
+    def get(self, url: str, *, max_bytes: int, timeout: float, truncate: bool = False) -> bytes:
+        """Fetch ``url``. With ``truncate`` the body is cut at ``max_bytes`` (a probe); without it
+        a longer body is an error ("Response is too large"). Raises FetchError."""
+        deadline = time.monotonic() + timeout
+        current = url
+        with httpx.Client(verify=True, trust_env=False, follow_redirects=False, transport=self._transport,
+                          timeout=httpx.Timeout(timeout)) as client:
+            for _hop in range(self._max_redirects + 1):
+                scheme, host, port, address = self.policy.resolve(current)
+                response_url, status, location, body = self._get_once(
+                    client, current, scheme, host, port, address, max_bytes, truncate, deadline)
+                if status in _REDIRECTS and location:
+                    target = urljoin(current, location)
+                    if scheme == "https" and urlsplit(target).scheme.lower() == "http":
+                        raise FetchError("redirect from https to http refused", "redirect_not_allowed")
+                    current = target
+                    continue
+                if status >= 400:
+                    kind = "Client" if status < 500 else "Server"
+                    raise FetchError(f"{status} {kind} Error: {_reason(status)} for url: {current}", "http_error")
+                return body
+        raise FetchError(f"Exceeded {self._max_redirects} redirects.", "too_many_redirects")
+
+    def _get_once(self, client: httpx.Client, url: str, scheme: str, host: str, port: int, address: str,
+                  max_bytes: int, truncate: bool, deadline: float):
+        parts = urlsplit(url)
+        pinned_host = f"[{address}]" if ":" in address else address
+        pinned = urlunsplit((scheme, f"{pinned_host}:{port}", parts.path or "/", parts.query, ""))
+        host_header = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
+        if ":" in host and not host.startswith("["):
+            host_header = f"[{host}]" if port == DEFAULT_PORTS[scheme] else f"[{host}]:{port}"
+        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("timed out", "timeout")
+        request = client.build_request(
+            "GET", pinned, headers={"Host": host_header, "Accept-Encoding": "identity", "User-Agent": "imagesvc"},
+            extensions=extensions, timeout=httpx.Timeout(remaining),
+        )
+        try:
+            response = client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise FetchError("timed out", "timeout") from None
+        except httpx.ConnectError as exc:
+            raise FetchError(_connect_text(exc), "connection_error") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(str(exc) or type(exc).__name__, "connection_error") from None
+        try:
+            if response.status_code in _REDIRECTS or response.status_code >= 400:
+                return url, response.status_code, response.headers.get("location"), b""
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise FetchError(f"Content-Encoding {encoding!r} is not accepted", "encoding_not_allowed")
+            declared = response.headers.get("content-length")
+            if not truncate and declared and declared.isdigit() and int(declared) > max_bytes:
+                raise FetchError("Response is too large", "too_large")
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                for chunk in response.iter_raw():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:
+                        if truncate:
+                            break
+                        raise FetchError("Response is too large", "too_large")
+                    if time.monotonic() > deadline:
+                        raise FetchError("timed out", "timeout")
+            except httpx.TimeoutException:
+                raise FetchError("timed out", "timeout") from None
+            except httpx.HTTPError as exc:
+                raise FetchError(str(exc) or type(exc).__name__, "connection_error") from None
+            return url, response.status_code, None, b"".join(chunks)[:max_bytes]
+        finally:
+            response.close()
+
+
+def _reason(status: int) -> str:
+    try:
+        from http import HTTPStatus
+
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _connect_text(exc: Exception) -> str:
+    text = str(exc)
+    if "refused" in text.lower():
+        return "Connection refused"
+    if "certificate" in text.lower() or "ssl" in text.lower():
+        return f"TLS error: {text}"
+    return text or "connection failed"
