@@ -1,0 +1,7 @@
+"""``python -m imagesvc``."""
+
+import sys
+
+from imagesvc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Test support: polling, a loopback origin server, service gating, system launchers."""

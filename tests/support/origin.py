@@ -1,0 +1,84 @@
+"""A loopback HTTP origin that serves image manifests and files the way a repository does."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Origin:
+    """``add_manifest(...)`` publishes ``/images/<uuid>`` and ``/images/<uuid>/file``; ``route(...)``
+    serves anything else. Records every path requested (``hits``)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: list[str] = []
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                origin.hits.append(self.path)
+                route = origin.routes.get(self.path.split("?")[0], Route(404, b'{"code":"ResourceNotFound"}'))
+                self.send_response(route.status)
+                headers = {"Content-Length": str(len(route.body)), "Content-Type": "application/json", **route.headers}
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(route.body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str] | None = None) -> str:
+        self.routes[path] = Route(status, body.encode() if isinstance(body, str) else body, headers or {})
+        return self.base + path
+
+    def add_manifest(self, manifest: dict[str, Any] | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+        """Serve a valid manifest (``overrides`` change its keys); returns (manifest URL, manifest)."""
+        data = sample_manifest(**overrides) if manifest is None else manifest
+        path = f"/images/{data['uuid']}"
+        self.route(path, orjson.dumps(data))
+        self.route(path + "/file", b"\x00" * 64)
+        return self.base + path, data
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def sample_manifest(**overrides: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "v": 2,
+        "uuid": str(uuidlib.uuid4()),
+        "name": "centos-7",
+        "version": "20200101",
+        "type": "zvol",
+        "os": "linux",
+        "description": "CentOS 7 64-bit",
+        "image_size": 10240,
+        "files": [{"sha1": "0" * 40, "size": 64, "compression": "none"}],
+        "tags": {"resize": True, "erigones": ["linux"]},
+    }
+    manifest.update(overrides)
+    return manifest

@@ -1,0 +1,159 @@
+"""Start imagesvc the way users do (its own command, in subprocesses) and stop it cleanly.
+
+``start_embedded``: ``imagesvc serve`` (memory:// + SQLite, one process).
+``start_distributed``: ``imagesvc db upgrade``, ``admin create-superadmin``, two gateways and one
+process per consumer service on RabbitMQ + PostgreSQL, under a random topology prefix and a
+fresh database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.support.polling import eventually
+from tests.support.services import create_database, delete_queues, drop_database, free_port
+
+CONSUMERS = ("importer", "updater", "deleter", "projector")
+
+
+def _base_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESVC_")}
+    env.update({"IMAGESVC_LOG_FORMAT": "json", "IMAGESVC_FETCH_ALLOW": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imagesvc", *args]
+
+
+@dataclass
+class System:
+    mode: str
+    workdir: Path
+    env: dict[str, str]
+    api_key: str
+    gateway_urls: list[str]
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    database_url: str | None = None
+    broker_url: str | None = None
+    prefix: str = ""
+    _cleanup: list = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.gateway_urls[0]
+
+    def client(self, gateway: int = 0, **kwargs) -> httpx.Client:
+        headers = {"ES-API-KEY": self.api_key, **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=self.gateway_urls[gateway], headers=headers, timeout=30, **kwargs)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")
+        process = subprocess.Popen(_command(*args), cwd=self.workdir, env=self.env, stdout=log, stderr=log,
+                                   start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_worker(self, service: str) -> None:
+        marker = self.log(service).count('"consumer.ready"')
+        self.spawn(service, "worker", service)
+
+        def ready() -> None:
+            assert self.processes[service].poll() is None, self.log(service)[-2000:]
+            assert self.log(service).count('"consumer.ready"') > marker
+
+        eventually(ready, timeout=30)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+    def stop(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        for cleanup in self._cleanup:
+            cleanup()
+
+
+def _wait_http(url: str, process: subprocess.Popen, log) -> None:
+    def up() -> None:
+        assert process.poll() is None, log()[-3000:]
+        try:
+            assert httpx.get(url + "/openapi.json", timeout=2).status_code == 200
+        except httpx.HTTPError as exc:
+            raise AssertionError(str(exc)) from None
+
+    eventually(up, timeout=40, interval=0.1)
+
+
+def start_embedded(workdir: Path, extra_env: dict[str, str] | None = None) -> System:
+    port = free_port()
+    env = _base_env({"IMAGESVC_DATA_DIR": str(workdir / "var"), **(extra_env or {})})
+    system = System("embedded", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}/api"])
+    process = system.spawn("serve", "serve", "--port", str(port))
+    try:
+        _wait_http(system.url, process, lambda: system.log("serve"))
+        system.api_key = (workdir / "var" / "admin.key").read_text().strip()
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+def start_distributed(workdir: Path, *, broker_url: str, postgres_admin_url: str, gateways: int = 2,
+                      extra_env: dict[str, str] | None = None) -> System:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    database_url = create_database(postgres_admin_url)
+    env = _base_env({
+        "IMAGESVC_DATABASE_URL": database_url,
+        "IMAGESVC_BROKER_URL": broker_url,
+        "IMAGESVC_TOPOLOGY_PREFIX": prefix,
+        **(extra_env or {}),
+    })
+    ports = [free_port() for _ in range(gateways)]
+    system = System("distributed", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{p}/api" for p in ports],
+                    database_url=database_url, broker_url=broker_url, prefix=prefix)
+    system._cleanup.append(lambda: drop_database(postgres_admin_url, database_url))
+    system._cleanup.append(lambda: delete_queues(broker_url, prefix))
+    try:
+        subprocess.run(_command("db", "upgrade"), cwd=workdir, env=env, check=True, capture_output=True, timeout=120)
+        created = subprocess.run(_command("admin", "create-superadmin", "root"), cwd=workdir, env=env, check=True,
+                                 capture_output=True, text=True, timeout=60)
+        system.api_key = created.stdout.strip().splitlines()[-1]
+        for index, port in enumerate(ports):
+            process = system.spawn(f"gateway{index}", "gateway", "--port", str(port))
+            _wait_http(system.gateway_urls[index], process, lambda i=index: system.log(f"gateway{i}"))
+        for service in CONSUMERS:
+            system.start_worker(service)
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
