@@ -126,9 +126,11 @@ def access(value: Any) -> int:
 
 
 def tags(value: Any) -> list[str]:
-    """A list of tags, or one string of tags separated by commas or spaces."""
+    """A list of tags, or one string: comma-separated when it has a comma (a tag may then hold
+    spaces), else space-separated. Duplicates in a string are dropped."""
     if isinstance(value, str):
-        items: list[Any] = [part for part in re.split(r"[,\s]+", value) if part]
+        parts = value.split(",") if "," in value else value.split()
+        items: list[Any] = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
     elif isinstance(value, list):
         items = value
     elif value is None:

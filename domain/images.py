@@ -135,6 +135,8 @@ def check_import_shape(payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     Returns the normalised supplied values and the errors; a missing ``manifest_url`` and a
     DC-bound image without ``dc`` are errors here, as they are in the original.
     """
+    if payload.get("dc") in ("", None):
+        payload = {k: v for k, v in payload.items() if k != "dc"}  # an empty dc is no dc
     values, errors = fields.validate(payload, fields.IMPORT_FIELDS)
     if "manifest_url" not in payload:
         errors["manifest_url"] = [fields.REQUIRED]

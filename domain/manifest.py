@@ -73,8 +73,11 @@ def parse(raw: bytes) -> dict[str, Any]:
     if len(files) > 1:
         raise ManifestError(MULTIPLE_FILES)
     size = manifest.get("image_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-        raise ManifestError(INVALID_MANIFEST)
+    if size is not None:
+        if isinstance(size, str) and size.strip().isdigit():
+            manifest["image_size"] = size = int(size)  # the original int()s it
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ManifestError(INVALID_MANIFEST)
     for key, kind in (("description", str), ("tags", dict), ("requirements", dict)):
         if manifest.get(key) is not None and not isinstance(manifest[key], kind):
             raise ManifestError(INVALID_MANIFEST)
@@ -106,10 +109,11 @@ def import_defaults(manifest: Mapping[str, Any]) -> dict[str, Any]:
         defaults["version"] = manifest["version"]
     if manifest.get("description"):
         defaults["desc"] = manifest["description"][:128]
-    if tags.get("resize"):
-        defaults["resize"] = tags["resize"]
-    elif ostype(manifest) in ZONE_OSTYPES:
-        defaults["resize"] = True
+    # The original reads tags.resize with "true for zones" as its fallback, then keeps it only if
+    # truthy: an explicit false offers nothing, so the request default (false) applies.
+    resize = tags.get("resize", ostype(manifest) in ZONE_OSTYPES)
+    if resize:
+        defaults["resize"] = resize
     if tags.get("deploy"):
         defaults["deploy"] = tags["deploy"]
     if tags.get("erigones"):

@@ -25,7 +25,8 @@ COMMAND_MESSAGES = {
     "image.delete": "Delete image",
 }
 
-_TASK_ID = re.compile(r"^(\d+)([deamif])(\d+)([du])(\d+)-([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})\Z")
+# The original checks the groups' lengths only, not that they are hex.
+_TASK_ID = re.compile(r"^(\d+)([deamif])(\d+)([du])(\d+)-([^-]{8})-([^-]{4})-([^-]{4})-([^-]{4})\Z")
 
 
 def _random_groups() -> list[str]:

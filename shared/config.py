@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -47,8 +47,6 @@ class Settings:
     fetch_allow: tuple[str, ...] = ()
     #: ``none``: no image server, the original's database-level operations.
     image_store: str = "none"
-    #: ``off`` or a rate such as ``45/minute`` (deviations #13).
-    throttle: str = "off"
     #: Seconds a resolved API key stays cached in a gateway process.
     auth_cache_seconds: float = 2.0
     #: Image lock lease in seconds; a lock older than this may be broken.
@@ -59,7 +57,6 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     #: Database connections per process.
     db_pool_size: int = 10
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> "Settings":
@@ -69,8 +66,6 @@ class Settings:
         """
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
-            if f.name == "extra":
-                continue
             var = "IMAGESVC_" + f.name.upper()
             if var not in environ:
                 continue
@@ -95,8 +90,18 @@ class Settings:
             raise ConfigError("IMAGESVC_RETRY_BACKOFF needs at least one delay")
         if self.image_store != "none":
             raise ConfigError("IMAGESVC_IMAGE_STORE: only 'none' (database-level operations) is supported")
-        if self.prefetch < 1 or self.worker_threads < 1:
-            raise ConfigError("IMAGESVC_PREFETCH and IMAGESVC_WORKER_THREADS must be at least 1")
+        if self.prefetch < 1 or self.worker_threads < 1 or self.db_pool_size < 1:
+            raise ConfigError("IMAGESVC_PREFETCH, IMAGESVC_WORKER_THREADS and IMAGESVC_DB_POOL_SIZE must be at least 1")
+        if self.heartbeat < 0:
+            raise ConfigError("IMAGESVC_HEARTBEAT must not be negative (0 switches heartbeats off)")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("IMAGESVC_MAX_BODY_BYTES must be at least 1024")
+        from shared.net.fetch import parse_allow_list
+
+        try:
+            parse_allow_list(self.fetch_allow)
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_FETCH_ALLOW: {exc}") from None
 
     @property
     def embedded_broker(self) -> bool:

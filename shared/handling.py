@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import structlog
-from sqlalchemy import Connection, Engine
 
 from shared import contracts
 from shared.broker.consumer import Delivery, Disposition
@@ -33,6 +32,9 @@ from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
 from shared.errors import CommandFailed, OutOfOrder, PoisonMessage
 from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 log = get_logger(__name__)
 
@@ -231,7 +233,7 @@ class Notification:
     status: str
 
 
-EventApplier = Callable[[Connection, Envelope, Event], "Notification | None"]
+EventApplier = Callable[["Connection", Envelope, Event], "Notification | None"]
 
 
 class EventConsumer:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from typing import Sequence
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Sequence
 
 from shared.broker.topology import Topology
 from shared.db import events as store
@@ -20,6 +18,9 @@ from shared.db.engine import read_transaction, write_transaction
 from shared.db.models import utcnow
 from shared.errors import PublishFailed, Transient
 from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = get_logger(__name__)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from kombu import Connection
-from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
@@ -37,6 +35,9 @@ from shared.config import Settings
 from shared.errors import CommandFailed
 from shared.net.fetch import UrlPolicy
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 
 class ImageNameConvertor(Convertor):
     """The name segment of the original's URLs: ``[A-Za-z0-9._-]+``."""
@@ -65,7 +66,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topology,
-               connect: Callable[[], Connection]) -> Starlette:
+               connect: Callable[[], Any]) -> Starlette:
     register_url_convertor("imagename", ImageNameConvertor())
     queries = Queries(engine)
     auth = Authenticator(queries, cache_seconds=settings.auth_cache_seconds)

@@ -72,7 +72,7 @@ class NotificationListener:
                         delay = 0.5
                         while not self._stop.is_set():
                             try:
-                                connection.drain_events(timeout=0.5)
+                                connection.drain_events(timeout=0.25)
                             except socket.timeout:
                                 pass
                             connection.heartbeat_check()

@@ -63,10 +63,16 @@ class Message:
                 continue
             value = payload[f.name]
             expected = _JSON_TYPES.get(str(f.type))
-            if expected is not None and not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            if expected is not None and (not isinstance(value, expected) or _bool_for_int(value, expected)):
                 raise PoisonMessage(f"{cls.TYPE}: payload field {f.name!r} has the wrong type")
             kwargs[f.name] = value
         return cls(**kwargs)
+
+
+def _bool_for_int(value: Any, expected: type | tuple[type, ...]) -> bool:
+    """JSON true/false is not an integer, although Python's bool subclasses int."""
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    return isinstance(value, bool) and int in kinds
 
 
 # Strictly typed fields; ``Any`` fields are validated by the consumer with the API's messages.

@@ -16,6 +16,7 @@ from typing import Iterator
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import StaticPool
 
 from shared.errors import Transient
 
@@ -27,8 +28,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
-        if database and database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+        if not database or database == ":memory:":
+            # One shared connection, or every checkout would see its own empty database.
+            engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
+            _configure_sqlite(engine)
+            return engine
+        os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 5.0},

@@ -27,7 +27,7 @@ import httpx
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _EXTRA_DENIED = [ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "192.0.0.0/24", "198.18.0.0/15", "240.0.0.0/4",
-    "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10",
+    "::/8", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10",
 )]
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -67,13 +67,15 @@ def parse_allow_list(entries: Iterable[str]) -> list[_AllowEntry]:
         if not entry:
             continue
         port: int | None = None
+        port_text: str | None = None
         if entry.startswith("["):
-            address, _, rest = entry[1:].partition("]")
-            if rest:
-                port = int(rest.lstrip(":"))
-            entry = address
+            entry, _, rest = entry[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else (None if not rest else rest)
         elif entry.count(":") == 1:
             entry, port_text = entry.split(":")
+        if port_text is not None:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"bad port in fetch allow-list entry {raw!r}")
             port = int(port_text)
         try:
             parsed.append(_AllowEntry(None, ipaddress.ip_network(entry, strict=False), port))

@@ -1,0 +1,31 @@
+"""Unit-level fixtures: nothing outside this process (SQLite files, kombu's memory:// transport).
+
+A migrated SQLite database is built once per session from the Alembic migrations and copied for
+each test that needs one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+
+from shared.db.engine import make_engine
+from shared.db.migrate import upgrade
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def engine(sqlite_template, tmp_path):
+    path = tmp_path / f"{uuid.uuid4().hex}.db"
+    shutil.copy(sqlite_template, path)
+    db = make_engine(f"sqlite:///{path}", pool_size=4)
+    yield db
+    db.dispose()

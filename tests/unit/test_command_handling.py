@@ -1,0 +1,285 @@
+"""Command handling: each consumer's decisions and the protocol around them (inbox, outbox, terminal
+events), on SQLite, with a fake fetcher and a relay that only records what it was asked to publish.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+
+import orjson
+import pytest
+
+from domain import tasks
+from services.deleter.handlers import delete_image
+from services.importer.handlers import import_image
+from services.updater.handlers import update_image
+from shared import contracts
+from shared.broker.consumer import Delivery, Outcome
+from shared.contracts import Actor, DeleteImage, ImportImage, UpdateImage
+from shared.db import accounts, locks
+from shared.db import events as store
+from shared.db.engine import read_transaction, write_transaction
+from shared.handling import CommandConsumer
+from shared.net.fetch import FetchError
+from tests.support.origin import sample_manifest
+
+MANIFEST_URL = "https://repo.example.com/images/{uuid}"
+
+
+class FakeFetcher:
+    def __init__(self):
+        self.responses: dict[str, bytes | FetchError] = {}
+        self.calls: list[str] = []
+
+    def serve(self, manifest: dict) -> str:
+        url = MANIFEST_URL.format(uuid=manifest["uuid"])
+        self.responses[url] = orjson.dumps(manifest)
+        self.responses[url + "/file"] = b"x" * 32
+        return url
+
+    def get(self, url, *, max_bytes, timeout, truncate=False):
+        self.calls.append(url)
+        found = self.responses.get(url, FetchError("404 Client Error: Not Found for url: " + url, "http_error"))
+        if isinstance(found, FetchError):
+            raise found
+        return found
+
+
+class RecordingRelay:
+    def __init__(self):
+        self.published: list[int] = []
+
+    def publish(self, ids):
+        self.published.extend(ids)
+        return True
+
+
+@pytest.fixture
+def world(engine):
+    with write_transaction(engine) as conn:
+        accounts.create_user(conn, "root", api_key=None, is_superadmin=True)
+        accounts.create_user(conn, "alice", api_key=None, is_superadmin=True)
+        accounts.create_user(conn, "bob", api_key=None, is_superadmin=False)
+    fetcher = FakeFetcher()
+    relay = RecordingRelay()
+    consumers = {
+        "importer": CommandConsumer(name="importer", engine=engine, relay=relay,
+                                    routes={"image.import": functools.partial(import_image, fetcher=fetcher)}),
+        "updater": CommandConsumer(name="updater", engine=engine, relay=relay,
+                                   routes={"image.update": functools.partial(update_image, lease_seconds=60)}),
+        "deleter": CommandConsumer(name="deleter", engine=engine, relay=relay,
+                                   routes={"image.delete": functools.partial(delete_image, lease_seconds=60)}),
+    }
+    return World(engine, fetcher, relay, consumers)
+
+
+class World:
+    def __init__(self, engine, fetcher, relay, consumers):
+        self.engine, self.fetcher, self.relay, self.consumers = engine, fetcher, relay, consumers
+
+    def envelope(self, command, *, user="root", message_id=None, task_id=None):
+        return contracts.wrap(command, correlation_id=task_id or tasks.new_task_id(user_id=1, owner_id=1, dc_id=1),
+                              actor=Actor(user=user, dc="main"), message_id=message_id)
+
+    def deliver(self, consumer, envelope, *, body=None):
+        delivery = Delivery(body=body if body is not None else contracts.encode(envelope), queue=f"{consumer}.commands",
+                            headers={}, message_id=envelope.id if envelope else None,
+                            correlation_id=envelope.correlation_id if envelope else None,
+                            message_type=envelope.type if envelope else None, user_id=None, redelivered=False,
+                            attempt=1)
+        return self.consumers[consumer](delivery)
+
+    def run(self, consumer, command, **kwargs):
+        envelope = self.envelope(command, **kwargs)
+        disposition = self.deliver(consumer, envelope)
+        assert disposition.outcome is Outcome.ACK
+        return envelope
+
+    def events(self, **match):
+        with read_transaction(self.engine) as conn:
+            found = [orjson.loads(body) for _, body in store.all_events(conn)]
+        return [e for e in found if all(e.get(k) == v for k, v in match.items())]
+
+    def outcome(self, envelope):
+        terminal = [e for e in self.events(correlation_id=envelope.correlation_id)
+                    if e["type"] in contracts.TERMINAL_TASK_EVENTS]
+        assert len(terminal) == 1, terminal
+        return terminal[0]
+
+    def imported(self, name, **fields):
+        manifest = sample_manifest()
+        url = self.fetcher.serve(manifest)
+        envelope = self.run("importer", ImportImage(name=name, manifest_url=url, dc="main", **fields))
+        assert self.outcome(envelope)["type"] == "task.succeeded", self.outcome(envelope)
+        return manifest
+
+
+class TestImporter:
+    def test_import_commits_the_image_its_events_and_the_inbox_row_together(self, world):
+        manifest = sample_manifest()
+        url = world.fetcher.serve(manifest)
+        envelope = world.run("importer", ImportImage(name="centos", manifest_url=url, dc="main"))
+        imported, succeeded = world.events(correlation_id=envelope.correlation_id)
+        assert imported["type"] == "image.imported" and succeeded["type"] == "task.succeeded"
+        assert imported["causation_id"] == succeeded["causation_id"] == envelope.id
+        state = imported["payload"]["image"]
+        assert (state["uuid"], state["name"], state["dc_bound"], state["dcs"]) == (manifest["uuid"], "centos", "main",
+                                                                                 ["main"])
+        assert state["manifest"]["name"] == "centos" and "erigones" in state["manifest"]["tags"]
+        assert imported["payload"]["version"] == 1
+        task = succeeded["payload"]
+        assert (task["stream"], task["stream_version"], task["http_code"]) == (f"image:{manifest['uuid']}", 1, 200)
+        assert task["result"]["uuid"] == manifest["uuid"] and task["result"]["dc_bound"] is True
+        assert world.fetcher.calls == [url, url + "/file"]
+        with read_transaction(world.engine) as conn:
+            assert store.was_processed(conn, "importer", envelope.id)
+        with read_transaction(world.engine) as conn:
+            ids = [row_id for row_id, _ in store.all_events(conn)]
+        assert world.relay.published == ids
+
+    def test_redelivery_of_a_handled_command_has_no_second_effect(self, world):
+        manifest = sample_manifest()
+        envelope = world.envelope(ImportImage(name="once", manifest_url=world.fetcher.serve(manifest), dc="main"))
+        for _ in range(3):
+            assert world.deliver("importer", envelope).outcome is Outcome.ACK
+        assert [e["type"] for e in world.events(causation_id=envelope.id)] == ["image.imported", "task.succeeded"]
+        assert len(world.fetcher.calls) == 2  # the duplicates were recognised before any work
+
+    @pytest.mark.parametrize("fields, http_code, result", [
+        ({"dc": "nowhere"}, 404, {"detail": "Datacenter not found"}),
+        ({"access": "7"}, 400, {"access": ["Select a valid choice. 7 is not one of the available choices."]}),
+        ({"dc": None}, 400, None),  # dc required for a bound image
+    ])
+    def test_refusals_end_the_task_without_effect(self, world, fields, http_code, result):
+        url = world.fetcher.serve(sample_manifest())
+        payload = {"manifest_url": url, "dc": "main", **fields}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        envelope = world.run("importer", ImportImage(name="refused", **payload))
+        failed = world.outcome(envelope)
+        assert failed["type"] == "task.failed" and failed["payload"]["http_code"] == http_code
+        if result is not None:
+            assert failed["payload"]["result"] == result
+        assert world.events(type="image.imported") == []
+
+    def test_existing_name_is_406_and_nothing_is_fetched(self, world):
+        world.imported("taken")
+        calls = len(world.fetcher.calls)
+        envelope = world.run("importer", ImportImage(name="taken", manifest_url="https://repo.example.com/x", dc="main"))
+        assert world.outcome(envelope)["payload"]["result"] == {"detail": "Image already exists"}
+        assert len(world.fetcher.calls) == calls
+
+    def test_the_actor_is_rechecked_by_the_consumer(self, world):
+        url = world.fetcher.serve(sample_manifest())
+        for user in ("bob", "nobody"):
+            envelope = world.run("importer", ImportImage(name="sneaky", manifest_url=url, dc="main"), user=user)
+            failed = world.outcome(envelope)["payload"]
+            assert (failed["http_code"], failed["result"], failed["code"]) == (403, {"detail": "Permission denied"},
+                                                                               "forbidden")
+        assert world.fetcher.calls == []
+
+    def test_manifest_values_are_validated_like_request_values(self, world):
+        url = world.fetcher.serve(sample_manifest(version="v" * 20))
+        envelope = world.run("importer", ImportImage(name="longversion", manifest_url=url, dc="main"))
+        assert world.outcome(envelope)["payload"]["result"] == {
+            "version": ["Ensure this value has at most 16 characters (it has 20)."]}
+
+    def test_image_limit_of_the_datacenter(self, world):
+        from sqlalchemy import update
+
+        from shared.db.models import Datacenter
+
+        with write_transaction(world.engine) as conn:
+            conn.execute(update(Datacenter.__table__).values(image_limit=1))
+        world.imported("first")
+        url = world.fetcher.serve(sample_manifest())
+        envelope = world.run("importer", ImportImage(name="second", manifest_url=url, dc="main"))
+        assert world.outcome(envelope)["payload"]["result"] == {
+            "non_field_errors": ["Maximum number of server disk images reached"]}
+
+    def test_poison_is_dead_lettered_and_still_ends_its_task(self, world):
+        envelope = world.envelope(ImportImage(name="x"))
+        body = orjson.dumps({**envelope.to_dict(), "schema_version": 99})
+        disposition = world.deliver("importer", envelope, body=body)
+        assert disposition.outcome is Outcome.DEAD_LETTER and "schema_version" in disposition.reason
+        failed = world.outcome(envelope)
+        assert (failed["type"], failed["payload"]["code"]) == ("task.failed", "invalid_message")
+
+    def test_a_command_for_another_consumer_is_poison(self, world):
+        envelope = world.envelope(DeleteImage(name="x"))
+        assert world.deliver("importer", envelope).outcome is Outcome.DEAD_LETTER
+
+
+class TestUpdater:
+    def test_update_changes_the_supplied_fields_and_bumps_the_version(self, world):
+        manifest = world.imported("img")
+        envelope = world.run("updater", UpdateImage(name="img", alias="new", access="1", tags="a b"))
+        updated, succeeded = world.events(correlation_id=envelope.correlation_id)
+        assert updated["type"] == "image.updated"
+        assert updated["payload"]["version"] == 2
+        assert updated["payload"]["changed"] == ["access", "alias", "tags"]
+        assert (updated["payload"]["image"]["alias"], updated["payload"]["image"]["tags"]) == ("new", ["a", "b"])
+        assert succeeded["payload"]["stream_version"] == 2
+        assert succeeded["payload"]["result"]["uuid"] == manifest["uuid"]
+
+    def test_an_update_that_changes_nothing_emits_only_the_task_outcome(self, world):
+        world.imported("same")
+        envelope = world.run("updater", UpdateImage(name="same", alias="same"))
+        assert [e["type"] for e in world.events(correlation_id=envelope.correlation_id)] == ["task.succeeded"]
+
+    def test_missing_image_is_404(self, world):
+        envelope = world.run("updater", UpdateImage(name="ghost", alias="x"))
+        assert world.outcome(envelope)["payload"]["result"] == {"detail": "Image not found"}
+
+    def test_lock_held_by_another_task_refuses_the_update(self, world):
+        manifest = world.imported("locked")
+        with write_transaction(world.engine) as conn:
+            assert locks.acquire(conn, f"image:{manifest['uuid']}", "other-task", 60)
+        envelope = world.run("updater", UpdateImage(name="locked", alias="x"))
+        failed = world.outcome(envelope)["payload"]
+        assert (failed["http_code"], failed["result"], failed["code"]) == (400, "Task did not acquire lock",
+                                                                           "image_locked")
+        owner_change = world.run("updater", UpdateImage(name="locked", owner="alice"))
+        assert world.outcome(owner_change)["payload"]["result"] == {"owner": ["Image has pending tasks."]}
+
+    def test_pending_image_is_417(self, world):
+        from sqlalchemy import update
+
+        from shared.db.models import Image
+
+        world.imported("busy")
+        with write_transaction(world.engine) as conn:
+            conn.execute(update(Image.__table__).values(status=2))
+        envelope = world.run("updater", UpdateImage(name="busy", desc="x"))
+        assert world.outcome(envelope)["payload"]["result"] == {"detail": "Image status is not OK"}
+
+    def test_dc_bound_true_needs_exactly_one_attached_datacenter(self, world):
+        world.imported("global", dc_bound=False)
+        envelope = world.run("updater", UpdateImage(name="global", dc_bound=True))
+        assert world.outcome(envelope)["payload"]["result"] == {
+            "dc_bound": ["Image is not attached into any datacenters."]}
+
+
+class TestDeleter:
+    def test_delete_removes_the_image_and_keeps_its_stream_version(self, world):
+        manifest = world.imported("doomed")
+        envelope = world.run("deleter", DeleteImage(name="doomed"))
+        deleted, succeeded = world.events(correlation_id=envelope.correlation_id)
+        assert deleted["type"] == "image.deleted" and deleted["payload"]["version"] == 2
+        assert succeeded["payload"]["result"] is None
+        world.imported("doomed")  # the name is free again
+        again = world.events(type="image.imported")[-1]
+        assert again["payload"]["image"]["uuid"] != manifest["uuid"]
+
+    def test_reimporting_the_same_uuid_continues_its_stream(self, world):
+        manifest = world.imported("phoenix")
+        world.run("deleter", DeleteImage(name="phoenix"))
+        url = world.fetcher.serve(manifest)
+        world.run("importer", ImportImage(name="phoenix", manifest_url=url, dc="main"))
+        assert world.events(type="image.imported")[-1]["payload"]["version"] == 3
+
+
+def test_task_ids_are_kept_as_given(world):
+    task_id = tasks.new_task_id(user_id=1, owner_id=1, dc_id=1)
+    envelope = world.run("updater", UpdateImage(name="nothing"), task_id=task_id, message_id=str(uuid.uuid4()))
+    assert world.outcome(envelope)["payload"]["task_id"] == task_id

@@ -1,0 +1,161 @@
+"""shared.config: Settings.from_env is a pure function of the mapping it is given."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from shared.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, ConfigError, Settings
+
+
+def test_empty_environment_gives_the_defaults():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.broker_url == DEFAULT_BROKER_URL
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.topology_prefix == ""
+    assert settings.log_format == "auto"
+    assert settings.answer_window == 5.0
+    assert settings.heartbeat == 15
+    assert settings.prefetch == 8
+    assert settings.worker_threads == 4
+    assert settings.max_attempts == 5
+    assert settings.retry_backoff == (0.5, 2.0, 5.0, 10.0)
+    assert settings.fetch_allow == ()
+    assert settings.image_store == "none"
+    assert settings.max_body_bytes == 1024 * 1024
+
+
+def test_every_setting_is_read_from_its_imagesvc_variable():
+    settings = Settings.from_env({
+        "IMAGESVC_BROKER_URL": "amqp://u:p@rabbit:5672/vh",
+        "IMAGESVC_DATABASE_URL": "sqlite:///x.db",
+        "IMAGESVC_TOPOLOGY_PREFIX": "t1.",
+        "IMAGESVC_LOG_FORMAT": "json",
+        "IMAGESVC_LOG_LEVEL": "DEBUG",
+        "IMAGESVC_ANSWER_WINDOW": "0.25",
+        "IMAGESVC_HEARTBEAT": "30",
+        "IMAGESVC_PUBLISH_TIMEOUT": "2.5",
+        "IMAGESVC_PREFETCH": "16",
+        "IMAGESVC_WORKER_THREADS": "2",
+        "IMAGESVC_MAX_ATTEMPTS": "3",
+        "IMAGESVC_RETRY_BACKOFF": "0.1, 1,2.5",
+        "IMAGESVC_FETCH_ALLOW": "repo.internal, 10.0.0.0/8:8080,,[::1]:9000",
+        "IMAGESVC_IMAGE_STORE": "none",
+        "IMAGESVC_AUTH_CACHE_SECONDS": "0",
+        "IMAGESVC_LOCK_LEASE_SECONDS": "60",
+        "IMAGESVC_DATA_DIR": "/srv/imagesvc",
+        "IMAGESVC_MAX_BODY_BYTES": "2048",
+        "IMAGESVC_DB_POOL_SIZE": "3",
+    })
+    assert settings.broker_url == "amqp://u:p@rabbit:5672/vh"
+    assert settings.database_url == "sqlite:///x.db"
+    assert settings.topology_prefix == "t1."
+    assert settings.log_format == "json"
+    assert settings.log_level == "DEBUG"
+    assert settings.answer_window == 0.25
+    assert settings.heartbeat == 30
+    assert settings.publish_timeout == 2.5
+    assert settings.prefetch == 16
+    assert settings.worker_threads == 2
+    assert settings.max_attempts == 3
+    assert settings.retry_backoff == (0.1, 1.0, 2.5)
+    assert settings.fetch_allow == ("repo.internal", "10.0.0.0/8:8080", "[::1]:9000")
+    assert settings.auth_cache_seconds == 0.0
+    assert settings.lock_lease_seconds == 60.0
+    assert settings.data_dir == "/srv/imagesvc"
+    assert settings.max_body_bytes == 2048
+    assert settings.db_pool_size == 3
+
+
+def test_every_field_is_configurable_by_its_variable():
+    # Guards the loop in from_env: a field whose type _parse does not know would be read as a string.
+    for f in dataclasses.fields(Settings):
+        assert str(f.type) in {"str", "int", "float", "tuple[float, ...]", "tuple[str, ...]"}, f.name
+
+
+def test_ints_and_floats_are_typed():
+    settings = Settings.from_env({"IMAGESVC_PREFETCH": "12", "IMAGESVC_ANSWER_WINDOW": "3"})
+    assert settings.prefetch == 12 and type(settings.prefetch) is int
+    assert settings.answer_window == 3.0 and type(settings.answer_window) is float
+
+
+def test_unrelated_variables_are_ignored():
+    assert Settings.from_env({"PATH": "/bin", "PREFETCH": "abc", "imagesvc_prefetch": "abc"}) == Settings()
+
+
+def test_overrides_win_over_the_environment():
+    settings = Settings.from_env({"IMAGESVC_PREFETCH": "12", "IMAGESVC_BROKER_URL": "amqp://env//"},
+                                 prefetch=3, broker_url="memory://")
+    assert settings.prefetch == 3
+    assert settings.broker_url == "memory://"
+    assert settings.embedded_broker is True
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("IMAGESVC_PREFETCH", "abc"),
+        ("IMAGESVC_PREFETCH", "1.5"),
+        ("IMAGESVC_HEARTBEAT", ""),
+        ("IMAGESVC_WORKER_THREADS", "four"),
+        ("IMAGESVC_MAX_ATTEMPTS", "3x"),
+        ("IMAGESVC_ANSWER_WINDOW", "soon"),
+        ("IMAGESVC_PUBLISH_TIMEOUT", "5s"),
+        ("IMAGESVC_RETRY_BACKOFF", "0.5,fast"),
+        ("IMAGESVC_MAX_BODY_BYTES", "1MB"),
+    ],
+)
+def test_unparseable_values_raise_config_error_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    assert variable in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("IMAGESVC_LOG_FORMAT", "xml"),
+        ("IMAGESVC_ANSWER_WINDOW", "-1"),
+        ("IMAGESVC_MAX_ATTEMPTS", "0"),
+        ("IMAGESVC_RETRY_BACKOFF", ""),
+        ("IMAGESVC_RETRY_BACKOFF", " , "),
+        ("IMAGESVC_PREFETCH", "0"),
+        ("IMAGESVC_WORKER_THREADS", "0"),
+        ("IMAGESVC_IMAGE_STORE", "server"),
+        ("IMAGESVC_IMAGE_STORE", ""),
+    ],
+)
+def test_out_of_range_values_raise_config_error_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    assert variable in str(caught.value)
+
+
+def test_image_store_other_than_none_is_refused():
+    with pytest.raises(ConfigError, match="IMAGESVC_IMAGE_STORE"):
+        Settings.from_env({"IMAGESVC_IMAGE_STORE": "imgapi"})
+
+
+def test_overrides_are_validated_too():
+    with pytest.raises(ConfigError, match="IMAGESVC_MAX_ATTEMPTS"):
+        Settings.from_env({}, max_attempts=0)
+
+
+def test_settings_are_immutable():
+    settings = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.prefetch = 1  # type: ignore[misc]
+
+
+def test_embedded_broker_only_for_memory_urls():
+    assert Settings.from_env({}).embedded_broker is False
+    assert Settings.from_env({"IMAGESVC_BROKER_URL": "memory://"}).embedded_broker is True
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "repo.internal:http", "[::1]:port"])
+def test_malformed_fetch_allow_entries_raise_config_error_naming_the_variable(value):
+    with pytest.raises(ConfigError, match="IMAGESVC_FETCH_ALLOW"):
+        Settings.from_env({"IMAGESVC_FETCH_ALLOW": value})

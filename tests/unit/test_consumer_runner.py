@@ -1,0 +1,154 @@
+"""The consumer runner's ack / retry / dead-letter policy, over kombu's memory:// transport (the
+same code path the embedded mode uses; the RabbitMQ run of these rules is in tests/integration)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import uuid
+
+import orjson
+import pytest
+from kombu import Connection
+
+from shared.broker.connection import connect
+from shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, ConsumerRunner, Disposition
+from shared.broker.publisher import Publisher
+from shared.broker.topology import build_topology
+from shared.config import Settings
+from shared.logging import configure_logging
+from tests.support.polling import eventually
+
+SETTINGS = Settings(broker_url="memory://")
+
+
+class Handler:
+    def __init__(self, verdicts):
+        self.verdicts = list(verdicts)
+        self.attempts: list[int] = []
+        self.gave_up: list[str] = []
+
+    def __call__(self, delivery):
+        self.attempts.append(delivery.attempt)
+        verdict = self.verdicts.pop(0) if self.verdicts else Disposition.ack()
+        if isinstance(verdict, Exception):
+            raise verdict
+        return verdict
+
+    def on_give_up(self, delivery, reason):
+        self.gave_up.append(reason)
+
+
+@pytest.fixture
+def harness():
+    topology = build_topology(f"u{uuid.uuid4().hex[:8]}.", quorum=False)
+    publisher = Publisher(lambda: connect(SETTINGS, "test"), size=2, timeout=2)
+    runners = []
+
+    def start(handler, max_attempts=3):
+        runner = ConsumerRunner(name="test", connect=lambda: connect(SETTINGS, "runner"),
+                                queue=topology.command_queues["updater"], topology=topology, handler=handler,
+                                publisher=publisher, prefetch=4, threads=2, max_attempts=max_attempts,
+                                backoff=(0.01, 0.02), idle_timeout=0.05)
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        assert runner.ready.wait(5)
+        runners.append((runner, thread))
+        return runner
+
+    def send(body=b'{"x": 1}', message_id=None):
+        message_id = message_id or str(uuid.uuid4())
+        publisher.publish(exchange=topology.commands.name, routing_key="image.update", body=body,
+                          message_id=message_id, message_type="image.update", correlation_id="task-1")
+        return message_id
+
+    def dead_letters():
+        name = topology.dead_letter_queues[topology.command_queues["updater"].name].name
+        found = []
+        with Connection("memory://") as conn:
+            queue = conn.SimpleQueue(name)
+            while True:
+                try:
+                    message = queue.get(block=False)
+                except queue.Empty:
+                    break
+                message.ack()
+                found.append(message)
+        return found
+
+    yield start, send, dead_letters
+    for runner, thread in runners:
+        runner.stop()
+        thread.join(5)
+    publisher.close()
+
+
+def test_a_handled_message_is_acknowledged_once(harness):
+    start, send, dead_letters = harness
+    handler = Handler([Disposition.ack()])
+    runner = start(handler)
+    send()
+    eventually(lambda: _equal(runner.handled, 1))
+    assert handler.attempts == [1]
+    assert dead_letters() == []
+
+
+def test_retries_carry_an_attempt_count_until_the_handler_succeeds(harness):
+    start, send, dead_letters = harness
+    handler = Handler([Disposition.retry("busy"), RuntimeError("boom")])
+    runner = start(handler)
+    send()
+    eventually(lambda: _equal(handler.attempts, [1, 2, 3]))
+    eventually(lambda: _equal(runner.handled, 3))
+    assert dead_letters() == [] and handler.gave_up == []
+
+
+def test_after_the_last_attempt_the_message_is_dead_lettered_with_its_reason(harness):
+    start, send, dead_letters = harness
+    handler = Handler([Disposition.retry("db down")] * 10)
+    start(handler, max_attempts=3)
+    message_id = send(body=b'{"keep": "me"}')
+    found = eventually(lambda: _nonempty(dead_letters()))
+    assert handler.attempts == [1, 2, 3]
+    assert len(found) == 1
+    dead = found[0]
+    assert dead.body == b'{"keep": "me"}' and dead.properties["message_id"] == message_id
+    assert dead.headers[DEATH_REASON_HEADER].startswith("gave up after 3 attempts: db down")
+    assert dead.headers[ORIGINAL_QUEUE_HEADER].endswith("updater.commands") and dead.headers[ATTEMPT_HEADER] == 3
+    assert len(handler.gave_up) == 1
+
+
+def test_dead_letter_verdicts_skip_the_retries(harness):
+    start, send, dead_letters = harness
+    handler = Handler([Disposition.dead_letter("poison")])
+    start(handler)
+    send()
+    found = eventually(lambda: _nonempty(dead_letters()))
+    assert handler.attempts == [1] and found[0].headers[DEATH_REASON_HEADER] == "poison"
+    assert handler.gave_up == []
+
+
+def test_each_handled_message_logs_one_line_with_its_ids(harness):
+    start, send, _ = harness
+    stream = io.StringIO()
+    configure_logging("test", fmt="json", stream=stream)
+    try:
+        runner = start(Handler([]))
+        message_id = send()
+        eventually(lambda: _equal(runner.handled, 1))
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines() if "message.handled" in line]
+        assert len(lines) == 1
+        assert lines[0]["message_id"] == message_id and lines[0]["task_id"] == "task-1"
+        assert lines[0]["outcome"] == "ack" and lines[0]["consumer"] == "test"
+    finally:
+        configure_logging("test", fmt="console")
+
+
+def _equal(actual, expected):
+    assert actual == expected, actual
+    return actual
+
+
+def _nonempty(items):
+    assert items, "nothing yet"
+    return items
