@@ -37,3 +37,18 @@ def connect(settings: Settings, purpose: str) -> Connection:
 def ensure_connected(connection: Connection, timeout: float) -> None:
     """Open ``connection`` or raise within about ``timeout`` seconds (never retry forever)."""
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0, timeout=timeout)
+
+
+def discard(connection: Connection | None) -> None:
+    """Drop a connection without talking to the broker.
+
+    A graceful close waits for the broker's close-ok with no timeout, so on a stalled or
+    half-dead connection it hangs; closing the socket is enough for the broker to requeue our
+    unacknowledged deliveries.
+    """
+    if connection is None:
+        return
+    try:
+        connection.collect()
+    except Exception:  # noqa: BLE001 - a broken connection may fail to close in any way
+        pass

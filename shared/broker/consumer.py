@@ -39,6 +39,7 @@ import structlog
 from kombu import Connection, Consumer
 from kombu import Queue as KombuQueue
 
+from shared.broker.connection import discard
 from shared.broker.topology import Topology
 from shared.errors import PublishFailed, Transient
 from shared.logging import get_logger
@@ -114,7 +115,8 @@ class ConsumerRunner:
 
     def __init__(self, *, name: str, connect: Callable[[], Connection], queue: KombuQueue, topology: Topology,
                  handler: Handler, publisher, prefetch: int = 8, threads: int = 4, max_attempts: int = 5,
-                 backoff: Sequence[float] = (0.5, 2.0, 5.0, 10.0), idle_timeout: float = 0.2):
+                 backoff: Sequence[float] = (0.5, 2.0, 5.0, 10.0), idle_timeout: float = 0.2,
+                 drain_seconds: float = 10.0):
         self.name = name
         self._connect = connect
         self._queue = queue
@@ -131,6 +133,8 @@ class ConsumerRunner:
         self._seq = itertools.count()
         self._epoch = 0
         self._stop = threading.Event()
+        self._in_flight = 0
+        self._drain_seconds = drain_seconds
         self.ready = threading.Event()
         self.handled = 0
 
@@ -140,24 +144,30 @@ class ConsumerRunner:
         self._stop.set()
 
     def run(self) -> None:
-        """Blocking consume loop; returns after ``stop()``. In-flight work is not acked on stop
-        (the broker redelivers it), so stopping never loses a message."""
+        """Blocking consume loop; returns after ``stop()``. On stop, deliveries in progress get a
+        bounded time to finish and be acked; anything left is requeued by the broker when the
+        connection closes, so stopping never loses a message."""
         reconnect_delay = 0.5
         while not self._stop.is_set():
+            connection = self._connect()
             try:
-                with self._connect() as connection:
-                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
-                    self._consume(connection)
-                    reconnect_delay = 0.5
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
+                self._consume(connection)
+                reconnect_delay = 0.5
             except Exception as exc:  # noqa: BLE001 - the loop's job is to survive the broker
                 if self._stop.is_set():
                     break
                 self._epoch += 1  # results for the dead channel's deliveries are now void
                 self._scheduled.clear()
+                self._in_flight = 0
                 self.ready.clear()
                 log.warning("consumer.connection_lost", consumer=self.name, error=repr(exc), retry_in=reconnect_delay)
+                discard(connection)
                 self._stop.wait(reconnect_delay)
                 reconnect_delay = min(reconnect_delay * 2, 10.0)
+            else:
+                discard(connection)
+        self.ready.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _consume(self, connection: Connection) -> None:
@@ -168,20 +178,23 @@ class ConsumerRunner:
         consumer.consume()
         self.ready.set()
         log.info("consumer.ready", consumer=self.name, queue=self._queue.name)
+        while not self._stop.is_set():
+            self._turn(connection, channel)
+        # Graceful stop on a healthy connection: no new deliveries, let the running ones finish.
+        self.ready.clear()
+        consumer.cancel()
+        deadline = time.monotonic() + self._drain_seconds
+        while self._in_flight > 0 and time.monotonic() < deadline:
+            self._turn(connection, channel)
+
+    def _turn(self, connection: Connection, channel) -> None:
         try:
-            while not self._stop.is_set():
-                try:
-                    connection.drain_events(timeout=self._idle_timeout)
-                except socket.timeout:
-                    pass
-                connection.heartbeat_check()
-                self._settle(channel)
-        finally:
-            self.ready.clear()
-            try:
-                consumer.cancel()
-            except Exception:  # noqa: BLE001 - the channel may already be gone
-                pass
+            connection.drain_events(timeout=self._idle_timeout)
+        except socket.timeout:
+            pass
+        # Raises once the broker's heartbeats stop coming: the connection is then replaced.
+        connection.heartbeat_check()
+        self._settle(channel)
 
     # --- I/O thread ----------------------------------------------------------------------------
 
@@ -204,6 +217,7 @@ class ConsumerRunner:
             attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),
         )
         epoch = self._epoch
+        self._in_flight += 1
         self._pool.submit(self._work, epoch, message, delivery)
 
     def _work(self, epoch: int, message, delivery: Delivery) -> None:
@@ -244,6 +258,7 @@ class ConsumerRunner:
                 break
             if epoch != self._epoch:
                 continue  # delivered on a channel that died; the broker has requeued it
+            self._in_flight -= 1
             if disposition.outcome is Outcome.ACK:
                 message.ack()
                 self.handled += 1

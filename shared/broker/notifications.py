@@ -16,6 +16,7 @@ from typing import Callable
 import orjson
 from kombu import Connection, Consumer, Queue
 
+from shared.broker.connection import discard
 from shared.broker.topology import Topology
 from shared.logging import get_logger
 
@@ -59,30 +60,34 @@ class NotificationListener:
     def _run(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
+            connection = self._connect()
             try:
-                with self._connect() as connection:
-                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
-                    channel = connection.channel()
-                    # Declaring everything here means commands are routable as soon as a gateway runs,
-                    # even before any consumer has started.
-                    self._topology.declare(channel)
-                    with Consumer(channel, queues=[self._queue], on_message=self._deliver, no_ack=True):
-                        self.ready.set()
-                        self._on_reconnect()
-                        delay = 0.5
-                        while not self._stop.is_set():
-                            try:
-                                connection.drain_events(timeout=0.25)
-                            except socket.timeout:
-                                pass
-                            connection.heartbeat_check()
+                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
+                channel = connection.channel()
+                # Declaring everything here means commands are routable as soon as a gateway runs,
+                # even before any consumer has started.
+                self._topology.declare(channel)
+                Consumer(channel, queues=[self._queue], on_message=self._deliver, no_ack=True).consume()
+                self.ready.set()
+                self._on_reconnect()
+                delay = 0.5
+                while not self._stop.is_set():
+                    try:
+                        connection.drain_events(timeout=0.25)
+                    except socket.timeout:
+                        pass
+                    connection.heartbeat_check()
             except Exception as exc:  # noqa: BLE001 - keep listening across broker restarts
                 self.ready.clear()
                 if self._stop.is_set():
                     break
                 log.warning("notifications.connection_lost", error=repr(exc), retry_in=delay)
+                discard(connection)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+            else:
+                discard(connection)  # the queue is exclusive: it goes with the connection
+        self.ready.clear()
 
     def _deliver(self, message) -> None:
         try:

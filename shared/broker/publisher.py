@@ -22,6 +22,7 @@ from typing import Any, Callable
 from amqp.exceptions import ChannelError as AmqpChannelError
 from kombu import Connection
 
+from shared.broker.connection import discard
 from shared.errors import PublishFailed, Unroutable
 from shared.logging import get_logger
 
@@ -46,11 +47,7 @@ class _Slot:
         return self.producer
 
     def reset(self) -> None:
-        if self.connection is not None:
-            try:
-                self.connection.release()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail any way it likes
-                pass
+        discard(self.connection)
         self.connection = None
         self.producer = None
 
@@ -133,11 +130,15 @@ class Publisher:
 
     def _tick_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            for _ in range(self._size):
+            # Take every idle slot first, then tick each once (putting one back at a time would
+            # hand the same slot out again: the pool is last-in, first-out).
+            idle = []
+            while len(idle) < self._size:
                 try:
-                    slot = self._slots.get_nowait()
+                    idle.append(self._slots.get_nowait())
                 except queue.Empty:
                     break
+            for slot in idle:
                 try:
                     slot.tick()
                 except Exception as exc:  # noqa: BLE001
