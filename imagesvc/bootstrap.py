@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from kombu import Connection
@@ -29,7 +29,7 @@ from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology, build_topology
 from shared.config import Settings
 from shared.db.engine import make_engine
-from shared.handling import CommandConsumer, EventConsumer, Notification
+from shared.handling import CommandConsumer, EventConsumer
 from shared.net.fetch import Fetcher, UrlPolicy
 from shared.relay import OutboxRelay
 
@@ -43,7 +43,6 @@ class Infrastructure:
     topology: Topology
     publisher: Publisher
     connect: Callable[[str], Connection]
-    _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         self.publisher.close()
@@ -72,7 +71,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
     if service == "projector":
         notifier = TaskNotifier(infra.publisher, infra.topology)
         handler = EventConsumer(name="projector", engine=infra.engine, apply=projection.apply,
-                                notify=lambda note: notifier(note.task_id, note.status))
+                                notify=lambda note: notifier(note.to_dict()))
         prefetch = max(settings.prefetch, 32)
     else:
         lease = settings.lock_lease_seconds
@@ -139,4 +138,4 @@ class Embedded:
             thread.join(timeout=10)
 
 
-__all__ = ["Infrastructure", "infrastructure", "consumer", "relay", "gateway_app", "Embedded", "Notification"]
+__all__ = ["Infrastructure", "infrastructure", "consumer", "relay", "gateway_app", "Embedded"]

@@ -227,10 +227,16 @@ class CommandConsumer:
 
 @dataclass(frozen=True)
 class Notification:
-    """Sent after a read-model commit that a waiting gateway may care about."""
+    """Sent after a read-model commit that a waiting gateway may care about: the task's state as
+    just committed, so the gateway can answer without reading it back."""
 
     task_id: str
     status: str
+    http_code: int
+    result: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "status": self.status, "http_code": self.http_code, "result": self.result}
 
 
 EventApplier = Callable[["Connection", Envelope, Event], "Notification | None"]

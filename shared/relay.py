@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from shared.broker.topology import Topology
 from shared.db import events as store
-from shared.db.engine import read_transaction, write_transaction
+from shared.db.engine import read_transaction, relax_durability, write_transaction
 from shared.db.models import utcnow
 from shared.errors import PublishFailed, Transient
 from shared.logging import get_logger
@@ -77,6 +77,7 @@ class OutboxRelay:
         if sent:
             try:
                 with write_transaction(self._engine) as conn:
+                    relax_durability(conn)  # a lost mark only means a harmless republish
                     store.mark_published(conn, sent)
             except Transient as exc:
                 # Published but not marked: the sweeper republishes them, consumers dedupe.

@@ -68,7 +68,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topology,
                connect: Callable[[], Any]) -> Starlette:
     register_url_convertor("imagename", ImageNameConvertor())
-    queries = Queries(engine)
+    queries = Queries(engine, cache_seconds=settings.auth_cache_seconds)
     auth = Authenticator(queries, cache_seconds=settings.auth_cache_seconds)
     waiter = TaskWaiter(queries)
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,

@@ -46,13 +46,23 @@ class TaskWaiter:
         self._queries = queries
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, set[asyncio.Event]] = {}
+        #: The latest state notified for each awaited task (the projector sends it after commit).
+        self._notified: dict[str, TaskView] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def notify(self, task_id: str, _status: str = "") -> None:
+    def notify(self, notification: dict) -> None:
+        """Called from the listener thread with a projector notification."""
+        task_id = notification["task_id"]
         if self._loop is not None and task_id in self._events:
-            self._loop.call_soon_threadsafe(self._wake, task_id)
+            self._loop.call_soon_threadsafe(self._on_notification, task_id, notification)
+
+    def _on_notification(self, task_id: str, notification: dict) -> None:
+        if task_id in self._events and "http_code" in notification:
+            self._notified[task_id] = TaskView(task_id, str(notification["status"]), int(notification["http_code"]),
+                                               notification.get("result"), None, None)
+        self._wake(task_id)
 
     def wake_all(self) -> None:
         if self._loop is not None:
@@ -74,6 +84,7 @@ class TaskWaiter:
             waiting.discard(event)
             if not waiting:
                 del self._events[task_id]
+                self._notified.pop(task_id, None)
 
     async def wait(self, task_id: str, event: asyncio.Event, timeout: float,
                    states: frozenset[str] = DECISIVE) -> TaskView | None:
@@ -87,7 +98,9 @@ class TaskWaiter:
             except asyncio.TimeoutError:
                 pass
             event.clear()
-            view = await run_in_threadpool(self._queries.task, task_id)
+            view = self._notified.get(task_id)
+            if view is None or view.status not in states:
+                view = await run_in_threadpool(self._queries.task, task_id)
             if view is not None and view.status in states:
                 return view
             if time.monotonic() >= deadline:

@@ -6,13 +6,14 @@ pre-encoded by the projector, so a list is a concatenation of bytes, not an obje
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from sqlalchemy import Engine, delete, insert, select
 
 from shared.db.catalogue import datacenter_record, user_record
-from shared.db.engine import read_transaction, write_transaction
+from shared.db.engine import read_transaction, relax_durability, write_transaction
 from shared.db.models import Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
 from shared.db.records import DatacenterRecord, UserRecord
 
@@ -54,8 +55,26 @@ class TaskView:
 
 
 class Queries:
-    def __init__(self, engine: Engine):
+    """``cache_seconds``: how long accounts and datacenters looked up by name are reused by this
+    process (they change rarely, and every consumer re-checks them authoritatively)."""
+
+    def __init__(self, engine: Engine, *, cache_seconds: float = 0.0):
         self.engine = engine
+        self._cache_seconds = cache_seconds
+        self._cache: dict[tuple, tuple[float, Any]] = {}
+
+    def _cached(self, key: tuple, load):
+        """``load()``'s value, reused for ``cache_seconds``; misses (None) are never cached."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        if value is not None and self._cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + self._cache_seconds, value)
+        return value
 
     # --- accounts ------------------------------------------------------------------------------
 
@@ -65,19 +84,28 @@ class Queries:
         return user_record(row)
 
     def user_by_name(self, username: str) -> UserRecord | None:
-        with read_transaction(self.engine) as conn:
-            return user_record(conn.execute(select(_users).where(_users.c.username == username)).first())
+        def load() -> UserRecord | None:
+            with read_transaction(self.engine) as conn:
+                return user_record(conn.execute(select(_users).where(_users.c.username == username)).first())
+
+        return self._cached(("user", username), load)
 
     def datacenter(self, name: str) -> DatacenterRecord | None:
-        with read_transaction(self.engine) as conn:
-            return datacenter_record(conn.execute(select(_dcs).where(_dcs.c.name == name)).first())
+        def load() -> DatacenterRecord | None:
+            with read_transaction(self.engine) as conn:
+                return datacenter_record(conn.execute(select(_dcs).where(_dcs.c.name == name)).first())
+
+        return self._cached(("dc", name), load)
 
     def default_datacenter(self) -> DatacenterRecord:
-        with read_transaction(self.engine) as conn:
-            row = conn.execute(select(_dcs).where(_dcs.c.is_default.is_(True))).first()
-        if row is None:
+        def load() -> DatacenterRecord | None:
+            with read_transaction(self.engine) as conn:
+                return datacenter_record(conn.execute(select(_dcs).where(_dcs.c.is_default.is_(True))).first())
+
+        found = self._cached(("default-dc",), load)
+        if found is None:
             raise LookupError("no default datacenter: run `imagesvc db upgrade`")
-        return datacenter_record(row)  # type: ignore[return-value]
+        return found
 
     # --- images --------------------------------------------------------------------------------
 
@@ -121,6 +149,9 @@ class Queries:
     def record_submission(self, *, message_id: str, task_id: str, command_type: str, object_name: str, user: str,
                           owner: str | None, dc: str | None) -> None:
         with write_transaction(self.engine) as conn:
+            # The command itself is durable at the broker; this row only makes the task readable
+            # before a consumer handled it, so it need not wait for the WAL flush.
+            relax_durability(conn)
             conn.execute(insert(_journal).values(
                 message_id=message_id, task_id=task_id, type=command_type, object_name=object_name[:64], user=user,
                 owner=owner, dc=dc, created_at=utcnow(),

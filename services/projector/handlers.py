@@ -122,4 +122,4 @@ def _apply_task(conn: Connection, event: TaskEvent) -> Notification | None:
         where=_tasks.c.status.notin_(list(tasks.TERMINAL)),
     )
     conn.execute(stmt)
-    return Notification(task_id=event.task_id, status=status)
+    return Notification(task_id=event.task_id, status=status, http_code=http_code, result=result)

@@ -47,6 +47,8 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 ATTEMPT_HEADER = "x-imagesvc-attempt"
+#: The I/O thread's read timeout while handlers are running (how late an ack can be).
+BUSY_POLL_SECONDS = 0.002
 DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
 
@@ -189,7 +191,7 @@ class ConsumerRunner:
 
     def _turn(self, connection: Connection, channel) -> None:
         try:
-            connection.drain_events(timeout=self._idle_timeout)
+            connection.drain_events(timeout=self._wait_timeout())
         except socket.timeout:
             pass
         # Raises once the broker's heartbeats stop coming: the connection is then replaced.
@@ -197,6 +199,19 @@ class ConsumerRunner:
         self._settle(channel)
 
     # --- I/O thread ----------------------------------------------------------------------------
+
+    def _wait_timeout(self) -> float:
+        """How long the I/O thread may block reading the socket.
+
+        A worker cannot wake a thread blocked in ``drain_events``, so while verdicts may be
+        pending the I/O thread only naps: otherwise finished messages would wait unacked for the
+        idle timeout, and with every prefetch slot taken consumption would stall.
+        """
+        if self._in_flight:
+            return BUSY_POLL_SECONDS
+        if self._scheduled:
+            return max(0.001, min(self._idle_timeout, self._scheduled[0].due - time.monotonic()))
+        return self._idle_timeout
 
     def _on_message(self, message) -> None:
         props = message.properties or {}

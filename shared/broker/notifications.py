@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 from kombu import Connection, Consumer, Queue
@@ -28,17 +28,20 @@ class TaskNotifier:
         self._publisher = publisher
         self._exchange = topology.notifications.name
 
-    def __call__(self, task_id: str, status: str) -> None:
+    def __call__(self, notification: dict[str, Any]) -> None:
+        """Send ``{"task_id", "status", ...}`` to every listening gateway."""
         self._publisher.publish(
-            exchange=self._exchange, routing_key="task", body=orjson.dumps({"task_id": task_id, "status": status}),
+            exchange=self._exchange, routing_key="task", body=orjson.dumps(notification),
             message_type="task.projected", persistent=False, mandatory=False,
         )
 
 
 class NotificationListener:
-    """Background thread delivering notifications to ``on_task(task_id, status)``."""
+    """Background thread delivering each notification (a dict with at least ``task_id`` and
+    ``status``) to ``on_task``."""
 
-    def __init__(self, connect: Callable[[], Connection], topology: Topology, on_task: Callable[[str, str], None],
+    def __init__(self, connect: Callable[[], Connection], topology: Topology,
+                 on_task: Callable[[dict[str, Any]], None],
                  on_reconnect: Callable[[], None] = lambda: None):
         self._connect = connect
         self._topology = topology
@@ -92,6 +95,8 @@ class NotificationListener:
     def _deliver(self, message) -> None:
         try:
             data = orjson.loads(message.body)
-            self._on_task(str(data["task_id"]), str(data["status"]))
+            if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+                raise ValueError("not a task notification")
+            self._on_task(data)
         except Exception as exc:  # noqa: BLE001 - a malformed notification is only noise
             log.warning("notifications.bad_message", error=repr(exc))

@@ -102,5 +102,16 @@ def translate_db_errors() -> Iterator[None]:
         raise
 
 
+def relax_durability(conn: Connection) -> None:
+    """Let this transaction commit without waiting for its WAL flush (PostgreSQL only).
+
+    Only for writes whose loss in a database *crash* is harmless: they stay atomic and are
+    visible at once, they are just not guaranteed to survive a crash of the database server
+    (e.g. "this outbox row was published": losing that mark means a harmless republish).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"

@@ -577,14 +577,14 @@ def test_consumer_reconnects_after_its_connection_stalls(settings: Settings, top
 def test_task_notification_round_trip(settings: Settings, topology: Topology, publisher: Publisher):
     received: list[tuple[str, str]] = []
     listener = NotificationListener(lambda: connect(settings, "test-listener"), topology,
-                                    lambda task_id, status: received.append((task_id, status)))
+                                    lambda note: received.append((note["task_id"], note["status"])))
     listener.start()
     try:
         assert listener.ready.wait(15), "listener never became ready"
         notify = TaskNotifier(publisher, topology)
         task_id = "task-" + uuid.uuid4().hex[:8]
-        notify(task_id, "SUCCESS")
-        notify(task_id + "b", "FAILURE")
+        notify({"task_id": task_id, "status": "SUCCESS", "http_code": 200, "result": None})
+        notify({"task_id": task_id + "b", "status": "FAILURE", "http_code": 404, "result": {"detail": "x"}})
         eventually(lambda: _assert_equal(received, [(task_id, "SUCCESS"), (task_id + "b", "FAILURE")]), timeout=10)
     finally:
         listener.stop()
@@ -595,17 +595,17 @@ def test_listener_reconnects_after_its_connection_stalls(settings: Settings, top
     received: list[str] = []
     via_proxy = Settings(broker_url=proxy.url(), heartbeat=1)
     listener = NotificationListener(lambda: connect(via_proxy, "test-listener"), topology,
-                                    lambda task_id, _status: received.append(task_id))
+                                    lambda note: received.append(note["task_id"]))
     listener.start()
     notify = TaskNotifier(publisher, topology)
     try:
         assert listener.ready.wait(15), "listener never became ready"
-        notify("before", "SUCCESS")
+        notify({"task_id": "before", "status": "SUCCESS"})
         eventually(lambda: _assert_equal(received, ["before"]), timeout=10)
         proxy.stall()
 
         def delivered_after_stall() -> None:
-            notify("after", "SUCCESS")  # notifications are transient: send until a listener hears one
+            notify({"task_id": "after", "status": "SUCCESS"})  # notifications are transient: send until a listener hears one
             assert "after" in received
 
         eventually(delivered_after_stall, timeout=8, interval=0.5)
