@@ -7,6 +7,7 @@ with a *dummy* id (type ``d``) that names no task.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -41,8 +42,13 @@ def new_task_id(*, user_id: int, owner_id: int, dc_id: int) -> str:
 def dummy_task_id(*, user_id: int, dc_id: int) -> str:
     """The id a synchronous answer carries: first group = last 8 hex digits of md5(user id)."""
     groups = _random_groups()
-    groups[0] = hashlib.md5(str(user_id).encode()).hexdigest()[-8:]
+    groups[0] = _user_hash(user_id)
     return f"{user_id}d{user_id}u{dc_id}-" + "-".join(groups)
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_hash(user_id: int) -> str:
+    return hashlib.md5(str(user_id).encode()).hexdigest()[-8:]
 
 
 def parse_task_id(task_id: str) -> dict[str, object] | None:

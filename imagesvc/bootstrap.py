@@ -50,7 +50,10 @@ class Infrastructure:
 
 
 def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    # The gateway only reads and journals (its journal rows may be lost in a database crash
+    # without harm); every other process commits durably.
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                         relaxed_durability=purpose == "gateway")
     topology = build_topology(settings.topology_prefix, quorum=not settings.embedded_broker)
 
     def connection_for(role: str) -> Connection:
@@ -69,19 +72,23 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
     """The runner of one consumer service (importer, updater, deleter or projector)."""
     settings = infra.settings
     if service == "projector":
-        notifier = TaskNotifier(infra.publisher, infra.topology)
+        # Notifications are transient hints (gateways also poll): no confirms, no durability.
+        notifier = TaskNotifier(Publisher(lambda: connect(settings, f"{service}-notify", confirms=False), size=2,
+                                          timeout=settings.publish_timeout,
+                                          heartbeat=0 if settings.embedded_broker else settings.heartbeat),
+                                infra.topology)
         handler = EventConsumer(name="projector", engine=infra.engine, apply=projection.apply,
                                 notify=lambda note: notifier(note.to_dict()))
         prefetch = max(settings.prefetch, 32)
     else:
-        lease = settings.lock_lease_seconds
         routes = {
             "importer": {"image.import": functools.partial(
                 import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)))},
-            "updater": {"image.update": functools.partial(update_image, lease_seconds=lease)},
-            "deleter": {"image.delete": functools.partial(delete_image, lease_seconds=lease)},
+            "updater": {"image.update": update_image},
+            "deleter": {"image.delete": delete_image},
         }[service]
-        handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes)
+        handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes,
+                                  check_first=service == "importer")
         prefetch = settings.prefetch
     return ConsumerRunner(
         name=service,

@@ -49,8 +49,6 @@ class Settings:
     image_store: str = "none"
     #: Seconds a resolved API key stays cached in a gateway process.
     auth_cache_seconds: float = 2.0
-    #: Image lock lease in seconds; a lock older than this may be broken.
-    lock_lease_seconds: float = 3600.0
     #: Where the embedded mode keeps its SQLite file (and later the image store).
     data_dir: str = "./var"
     #: Largest accepted request body, in bytes.

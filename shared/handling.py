@@ -11,8 +11,8 @@
 4. a ``CommandFailed`` raised by the handler becomes a ``task.failed`` committed with the inbox row;
 5. publish the new outbox rows (confirmed), then let the runner ack.
 
-``EventConsumer`` applies events to the read model the same way: inbox row and effect in one
-transaction, then an optional notification, then the ack.
+``EventConsumer`` applies events to the read model: the change in one transaction (several
+events at once under load), then the notifications, then the acks.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Duplicate(Exception):
 
 
 class Transaction:
-    """A handler's write transaction: catalogue access, stream versions, locks, and ``finish``."""
+    """A handler's write transaction: catalogue access, stream versions, and ``finish``."""
 
     def __init__(self, ctx: "CommandContext", conn: Connection):
         self._ctx = ctx
@@ -54,11 +54,9 @@ class Transaction:
     def advance_stream(self, stream_id: str) -> int:
         return store.advance_stream(self.conn, stream_id)
 
-    def acquire_lock(self, name: str, lease_seconds: float) -> bool:
-        return locks.acquire(self.conn, name, self._ctx.task_id, lease_seconds)
-
-    def release_lock(self, name: str) -> None:
-        locks.release(self.conn, name, self._ctx.task_id)
+    def lock_held_by_other(self, name: str) -> bool:
+        """Whether another task holds the lease lock ``name`` (this task's own lease does not count)."""
+        return locks.held_by_other(self.conn, name, self._ctx.task_id) is not None
 
     def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None) -> None:
         """End the task in success: store the events and ``task.succeeded``, mark the command handled.
@@ -81,7 +79,7 @@ class Transaction:
             stream=position[0] if position else None,
             stream_version=position[1] if position else None,
         )
-        ctx.event_ids = store.append(self.conn, [(ctx.wrap(e), e.stream_position()) for e in [*events, terminal]])
+        ctx.outbox = store.append(self.conn, [(ctx.wrap(e), e.stream_position()) for e in [*events, terminal]])
         ctx.finished = True
 
 
@@ -94,7 +92,8 @@ class CommandContext:
         self.envelope = envelope
         self.delivery = delivery
         self.finished = False
-        self.event_ids: list[int] = []
+        #: The events committed for this message, to publish after the commit.
+        self.outbox: list[store.OutboxRow] = []
 
     @property
     def task_id(self) -> str:
@@ -126,11 +125,17 @@ CommandHandler = Callable[[Command, CommandContext], None]
 
 
 class CommandConsumer:
-    def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler]):
+    """``check_first``: look the message up in the inbox before calling the handler, for handlers
+    whose work before their final transaction is expensive (the importer fetches URLs). Others
+    rely on the inbox insert in their final transaction alone, saving a round trip."""
+
+    def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
+                 check_first: bool = False):
         self.name = name
         self._engine = engine
         self._relay = relay
         self._routes = dict(routes)
+        self._check_first = check_first
 
     def __call__(self, delivery: Delivery) -> Disposition:
         try:
@@ -145,10 +150,11 @@ class CommandConsumer:
             return Disposition.dead_letter(poison.reason)
         structlog.contextvars.bind_contextvars(task_id=envelope.correlation_id, message_id=envelope.id,
                                                type=envelope.type)
-        with read_transaction(self._engine) as conn:
-            handled = store.was_processed(conn, self.name, envelope.id)
-        if handled:
-            return self._duplicate(envelope)
+        if self._check_first:
+            with read_transaction(self._engine) as conn:
+                handled = store.was_processed(conn, self.name, envelope.id)
+            if handled:
+                return self._duplicate(envelope)
         ctx = CommandContext(self._engine, self.name, envelope, delivery)
         try:
             handler(command, ctx)
@@ -158,11 +164,11 @@ class CommandConsumer:
             return self._duplicate(envelope)
         except CommandFailed as failure:
             try:
-                ctx.event_ids = self._record_failure(envelope, failure)
+                ctx.outbox = self._record_failure(envelope, failure)
             except Duplicate:
                 return self._duplicate(envelope)
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
-        self._relay.publish(ctx.event_ids)
+        self._relay.publish(ctx.outbox)
         return Disposition.ack()
 
     def _duplicate(self, envelope: Envelope) -> Disposition:
@@ -171,7 +177,8 @@ class CommandConsumer:
         self._relay.publish(pending)
         return Disposition.ack("duplicate")
 
-    def _record_failure(self, envelope: Envelope, failure: CommandFailed, *, consumer: str | None = None) -> list[int]:
+    def _record_failure(self, envelope: Envelope, failure: CommandFailed, *,
+                        consumer: str | None = None) -> list[store.OutboxRow]:
         terminal = TaskFailed(
             task_id=envelope.correlation_id,
             command=envelope.type,
@@ -202,10 +209,10 @@ class CommandConsumer:
         failure = CommandFailed({"detail": f"Invalid command message: {poison.reason}"}, http_code=400,
                                 code="invalid_message")
         try:
-            ids = self._record_failure(envelope, failure)
+            rows = self._record_failure(envelope, failure)
         except Duplicate:
             return
-        self._relay.publish(ids)
+        self._relay.publish(rows)
 
     def on_give_up(self, delivery: Delivery, reason: str) -> None:
         """Retries exhausted: end the task in failure (500), so no accepted command hangs forever."""
@@ -216,10 +223,10 @@ class CommandConsumer:
         failure = CommandFailed({"detail": "Internal error: the command could not be processed"}, http_code=500,
                                 code="retries_exhausted")
         try:
-            ids = self._record_failure(envelope, failure)
+            rows = self._record_failure(envelope, failure)
         except Duplicate:
             return
-        self._relay.publish(ids)
+        self._relay.publish(rows)
 
 
 # --- events -> read model ----------------------------------------------------------------------
@@ -243,7 +250,14 @@ EventApplier = Callable[["Connection", Envelope, Event], "Notification | None"]
 
 
 class EventConsumer:
-    """Applies events idempotently: the inbox row and the read-model change commit together."""
+    """Applies events with an idempotent applier (redelivery must be a no-op: the projector's
+    stream versions and final task states make it so), then sends its notifications.
+
+    Deliveries that queued up are applied in one transaction (``handle_batch``); if anything in
+    a batch fails, it is rolled back and each delivery is handled on its own.
+    """
+
+    batch_size = 64
 
     def __init__(self, *, name: str, engine: Engine, apply: EventApplier, notify: Callable[[Notification], None]):
         self.name = name
@@ -252,27 +266,43 @@ class EventConsumer:
         self._notify = notify
 
     def __call__(self, delivery: Delivery) -> Disposition:
-        try:
-            envelope = contracts.decode(delivery.body)
-            event = contracts.parse(envelope)
-            if not isinstance(event, Event):
-                raise PoisonMessage(f"{envelope.type!r} is not an event", message_id=envelope.id)
-        except PoisonMessage as poison:
-            log.error("message.poison", reason=poison.reason, message_id=poison.message_id)
-            return Disposition.dead_letter(poison.reason)
+        return self.handle_batch([delivery])[0]
+
+    def handle_batch(self, deliveries: list[Delivery]) -> list[Disposition]:
+        verdicts: list[Disposition | None] = [None] * len(deliveries)
+        decoded: list[tuple[int, Envelope, Event]] = []
+        for index, delivery in enumerate(deliveries):
+            try:
+                envelope = contracts.decode(delivery.body)
+                event = contracts.parse(envelope)
+                if not isinstance(event, Event):
+                    raise PoisonMessage(f"{envelope.type!r} is not an event", message_id=envelope.id)
+                decoded.append((index, envelope, event))
+            except PoisonMessage as poison:
+                log.error("message.poison", reason=poison.reason, message_id=poison.message_id)
+                verdicts[index] = Disposition.dead_letter(poison.reason)
+        notes: list[Notification] = []
         try:
             with write_transaction(self._engine) as conn:
-                if not store.mark_processed(conn, self.name, envelope.id):
-                    return Disposition.ack("duplicate")
-                note = self._apply(conn, envelope, event)
+                for index, envelope, event in decoded:
+                    note = self._apply(conn, envelope, event)
+                    if note is not None:
+                        notes.append(note)
+                    verdicts[index] = Disposition.ack()
         except OutOfOrder as gap:
-            return Disposition.retry(f"out of order: {gap}", delay=0.2)
-        if note is not None:
+            if len(decoded) > 1:
+                return [self.handle_batch([delivery])[0] for delivery in deliveries]
+            return [v or Disposition.retry(f"out of order: {gap}", delay=0.2) for v in verdicts]
+        except Exception:
+            if len(decoded) > 1:
+                return [self.handle_batch([delivery])[0] for delivery in deliveries]
+            raise
+        for note in notes:
             try:
                 self._notify(note)
             except Exception as exc:  # noqa: BLE001 - gateways also poll; a lost notification only delays
                 log.warning("projector.notify_failed", error=repr(exc))
-        return Disposition.ack()
+        return [v or Disposition.ack() for v in verdicts]
 
     def on_give_up(self, delivery: Delivery, reason: str) -> None:
         log.error("projector.gave_up", reason=reason, message_id=delivery.message_id)

@@ -1,14 +1,17 @@
 """The outbox relay: publishes committed events, with confirms, then marks them published.
 
-Producers call ``publish(ids)`` right after their commit (the fast path). ``run()`` sweeps rows
-that stayed unpublished (the producer died, or the broker was down) after a grace period. Both
-may publish the same row: consumers deduplicate by message id, so a duplicate is harmless,
-while a row is only marked published after the broker confirmed it, so none is lost.
+Producers hand over the rows they just committed (``publish``, the fast path: no read back).
+Confirmed rows are marked published in batches by ``run()``, which also sweeps rows that stayed
+unpublished (the producer died, or the broker was down) after a grace period. A row may be
+published twice (a crash before its mark, a sweep racing the fast path): consumers deduplicate
+by message id, so a duplicate is harmless, while a row is only ever marked after the broker
+confirmed it, so none is lost.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Sequence
 
@@ -27,36 +30,19 @@ log = get_logger(__name__)
 
 class OutboxRelay:
     def __init__(self, engine: Engine, publisher, topology: Topology, *, grace_seconds: float = 3.0,
-                 interval_seconds: float = 1.0):
+                 sweep_seconds: float = 1.0, mark_seconds: float = 0.1):
         self._engine = engine
         self._publisher = publisher
         self._topology = topology
         self._grace = grace_seconds
-        self._interval = interval_seconds
+        self._sweep_seconds = sweep_seconds
+        self._mark_seconds = mark_seconds
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._to_mark: list[int] = []
 
-    def publish(self, ids: Sequence[int]) -> bool:
-        """Publish these outbox rows now. True if all went out; False leaves the rest to the sweeper."""
-        if not ids:
-            return True
-        try:
-            with read_transaction(self._engine) as conn:
-                rows = store.unpublished(conn, ids=ids)
-        except Transient as exc:
-            log.warning("relay.read_failed", error=str(exc))
-            return False
-        return self._send(rows)
-
-    def sweep_once(self) -> int:
-        """Publish rows older than the grace period; returns how many went out."""
-        with read_transaction(self._engine) as conn:
-            rows = store.unpublished(conn, older_than=utcnow() - timedelta(seconds=self._grace))
-        if rows:
-            log.info("relay.sweep", pending=len(rows))
-        self._send(rows)
-        return len(rows)
-
-    def _send(self, rows: list[store.OutboxRow]) -> bool:
+    def publish(self, rows: Sequence[store.OutboxRow]) -> bool:
+        """Publish committed rows now. True if all went out; False leaves the rest to the sweeper."""
         sent: list[int] = []
         ok = True
         for row in rows:
@@ -75,21 +61,47 @@ class OutboxRelay:
                 break  # keep stream order: later rows wait for this one
             sent.append(row.id)
         if sent:
-            try:
-                with write_transaction(self._engine) as conn:
-                    relax_durability(conn)  # a lost mark only means a harmless republish
-                    store.mark_published(conn, sent)
-            except Transient as exc:
-                # Published but not marked: the sweeper republishes them, consumers dedupe.
-                log.warning("relay.mark_failed", error=str(exc))
+            with self._lock:
+                self._to_mark.extend(sent)
         return ok
 
+    def flush_marks(self) -> None:
+        """Mark the confirmed rows as published (one transaction for all of them)."""
+        with self._lock:
+            ids, self._to_mark = self._to_mark, []
+        if not ids:
+            return
+        try:
+            with write_transaction(self._engine) as conn:
+                relax_durability(conn)  # a lost mark only means a harmless republish
+                store.mark_published(conn, ids)
+        except Transient as exc:
+            log.warning("relay.mark_failed", error=str(exc))
+            with self._lock:
+                self._to_mark[:0] = ids
+
+    def sweep_once(self) -> int:
+        """Publish rows older than the grace period; returns how many were found."""
+        self.flush_marks()
+        with read_transaction(self._engine) as conn:
+            rows = store.unpublished(conn, older_than=utcnow() - timedelta(seconds=self._grace))
+        if rows:
+            log.info("relay.sweep", pending=len(rows))
+            self.publish(rows)
+            self.flush_marks()
+        return len(rows)
+
     def run(self) -> None:
-        while not self._stop.wait(self._interval):
+        next_sweep = time.monotonic() + self._sweep_seconds
+        while not self._stop.wait(self._mark_seconds):
             try:
-                self.sweep_once()
-            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive outages
+                self.flush_marks()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._sweep_seconds
+                    self.sweep_once()
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive outages
                 log.warning("relay.sweep_failed", error=repr(exc))
+        self.flush_marks()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,7 +1,8 @@
 """Decide an ``image.delete`` (reference §3.5): refusals in the order of §5, then the removal.
 
-Database-level delete: the image row and its attachments go in one transaction, under the
-image lock; the image's event stream keeps its version, so a stale event can never revive it.
+Database-level delete, in one transaction that holds the image row; refused while another task
+holds the image's lease lock. The image's event stream keeps its version, so a stale event can
+never revive it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from shared.errors import CommandFailed, Refused
 from shared.handling import CommandContext
 
 
-def delete_image(command: DeleteImage, ctx: CommandContext, *, lease_seconds: float) -> None:
+def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
     with ctx.writing() as tx:
         catalogue = tx.catalogue
         policy.actor_user(catalogue, ctx.actor)
@@ -21,12 +22,10 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, lease_seconds: fl
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         if image.status != images.STATUS_OK:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
-        lock = f"image:{image.uuid}"
-        if not tx.acquire_lock(lock, lease_seconds):
+        if tx.lock_held_by_other(f"image:{image.uuid}"):
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
         catalogue.delete_image(image.uuid)
         version = tx.advance_stream(image_stream(image.uuid))
-        tx.release_lock(lock)
         task_dc = image.dc_bound or catalogue.default_datacenter().name
         tx.finish([ImageDeleted(uuid=image.uuid, name=image.name, version=version)], result=None,
                   owner=image.owner, dc=task_dc)

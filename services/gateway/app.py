@@ -70,7 +70,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     register_url_convertor("imagename", ImageNameConvertor())
     queries = Queries(engine, cache_seconds=settings.auth_cache_seconds)
     auth = Authenticator(queries, cache_seconds=settings.auth_cache_seconds)
-    waiter = TaskWaiter(queries)
+    listener: NotificationListener | None = None
+    waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
                             answer_window=settings.answer_window)
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,8 +31,10 @@ from shared.logging import get_logger
 log = get_logger("gateway.dispatch")
 
 UNAVAILABLE = "Service temporarily unavailable, try again later."
-#: Seconds between re-reads of the read model while waiting (notifications usually come first).
-POLL_INTERVAL = 0.25
+#: Seconds between re-reads of the read model while waiting: rarely while the notification
+#: listener is connected (it wakes the waiter), often while it is not.
+POLL_WITH_NOTIFICATIONS = 1.0
+POLL_WITHOUT_NOTIFICATIONS = 0.25
 #: The ``es`` streaming schedule: (elapsed seconds from which it applies, poll interval).
 STREAM_SCHEDULE = ((0, 1.0), (5, 3.0), (30, 6.0), (60, 12.0), (1200, 30.0))
 STREAM_TIMEOUT = 3600.0
@@ -42,8 +44,9 @@ DECISIVE = frozenset({tasks.STARTED, tasks.SUCCESS, tasks.FAILURE})
 class TaskWaiter:
     """Wakes requests waiting for a task when a notification about it arrives (from any thread)."""
 
-    def __init__(self, queries: Queries):
+    def __init__(self, queries: Queries, *, listening: Callable[[], bool] = lambda: False):
         self._queries = queries
+        self._listening = listening
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, set[asyncio.Event]] = {}
         #: The latest state notified for each awaited task (the projector sends it after commit).
@@ -94,7 +97,8 @@ class TaskWaiter:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                await asyncio.wait_for(event.wait(), timeout=max(0.0, min(remaining, POLL_INTERVAL)))
+                poll = POLL_WITH_NOTIFICATIONS if self._listening() else POLL_WITHOUT_NOTIFICATIONS
+                await asyncio.wait_for(event.wait(), timeout=max(0.0, min(remaining, poll)))
             except asyncio.TimeoutError:
                 pass
             event.clear()
@@ -118,23 +122,12 @@ class Dispatcher:
     async def submit(self, request: Request, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> Response:
         envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor)
         request.state.task_id = task_id
-        try:
-            await run_in_threadpool(
-                self._queries.record_submission, message_id=envelope_.id, task_id=task_id, command_type=command.TYPE,
-                object_name=str(getattr(command, "name", "")), user=actor.user, owner=owner, dc=actor.dc)
-        except Transient as exc:
-            log.warning("command.journal_failed", error=str(exc))
-            raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
         wake = self._waiter.register(task_id)
         try:
             try:
-                await run_in_threadpool(
-                    self._publisher.publish, exchange=self._topology.commands.name, routing_key=command.TYPE,
-                    body=contracts.encode(envelope_), message_id=envelope_.id, message_type=envelope_.type,
-                    correlation_id=task_id)
-            except PublishFailed as exc:
-                log.warning("command.publish_failed", error=str(exc))
-                await run_in_threadpool(self._forget, envelope_.id)
+                await run_in_threadpool(self._journal_and_publish, envelope_, command, owner)
+            except (Transient, PublishFailed) as exc:
+                log.warning("command.not_accepted", error=str(exc))
                 raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
             log.info("command.published", command=command.TYPE, message_id=envelope_.id)
             view = await self._waiter.wait(task_id, wake, self._window)
@@ -146,11 +139,26 @@ class Dispatcher:
             return self._stream(request, task_id)
         return pending(request, task_id)
 
-    def _forget(self, message_id: str) -> None:
+    def _journal_and_publish(self, envelope_, command: Command, owner: str | None) -> None:
+        """Journal the command, then publish it and wait for the broker's confirm (blocking).
+
+        Raises Transient (database) or PublishFailed (broker): then nothing was promised, and the
+        journal row of an unconfirmed command is removed again.
+        """
+        actor = envelope_.actor
+        self._queries.record_submission(
+            message_id=envelope_.id, task_id=envelope_.correlation_id, command_type=command.TYPE,
+            object_name=str(getattr(command, "name", "")), user=actor.user, owner=owner, dc=actor.dc)
         try:
-            self._queries.forget_submission(message_id)
-        except Transient:
-            pass  # the journal row only says PENDING; a later status read will still find no outcome
+            self._publisher.publish(
+                exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
+                message_id=envelope_.id, message_type=envelope_.type, correlation_id=envelope_.correlation_id)
+        except PublishFailed:
+            try:
+                self._queries.forget_submission(envelope_.id)
+            except Transient:
+                pass  # the row only says PENDING; no consumer will ever report on it
+            raise
 
     def _stream(self, request: Request, task_id: str) -> Response:
         """The ``es`` client's synchronous mode: spaces while waiting, then ``<code>\\n<body>``."""

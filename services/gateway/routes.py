@@ -68,7 +68,7 @@ class ImageRoutes:
         return policy.require_image_admin(await self.auth.user(request))
 
     async def _default_dc(self, request: Request) -> DatacenterRecord:
-        dc = await run_in_threadpool(self.queries.default_datacenter)
+        dc = self.queries.cached_default_datacenter() or await run_in_threadpool(self.queries.default_datacenter)
         request.state.dc, request.state.dc_id = dc.name, dc.id
         return dc
 
@@ -120,7 +120,7 @@ class ImageRoutes:
             raise ApiError(406, images.IMAGE_EXISTS)
         dc = default_dc
         if data.get("dc") is not None:
-            found = await run_in_threadpool(self.queries.datacenter, str(data["dc"]))
+            found = await self._datacenter(str(data["dc"]))
             if found is None:
                 raise ApiError(404, images.DC_NOT_FOUND)
             dc = found
@@ -147,7 +147,7 @@ class ImageRoutes:
     async def _owner(self, values: Mapping[str, Any], errors: dict[str, list[str]], *, default: UserRecord) -> UserRecord:
         if "owner" not in values or "owner" in errors:
             return default
-        owner = await run_in_threadpool(self.queries.user_by_name, values["owner"])
+        owner = await self._user(values["owner"])
         if owner is None or not owner.is_active:
             errors["owner"] = [images.owner_missing(values["owner"])]
             return default
@@ -182,14 +182,20 @@ class ImageRoutes:
 
     async def _image_dc(self, request: Request, dc_bound: str | None) -> DatacenterRecord:
         """An existing image's tasks belong to its bound DC, a global image's to the default DC."""
-        dc = await run_in_threadpool(self.queries.datacenter, dc_bound) if dc_bound else None
+        dc = await self._datacenter(dc_bound) if dc_bound else None
         if dc is None:
-            dc = await run_in_threadpool(self.queries.default_datacenter)
+            dc = await self._default_dc(request)
         request.state.dc, request.state.dc_id = dc.name, dc.id
         return dc
 
     async def _user_named(self, username: str, fallback: UserRecord) -> UserRecord:
-        return await run_in_threadpool(self.queries.user_by_name, username) or fallback
+        return await self._user(username) or fallback
+
+    async def _user(self, username: str) -> UserRecord | None:
+        return self.queries.cached_user(username) or await run_in_threadpool(self.queries.user_by_name, username)
+
+    async def _datacenter(self, name: str) -> DatacenterRecord | None:
+        return self.queries.cached_datacenter(name) or await run_in_threadpool(self.queries.datacenter, name)
 
 
 class TaskRoutes:

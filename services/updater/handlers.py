@@ -1,14 +1,14 @@
 """Decide an ``image.update`` (reference §3.4): a partial update, checked in the order of §5.
 
-Database-level update: one transaction takes the image row, validates the supplied fields
-against it, holds the image lock while it writes, and records the new state.
+Database-level update, in one transaction that holds the image row: validate the supplied fields
+against it, refuse while another task holds the image's lease lock, write the changed columns,
+record the new state.
 """
 
 from __future__ import annotations
 
 from domain import fields, images, policy
 from shared.contracts import ImageUpdated, UpdateImage, image_stream
-from shared.db import locks
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
@@ -16,7 +16,7 @@ from shared.handling import CommandContext
 _ATTRIBUTES = ("alias", "version", "owner", "access", "desc", "resize", "deploy", "tags")
 
 
-def update_image(command: UpdateImage, ctx: CommandContext, *, lease_seconds: float) -> None:
+def update_image(command: UpdateImage, ctx: CommandContext) -> None:
     payload = command.to_payload()
     with ctx.writing() as tx:
         catalogue = tx.catalogue
@@ -25,12 +25,12 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, lease_seconds: fl
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         lock = f"image:{image.uuid}"
+        held = tx.lock_held_by_other(lock)
 
         values, errors = images.check_update_shape(payload)
-        images.check_owner(catalogue, values, errors)
         if "owner" in values and "owner" not in errors and values["owner"] != image.owner:
-            held = locks.holder(tx.conn, lock)
-            if held is not None and held.owner != ctx.task_id:
+            images.check_owner(catalogue, values, errors)
+            if held and "owner" not in errors:
                 errors["owner"] = [images.PENDING_TASKS]
         changes = {k: values[k] for k in _ATTRIBUTES if k in values}
         if "dc_bound" in values:
@@ -38,24 +38,25 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, lease_seconds: fl
                 errors["dc_bound"] = [images.ATTRIBUTE_FORBIDDEN]
             else:
                 changes["dc_bound"] = images.rebind(image, values["dc_bound"], errors)
-        images.check_alias_and_limit(catalogue, alias=changes.get("alias", image.alias),
-                                     version=changes.get("version", image.version), bound_dc=None,
-                                     exclude_uuid=image.uuid, errors=errors, count_limit=False)
+        changed = sorted(k for k, v in changes.items() if getattr(image, k) != v)
+        if "alias" in changed or "version" in changed:
+            images.check_alias_and_limit(catalogue, alias=changes.get("alias", image.alias),
+                                         version=changes.get("version", image.version), bound_dc=None,
+                                         exclude_uuid=image.uuid, errors=errors, count_limit=False)
         if errors:
             raise Invalid(fields.order_errors(errors))
         if image.status != images.STATUS_OK:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
-        if not tx.acquire_lock(lock, lease_seconds):
+        if held:
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
 
-        changed = sorted(k for k, v in changes.items() if getattr(image, k) != v)
         updated = image
         events = []
         if changed:
-            updated = image.with_changes(**{k: changes[k] for k in changed}, changed=utcnow())
-            catalogue.update_image(updated)
+            now = utcnow()
+            updated = image.with_changes(**{k: changes[k] for k in changed}, changed=now)
+            catalogue.update_fields(image.uuid, {k: changes[k] for k in changed}, changed=now)
             version = tx.advance_stream(image_stream(image.uuid))
             events.append(ImageUpdated(image=images.to_state(updated), version=version, changed=changed))
-        tx.release_lock(lock)
         task_dc = updated.dc_bound or catalogue.default_datacenter().name
         tx.finish(events, result=images.public_view(updated), owner=updated.owner, dc=task_dc)

@@ -15,8 +15,11 @@ from shared.config import Settings
 MEMORY_POLLING_INTERVAL = 0.002
 
 
-def connect(settings: Settings, purpose: str) -> Connection:
-    """A new (not yet opened) connection named ``purpose`` in the broker's management UI."""
+def connect(settings: Settings, purpose: str, *, confirms: bool = True) -> Connection:
+    """A new (not yet opened) connection named ``purpose`` in the broker's management UI.
+
+    ``confirms=False`` only for transient notifications, whose loss is harmless.
+    """
     if settings.embedded_broker:
         return Connection(settings.broker_url, transport_options={"polling_interval": MEMORY_POLLING_INTERVAL})
     return Connection(
@@ -24,7 +27,7 @@ def connect(settings: Settings, purpose: str) -> Connection:
         heartbeat=settings.heartbeat,
         connect_timeout=settings.publish_timeout,
         transport_options={
-            "confirm_publish": True,
+            "confirm_publish": confirms,
             "max_retries": 3,
             "interval_start": 0,
             "interval_step": 1,

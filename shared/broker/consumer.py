@@ -3,7 +3,10 @@
 Threads: one I/O thread owns the broker connection (consume, ack, heartbeats, reconnects);
 handlers run on a pool of worker threads, so a slow handler never starves heartbeats
 (celery/kombu#806). Workers hand their verdict back to the I/O thread, which alone touches the
-channel (kombu connections are not thread-safe).
+channel (kombu connections are not thread-safe), and wake it through a pipe that it watches
+together with the broker socket, so an ack never waits for a read timeout. A handler that
+offers ``handle_batch`` gets the deliveries that queued up while its workers were busy in one
+call (the projector commits them in one transaction).
 
 Policy, for each delivery, by what the handler returns or raises:
 
@@ -27,7 +30,9 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import os
 from queue import Empty, SimpleQueue
+import select
 import socket
 import threading
 import time
@@ -47,7 +52,7 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 ATTEMPT_HEADER = "x-imagesvc-attempt"
-#: The I/O thread's read timeout while handlers are running (how late an ack can be).
+#: Without a socket to watch (memory://, TLS): the read timeout while handlers run.
 BUSY_POLL_SECONDS = 0.002
 DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
@@ -98,6 +103,9 @@ class Delivery:
 class Handler(Protocol):
     def __call__(self, delivery: Delivery) -> Disposition: ...
 
+    # Optional: ``handle_batch(deliveries) -> list[Disposition]`` (one verdict per delivery, same
+    # order) and ``batch_size``; the runner then passes several ready deliveries at once.
+
     def on_give_up(self, delivery: Delivery, reason: str) -> None:
         """Called once a message is dead-lettered after its last attempt."""
 
@@ -130,7 +138,14 @@ class ConsumerRunner:
         self._backoff = tuple(backoff)
         self._idle_timeout = idle_timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-worker")
+        self._threads = threads
+        self._batch_size = max(1, int(getattr(handler, "batch_size", 1))) if hasattr(handler, "handle_batch") else 1
+        self._waiting: list[tuple[Any, Delivery]] = []  # received, not yet given to a worker
+        self._busy = 0  # worker calls in progress
         self._done: SimpleQueue[tuple[int, Any, Delivery, Disposition]] = SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._scheduled: list[_Scheduled] = []
         self._seq = itertools.count()
         self._epoch = 0
@@ -161,6 +176,7 @@ class ConsumerRunner:
                     break
                 self._epoch += 1  # results for the dead channel's deliveries are now void
                 self._scheduled.clear()
+                self._waiting.clear()
                 self._in_flight = 0
                 self.ready.clear()
                 log.warning("consumer.connection_lost", consumer=self.name, error=repr(exc), retry_in=reconnect_delay)
@@ -171,6 +187,8 @@ class ConsumerRunner:
                 discard(connection)
         self.ready.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _consume(self, connection: Connection) -> None:
         channel = connection.channel()
@@ -190,28 +208,45 @@ class ConsumerRunner:
             self._turn(connection, channel)
 
     def _turn(self, connection: Connection, channel) -> None:
-        try:
-            connection.drain_events(timeout=self._wait_timeout())
-        except socket.timeout:
-            pass
+        sock = _plain_socket(connection)
+        if sock is None:
+            # No socket to watch (memory://, TLS): nap briefly while verdicts may be pending.
+            try:
+                connection.drain_events(timeout=BUSY_POLL_SECONDS if self._in_flight else self._idle_wait())
+            except socket.timeout:
+                pass
+        else:
+            ready, _, _ = select.select([sock, self._wake_r], [], [], self._idle_wait())
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            while sock in ready:
+                try:
+                    connection.drain_events(timeout=0.05)
+                except socket.timeout:
+                    break
+                ready, _, _ = select.select([sock], [], [], 0)
         # Raises once the broker's heartbeats stop coming: the connection is then replaced.
         connection.heartbeat_check()
+        self._dispatch()
         self._settle(channel)
 
     # --- I/O thread ----------------------------------------------------------------------------
 
-    def _wait_timeout(self) -> float:
-        """How long the I/O thread may block reading the socket.
-
-        A worker cannot wake a thread blocked in ``drain_events``, so while verdicts may be
-        pending the I/O thread only naps: otherwise finished messages would wait unacked for the
-        idle timeout, and with every prefetch slot taken consumption would stall.
-        """
-        if self._in_flight:
-            return BUSY_POLL_SECONDS
+    def _idle_wait(self) -> float:
+        """How long the I/O thread may wait for the broker: until the next due retry, at most
+        the idle timeout (heartbeats are checked between waits)."""
         if self._scheduled:
             return max(0.001, min(self._idle_timeout, self._scheduled[0].due - time.monotonic()))
         return self._idle_timeout
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (the I/O thread is awake anyway) or closed (stopping)
 
     def _on_message(self, message) -> None:
         props = message.properties or {}
@@ -231,9 +266,34 @@ class ConsumerRunner:
             redelivered=redelivered,
             attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),
         )
-        epoch = self._epoch
         self._in_flight += 1
-        self._pool.submit(self._work, epoch, message, delivery)
+        self._waiting.append((message, delivery))
+
+    def _dispatch(self) -> None:
+        """Give waiting deliveries to free workers, in batches when the handler takes them."""
+        while self._waiting and self._busy < self._threads:
+            batch, self._waiting = self._waiting[: self._batch_size], self._waiting[self._batch_size:]
+            self._busy += 1
+            if len(batch) == 1:
+                self._pool.submit(self._work, self._epoch, *batch[0])
+            else:
+                self._pool.submit(self._work_batch, self._epoch, batch)
+
+    def _work_batch(self, epoch: int, batch: list[tuple[Any, Delivery]]) -> None:
+        started = time.perf_counter()
+        try:
+            dispositions = self._handler.handle_batch([delivery for _, delivery in batch])  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - a failed batch is retried message by message
+            log.exception("message.batch_error", error=repr(exc), size=len(batch))
+            dispositions = [Disposition.retry(f"error: {exc!r}")] * len(batch)
+        elapsed = round((time.perf_counter() - started) * 1000, 2)
+        for (message, delivery), disposition in zip(batch, dispositions):
+            self._finish(epoch, message, delivery, disposition, elapsed)
+        self._worker_done()
+
+    def _worker_done(self) -> None:
+        self._done.put(None)  # type: ignore[arg-type]  - frees a worker slot (see _settle)
+        self._wake()
 
     def _work(self, epoch: int, message, delivery: Delivery) -> None:
         structlog.contextvars.clear_contextvars()
@@ -250,11 +310,22 @@ class ConsumerRunner:
         except Exception as exc:  # noqa: BLE001 - unexpected errors are retried, then dead-lettered
             log.exception("message.handler_error", error=repr(exc))
             disposition = Disposition.retry(f"error: {exc!r}")
+        self._finish(epoch, message, delivery, disposition, round((time.perf_counter() - started) * 1000, 2))
+        self._worker_done()
+
+    def _finish(self, epoch: int, message, delivery: Delivery, disposition: Disposition, duration_ms: float) -> None:
+        """Worker side of a verdict: give up after the last attempt, log one line, hand it over."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            consumer=self.name, message_id=delivery.message_id, type=delivery.message_type,
+            correlation_id=delivery.correlation_id, task_id=delivery.correlation_id, attempt=delivery.attempt,
+            redelivered=delivery.redelivered,
+        )
         if disposition.outcome is Outcome.RETRY and delivery.attempt >= self._max_attempts:
             disposition = Disposition.dead_letter(f"gave up after {delivery.attempt} attempts: {disposition.reason}")
             self._give_up(delivery, disposition.reason)
         log.info("message.handled", outcome=disposition.outcome.value, reason=disposition.reason,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                 duration_ms=duration_ms)
         structlog.contextvars.clear_contextvars()
         self._done.put((epoch, message, delivery, disposition))
 
@@ -268,9 +339,13 @@ class ConsumerRunner:
         """Apply verdicts and due retries; only this (I/O) thread touches the channel."""
         while True:
             try:
-                epoch, message, delivery, disposition = self._done.get_nowait()
+                item = self._done.get_nowait()
             except Empty:
                 break
+            if item is None:
+                self._busy -= 1
+                continue
+            epoch, message, delivery, disposition = item
             if epoch != self._epoch:
                 continue  # delivered on a channel that died; the broker has requeued it
             self._in_flight -= 1
@@ -324,6 +399,14 @@ class ConsumerRunner:
             exchange=exchange, routing_key=routing_key, body=delivery.body, message_id=delivery.message_id,
             message_type=delivery.message_type, correlation_id=delivery.correlation_id, headers=headers,
         )
+
+
+def _plain_socket(connection: Connection):
+    """The TCP socket of a py-amqp connection, or None (memory://, or TLS, which buffers reads)."""
+    transport = getattr(getattr(connection, "connection", None), "transport", None)
+    if transport is None or type(transport).__name__ != "TCPTransport":
+        return None
+    return transport.sock
 
 
 def _as_int(value: object, default: int) -> int:

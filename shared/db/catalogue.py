@@ -6,7 +6,10 @@ runs on the caller's connection, inside the caller's transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+import time
+from datetime import datetime
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from shared.db.models import Datacenter, Image, ImageDatacenter, User
 from shared.db.records import DatacenterRecord, ImageRecord, UserRecord
@@ -15,6 +18,37 @@ _images = Image.__table__
 _image_dcs = ImageDatacenter.__table__
 _users = User.__table__
 _dcs = Datacenter.__table__
+#: Database URL -> (expiry, default datacenter).
+_DEFAULT_DC: dict[str, tuple[float, DatacenterRecord]] = {}
+
+# Statements are built once (building them is a measurable share of a consumer's CPU).
+_bound = _dcs.alias("bound")
+_IMAGE = (
+    select(_images, _users.c.username.label("owner_name"), _bound.c.name.label("bound_name"))
+    .join(_users, _users.c.id == _images.c.owner_id)
+    .outerjoin(_bound, _bound.c.id == _images.c.dc_bound_id)
+)
+_IMAGE_BY = {
+    ("name", False): _IMAGE.where(_images.c.name == bindparam("key")),
+    ("name", True): _IMAGE.where(_images.c.name == bindparam("key")).with_for_update(of=_images),
+    ("uuid", False): _IMAGE.where(_images.c.uuid == bindparam("key")),
+    ("uuid", True): _IMAGE.where(_images.c.uuid == bindparam("key")).with_for_update(of=_images),
+}
+_ATTACHED = (
+    select(_dcs.c.name)
+    .join(_image_dcs, _image_dcs.c.dc_id == _dcs.c.id)
+    .where(_image_dcs.c.image_uuid == bindparam("uuid"))
+    .order_by(_dcs.c.name)
+)
+_NAME_EXISTS = select(_images.c.uuid).where(_images.c.name == bindparam("name"))
+_ALIAS_TAKEN = (
+    select(_images.c.uuid)
+    .where(func.lower(_images.c.alias) == bindparam("alias"), _images.c.version == bindparam("version"),
+           _images.c.uuid != bindparam("exclude"))
+    .limit(1)
+)
+_USER_BY_NAME = select(_users).where(_users.c.username == bindparam("username"))
+_DC_BY_NAME = select(_dcs).where(_dcs.c.name == bindparam("name"))
 
 
 class SqlCatalogue:
@@ -24,30 +58,16 @@ class SqlCatalogue:
     # --- reads ---------------------------------------------------------------------------------
 
     def image_by_name(self, name: str, *, for_update: bool = False) -> ImageRecord | None:
-        return self._image(_images.c.name == name, for_update)
+        return self._image("name", name, for_update)
 
     def image_by_uuid(self, uuid: str, *, for_update: bool = False) -> ImageRecord | None:
-        return self._image(_images.c.uuid == uuid, for_update)
+        return self._image("uuid", uuid, for_update)
 
-    def _image(self, condition, for_update: bool) -> ImageRecord | None:
-        bound = _dcs.alias("bound")
-        query = (
-            select(_images, _users.c.username.label("owner_name"), bound.c.name.label("bound_name"))
-            .join(_users, _users.c.id == _images.c.owner_id)
-            .outerjoin(bound, bound.c.id == _images.c.dc_bound_id)
-            .where(condition)
-        )
-        if for_update:
-            query = query.with_for_update(of=_images)
-        row = self.conn.execute(query).first()
+    def _image(self, column: str, key: str, for_update: bool) -> ImageRecord | None:
+        row = self.conn.execute(_IMAGE_BY[(column, for_update)], {"key": key}).first()
         if row is None:
             return None
-        attached = self.conn.execute(
-            select(_dcs.c.name)
-            .join(_image_dcs, _image_dcs.c.dc_id == _dcs.c.id)
-            .where(_image_dcs.c.image_uuid == row.uuid)
-            .order_by(_dcs.c.name)
-        ).scalars()
+        attached = self.conn.execute(_ATTACHED, {"uuid": row.uuid}).scalars()
         return ImageRecord(
             uuid=row.uuid,
             name=row.name,
@@ -71,13 +91,11 @@ class SqlCatalogue:
         )
 
     def name_exists(self, name: str) -> bool:
-        return self.conn.execute(select(_images.c.uuid).where(_images.c.name == name)).first() is not None
+        return self.conn.execute(_NAME_EXISTS, {"name": name}).first() is not None
 
     def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None) -> bool:
-        query = select(_images.c.uuid).where(func.lower(_images.c.alias) == alias.lower(), _images.c.version == version)
-        if exclude_uuid is not None:
-            query = query.where(_images.c.uuid != exclude_uuid)
-        return self.conn.execute(query.limit(1)).first() is not None
+        params = {"alias": alias.lower(), "version": version, "exclude": exclude_uuid or ""}
+        return self.conn.execute(_ALIAS_TAKEN, params).first() is not None
 
     def count_bound(self, dc_name: str) -> int:
         return self.conn.execute(
@@ -87,33 +105,48 @@ class SqlCatalogue:
         ).scalar_one()
 
     def user(self, username: str) -> UserRecord | None:
-        row = self.conn.execute(select(_users).where(_users.c.username == username)).first()
-        return user_record(row)
+        return user_record(self.conn.execute(_USER_BY_NAME, {"username": username}).first())
 
     def user_by_id(self, user_id: int) -> UserRecord | None:
         return user_record(self.conn.execute(select(_users).where(_users.c.id == user_id)).first())
 
     def datacenter(self, name: str) -> DatacenterRecord | None:
-        return datacenter_record(self.conn.execute(select(_dcs).where(_dcs.c.name == name)).first())
+        return datacenter_record(self.conn.execute(_DC_BY_NAME, {"name": name}).first())
 
     def default_datacenter(self) -> DatacenterRecord:
+        """The default datacenter (cached per process for a minute: it is fixed at installation)."""
+        key = str(self.conn.engine.url)
+        cached = _DEFAULT_DC.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         row = self.conn.execute(select(_dcs).where(_dcs.c.is_default.is_(True))).first()
         if row is None:
             raise LookupError("no default datacenter: run `imagesvc db upgrade`")
-        return datacenter_record(row)  # type: ignore[return-value]
+        found = datacenter_record(row)
+        _DEFAULT_DC[key] = (time.monotonic() + 60.0, found)  # type: ignore[assignment]
+        return found  # type: ignore[return-value]
 
     # --- writes --------------------------------------------------------------------------------
 
     def insert_image(self, image: ImageRecord) -> None:
         self.conn.execute(insert(_images).values(**self._columns(image), uuid=image.uuid, created=image.created))
-        self._set_attachments(image.uuid, image.dcs)
+        self.set_attachments(image.uuid, image.dcs)
 
-    def update_image(self, image: ImageRecord) -> None:
-        self.conn.execute(update(_images).where(_images.c.uuid == image.uuid).values(**self._columns(image)))
-        self._set_attachments(image.uuid, image.dcs)
+    def update_fields(self, uuid: str, changes: dict, *, changed: datetime) -> None:
+        """Write only the given attributes (``owner`` by username, ``dc_bound`` by name or None)."""
+        values = {k: v for k, v in changes.items() if k not in ("owner", "dc_bound")}
+        if "owner" in changes:
+            owner = self.user(changes["owner"])
+            if owner is None:
+                raise LookupError(f"unknown owner {changes['owner']!r}")
+            values["owner_id"] = owner.id
+        if "dc_bound" in changes:
+            bound = self.datacenter(changes["dc_bound"]) if changes["dc_bound"] else None
+            values["dc_bound_id"] = bound.id if bound else None
+        self.conn.execute(update(_images).where(_images.c.uuid == uuid).values(**values, changed=changed))
 
     def delete_image(self, uuid: str) -> None:
-        self.conn.execute(delete(_image_dcs).where(_image_dcs.c.image_uuid == uuid))
+        """Remove the image; its attachments go with it (ON DELETE CASCADE)."""
         self.conn.execute(delete(_images).where(_images.c.uuid == uuid))
 
     def _columns(self, image: ImageRecord) -> dict:
@@ -140,7 +173,8 @@ class SqlCatalogue:
             "changed": image.changed,
         }
 
-    def _set_attachments(self, uuid: str, dc_names: list[str]) -> None:
+    def set_attachments(self, uuid: str, dc_names: list[str]) -> None:
+        """Attach the image to exactly these datacenters (by name)."""
         wanted = set(dc_names)
         current = set(
             self.conn.execute(

@@ -1,15 +1,32 @@
-"""``INSERT ... ON CONFLICT`` for the two dialects we run on (identical SQL, different constructs)."""
+"""``INSERT ... ON CONFLICT`` for the two dialects we run on (identical SQL, different constructs).
+
+Statements are built once per dialect and table and executed with parameters: building them
+on every call is a measurable share of a consumer's CPU.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
+
+_built: dict[tuple[str, str, str], object] = {}
 
 
 def insert_for(conn: Connection, table: Table):
     """An INSERT construct that supports ``on_conflict_do_nothing/do_update`` on this connection."""
     module = postgresql if conn.dialect.name == "postgresql" else sqlite
     return module.insert(table)
+
+
+def prepared(conn: Connection, table: Table, purpose: str, build: Callable[[object], object]):
+    """``build(insert_for(conn, table))``, built once per dialect, table and purpose."""
+    key = (conn.dialect.name, table.name, purpose)
+    stmt = _built.get(key)
+    if stmt is None:
+        stmt = _built[key] = build(insert_for(conn, table))
+    return stmt
 
 
 def insert_ignore(conn: Connection, table: Table, values: dict) -> bool:
@@ -20,5 +37,5 @@ def insert_ignore(conn: Connection, table: Table, values: dict) -> bool:
     """
     # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
     key = list(table.primary_key.columns)[0]
-    stmt = insert_for(conn, table).values(**values).on_conflict_do_nothing().returning(key)
-    return conn.execute(stmt).first() is not None
+    stmt = prepared(conn, table, "insert-ignore", lambda insert: insert.on_conflict_do_nothing().returning(key))
+    return conn.execute(stmt, values).first() is not None

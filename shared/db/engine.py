@@ -2,8 +2,10 @@
 
 SQLite: WAL, ``busy_timeout`` 5 s, and ``BEGIN IMMEDIATE`` for transactions opened through
 ``write_transaction`` (so two writers queue up instead of failing on lock upgrade), plain
-``BEGIN`` for reads. PostgreSQL: ``pool_pre_ping`` so connections that died with the server are
-replaced instead of failing the next request.
+``BEGIN`` for reads. PostgreSQL: no ping on every checkout (a round trip per transaction);
+a connection that died with the server fails its statement, SQLAlchemy then invalidates the
+pool, and the failure surfaces as ``Transient`` (the message is retried, the request answered
+503), so the next attempt gets fresh connections.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from shared.errors import Transient
 _WRITE = "imagesvc_write"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """Create an engine for ``url`` (no connection is opened until first use)."""
+def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = False) -> Engine:
+    """Create an engine for ``url`` (no connection is opened until first use).
+
+    ``relaxed_durability``: on PostgreSQL, commits do not wait for the WAL flush
+    (``synchronous_commit=off``). Only for a process whose writes may be lost in a database
+    crash without harm (the gateway: its journal rows); the consumers never use it.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -42,14 +49,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        connect_args={"connect_timeout": 5},
-    )
+    connect_args: dict = {"connect_timeout": 5}
+    if relaxed_durability:
+        connect_args["options"] = "-c synchronous_commit=off"
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                         connect_args=connect_args)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -87,6 +91,20 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         with engine.connect() as conn:
             with conn.begin():
                 yield conn
+
+
+@contextlib.contextmanager
+def single_statement(engine: Engine, *, write: bool = False) -> Iterator[Connection]:
+    """A connection for exactly one statement: autocommit on PostgreSQL (no BEGIN/COMMIT round
+    trips); on SQLite, where round trips are free, an ordinary transaction (a write one with
+    ``write``), which keeps SQLite's locking discipline."""
+    if engine.dialect.name == "sqlite":
+        with (write_transaction(engine) if write else read_transaction(engine)) as conn:
+            yield conn
+        return
+    with translate_db_errors():
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import Connection, and_, select, update
 
 from shared.contracts import Envelope, encode
-from shared.db.dialect import insert_for, insert_ignore
+from shared.db.dialect import insert_ignore, prepared
 from shared.db.models import ProcessedMessage, StoredEvent, Stream, utcnow
 
 _events = StoredEvent.__table__
@@ -33,37 +33,34 @@ class OutboxRow:
 
 def advance_stream(conn: Connection, stream_id: str) -> int:
     """Bump a stream's head and return the new version (1 for a new stream). Row-locks the head."""
-    stmt = (
-        insert_for(conn, _streams)
-        .values(stream_id=stream_id, version=1)
-        .on_conflict_do_update(index_elements=[_streams.c.stream_id], set_={"version": _streams.c.version + 1})
-        .returning(_streams.c.version)
-    )
-    return conn.execute(stmt).scalar_one()
+    stmt = prepared(conn, _streams, "advance", lambda insert: insert.on_conflict_do_update(
+        index_elements=[_streams.c.stream_id], set_={"version": _streams.c.version + 1}).returning(_streams.c.version))
+    return conn.execute(stmt, {"stream_id": stream_id, "version": 1}).scalar_one()
 
 
-def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int] | None]]) -> list[int]:
-    """Store events (with their stream position, if any) as unpublished outbox rows; return their ids."""
-    ids = []
+def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int] | None]]) -> list[OutboxRow]:
+    """Store events (with their stream position, if any) as unpublished outbox rows, in one
+    statement; return the rows, so the caller can publish them after its commit without reading
+    them back."""
     now = utcnow()
+    values = []
     for envelope, position in envelopes:
         stream_id, version = position if position else (None, None)
-        row_id = conn.execute(
-            _events.insert()
-            .values(
-                message_id=envelope.id,
-                type=envelope.type,
-                stream_id=stream_id,
-                stream_version=version,
-                correlation_id=envelope.correlation_id,
-                causation_id=envelope.causation_id,
-                body=encode(envelope).decode(),
-                created_at=now,
-            )
-            .returning(_events.c.id)
-        ).scalar_one()
-        ids.append(row_id)
-    return ids
+        values.append({
+            "message_id": envelope.id,
+            "type": envelope.type,
+            "stream_id": stream_id,
+            "stream_version": version,
+            "correlation_id": envelope.correlation_id,
+            "causation_id": envelope.causation_id,
+            "body": encode(envelope).decode(),
+            "created_at": now,
+        })
+    if not values:
+        return []
+    ids = conn.execute(_events.insert().returning(_events.c.id, sort_by_parameter_order=True), values).scalars().all()
+    return [OutboxRow(row_id, v["message_id"], v["type"], v["correlation_id"], v["body"].encode())
+            for row_id, v in zip(ids, values)]
 
 
 def unpublished(conn: Connection, *, ids: Sequence[int] | None = None, older_than: datetime | None = None,
@@ -80,14 +77,14 @@ def unpublished(conn: Connection, *, ids: Sequence[int] | None = None, older_tha
     return [OutboxRow(r.id, r.message_id, r.type, r.correlation_id, r.body.encode()) for r in rows]
 
 
-def unpublished_for_message(conn: Connection, causation_id: str) -> list[int]:
-    """Ids of unpublished events caused by one handled message (its redelivery republishes them)."""
+def unpublished_for_message(conn: Connection, causation_id: str) -> list[OutboxRow]:
+    """Unpublished events caused by one handled message (its redelivery republishes them)."""
     rows = conn.execute(
-        select(_events.c.id)
+        select(_events.c.id, _events.c.message_id, _events.c.type, _events.c.correlation_id, _events.c.body)
         .where(_events.c.causation_id == causation_id, _events.c.published_at.is_(None))
         .order_by(_events.c.id)
     ).all()
-    return [r.id for r in rows]
+    return [OutboxRow(r.id, r.message_id, r.type, r.correlation_id, r.body.encode()) for r in rows]
 
 
 def mark_published(conn: Connection, ids: Sequence[int]) -> None:

@@ -50,3 +50,13 @@ def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockH
         select(_locks.c.owner, _locks.c.expires_at).where(_locks.c.name == name, _locks.c.expires_at >= now)
     ).first()
     return LockHolder(owner=row.owner, expires_at=row.expires_at) if row else None
+
+
+def held_by_other(conn: Connection, name: str, owner: str, *, now: datetime | None = None) -> LockHolder | None:
+    """The unexpired holder of ``name`` if it is not ``owner``.
+
+    Enough for work done inside one transaction that already holds the protected row locked:
+    it must only not run while a longer task holds the lease.
+    """
+    found = holder(conn, name, now=now)
+    return found if found is not None and found.owner != owner else None

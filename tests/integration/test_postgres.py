@@ -280,8 +280,11 @@ def test_outbox_append_unpublished_mark_published(engine):
     loose = _envelope(correlation_id=task, causation_id=None, n=3)
     with write_transaction(engine) as conn:
         # Appended out of version order on purpose: stream_events must sort by version.
-        ids = events.append(conn, [(second, (stream, 2)), (first, (stream, 1)), (loose, None)])
+        appended = events.append(conn, [(second, (stream, 2)), (first, (stream, 1)), (loose, None)])
+    ids = [row.id for row in appended]
     assert len(ids) == 3 and ids == sorted(ids) and len(set(ids)) == 3
+    # The returned rows are what a relay publishes without reading them back.
+    assert [(r.message_id, r.body) for r in appended] == [(e.id, encode(e)) for e in (second, first, loose)]
 
     with read_transaction(engine) as conn:
         rows = events.unpublished(conn, ids=ids)
@@ -292,7 +295,7 @@ def test_outbox_append_unpublished_mark_published(engine):
         assert [r.body for r in rows] == [encode(second), encode(first), encode(loose)]
         assert all(isinstance(r.body, bytes) for r in rows)
         # Only the events caused by ``cause`` (not the one without a causation id).
-        assert events.unpublished_for_message(conn, cause) == ids[:2]
+        assert [r.id for r in events.unpublished_for_message(conn, cause)] == ids[:2]
         # older_than: created before a future instant -> included; before a past one -> not.
         future = {r.id for r in events.unpublished(conn, older_than=utcnow() + timedelta(seconds=60))}
         assert set(ids) <= future
@@ -310,7 +313,7 @@ def test_outbox_append_unpublished_mark_published(engine):
         events.mark_published(conn, [])  # a no-op
     with read_transaction(engine) as conn:
         assert [r.id for r in events.unpublished(conn, ids=ids)] == ids[1:]
-        assert events.unpublished_for_message(conn, cause) == [ids[1]]
+        assert [r.id for r in events.unpublished_for_message(conn, cause)] == [ids[1]]
         stamp = conn.execute(select(_events.c.published_at).where(_events.c.id == ids[0])).scalar_one()
         assert stamp is not None and stamp.tzinfo is not None
 
@@ -415,20 +418,22 @@ def test_catalogue_insert_update_delete(engine, owner):
         catalogue = SqlCatalogue(conn)
         locked = catalogue.image_by_uuid(image.uuid, for_update=True)
         assert locked is not None and locked.uuid == image.uuid
-        catalogue.update_image(changed)
+        catalogue.update_fields(image.uuid, {"desc": "new", "alias": "Other", "tags": ["x"], "dc_bound": None,
+                                             "status": 2, "manifest_active": {"uuid": "y"}}, changed=changed.changed)
+        catalogue.set_attachments(image.uuid, [dc_b, dc_a])
     with read_transaction(engine) as conn:
         assert SqlCatalogue(conn).image_by_uuid(image.uuid) == changed.with_changes(dcs=[dc_a, dc_b])
         assert _attached(conn, image.uuid) == {dc_a, dc_b}
 
     with write_transaction(engine) as conn:
-        SqlCatalogue(conn).update_image(changed.with_changes(dcs=[]))
+        SqlCatalogue(conn).set_attachments(image.uuid, [])
     with read_transaction(engine) as conn:
         assert SqlCatalogue(conn).image_by_uuid(image.uuid).dcs == []
         assert _attached(conn, image.uuid) == set()
 
     with write_transaction(engine) as conn:
-        SqlCatalogue(conn).update_image(changed.with_changes(dcs=["main"]))
-        SqlCatalogue(conn).delete_image(image.uuid)
+        SqlCatalogue(conn).set_attachments(image.uuid, ["main"])
+        SqlCatalogue(conn).delete_image(image.uuid)  # its attachments go with it
     with read_transaction(engine) as conn:
         assert SqlCatalogue(conn).image_by_uuid(image.uuid) is None
         assert SqlCatalogue(conn).name_exists(image.name) is False
@@ -479,7 +484,7 @@ def test_catalogue_count_bound(engine, owner):
         assert catalogue.datacenter(dc).name == dc
         assert catalogue.default_datacenter().name == "main"
     with write_transaction(engine) as conn:
-        SqlCatalogue(conn).update_image(images[0].with_changes(dc_bound=None))
+        SqlCatalogue(conn).update_fields(images[0].uuid, {"dc_bound": None}, changed=images[0].changed)
         SqlCatalogue(conn).delete_image(images[1].uuid)
     with read_transaction(engine) as conn:
         assert SqlCatalogue(conn).count_bound(dc) == 0

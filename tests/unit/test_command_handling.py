@@ -50,8 +50,8 @@ class RecordingRelay:
     def __init__(self):
         self.published: list[int] = []
 
-    def publish(self, ids):
-        self.published.extend(ids)
+    def publish(self, rows):
+        self.published.extend(row.id for row in rows)
         return True
 
 
@@ -64,12 +64,12 @@ def world(engine):
     fetcher = FakeFetcher()
     relay = RecordingRelay()
     consumers = {
-        "importer": CommandConsumer(name="importer", engine=engine, relay=relay,
+        "importer": CommandConsumer(name="importer", engine=engine, relay=relay, check_first=True,
                                     routes={"image.import": functools.partial(import_image, fetcher=fetcher)}),
         "updater": CommandConsumer(name="updater", engine=engine, relay=relay,
-                                   routes={"image.update": functools.partial(update_image, lease_seconds=60)}),
+                                   routes={"image.update": update_image}),
         "deleter": CommandConsumer(name="deleter", engine=engine, relay=relay,
-                                   routes={"image.delete": functools.partial(delete_image, lease_seconds=60)}),
+                                   routes={"image.delete": delete_image}),
     }
     return World(engine, fetcher, relay, consumers)
 

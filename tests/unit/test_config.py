@@ -44,7 +44,6 @@ def test_every_setting_is_read_from_its_imagesvc_variable():
         "IMAGESVC_FETCH_ALLOW": "repo.internal, 10.0.0.0/8:8080,,[::1]:9000",
         "IMAGESVC_IMAGE_STORE": "none",
         "IMAGESVC_AUTH_CACHE_SECONDS": "0",
-        "IMAGESVC_LOCK_LEASE_SECONDS": "60",
         "IMAGESVC_DATA_DIR": "/srv/imagesvc",
         "IMAGESVC_MAX_BODY_BYTES": "2048",
         "IMAGESVC_DB_POOL_SIZE": "3",
@@ -63,7 +62,6 @@ def test_every_setting_is_read_from_its_imagesvc_variable():
     assert settings.retry_backoff == (0.1, 1.0, 2.5)
     assert settings.fetch_allow == ("repo.internal", "10.0.0.0/8:8080", "[::1]:9000")
     assert settings.auth_cache_seconds == 0.0
-    assert settings.lock_lease_seconds == 60.0
     assert settings.data_dir == "/srv/imagesvc"
     assert settings.max_body_bytes == 2048
     assert settings.db_pool_size == 3

@@ -108,11 +108,29 @@ def test_a_deleted_image_is_never_revived_by_a_stale_event(log):
     assert log.image(image_uuid) is None
 
 
-def test_duplicate_delivery_is_acknowledged_and_ignored(log):
+def test_duplicate_delivery_is_acknowledged_and_changes_nothing(log):
     image_uuid = str(uuid.uuid4())
     v1 = log.store(ImageImported(image=images.to_state(record(image_uuid, "a")), version=1))
-    assert log.deliver(v1).reason == "handled"
-    assert log.deliver(v1).reason == "duplicate"
+    v2 = log.store(ImageUpdated(image=images.to_state(record(image_uuid, "a", desc="2")), version=2, changed=["desc"]))
+    task_id = "1e1u1-99999999-2222-3333-4444"
+    done = log.store(TaskSucceeded(task_id=task_id, command="image.update", object_name="a", result={"n": 1},
+                                   stream=f"image:{image_uuid}", stream_version=2), task_id)
+    for envelope in (v1, v2, done, v1, v2, done):
+        assert log.deliver(envelope).outcome is Outcome.ACK
+    assert log.image(image_uuid)[0]["desc"] == "2" and log.image(image_uuid)[1] == 2
+    # The duplicate outcome changed no row, so no second notification went out.
+    assert [(n.task_id, n.status) for n in log.notes] == [(task_id, "SUCCESS")]
+
+
+def test_a_batch_applies_in_one_transaction_and_falls_back_one_by_one(log):
+    image_uuid = str(uuid.uuid4())
+    v1 = log.store(ImageImported(image=images.to_state(record(image_uuid, "a")), version=1))
+    v2 = log.store(ImageUpdated(image=images.to_state(record(image_uuid, "a", desc="2")), version=2, changed=["desc"]))
+    orphan = contracts.wrap(ImageUpdated(image=images.to_state(record(str(uuid.uuid4()), "b")), version=7,
+                                         changed=[]), correlation_id="x")
+    verdicts = log.consumer.handle_batch([_delivery(e) for e in (v1, v2, orphan)])
+    assert [v.outcome for v in verdicts] == [Outcome.ACK, Outcome.ACK, Outcome.RETRY]
+    assert log.image(image_uuid)[1] == 2
 
 
 def test_a_task_outcome_waits_for_the_image_state_it_produced(log):
@@ -148,6 +166,12 @@ def test_a_name_taken_by_an_image_whose_delete_is_not_projected_yet(log):
     log.deliver(log.store(ImageImported(image=images.to_state(record(old, "shared-name")), version=1)))
     log.deliver(log.store(ImageImported(image=images.to_state(record(new, "shared-name")), version=1)))
     assert log.image(old) is None and log.image(new)[0]["uuid"] == new
+
+
+def _delivery(envelope):
+    return Delivery(body=contracts.encode(envelope), queue="projector.events", headers={}, message_id=envelope.id,
+                    correlation_id=envelope.correlation_id, message_type=envelope.type, user_id=None,
+                    redelivered=False, attempt=1)
 
 
 def test_undecodable_events_are_dead_lettered(log):
