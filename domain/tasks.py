@@ -34,9 +34,20 @@ def _random_groups() -> list[str]:
     return str(uuid.uuid4()).split("-")[:4]
 
 
-def new_task_id(*, user_id: int, owner_id: int, dc_id: int) -> str:
-    """A fresh task id for an image command (type ``e``, group ``u``)."""
-    return f"{user_id}e{owner_id}u{dc_id}-" + "-".join(_random_groups())
+def new_task_key() -> str:
+    """The random part of a task id (``8hex-4hex-4hex-4hex``), unique on its own."""
+    return "-".join(_random_groups())
+
+
+def task_key(task_id: str) -> str:
+    """The random part of a task id."""
+    return task_id.split("-", 1)[-1]
+
+
+def new_task_id(*, user_id: int, owner_id: int, dc_id: int, key: str | None = None) -> str:
+    """A task id for an image command (type ``e``, group ``u``); ``key`` is its random part
+    (reserved earlier with ``new_task_key``), fresh when not given."""
+    return f"{user_id}e{owner_id}u{dc_id}-" + (key or new_task_key())
 
 
 def dummy_task_id(*, user_id: int, dc_id: int) -> str:

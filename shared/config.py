@@ -35,9 +35,9 @@ class Settings:
     #: Seconds to wait for a publisher confirm (and for a broker connection) before giving up.
     publish_timeout: float = 5.0
     #: Unacknowledged deliveries per consumer process.
-    prefetch: int = 8
-    #: Handler threads per consumer process.
-    worker_threads: int = 4
+    prefetch: int = 16
+    #: Handler threads per consumer process (they mostly wait for the database).
+    worker_threads: int = 8
     #: Deliveries of one message before it is dead-lettered.
     max_attempts: int = 5
     #: Delay before each retry, in seconds (the last value repeats).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
@@ -55,39 +56,42 @@ class TaskWaiter:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    # Waiters are keyed by the task id's random part (``tasks.task_key``): a request registers
+    # before its task id is complete, and no notification can slip in between.
+
     def notify(self, notification: dict) -> None:
         """Called from the listener thread with a projector notification."""
-        task_id = notification["task_id"]
-        if self._loop is not None and task_id in self._events:
-            self._loop.call_soon_threadsafe(self._on_notification, task_id, notification)
+        key = tasks.task_key(notification["task_id"])
+        if self._loop is not None and key in self._events:
+            self._loop.call_soon_threadsafe(self._on_notification, key, notification)
 
-    def _on_notification(self, task_id: str, notification: dict) -> None:
-        if task_id in self._events and "http_code" in notification:
-            self._notified[task_id] = TaskView(task_id, str(notification["status"]), int(notification["http_code"]),
-                                               notification.get("result"), None, None)
-        self._wake(task_id)
+    def _on_notification(self, key: str, notification: dict) -> None:
+        if key in self._events and "http_code" in notification:
+            self._notified[key] = TaskView(notification["task_id"], str(notification["status"]),
+                                           int(notification["http_code"]), notification.get("result"), None, None)
+        self._wake(key)
 
     def wake_all(self) -> None:
         if self._loop is not None:
-            for task_id in list(self._events):
-                self._loop.call_soon_threadsafe(self._wake, task_id)
+            for key in list(self._events):
+                self._loop.call_soon_threadsafe(self._wake, key)
 
-    def _wake(self, task_id: str) -> None:
-        for event in self._events.get(task_id, ()):
+    def _wake(self, key: str) -> None:
+        for event in self._events.get(key, ()):
             event.set()
 
-    def register(self, task_id: str) -> asyncio.Event:
+    def register(self, key: str) -> asyncio.Event:
         event = asyncio.Event()
-        self._events.setdefault(task_id, set()).add(event)
+        self._events.setdefault(key, set()).add(event)
         return event
 
-    def unregister(self, task_id: str, event: asyncio.Event) -> None:
-        waiting = self._events.get(task_id)
+    def unregister(self, key: str, event: asyncio.Event) -> None:
+        waiting = self._events.get(key)
         if waiting is not None:
             waiting.discard(event)
             if not waiting:
-                del self._events[task_id]
-                self._notified.pop(task_id, None)
+                del self._events[key]
+                self._notified.pop(key, None)
 
     async def wait(self, task_id: str, event: asyncio.Event, timeout: float,
                    states: frozenset[str] = DECISIVE) -> TaskView | None:
@@ -102,13 +106,21 @@ class TaskWaiter:
             except asyncio.TimeoutError:
                 pass
             event.clear()
-            view = self._notified.get(task_id)
+            view = self._notified.get(tasks.task_key(task_id))
             if view is None or view.status not in states:
                 view = await run_in_threadpool(self._queries.task, task_id)
             if view is not None and view.status in states:
                 return view
             if time.monotonic() >= deadline:
                 return view
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A reserved task key and the event that wakes its waiting request."""
+
+    key: str
+    event: asyncio.Event
 
 
 class Dispatcher:
@@ -119,53 +131,57 @@ class Dispatcher:
         self._waiter = waiter
         self._window = answer_window
 
-    async def submit(self, request: Request, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> Response:
+    def ticket(self) -> Ticket:
+        """(Event loop.) Reserve a task key and start listening for it, before the command exists."""
+        key = tasks.new_task_key()
+        return Ticket(key, self._waiter.register(key))
+
+    def release(self, ticket: Ticket) -> None:
+        self._waiter.unregister(ticket.key, ticket.event)
+
+    def submit(self, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> None:
+        """(Thread pool.) Journal the command, publish it, wait for the broker's confirm.
+
+        Raises ApiError(503) when the database or the broker fails: then nothing was promised,
+        and the journal row of an unconfirmed command is removed again.
+        """
         envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor)
-        request.state.task_id = task_id
-        wake = self._waiter.register(task_id)
         try:
+            self._queries.record_submission(
+                message_id=envelope_.id, task_id=task_id, command_type=command.TYPE,
+                object_name=str(getattr(command, "name", "")), user=actor.user, owner=owner, dc=actor.dc)
             try:
-                await run_in_threadpool(self._journal_and_publish, envelope_, command, owner)
-            except (Transient, PublishFailed) as exc:
-                log.warning("command.not_accepted", error=str(exc))
-                raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
-            log.info("command.published", command=command.TYPE, message_id=envelope_.id)
-            view = await self._waiter.wait(task_id, wake, self._window)
+                self._publisher.publish(
+                    exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
+                    message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id)
+            except PublishFailed:
+                try:
+                    self._queries.forget_submission(envelope_.id)
+                except Transient:
+                    pass  # the row only says PENDING; no consumer will ever report on it
+                raise
+        except (Transient, PublishFailed) as exc:
+            log.warning("command.not_accepted", error=str(exc), task_id=task_id)
+            raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
+
+    async def answer(self, request: Request, ticket: Ticket, task_id: str) -> Response:
+        """(Event loop.) Wait for the task's first decisive state, then answer by the rule."""
+        try:
+            view = await self._waiter.wait(task_id, ticket.event, self._window)
         finally:
-            self._waiter.unregister(task_id, wake)
+            self.release(ticket)
         if view is not None and view.status in tasks.TERMINAL:
             return answer(request, view)
         if request.headers.get("es-stream"):
             return self._stream(request, task_id)
         return pending(request, task_id)
 
-    def _journal_and_publish(self, envelope_, command: Command, owner: str | None) -> None:
-        """Journal the command, then publish it and wait for the broker's confirm (blocking).
-
-        Raises Transient (database) or PublishFailed (broker): then nothing was promised, and the
-        journal row of an unconfirmed command is removed again.
-        """
-        actor = envelope_.actor
-        self._queries.record_submission(
-            message_id=envelope_.id, task_id=envelope_.correlation_id, command_type=command.TYPE,
-            object_name=str(getattr(command, "name", "")), user=actor.user, owner=owner, dc=actor.dc)
-        try:
-            self._publisher.publish(
-                exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
-                message_id=envelope_.id, message_type=envelope_.type, correlation_id=envelope_.correlation_id)
-        except PublishFailed:
-            try:
-                self._queries.forget_submission(envelope_.id)
-            except Transient:
-                pass  # the row only says PENDING; no consumer will ever report on it
-            raise
-
     def _stream(self, request: Request, task_id: str) -> Response:
         """The ``es`` client's synchronous mode: spaces while waiting, then ``<code>\\n<body>``."""
 
         async def body() -> AsyncIterator[bytes]:
             started = time.monotonic()
-            wake = self._waiter.register(task_id)
+            wake = self._waiter.register(tasks.task_key(task_id))
             try:
                 while True:
                     elapsed = time.monotonic() - started
@@ -180,7 +196,7 @@ class Dispatcher:
                         return
                     yield b" "
             finally:
-                self._waiter.unregister(task_id, wake)
+                self._waiter.unregister(tasks.task_key(task_id), wake)
 
         headers = {"es_stream": "True", "es_task_id": task_id, "es_task_response": "true"}
         return StreamingResponse(body(), status_code=201, media_type="application/json", headers=headers)

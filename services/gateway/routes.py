@@ -95,15 +95,9 @@ class ImageRoutes:
         await self._default_dc(request)
         parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
-        image = await self._existing(request)
+        image = await run_in_threadpool(self._existing, request.path_params["name"])
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=extended) + b"}")
-
-    async def _existing(self, request: Request):
-        image = await run_in_threadpool(self.queries.image, request.path_params["name"])
-        if image is None:
-            raise ApiError(404, images.IMAGE_NOT_FOUND)
-        return image
 
     async def _body(self, request: Request) -> dict[str, Any]:
         data = await read_json_body(request, self.max_body_bytes)
@@ -111,31 +105,78 @@ class ImageRoutes:
             parse_order_by(data["order_by"])
         return data
 
+    # Each command route makes ONE trip to the thread pool: the checks that need the read model,
+    # the command, the journal and the confirmed publish all run there (a trip costs about as
+    # much CPU as the work it carries).
+
     async def create(self, request: Request) -> Response:
+        return await self._command(request, self._prepare_import)
+
+    async def update(self, request: Request) -> Response:
+        return await self._command(request, self._prepare_update)
+
+    async def delete(self, request: Request) -> Response:
+        return await self._command(request, self._prepare_delete)
+
+    async def _command(self, request: Request, prepare) -> Response:
         user = await self._admin(request)
-        default_dc = await self._default_dc(request)
+        await self._default_dc(request)
         data = await self._body(request)
-        name = request.path_params["name"]
-        if await run_in_threadpool(self.queries.image, name) is not None:
-            raise ApiError(406, images.IMAGE_EXISTS)
-        dc = default_dc
-        if data.get("dc") is not None:
-            found = await self._datacenter(str(data["dc"]))
-            if found is None:
-                raise ApiError(404, images.DC_NOT_FOUND)
-            dc = found
+        ticket = self.dispatcher.ticket()
+        try:
+            task_id = await run_in_threadpool(self._prepare_and_submit, prepare, request, user, data, ticket)
+        except BaseException:
+            self.dispatcher.release(ticket)
+            raise
+        return await self.dispatcher.answer(request, ticket, task_id)
+
+    def _prepare_and_submit(self, prepare, request: Request, user: UserRecord, data: dict[str, Any], ticket) -> str:
+        """(Thread pool.) Check, build the command, journal and publish it; returns its task id."""
+        command, owner, dc = prepare(request, user, data)
         request.state.dc, request.state.dc_id = dc.name, dc.id
+        task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
+        request.state.task_id = task_id
+        self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
+                               owner=owner.username)
+        return task_id
+
+    def _prepare_import(self, request: Request, user: UserRecord, data: dict[str, Any]):
+        name = request.path_params["name"]
+        if self.queries.image(name) is not None:
+            raise ApiError(406, images.IMAGE_EXISTS)
+        dc = self.queries.default_datacenter()
+        if data.get("dc") is not None:
+            dc = self.queries.datacenter(str(data["dc"]))
+            if dc is None:
+                raise ApiError(404, images.DC_NOT_FOUND)
         payload = {k: data[k] for k in fields.IMPORT_FIELDS if k in data}
         values, errors = images.check_import_shape({**payload, "name": name})
-        owner = await self._owner(values, errors, default=user)
+        owner = self._owner(values, errors, default=user)
         if not errors:
             self._check_url(values["manifest_url"], errors)
         if errors:
             raise ValidationFailed(errors)
-        command = ImportImage(name=name, **values)
-        task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id)
-        return await self.dispatcher.submit(request, command, task_id=task_id,
-                                            actor=Actor(user=user.username, dc=dc.name), owner=owner.username)
+        return ImportImage(name=name, **values), owner, dc
+
+    def _prepare_update(self, request: Request, user: UserRecord, data: dict[str, Any]):
+        image = self._existing(request.path_params["name"])
+        payload = {k: data[k] for k in fields.UPDATE_FIELDS if k in data}
+        values, errors = images.check_update_shape(payload)
+        owner = self._owner(values, errors, default=self.queries.user_by_name(image.owner) or user)
+        if errors:
+            raise ValidationFailed(fields.order_errors(errors))
+        return UpdateImage(name=image.name, **values), owner, self._image_dc(image.dc_bound)
+
+    def _prepare_delete(self, request: Request, user: UserRecord, data: dict[str, Any]):
+        image = self._existing(request.path_params["name"])
+        owner = self.queries.user_by_name(image.owner) or user
+        return DeleteImage(name=image.name), owner, self._image_dc(image.dc_bound)
+
+    def _existing(self, name: str):
+        image = self.queries.image(name)
+        if image is None:
+            raise ApiError(404, images.IMAGE_NOT_FOUND)
+        return image
 
     def _check_url(self, url: str, errors: dict[str, list[str]]) -> None:
         """Refuse a manifest URL the importer would refuse anyway, without any lookup (deviations #6)."""
@@ -144,58 +185,19 @@ class ImageRoutes:
         except FetchError as exc:
             errors["manifest_url"] = [manifest.unreachable(str(exc))]
 
-    async def _owner(self, values: Mapping[str, Any], errors: dict[str, list[str]], *, default: UserRecord) -> UserRecord:
+    def _owner(self, values: Mapping[str, Any], errors: dict[str, list[str]], *, default: UserRecord) -> UserRecord:
         if "owner" not in values or "owner" in errors:
             return default
-        owner = await self._user(values["owner"])
+        owner = self.queries.user_by_name(values["owner"])
         if owner is None or not owner.is_active:
             errors["owner"] = [images.owner_missing(values["owner"])]
             return default
         return owner
 
-    async def update(self, request: Request) -> Response:
-        user = await self._admin(request)
-        await self._default_dc(request)
-        data = await self._body(request)
-        image = await self._existing(request)
-        dc = await self._image_dc(request, image.dc_bound)
-        payload = {k: data[k] for k in fields.UPDATE_FIELDS if k in data}
-        values, errors = images.check_update_shape(payload)
-        owner = await self._owner(values, errors, default=await self._user_named(image.owner, user))
-        if errors:
-            raise ValidationFailed(fields.order_errors(errors))
-        command = UpdateImage(name=image.name, **values)
-        task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id)
-        return await self.dispatcher.submit(request, command, task_id=task_id,
-                                            actor=Actor(user=user.username, dc=dc.name), owner=owner.username)
-
-    async def delete(self, request: Request) -> Response:
-        user = await self._admin(request)
-        await self._default_dc(request)
-        await self._body(request)
-        image = await self._existing(request)
-        dc = await self._image_dc(request, image.dc_bound)
-        owner = await self._user_named(image.owner, user)
-        task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id)
-        return await self.dispatcher.submit(request, DeleteImage(name=image.name), task_id=task_id,
-                                            actor=Actor(user=user.username, dc=dc.name), owner=owner.username)
-
-    async def _image_dc(self, request: Request, dc_bound: str | None) -> DatacenterRecord:
+    def _image_dc(self, dc_bound: str | None) -> DatacenterRecord:
         """An existing image's tasks belong to its bound DC, a global image's to the default DC."""
-        dc = await self._datacenter(dc_bound) if dc_bound else None
-        if dc is None:
-            dc = await self._default_dc(request)
-        request.state.dc, request.state.dc_id = dc.name, dc.id
-        return dc
-
-    async def _user_named(self, username: str, fallback: UserRecord) -> UserRecord:
-        return await self._user(username) or fallback
-
-    async def _user(self, username: str) -> UserRecord | None:
-        return self.queries.cached_user(username) or await run_in_threadpool(self.queries.user_by_name, username)
-
-    async def _datacenter(self, name: str) -> DatacenterRecord | None:
-        return self.queries.cached_datacenter(name) or await run_in_threadpool(self.queries.datacenter, name)
+        dc = self.queries.datacenter(dc_bound) if dc_bound else None
+        return dc or self.queries.default_datacenter()
 
 
 class TaskRoutes:

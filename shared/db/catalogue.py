@@ -6,6 +6,7 @@ runs on the caller's connection, inside the caller's transaction.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 
@@ -143,7 +144,7 @@ class SqlCatalogue:
         if "dc_bound" in changes:
             bound = self.datacenter(changes["dc_bound"]) if changes["dc_bound"] else None
             values["dc_bound_id"] = bound.id if bound else None
-        self.conn.execute(update(_images).where(_images.c.uuid == uuid).values(**values, changed=changed))
+        self.conn.execute(_update_statement(frozenset(values)), {**values, "changed": changed, "key": uuid})
 
     def delete_image(self, uuid: str) -> None:
         """Remove the image; its attachments go with it (ON DELETE CASCADE)."""
@@ -193,6 +194,13 @@ class SqlCatalogue:
             )
         for name in sorted(wanted - current):
             self.conn.execute(insert(_image_dcs).values(image_uuid=uuid, dc_id=ids[name]))
+
+
+@functools.lru_cache(maxsize=256)
+def _update_statement(columns: frozenset[str]):
+    """UPDATE of exactly these columns (and ``changed``), built once per column set."""
+    names = sorted(columns | {"changed"})
+    return update(_images).where(_images.c.uuid == bindparam("key")).values({n: bindparam(n) for n in names})
 
 
 def user_record(row) -> UserRecord | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, select
 
 from shared.db.dialect import insert_for
 from shared.db.models import Lock, utcnow
@@ -43,12 +43,14 @@ def release(conn: Connection, name: str, owner: str) -> bool:
     return result.rowcount == 1
 
 
+_HOLDER = select(_locks.c.owner, _locks.c.expires_at).where(
+    _locks.c.name == bindparam("name"), _locks.c.expires_at >= bindparam("now", type_=Lock.expires_at.type)
+)
+
+
 def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockHolder | None:
     """The current, unexpired holder of ``name``, if any."""
-    now = now or utcnow()
-    row = conn.execute(
-        select(_locks.c.owner, _locks.c.expires_at).where(_locks.c.name == name, _locks.c.expires_at >= now)
-    ).first()
+    row = conn.execute(_HOLDER, {"name": name, "now": now or utcnow()}).first()
     return LockHolder(owner=row.owner, expires_at=row.expires_at) if row else None
 
 

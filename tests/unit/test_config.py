@@ -18,8 +18,8 @@ def test_empty_environment_gives_the_defaults():
     assert settings.log_format == "auto"
     assert settings.answer_window == 5.0
     assert settings.heartbeat == 15
-    assert settings.prefetch == 8
-    assert settings.worker_threads == 4
+    assert settings.prefetch == 16
+    assert settings.worker_threads == 8
     assert settings.max_attempts == 5
     assert settings.retry_backoff == (0.5, 2.0, 5.0, 10.0)
     assert settings.fetch_allow == ()
