@@ -27,7 +27,6 @@ from shared import contracts
 from shared.broker.consumer import Delivery, Disposition
 from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
 from shared.db import events as store
-from shared.db import locks
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
 from shared.errors import CommandFailed, OutOfOrder, PoisonMessage
@@ -53,10 +52,6 @@ class Transaction:
 
     def advance_stream(self, stream_id: str) -> int:
         return store.advance_stream(self.conn, stream_id)
-
-    def lock_held_by_other(self, name: str) -> bool:
-        """Whether another task holds the lease lock ``name`` (this task's own lease does not count)."""
-        return locks.held_by_other(self.conn, name, self._ctx.task_id) is not None
 
     def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None) -> None:
         """End the task in success: store the events and ``task.succeeded``, mark the command handled.

@@ -22,7 +22,7 @@ def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         if image.status != images.STATUS_OK:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
-        if tx.lock_held_by_other(f"image:{image.uuid}"):
+        if image.lock_owner not in (None, ctx.task_id):  # another task holds the image's lease
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
         catalogue.delete_image(image.uuid)
         version = tx.advance_stream(image_stream(image.uuid))

@@ -10,37 +10,55 @@ import functools
 import time
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import JSON, Connection, bindparam, delete, func, insert, literal, select, update
 
-from shared.db.models import Datacenter, Image, ImageDatacenter, User
+from shared.db.models import Datacenter, Image, ImageDatacenter, Lock, User, utcnow
 from shared.db.records import DatacenterRecord, ImageRecord, UserRecord
 
 _images = Image.__table__
 _image_dcs = ImageDatacenter.__table__
 _users = User.__table__
 _dcs = Datacenter.__table__
+_locks = Lock.__table__
 #: Database URL -> (expiry, default datacenter).
 _DEFAULT_DC: dict[str, tuple[float, DatacenterRecord]] = {}
 
 # Statements are built once (building them is a measurable share of a consumer's CPU).
 _bound = _dcs.alias("bound")
-_IMAGE = (
-    select(_images, _users.c.username.label("owner_name"), _bound.c.name.label("bound_name"))
-    .join(_users, _users.c.id == _images.c.owner_id)
-    .outerjoin(_bound, _bound.c.id == _images.c.dc_bound_id)
-)
-_IMAGE_BY = {
-    ("name", False): _IMAGE.where(_images.c.name == bindparam("key")),
-    ("name", True): _IMAGE.where(_images.c.name == bindparam("key")).with_for_update(of=_images),
-    ("uuid", False): _IMAGE.where(_images.c.uuid == bindparam("key")),
-    ("uuid", True): _IMAGE.where(_images.c.uuid == bindparam("key")).with_for_update(of=_images),
-}
-_ATTACHED = (
-    select(_dcs.c.name)
-    .join(_image_dcs, _image_dcs.c.dc_id == _dcs.c.id)
-    .where(_image_dcs.c.image_uuid == bindparam("uuid"))
-    .order_by(_dcs.c.name)
-)
+
+
+def image_lock_name(uuid: str) -> str:
+    """The name of an image's lease lock (``shared.db.locks``)."""
+    return f"image:{uuid}"
+
+
+@functools.lru_cache(maxsize=16)
+def _image_statement(dialect: str, column: str, for_update: bool):
+    """The image, its owner's name, its bound and attached datacenters and the current holder of
+    its lease lock, in one statement."""
+    aggregate = func.json_agg if dialect == "postgresql" else func.json_group_array
+    attached = (
+        select(aggregate(_dcs.c.name, type_=JSON))
+        .select_from(_image_dcs.join(_dcs, _dcs.c.id == _image_dcs.c.dc_id))
+        .where(_image_dcs.c.image_uuid == _images.c.uuid)
+        .scalar_subquery()
+    )
+    lock_owner = (
+        select(_locks.c.owner)
+        .where(_locks.c.name == literal("image:") + _images.c.uuid,
+               _locks.c.expires_at >= bindparam("now", type_=Lock.expires_at.type))
+        .scalar_subquery()
+    )
+    query = (
+        select(_images, _users.c.username.label("owner_name"), _bound.c.name.label("bound_name"),
+               attached.label("attached"), lock_owner.label("lock_owner"))
+        .join(_users, _users.c.id == _images.c.owner_id)
+        .outerjoin(_bound, _bound.c.id == _images.c.dc_bound_id)
+        .where(_images.c[column] == bindparam("key"))
+    )
+    return query.with_for_update(of=_images) if for_update else query
+
+
 _NAME_EXISTS = select(_images.c.uuid).where(_images.c.name == bindparam("name"))
 _ALIAS_TAKEN = (
     select(_images.c.uuid)
@@ -65,10 +83,11 @@ class SqlCatalogue:
         return self._image("uuid", uuid, for_update)
 
     def _image(self, column: str, key: str, for_update: bool) -> ImageRecord | None:
-        row = self.conn.execute(_IMAGE_BY[(column, for_update)], {"key": key}).first()
+        statement = _image_statement(self.conn.dialect.name, column, for_update)
+        row = self.conn.execute(statement, {"key": key, "now": utcnow()}).first()
         if row is None:
             return None
-        attached = self.conn.execute(_ATTACHED, {"uuid": row.uuid}).scalars()
+        attached = sorted(row.attached or [])
         return ImageRecord(
             uuid=row.uuid,
             name=row.name,
@@ -86,9 +105,10 @@ class SqlCatalogue:
             created=row.created,
             changed=row.changed,
             dc_bound=row.bound_name,
-            dcs=list(attached),
+            dcs=attached,
             manifest=dict(row.manifest or {}),
             manifest_active=dict(row.manifest_active or {}),
+            lock_owner=row.lock_owner,
         )
 
     def name_exists(self, name: str) -> bool:

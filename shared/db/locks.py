@@ -53,12 +53,3 @@ def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockH
     row = conn.execute(_HOLDER, {"name": name, "now": now or utcnow()}).first()
     return LockHolder(owner=row.owner, expires_at=row.expires_at) if row else None
 
-
-def held_by_other(conn: Connection, name: str, owner: str, *, now: datetime | None = None) -> LockHolder | None:
-    """The unexpired holder of ``name`` if it is not ``owner``.
-
-    Enough for work done inside one transaction that already holds the protected row locked:
-    it must only not run while a longer task holds the lease.
-    """
-    found = holder(conn, name, now=now)
-    return found if found is not None and found.owner != owner else None

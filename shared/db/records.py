@@ -33,6 +33,8 @@ class ImageRecord:
     dcs: list[str] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     manifest_active: dict[str, Any] = field(default_factory=dict)
+    #: The task holding the image's lease lock when the record was read, if any.
+    lock_owner: str | None = None
 
     def with_changes(self, **changes: Any) -> "ImageRecord":
         return replace(self, **changes)

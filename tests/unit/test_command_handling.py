@@ -18,6 +18,7 @@ from shared import contracts
 from shared.broker.consumer import Delivery, Outcome
 from shared.contracts import Actor, DeleteImage, ImportImage, UpdateImage
 from shared.db import accounts, locks
+from shared.db.catalogue import image_lock_name
 from shared.db import events as store
 from shared.db.engine import read_transaction, write_transaction
 from shared.handling import CommandConsumer
@@ -234,13 +235,25 @@ class TestUpdater:
     def test_lock_held_by_another_task_refuses_the_update(self, world):
         manifest = world.imported("locked")
         with write_transaction(world.engine) as conn:
-            assert locks.acquire(conn, f"image:{manifest['uuid']}", "other-task", 60)
+            assert locks.acquire(conn, image_lock_name(manifest["uuid"]), "other-task", 60)
         envelope = world.run("updater", UpdateImage(name="locked", alias="x"))
         failed = world.outcome(envelope)["payload"]
         assert (failed["http_code"], failed["result"], failed["code"]) == (400, "Task did not acquire lock",
                                                                            "image_locked")
         owner_change = world.run("updater", UpdateImage(name="locked", owner="alice"))
         assert world.outcome(owner_change)["payload"]["result"] == {"owner": ["Image has pending tasks."]}
+
+    def test_an_expired_lease_does_not_block(self, world):
+        from datetime import timedelta
+
+        from shared.db.models import utcnow
+
+        manifest = world.imported("stale-lock")
+        with write_transaction(world.engine) as conn:
+            assert locks.acquire(conn, image_lock_name(manifest["uuid"]), "dead-task", 60,
+                                 now=utcnow() - timedelta(seconds=120))
+        envelope = world.run("updater", UpdateImage(name="stale-lock", alias="fresh"))
+        assert world.outcome(envelope)["type"] == "task.succeeded"
 
     def test_pending_image_is_417(self, world):
         from sqlalchemy import update
