@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Sequence
 
+from shared.broker.publisher import Outgoing
 from shared.broker.topology import Topology
 from shared.db import events as store
 from shared.db.engine import read_transaction, relax_durability, write_transaction
@@ -42,28 +43,21 @@ class OutboxRelay:
         self._to_mark: list[int] = []
 
     def publish(self, rows: Sequence[store.OutboxRow]) -> bool:
-        """Publish committed rows now. True if all went out; False leaves the rest to the sweeper."""
-        sent: list[int] = []
-        ok = True
-        for row in rows:
-            try:
-                self._publisher.publish(
-                    exchange=self._topology.events.name,
-                    routing_key=row.type,
-                    body=row.body,
-                    message_id=row.message_id,
-                    message_type=row.type,
-                    correlation_id=row.correlation_id,
-                )
-            except PublishFailed as exc:
-                log.warning("relay.publish_failed", error=str(exc), event_id=row.id)
-                ok = False
-                break  # keep stream order: later rows wait for this one
-            sent.append(row.id)
-        if sent:
-            with self._lock:
-                self._to_mark.extend(sent)
-        return ok
+        """Publish committed rows now, in order, confirmed together. True if all went out; False
+        leaves them to the sweeper (some may have gone out: consumers deduplicate)."""
+        if not rows:
+            return True
+        exchange = self._topology.events.name
+        try:
+            self._publisher.publish_many([
+                Outgoing(exchange, row.type, row.body, row.message_id, row.type, row.correlation_id) for row in rows
+            ])
+        except PublishFailed as exc:
+            log.warning("relay.publish_failed", error=str(exc), events=len(rows))
+            return False
+        with self._lock:
+            self._to_mark.extend(row.id for row in rows)
+        return True
 
     def flush_marks(self) -> None:
         """Mark the confirmed rows as published (one transaction for all of them)."""

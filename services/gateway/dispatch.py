@@ -163,6 +163,7 @@ class Dispatcher:
         except (Transient, PublishFailed) as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
+        log.info("command.published", command=command.TYPE, message_id=envelope_.id, task_id=task_id)
 
     async def answer(self, request: Request, ticket: Ticket, task_id: str) -> Response:
         """(Event loop.) Wait for the task's first decisive state, then answer by the rule."""

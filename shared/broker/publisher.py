@@ -1,14 +1,18 @@
 """Confirmed publishing from any thread.
 
-``Publisher.publish`` returns only once the broker has confirmed the message (persistent and
-routed to at least one queue when ``mandatory``), and raises ``PublishFailed`` (or
-``Unroutable``) within about ``timeout`` seconds otherwise. It never retries forever: a caller
-that promised nothing yet (the gateway) answers 503; a caller holding the message in its outbox
-(the relay) tries again later.
+``Publisher.publish_many`` sends a batch of messages and returns only once the broker has
+confirmed every one of them (persistent, and routed to at least one queue when ``mandatory``);
+it raises ``Unroutable`` when one was returned and ``PublishFailed`` on a nack, a timeout or a
+broken connection, within about ``timeout`` seconds. The confirms of a batch are awaited
+together (one round trip for all of them, instead of one per message as kombu's confirm mode
+does). It never retries forever: a caller that promised nothing yet (the gateway) answers 503;
+a caller holding the messages in its outbox (the relay) tries again later. After a failure some
+messages of the batch may still have been delivered: consumers deduplicate by message id.
 
-Connections are pooled, one publish per connection at a time (kombu connections are not
-thread-safe). A connection that failed is closed before it is reused; idle connections are
-kept alive by a ticker that reads the broker's heartbeats and sends ours.
+Connections are pooled, one batch per connection at a time (kombu connections are not
+thread-safe). A connection that failed is discarded; idle connections are kept alive by a
+ticker that reads the broker's heartbeats and sends ours. On ``memory://`` (no confirms exist)
+messages are simply sent.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 from amqp.exceptions import ChannelError as AmqpChannelError
 from kombu import Connection
@@ -31,11 +36,67 @@ log = get_logger(__name__)
 _NO_ROUTE = 312
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str | None = None
+    message_type: str | None = None
+    correlation_id: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    persistent: bool = True
+    mandatory: bool = True
+
+
+class _Confirms:
+    """Publisher-confirm bookkeeping of one channel (delivery tags count from 1 per channel)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.settled: dict[int, bool] = {}
+        self.low = 1  # every tag below this one is settled
+        self.returned: set[str | None] = set()
+
+    def on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, True)
+
+    def on_nack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, False)
+
+    def on_return(self, _exc, _exchange, _routing_key, message) -> None:
+        self.returned.add((message.properties or {}).get("message_id"))
+
+    def _settle(self, tag: int, multiple: bool, ok: bool) -> None:
+        if multiple:
+            for pending in range(self.low, tag + 1):
+                self.settled.setdefault(pending, ok)
+            self.low = max(self.low, tag + 1)
+        else:
+            self.settled[tag] = ok
+
+    def outcome(self, first: int, last: int) -> bool | None:
+        """True: all of first..last acked; False: one was nacked; None: still waiting."""
+        results = [self.settled.get(tag) for tag in range(first, last + 1)]
+        if False in results:
+            return False
+        return None if None in results else True
+
+    def forget(self, last: int) -> None:
+        for tag in [t for t in self.settled if t <= last]:
+            del self.settled[tag]
+        self.returned.clear()
+
+
 class _Slot:
-    def __init__(self, connect: Callable[[], Connection]):
+    def __init__(self, connect: Callable[[], Connection], confirms: bool):
         self._connect = connect
+        self._wants_confirms = confirms
         self.connection: Connection | None = None
         self.producer = None
+        self.confirms: _Confirms | None = None
 
     def ready(self, timeout: float):
         if self.connection is None:
@@ -44,12 +105,31 @@ class _Slot:
             self.connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0,
                                               timeout=timeout)
             self.producer = self.connection.Producer()
+            self.confirms = None
         return self.producer
+
+    @property
+    def confirming(self) -> bool:
+        return self._wants_confirms and self.connection is not None and self.connection.transport_cls != "memory"
+
+    def confirm_channel(self):
+        """The producer's channel in confirm mode, with our ack/nack/return bookkeeping."""
+        channel = self.producer.channel
+        if self.confirms is None:
+            self.confirms = _Confirms()
+            channel.events["basic_ack"].add(self.confirms.on_ack)
+            channel.events["basic_nack"].add(self.confirms.on_nack)
+            channel.events["basic_return"].add(self.confirms.on_return)
+            if not channel._confirm_selected:
+                channel.confirm_select()
+                channel._confirm_selected = True
+        return channel
 
     def reset(self) -> None:
         discard(self.connection)
         self.connection = None
         self.producer = None
+        self.confirms = None
 
     def tick(self) -> None:
         """Keep an idle AMQP connection alive: read pending frames, send a heartbeat if due."""
@@ -64,12 +144,14 @@ class _Slot:
 
 
 class Publisher:
+    """``confirms=False`` only for transient messages whose loss is harmless (notifications)."""
+
     def __init__(self, connect: Callable[[], Connection], *, size: int = 4, timeout: float = 5.0,
-                 heartbeat: float = 0):
+                 heartbeat: float = 0, confirms: bool = True):
         self._timeout = timeout
         self._slots: queue.LifoQueue[_Slot] = queue.LifoQueue()
         for _ in range(size):
-            self._slots.put(_Slot(connect))
+            self._slots.put(_Slot(connect, confirms))
         self._size = size
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -81,11 +163,18 @@ class Publisher:
     def publish(self, *, exchange: str, routing_key: str, body: bytes, message_id: str | None = None,
                 message_type: str | None = None, correlation_id: str | None = None,
                 headers: dict[str, Any] | None = None, persistent: bool = True, mandatory: bool = True) -> None:
-        """Publish one message and wait for the broker's confirm.
+        """Publish one message and wait for the broker's confirm (see ``publish_many``)."""
+        self.publish_many([Outgoing(exchange, routing_key, body, message_id, message_type, correlation_id,
+                                    headers or {}, persistent, mandatory)])
 
-        Raises Unroutable when no queue is bound for ``routing_key`` (``mandatory``), and
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish messages in order and wait for all their confirms.
+
+        Raises Unroutable if the broker returned one (no queue bound for its routing key) and
         PublishFailed on any other failure, both within about the configured timeout.
         """
+        if not messages:
+            return
         deadline = time.monotonic() + self._timeout
         try:
             slot = self._slots.get(timeout=self._timeout)
@@ -94,39 +183,70 @@ class Publisher:
         try:
             last_error: Exception | None = None
             for _attempt in range(2):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if time.monotonic() >= deadline:
                     break
                 try:
-                    producer = slot.ready(remaining)
-                    producer.publish(
-                        body,
-                        exchange=exchange,
-                        routing_key=routing_key,
-                        content_type="application/json",
-                        content_encoding="utf-8",
-                        delivery_mode=2 if persistent else 1,
-                        mandatory=mandatory,
-                        message_id=message_id,
-                        correlation_id=correlation_id,
-                        type=message_type,
-                        headers=headers or {},
-                        retry=False,
-                        timeout=max(remaining, 0.1),
-                        confirm_timeout=max(remaining, 0.1),
-                    )
+                    self._send(slot, messages, deadline)
                     return
+                except Unroutable:
+                    slot.reset()
+                    raise
+                except PublishFailed as exc:
+                    slot.reset()
+                    last_error = exc
+                    break  # nacked or timed out: the broker was reached, do not resend blindly
                 except AmqpChannelError as exc:
                     slot.reset()
-                    if getattr(exc, "code", None) == _NO_ROUTE or getattr(exc, "reply_code", None) == _NO_ROUTE:
-                        raise Unroutable(f"no queue bound for {exchange}/{routing_key}") from exc
+                    if _no_route(exc):
+                        raise Unroutable(f"no queue bound for {messages[0].exchange}/{messages[0].routing_key}") from exc
                     last_error = exc
-                except Exception as exc:  # noqa: BLE001 - any failure means "not confirmed"
+                except Exception as exc:  # noqa: BLE001 - any other failure means "not confirmed"
                     slot.reset()
                     last_error = exc
-            raise PublishFailed(f"publish to {exchange}/{routing_key} not confirmed: {last_error!r}")
+            raise PublishFailed(f"publish of {len(messages)} message(s) not confirmed: {last_error!r}")
         finally:
             self._slots.put(slot)
+
+    def _send(self, slot: _Slot, messages: Sequence[Outgoing], deadline: float) -> None:
+        producer = slot.ready(max(deadline - time.monotonic(), 0.1))
+        if not slot.confirming:
+            for m in messages:
+                producer.publish(m.body, exchange=m.exchange, routing_key=m.routing_key,
+                                 content_type="application/json", content_encoding="utf-8",
+                                 delivery_mode=2 if m.persistent else 1, message_id=m.message_id,
+                                 correlation_id=m.correlation_id, type=m.message_type, headers=m.headers, retry=False)
+            return
+        channel = slot.confirm_channel()
+        confirms = slot.confirms
+        assert confirms is not None
+        first = confirms.sent + 1
+        for m in messages:
+            properties = {"delivery_mode": 2 if m.persistent else 1}
+            for key, value in (("message_id", m.message_id), ("correlation_id", m.correlation_id),
+                               ("type", m.message_type)):
+                if value is not None:
+                    properties[key] = value
+            message = channel.prepare_message(m.body, content_type="application/json", content_encoding="utf-8",
+                                              headers=m.headers, properties=properties)
+            channel._basic_publish(message, exchange=m.exchange, routing_key=m.routing_key, mandatory=m.mandatory)
+            confirms.sent += 1
+        last = confirms.sent
+        connection = slot.connection
+        assert connection is not None
+        while (outcome := confirms.outcome(first, last)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishFailed(f"no confirm within {self._timeout} s")
+            try:
+                connection.drain_events(timeout=remaining)
+            except socket.timeout:
+                pass
+        returned = {m.message_id for m in messages} & confirms.returned
+        confirms.forget(last)
+        if returned:
+            raise Unroutable(f"returned by the broker (no queue bound): {sorted(map(str, returned))}")
+        if outcome is False:
+            raise PublishFailed("the broker nacked a message")
 
     def _tick_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -154,3 +274,7 @@ class Publisher:
                 self._slots.get_nowait().reset()
             except queue.Empty:
                 break
+
+
+def _no_route(exc: Exception) -> bool:
+    return getattr(exc, "code", None) == _NO_ROUTE or getattr(exc, "reply_code", None) == _NO_ROUTE
