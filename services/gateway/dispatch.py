@@ -1,13 +1,14 @@
 """Publishing a command and answering by the gateway's one rule.
 
-1. Journal the command (so its task is known at once), then publish it and wait for the broker's
-   confirm: nothing is promised before the command is durable (503 otherwise).
+1. Publish the command and wait for the broker's confirm: nothing is promised before the command
+   is durable (503 otherwise).
 2. Wait up to the answer window for the task's first decisive state *in the read model*: SUCCESS
    (200 with the result), FAILURE (the consumer's code and body), or STARTED (201). Because the
    projector records a task's outcome only after the image change it made, an answer of 200
    means any gateway now serves the new image (read-your-writes).
-3. Nothing decisive in time: 201 PENDING; with ``ES-STREAM`` the connection stays open and the
-   final answer is streamed in the ``es`` client's format (reference §7.7).
+3. Nothing decisive in time: journal the command (so the task the client will poll is known
+   before any consumer has reported on it), then 201 PENDING; with ``ES-STREAM`` the connection
+   stays open and the final answer is streamed in the ``es`` client's format (reference §7.7).
 """
 
 from __future__ import annotations
@@ -116,6 +117,19 @@ class TaskWaiter:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """A published command, as the journal records it."""
+
+    message_id: str
+    task_id: str
+    command_type: str
+    object_name: str
+    user: str
+    owner: str | None
+    dc: str | None
+
+
+@dataclass(frozen=True)
 class Ticket:
     """A reserved task key and the event that wakes its waiting request."""
 
@@ -139,43 +153,47 @@ class Dispatcher:
     def release(self, ticket: Ticket) -> None:
         self._waiter.unregister(ticket.key, ticket.event)
 
-    def submit(self, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> None:
-        """(Thread pool.) Journal the command, publish it, wait for the broker's confirm.
+    def submit(self, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> Submission:
+        """(Thread pool.) Publish the command and wait for the broker's confirm.
 
-        Raises ApiError(503) when the database or the broker fails: then nothing was promised,
-        and the journal row of an unconfirmed command is removed again.
+        Raises ApiError(503) when the broker does not confirm: then nothing was promised.
         """
         envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor)
         try:
-            self._queries.record_submission(
-                message_id=envelope_.id, task_id=task_id, command_type=command.TYPE,
-                object_name=str(getattr(command, "name", "")), user=actor.user, owner=owner, dc=actor.dc)
-            try:
-                self._publisher.publish(
-                    exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
-                    message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id)
-            except PublishFailed:
-                try:
-                    self._queries.forget_submission(envelope_.id)
-                except Transient:
-                    pass  # the row only says PENDING; no consumer will ever report on it
-                raise
-        except (Transient, PublishFailed) as exc:
+            self._publisher.publish(
+                exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
+                message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id)
+        except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
         log.info("command.published", command=command.TYPE, message_id=envelope_.id, task_id=task_id)
+        return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "")), actor.user, owner,
+                          actor.dc)
 
-    async def answer(self, request: Request, ticket: Ticket, task_id: str) -> Response:
+    async def answer(self, request: Request, ticket: Ticket, submission: Submission) -> Response:
         """(Event loop.) Wait for the task's first decisive state, then answer by the rule."""
+        task_id = submission.task_id
         try:
             view = await self._waiter.wait(task_id, ticket.event, self._window)
         finally:
             self.release(ticket)
         if view is not None and view.status in tasks.TERMINAL:
             return answer(request, view)
+        # The client will poll: make the task readable before the consumer has reported on it.
+        await run_in_threadpool(self._journal, submission)
         if request.headers.get("es-stream"):
             return self._stream(request, task_id)
         return pending(request, task_id)
+
+    def _journal(self, submission: Submission) -> None:
+        try:
+            self._queries.record_submission(
+                message_id=submission.message_id, task_id=submission.task_id, command_type=submission.command_type,
+                object_name=submission.object_name, user=submission.user, owner=submission.owner, dc=submission.dc)
+        except Transient as exc:
+            # The command is accepted and durable at the broker; only the status read of a task
+            # nobody has reported on yet is affected (404 until a consumer reports).
+            log.warning("command.journal_failed", error=str(exc), task_id=submission.task_id)
 
     def _stream(self, request: Request, task_id: str) -> Response:
         """The ``es`` client's synchronous mode: spaces while waiting, then ``<code>\\n<body>``."""

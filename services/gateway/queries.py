@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sqlalchemy import Engine, bindparam, delete, insert, select
+from sqlalchemy import Engine, bindparam, insert, select
 
 from shared.db.catalogue import datacenter_record, user_record
 from shared.db.engine import read_transaction, single_statement
@@ -180,9 +180,6 @@ class Queries:
                 "user": user, "owner": owner, "dc": dc, "created_at": utcnow(),
             })
 
-    def forget_submission(self, message_id: str) -> None:
-        with single_statement(self.engine, write=True) as conn:
-            conn.execute(delete(_journal).where(_journal.c.message_id == message_id))
 
 
 def _order(order: Sequence[tuple[str, bool]]) -> list:

@@ -124,21 +124,20 @@ class ImageRoutes:
         data = await self._body(request)
         ticket = self.dispatcher.ticket()
         try:
-            task_id = await run_in_threadpool(self._prepare_and_submit, prepare, request, user, data, ticket)
+            submission = await run_in_threadpool(self._prepare_and_submit, prepare, request, user, data, ticket)
         except BaseException:
             self.dispatcher.release(ticket)
             raise
-        return await self.dispatcher.answer(request, ticket, task_id)
+        return await self.dispatcher.answer(request, ticket, submission)
 
-    def _prepare_and_submit(self, prepare, request: Request, user: UserRecord, data: dict[str, Any], ticket) -> str:
-        """(Thread pool.) Check, build the command, journal and publish it; returns its task id."""
+    def _prepare_and_submit(self, prepare, request: Request, user: UserRecord, data: dict[str, Any], ticket):
+        """(Thread pool.) Check, build the command and publish it; returns the submission."""
         command, owner, dc = prepare(request, user, data)
         request.state.dc, request.state.dc_id = dc.name, dc.id
         task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
         request.state.task_id = task_id
-        self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
-                               owner=owner.username)
-        return task_id
+        return self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
+                                      owner=owner.username)
 
     def _prepare_import(self, request: Request, user: UserRecord, data: dict[str, Any]):
         name = request.path_params["name"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from shared.db.models import SubmittedCommand
+from shared.db.models import StoredEvent, SubmittedCommand
 from tests.support.systems import System, start_distributed, start_embedded
 
 
@@ -43,10 +43,16 @@ def database_url(system: System) -> str:
 
 
 def submitted_commands(system: System) -> int:
-    """How many commands the gateway has published (its journal row precedes every publish)."""
+    """A count that grows with every command the gateway ever published: every command ends in a
+    terminal task event (stored before the answer it decides), and a command answered 201 before
+    any consumer reported on it is journaled."""
     engine = create_engine(database_url(system))
+    events = StoredEvent.__table__
     try:
         with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(SubmittedCommand.__table__)).scalar_one()
+            journaled = conn.execute(select(func.count()).select_from(SubmittedCommand.__table__)).scalar_one()
+            ended = conn.execute(select(func.count()).select_from(events).where(
+                events.c.type.in_(["task.succeeded", "task.failed"]))).scalar_one()
+        return journaled + ended
     finally:
         engine.dispose()

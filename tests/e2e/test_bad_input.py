@@ -179,8 +179,12 @@ def test_unknown_route_and_method_answer_json(system):
 ])
 def test_bad_manifests(system, origin, name, route, message):
     url = origin.route(f"/bad/{name}", **route)
+    before = submitted_commands(system)
     with system.client() as client:
         response = client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"})
+        # These are decided by the importer: the command did reach the broker (which also shows
+        # that the detector used by refused_by_gateway sees published commands).
+        assert submitted_commands(system) == before + 1
         assert response.status_code == 400, response.text
         assert envelope_errors(response) == {"manifest_url": [message.format(url=url)]}
         assert client.get(f"/image/{name}/").status_code == 404  # no half-done effect
