@@ -82,6 +82,18 @@ def to_state(image: ImageRecord) -> dict[str, Any]:
     return state
 
 
+_PUBLIC_KEYS = ("name", "uuid", "alias", "version", "owner", "access", "desc", "ostype", "size", "resize", "deploy",
+                "tags", "status", "created")
+
+
+def public_view_of_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``public_view`` straight from an event's image state (no record in between)."""
+    view: dict[str, Any] = {"dc_bound": state.get("dc_bound") is not None}
+    for key in _PUBLIC_KEYS:
+        view[key] = state[key]
+    return view
+
+
 def from_state(state: Mapping[str, Any]) -> ImageRecord:
     return ImageRecord(
         uuid=state["uuid"],

@@ -109,23 +109,23 @@ def _apply_change(conn: Connection, event: Event) -> None:
         conn.execute(delete(_images).where(_images.c.uuid == event.uuid))
         return
     assert isinstance(event, (ImageImported, ImageUpdated))
-    record = images.from_state(event.image)
+    state = event.image
     row = {
-        "name": record.name,
-        "created": record.created,
-        "owner": record.owner,
-        "dc_bound": record.dc_bound,
-        "access": record.access,
-        "status": record.status,
-        "doc": orjson.dumps(images.public_view(record)).decode(),
-        "dcs": orjson.dumps(sorted(record.dcs)).decode(),
+        "name": state["name"],
+        "created": images.parse_time(state["created"]),
+        "owner": state["owner"],
+        "dc_bound": state.get("dc_bound"),
+        "access": state["access"],
+        "status": state["status"],
+        "doc": orjson.dumps(images.public_view_of_state(state)).decode(),
+        "dcs": orjson.dumps(sorted(state.get("dcs") or [])).decode(),
         "version": event.version,
     }
     if isinstance(event, ImageImported):
         # Names are unique on the write side; another uuid holding this name here is an image
         # whose deletion (another stream) has not been projected yet.
-        conn.execute(delete(_images).where(_images.c.name == record.name, _images.c.uuid != record.uuid))
-    conn.execute(prepared(conn, _images, "upsert", _upsert_image), {"uuid": record.uuid, **row})
+        conn.execute(delete(_images).where(_images.c.name == state["name"], _images.c.uuid != state["uuid"]))
+    conn.execute(prepared(conn, _images, "upsert", _upsert_image), {"uuid": state["uuid"], **row})
 
 
 def _apply_task(conn: Connection, event: TaskEvent) -> Notification | None:

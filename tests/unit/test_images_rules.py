@@ -263,3 +263,18 @@ def test_rebind_false_makes_the_image_global(dc_bound, dcs):
     errors: dict = {}
     assert images.rebind(record(dc_bound=dc_bound, dcs=dcs), False, errors) is None
     assert errors == {}
+
+
+def test_the_public_view_of_an_event_state_equals_the_records():
+    from datetime import datetime, timezone
+
+    from domain.images import public_view, public_view_of_state, to_state
+    from shared.db.records import ImageRecord
+
+    for bound, micro in (("main", 123456), (None, 0)):
+        when = datetime(2026, 1, 2, 3, 4, 5, micro, tzinfo=timezone.utc)
+        image = ImageRecord(uuid="u", name="n", alias="a", version="1", desc="d", owner="o", access=3, size=1,
+                            ostype=1, deploy=False, resize=True, status=1, tags=["t"], created=when, changed=when,
+                            dc_bound=bound, dcs=["main"] if bound else [])
+        assert public_view_of_state(to_state(image)) == public_view(image)
+        assert list(public_view_of_state(to_state(image))) == list(public_view(image))
