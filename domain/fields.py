@@ -31,7 +31,9 @@ FIELD_ORDER = (
     "resize", "deploy", "tags",
 )
 
-_UNSAFE_CHARS = set("<>%$&;'\"")
+# NUL cannot be stored in PostgreSQL text; control characters have no place in these values.
+_CONTROL = frozenset(chr(c) for c in range(32)) - {"\t"}
+_UNSAFE_CHARS = set("<>%$&;'\"") | _CONTROL
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _TAG_RE = re.compile(r"^[ :/A-Za-z0-9_-]+\Z")
 _INT_RE = re.compile(r"^\s*[-+]?\d+\s*\Z")
@@ -55,6 +57,10 @@ def _string(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise FieldError(NOT_STRING)
     return value if isinstance(value, str) else str(value)
+
+
+def has_control_characters(text: str) -> bool:
+    return not _CONTROL.isdisjoint(text)
 
 
 def safe_string(max_length: int, *, blank: bool = False) -> Callable[[Any], str]:
@@ -153,6 +159,8 @@ def username(value: Any) -> str:
         raise FieldError(REQUIRED)
     if len(text) > 150:
         raise FieldError(too_long(150, len(text)))
+    if has_control_characters(text):
+        raise FieldError(INVALID)
     return text
 
 
@@ -218,6 +226,7 @@ def datacenter_name(value: Any) -> str:
     if value is None:
         raise FieldError(NOT_NULL)
     return _string(value)
+
 
 
 #: Validators by field name, shared by import (POST) and update (PUT).

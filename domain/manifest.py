@@ -110,12 +110,13 @@ def import_defaults(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if manifest.get("description"):
         defaults["desc"] = manifest["description"][:128]
     # The original reads tags.resize with "true for zones" as its fallback, then keeps it only if
-    # truthy: an explicit false offers nothing, so the request default (false) applies.
+    # truthy: an explicit false offers nothing, so the request default (false) applies. Manifest
+    # values are the repository's, not the client's: they are taken by truthiness, not refused.
     resize = tags.get("resize", ostype(manifest) in ZONE_OSTYPES)
     if resize:
-        defaults["resize"] = resize
+        defaults["resize"] = True
     if tags.get("deploy"):
-        defaults["deploy"] = tags["deploy"]
+        defaults["deploy"] = True
     if tags.get("erigones"):
         defaults["tags"] = tags["erigones"]
     return defaults
@@ -150,3 +151,15 @@ def build(source: Mapping[str, Any], *, uuid: str, alias: str, version: str, des
         stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         manifest["published_at"] = stamp
     return manifest
+
+
+#: Image attributes that the served manifest reflects (a change to one rebuilds it).
+MANIFEST_ATTRIBUTES = frozenset({"alias", "version", "desc", "access", "tags", "resize", "deploy"})
+
+
+def for_image(image, *, source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest an image serves, rebuilt from its attributes over ``source`` (by default its
+    active manifest, so keys such as ``files`` or ``published_at`` are kept)."""
+    return build(source if source is not None else image.manifest_active, uuid=image.uuid, alias=image.alias,
+                 version=image.version, desc=image.desc, access=image.access, ostype=image.ostype, size=image.size,
+                 tags=list(image.tags), resize=image.resize, deploy=image.deploy)

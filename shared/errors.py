@@ -47,6 +47,15 @@ class Invalid(CommandFailed):
         self.errors = errors
 
 
+class InvalidData(CommandFailed):
+    """The database refused a value as such (it can never be stored): 400, never retried."""
+
+    code = "invalid_data"
+
+    def __init__(self, detail: str):
+        super().__init__({"detail": detail}, http_code=400)
+
+
 class Transient(Exception):
     """A dependency is temporarily unavailable; the message should be retried later."""
 

@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+def object_name(envelope: Envelope) -> str:
+    """The command's target name as a task records it: a string, storable, at most 64 characters."""
+    return str(envelope.payload.get("name", "")).replace("\x00", "")[:64]
+
+
 class Duplicate(Exception):
     """The message was handled before (its inbox row exists)."""
 
@@ -100,7 +105,7 @@ class CommandContext:
 
     @property
     def object_name(self) -> str:
-        return str(self.envelope.payload.get("name", ""))[:64]
+        return object_name(self.envelope)
 
     def wrap(self, event: Event) -> Envelope:
         return contracts.wrap(event, correlation_id=self.task_id, causation_id=self.envelope.id, actor=self.actor)
@@ -177,9 +182,9 @@ class CommandConsumer:
         terminal = TaskFailed(
             task_id=envelope.correlation_id,
             command=envelope.type,
-            object_name=str(envelope.payload.get("name", ""))[:64],
+            object_name=object_name(envelope),
             user=envelope.actor.user if envelope.actor else None,
-            owner=envelope.actor.user if envelope.actor else None,
+            owner=None,  # a failed command's image (and so its owner) may not exist
             dc=envelope.actor.dc if envelope.actor else None,
             http_code=failure.http_code,
             result=failure.result,

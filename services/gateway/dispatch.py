@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from domain import tasks
-from services.gateway.http import ApiError, envelope, failure_response, json_bytes, json_response
+from services.gateway.http import ApiError, envelope, json_bytes, json_response
 from services.gateway.queries import Queries, TaskView
 from shared import contracts
 from shared.contracts import Actor, Command
@@ -210,7 +210,7 @@ class Dispatcher:
                     interval = [i for since, i in STREAM_SCHEDULE if elapsed >= since][-1]
                     view = await self._waiter.wait(task_id, wake, interval, states=tasks.TERMINAL)
                     if view is not None and view.status in tasks.TERMINAL:
-                        status, payload = status_body(view)
+                        status, payload = answer_body(view)
                         yield f"{status}\n".encode() + json_bytes(request, payload)
                         return
                     yield b" "
@@ -226,12 +226,21 @@ def pending(request: Request, task_id: str) -> Response:
                          {"es_task_id": task_id, "es_task_response": "true"})
 
 
+def answer_body(view: TaskView) -> tuple[int, Any]:
+    """(HTTP code, body) with which a finished task answers the request that started it: the
+    envelope for a success or a 400, ``{"detail"}`` for a refusal (deviations #16)."""
+    if view.status == tasks.SUCCESS:
+        return 200, envelope(view.task_id, tasks.SUCCESS, view.result)
+    if view.http_code == 400:
+        return 400, envelope(view.task_id, tasks.FAILURE, view.result)
+    detail = view.result.get("detail") if isinstance(view.result, dict) else view.result
+    return view.http_code, {"detail": detail}
+
+
 def answer(request: Request, view: TaskView) -> Response:
     """How a finished task answers the request that started it."""
-    if view.status == tasks.SUCCESS:
-        return json_response(request, envelope(view.task_id, tasks.SUCCESS, view.result), 200,
-                             {"es_task_id": view.task_id, "es_task_response": "true"})
-    return failure_response(request, view.task_id, view.http_code, view.result)
+    code, body = answer_body(view)
+    return json_response(request, body, code, {"es_task_id": view.task_id, "es_task_response": "true"})
 
 
 def status_body(view: TaskView) -> tuple[int, dict]:

@@ -87,15 +87,6 @@ def error_response(request: Request, status: int, detail: str, headers: Mapping[
     return json_response(request, {"detail": detail}, status, headers)
 
 
-def failure_response(request: Request, task_id: str, http_code: int, result: Any) -> Response:
-    """How a failed task is answered: the envelope for 400s, ``{"detail"}`` for refusals."""
-    headers = {"es_task_id": task_id}
-    if http_code == 400:
-        return json_response(request, envelope(task_id, "FAILURE", result), 400, headers)
-    detail = result.get("detail") if isinstance(result, dict) else result
-    return json_response(request, {"detail": detail}, http_code, headers)
-
-
 # --- request bodies ----------------------------------------------------------------------------
 
 
@@ -211,4 +202,7 @@ def handle_validation(request: Request, exc: Exception) -> Response:
 
 def handle_command_failed(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CommandFailed)
-    return failure_response(request, dummy_task_id_for(request), exc.http_code, exc.result)
+    if exc.http_code == 400:
+        return json_response(request, envelope(dummy_task_id_for(request), "FAILURE", exc.result), 400)
+    detail = exc.result.get("detail") if isinstance(exc.result, dict) else exc.result
+    return error_response(request, exc.http_code, str(detail))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Engine, bindparam, insert, select
 
-from shared.db.catalogue import datacenter_record, user_record
+from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.engine import read_transaction, single_statement
 from shared.db.models import Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
 from shared.db.records import DatacenterRecord, UserRecord
@@ -110,6 +110,9 @@ class Queries:
         return user_record(row)
 
     def user_by_name(self, username: str) -> UserRecord | None:
+        if not storable(username, 150):
+            return None
+
         def load() -> UserRecord | None:
             with single_statement(self.engine) as conn:
                 return user_record(conn.execute(_USER_BY_NAME, {"username": username}).first())
@@ -117,6 +120,9 @@ class Queries:
         return self._cached(("user", username), load)
 
     def datacenter(self, name: str) -> DatacenterRecord | None:
+        if not storable(name, 16):
+            return None
+
         def load() -> DatacenterRecord | None:
             with single_statement(self.engine) as conn:
                 return datacenter_record(conn.execute(_DC_BY_NAME, {"name": name}).first())

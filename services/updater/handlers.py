@@ -7,7 +7,7 @@ record the new state.
 
 from __future__ import annotations
 
-from domain import fields, images, policy
+from domain import fields, images, manifest, policy
 from shared.contracts import ImageUpdated, UpdateImage, image_stream
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
@@ -53,8 +53,14 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
         events = []
         if changed:
             now = utcnow()
-            updated = image.with_changes(**{k: changes[k] for k in changed}, changed=now)
-            catalogue.update_fields(image.uuid, {k: changes[k] for k in changed}, changed=now)
+            columns = {k: changes[k] for k in changed}
+            updated = image.with_changes(**columns, changed=now)
+            if manifest.MANIFEST_ATTRIBUTES.intersection(changed):
+                # Database-level update: the rebuilt manifest is active at once (reference §7.8).
+                rebuilt = manifest.for_image(updated)
+                columns.update(manifest=rebuilt, manifest_active=rebuilt)
+                updated = updated.with_changes(manifest=rebuilt, manifest_active=rebuilt)
+            catalogue.update_fields(image.uuid, columns, changed=now)
             version = tx.advance_stream(image_stream(image.uuid))
             events.append(ImageUpdated(image=images.to_state(updated), version=version, changed=changed))
         task_dc = updated.dc_bound or catalogue.default_datacenter().name

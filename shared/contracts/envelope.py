@@ -86,12 +86,13 @@ def decode(body: bytes | str) -> Envelope:
     ids = {
         "message_id": _str_or_none(data.get("id")),
         "correlation_id": _str_or_none(data.get("correlation_id")),
-        "message_type": _str_or_none(data.get("type")),
+        "message_type": _str_or_none(data.get("type"), 64),
     }
-    for key in ("id", "type", "correlation_id"):
+    for key, limit in (("id", 128), ("type", 64), ("correlation_id", 128)):
         value = data.get(key)
-        if not isinstance(value, str) or not value or len(value) > 128:
-            raise PoisonMessage(f"envelope field {key!r} must be a non-empty string of at most 128 characters", **ids)
+        if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
+            raise PoisonMessage(f"envelope field {key!r} must be a non-empty string of at most {limit} characters",
+                                **ids)
     version = data.get("schema_version")
     if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
         raise PoisonMessage(f"unsupported schema_version {version!r}", **ids)
@@ -120,13 +121,17 @@ def decode(body: bytes | str) -> Envelope:
 def _decode_actor(raw: object, ids: dict) -> Actor | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("user"), str) or not raw["user"]:
-        raise PoisonMessage("envelope field 'actor' must be {\"user\": <name>, \"dc\": <name>|null}", **ids)
+    user = raw.get("user") if isinstance(raw, dict) else None
+    if not isinstance(user, str) or not 0 < len(user) <= 150 or "\x00" in user:
+        raise PoisonMessage("envelope field 'actor' must be {\"user\": <name of at most 150 characters>, "
+                            "\"dc\": <name>|null}", **ids)
     dc = raw.get("dc")
-    if dc is not None and not isinstance(dc, str):
-        raise PoisonMessage("envelope field 'actor.dc' must be a string or null", **ids)
-    return Actor(user=raw["user"], dc=dc)
+    if dc is not None and (not isinstance(dc, str) or len(dc) > 16 or "\x00" in dc):
+        raise PoisonMessage("envelope field 'actor.dc' must be null or a datacenter name of at most 16 characters",
+                            **ids)
+    return Actor(user=user, dc=dc)
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _str_or_none(value: object, limit: int = 128) -> str | None:
+    """A readable id for reporting, or None (too long or unstorable ids are not reported)."""
+    return value if isinstance(value, str) and 0 < len(value) <= limit and "\x00" not in value else None

@@ -77,6 +77,8 @@ class SqlCatalogue:
     # --- reads ---------------------------------------------------------------------------------
 
     def image_by_name(self, name: str, *, for_update: bool = False) -> ImageRecord | None:
+        if not storable(name, 64):
+            return None
         return self._image("name", name, for_update)
 
     def image_by_uuid(self, uuid: str, *, for_update: bool = False) -> ImageRecord | None:
@@ -112,7 +114,7 @@ class SqlCatalogue:
         )
 
     def name_exists(self, name: str) -> bool:
-        return self.conn.execute(_NAME_EXISTS, {"name": name}).first() is not None
+        return storable(name, 64) and self.conn.execute(_NAME_EXISTS, {"name": name}).first() is not None
 
     def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None) -> bool:
         params = {"alias": alias.lower(), "version": version, "exclude": exclude_uuid or ""}
@@ -126,12 +128,16 @@ class SqlCatalogue:
         ).scalar_one()
 
     def user(self, username: str) -> UserRecord | None:
+        if not storable(username, 150):
+            return None
         return user_record(self.conn.execute(_USER_BY_NAME, {"username": username}).first())
 
     def user_by_id(self, user_id: int) -> UserRecord | None:
         return user_record(self.conn.execute(select(_users).where(_users.c.id == user_id)).first())
 
     def datacenter(self, name: str) -> DatacenterRecord | None:
+        if not storable(name, 16):
+            return None
         return datacenter_record(self.conn.execute(_DC_BY_NAME, {"name": name}).first())
 
     def default_datacenter(self) -> DatacenterRecord:
@@ -214,6 +220,12 @@ class SqlCatalogue:
             )
         for name in sorted(wanted - current):
             self.conn.execute(insert(_image_dcs).values(image_uuid=uuid, dc_id=ids[name]))
+
+
+def storable(key: str, max_length: int) -> bool:
+    """Whether ``key`` could be stored in a column of that length at all: anything else names
+    nothing, and must not reach the database (PostgreSQL refuses NUL characters outright)."""
+    return 0 < len(key) <= max_length and "\x00" not in key
 
 
 @functools.lru_cache(maxsize=256)

@@ -17,10 +17,10 @@ from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from shared.errors import Transient
+from shared.errors import InvalidData, Transient
 
 _WRITE = "imagesvc_write"
 
@@ -109,9 +109,13 @@ def single_statement(engine: Engine, *, write: bool = False) -> Iterator[Connect
 
 @contextlib.contextmanager
 def translate_db_errors() -> Iterator[None]:
-    """Turn "the database is unreachable or busy" into ``Transient``; leave real errors alone."""
+    """Turn "the database is unreachable or busy" into ``Transient`` and "this value can never be
+    stored" into ``InvalidData``; leave other errors alone."""
     try:
         yield
+    except DataError as exc:
+        # Deterministic: retrying the same value can only fail again.
+        raise InvalidData(f"Invalid value: {type(exc.orig).__name__ if exc.orig else 'data error'}") from exc
     except OperationalError as exc:
         raise Transient(f"database unavailable: {exc.orig or exc}") from exc
     except DBAPIError as exc:

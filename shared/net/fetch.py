@@ -15,8 +15,10 @@ read and total time are bounded.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -32,6 +34,17 @@ _EXTRA_DENIED = [ipaddress.ip_network(n) for n in (
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 Resolver = Callable[[str, int], Sequence[str]]
+_resolvers: concurrent.futures.ThreadPoolExecutor | None = None
+_resolvers_lock = threading.Lock()
+
+
+def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Lookups run here so that they can be abandoned at a deadline (getaddrinfo has none)."""
+    global _resolvers
+    with _resolvers_lock:
+        if _resolvers is None:
+            _resolvers = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolver")
+        return _resolvers
 
 
 class FetchError(Exception):
@@ -124,6 +137,7 @@ class UrlPolicy:
 
     def __init__(self, allow: Iterable[str] = (), *, resolver: Resolver = system_resolver):
         self._allow = parse_allow_list(allow)
+        self._by_address = any(entry.network is not None for entry in self._allow)
         self._resolver = resolver
 
     def _admitted(self, host: str, address: str | None, port: int) -> bool:
@@ -151,30 +165,48 @@ class UrlPolicy:
         address = literal_address(host)
         if self._admitted(host, address, port):
             return scheme, host, port
-        if port not in DEFAULT_PORTS.values():
+        if address is not None:
+            self._check_address(address, port)
+        elif port not in DEFAULT_PORTS.values() and not self._by_address:
+            # A name on another port can only be admitted by an address entry (after resolving).
             raise FetchError(f"URL not allowed: port {port}", "url_not_allowed")
-        if address is not None and not is_public_address(address):
-            raise FetchError(f"URL not allowed: {address} is not a public address", "url_not_allowed")
         return scheme, host, port
 
-    def resolve(self, url: str) -> tuple[str, str, int, str]:
-        """Full check: returns (scheme, host, port, address to connect to)."""
+    def _check_address(self, address: str, port: int, host: str | None = None) -> None:
+        """Refuse an address no allow-list entry admits, unless it is public and the port is standard."""
+        if host is not None and self._admitted(host, address, port):
+            return
+        if port not in DEFAULT_PORTS.values():
+            raise FetchError(f"URL not allowed: port {port}", "url_not_allowed")
+        if not is_public_address(address):
+            shown = f"{host} resolves to {address}, not a public address" if host else f"{address} is not a public address"
+            raise FetchError(f"URL not allowed: {shown}", "url_not_allowed")
+
+    def resolve(self, url: str, *, timeout: float = 5.0) -> tuple[str, str, int, str]:
+        """Full check: returns (scheme, host, port, address to connect to). Every address the
+        name resolves to must pass, so no later lookup can lead anywhere unchecked."""
         scheme, host, port = self.check_static(url)
         address = literal_address(host)
         if address is not None:
             return scheme, host, port, address
+        addresses = self._lookup(host, port, timeout)
+        if not self._admitted(host, None, port):
+            for candidate in addresses:
+                self._check_address(candidate, port, host)
+        return scheme, host, port, addresses[0]
+
+    def _lookup(self, host: str, port: int, timeout: float) -> list[str]:
+        """Resolve within ``timeout`` (the resolver itself has no deadline)."""
+        future = _resolver_pool().submit(self._resolver, host, port)
         try:
-            addresses = list(self._resolver(host, port))
+            addresses = list(future.result(timeout=max(timeout, 0.1)))
+        except concurrent.futures.TimeoutError:
+            raise FetchError(f"cannot resolve {host}: timed out", "timeout") from None
         except OSError as exc:
             raise FetchError(f"cannot resolve {host}: {exc.strerror or exc}", "connection_error") from None
         if not addresses:
             raise FetchError(f"cannot resolve {host}", "connection_error")
-        if not self._admitted(host, None, port):
-            for candidate in addresses:
-                if not self._admitted(host, candidate, port) and not is_public_address(candidate):
-                    raise FetchError(f"URL not allowed: {host} resolves to {candidate}, not a public address",
-                                     "url_not_allowed")
-        return scheme, host, port, addresses[0]
+        return addresses
 
 
 class Fetcher:
@@ -193,7 +225,7 @@ class Fetcher:
         with httpx.Client(verify=True, trust_env=False, follow_redirects=False, transport=self._transport,
                           timeout=httpx.Timeout(timeout)) as client:
             for _hop in range(self._max_redirects + 1):
-                scheme, host, port, address = self.policy.resolve(current)
+                scheme, host, port, address = self.policy.resolve(current, timeout=deadline - time.monotonic())
                 response_url, status, location, body = self._get_once(
                     client, current, scheme, host, port, address, max_bytes, truncate, deadline)
                 if status in _REDIRECTS and location:

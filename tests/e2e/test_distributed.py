@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from domain import tasks
-from shared.db.models import StoredEvent
+from shared.db.models import StoredEvent, SubmittedCommand
 from tests.support.polling import eventually
 from tests.support.tap import EventTap, publish, take
 
@@ -49,6 +49,15 @@ def send(system, envelope: dict) -> None:
     publish(system.broker_url, f"{system.prefix}imagesvc.commands", envelope["type"], orjson.dumps(envelope),
             content_type="application/json", delivery_mode=2, message_id=envelope["id"],
             correlation_id=envelope["correlation_id"], type=envelope["type"])
+
+
+def journal(system) -> list:
+    engine = create_engine(system.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(SubmittedCommand.__table__)))
+    finally:
+        engine.dispose()
 
 
 def stored_events(system, **where) -> list[dict]:
@@ -226,3 +235,29 @@ def test_read_your_writes_across_gateway_processes(distributed, origin, name):
             assert reader.get(f"/image/{name}/").json()["result"]["desc"] == f"step {step}"
         assert writer.delete(f"/image/{name}/").status_code == 200
         assert reader.get(f"/image/{name}/").status_code == 404
+
+
+def test_a_streamed_refusal_decided_by_a_consumer_has_the_refusal_body(distributed, origin, name):
+    """Two deletes pass the gateway while the deleter is down; the deleter then refuses the second
+    (404). The es client gets that refusal streamed as the original answers it: {"detail"}."""
+    from tests.support.es import es
+
+    url, _ = origin.add_manifest()
+    with distributed.client() as client:
+        assert client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"}).status_code == 200
+    distributed.kill("deleter")
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(es, distributed.url, distributed.api_key, "delete", f"/image/{name}") for _ in range(2)]
+
+        def both_streaming():
+            # A command is journaled when the gateway gives up waiting and starts streaming.
+            journaled = [row for row in journal(distributed) if row.object_name == name]
+            assert len(journaled) == 2, journaled
+
+        eventually(both_streaming, timeout=20)
+        distributed.start_worker("deleter")
+        results = sorted((call.result() for call in calls), key=lambda r: r.status)
+    assert [r.status for r in results] == [200, 404]
+    assert all(r.streamed for r in results)
+    assert results[0].body["status"] == "SUCCESS"
+    assert results[1].body == {"detail": "Image not found"}

@@ -296,3 +296,27 @@ def test_task_ids_are_kept_as_given(world):
     task_id = tasks.new_task_id(user_id=1, owner_id=1, dc_id=1)
     envelope = world.run("updater", UpdateImage(name="nothing"), task_id=task_id, message_id=str(uuid.uuid4()))
     assert world.outcome(envelope)["payload"]["task_id"] == task_id
+
+
+class TestManifestAfterUpdate:
+    def test_an_update_rebuilds_the_served_manifest(self, world):
+        source = world.imported("served")
+        envelope = world.run("updater", UpdateImage(name="served", alias="renamed", access=1, desc="new desc",
+                                                    tags=["x"]))
+        state = world.events(type="image.updated", correlation_id=envelope.correlation_id)[0]["payload"]["image"]
+        served = state["manifest"]
+        assert (served["name"], served["public"], served["description"]) == ("renamed", True, "new desc")
+        assert served["tags"]["erigones"] == ["x"]
+        assert served["files"] == source["files"] and served["uuid"] == source["uuid"]
+        from shared.db.catalogue import SqlCatalogue
+
+        with read_transaction(world.engine) as conn:
+            stored = SqlCatalogue(conn).image_by_name("served")
+        assert stored.manifest == stored.manifest_active == served
+
+    def test_an_owner_change_leaves_the_manifest_alone(self, world):
+        world.imported("owned")
+        envelope = world.run("updater", UpdateImage(name="owned", owner="alice"))
+        [updated] = world.events(type="image.updated", correlation_id=envelope.correlation_id)
+        assert updated["payload"]["changed"] == ["owner"]
+        assert updated["payload"]["image"]["manifest"]["name"] == "owned"

@@ -345,3 +345,10 @@ def test_a_numeric_string_image_size_is_read_as_an_integer():
     from domain.manifest import parse
 
     assert parse(raw(image_size="20480"))["image_size"] == 20480
+
+
+def test_manifest_flags_are_taken_by_truthiness_not_refused():
+    from domain.manifest import import_defaults
+
+    offered = import_defaults(source(tags={"resize": "no", "deploy": 1}))
+    assert offered["resize"] is True and offered["deploy"] is True

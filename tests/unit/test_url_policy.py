@@ -215,6 +215,41 @@ def test_allow_list_cidr_admits_a_name_resolving_inside_it():
     refused(policy, "http://repo.lan/")
 
 
+def test_allow_list_address_admits_a_name_resolving_to_it_on_any_port():
+    resolver = RecordingResolver({"localhost": ["127.0.0.1"], "public.test": [PUBLIC]})
+    policy = UrlPolicy(["127.0.0.1"], resolver=resolver)
+    assert policy.check_static("http://localhost:8124/m") == ("http", "localhost", 8124)  # decided after DNS
+    assert policy.resolve("http://localhost:8124/m")[3] == "127.0.0.1"
+    refused(policy, "http://public.test:8124/")  # admitted by no entry: standard ports only
+    resolver.answers["localhost"] = ["127.0.0.1", "10.0.0.1"]
+    refused(policy, "http://localhost:8124/")
+
+
+def test_without_address_entries_a_name_on_another_port_is_refused_before_dns():
+    resolver = RecordingResolver()
+    policy = UrlPolicy(["repo.internal"], resolver=resolver)
+    refused(policy, "http://elsewhere.test:8124/")
+    assert resolver.calls == []
+
+
+def test_a_lookup_that_hangs_times_out():
+    import threading
+
+    release = threading.Event()
+
+    def stuck(host, port):
+        release.wait(5)
+        return [PUBLIC]
+
+    policy = UrlPolicy([], resolver=stuck)
+    try:
+        with pytest.raises(FetchError) as caught:
+            policy.resolve("http://slow.test/", timeout=0.2)
+        assert caught.value.code == "timeout"
+    finally:
+        release.set()
+
+
 def test_allow_list_host_admits_that_name_on_any_port_whatever_it_resolves_to():
     resolver = RecordingResolver({"repo.internal": ["10.0.0.5"]}, default=["10.0.0.5"])
     policy = UrlPolicy(["repo.internal"], resolver=resolver)
