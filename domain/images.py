@@ -172,7 +172,11 @@ def check_update_shape(payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     return fields.validate(payload, fields.UPDATE_FIELDS)
 
 
-def check_owner(catalogue: Catalogue, values: Mapping[str, Any], errors: dict[str, list[str]]) -> UserRecord | None:
+class Users(Protocol):
+    def user(self, username: str) -> UserRecord | None: ...
+
+
+def check_owner(catalogue: Users, values: Mapping[str, Any], errors: dict[str, list[str]]) -> UserRecord | None:
     """Resolve ``values['owner']`` (when given); adds the original's error when it does not exist."""
     if "owner" not in values or "owner" in errors:
         return None
@@ -195,16 +199,22 @@ def check_alias_and_limit(catalogue: Catalogue, *, alias: str, version: str, bou
             errors["non_field_errors"] = [LIMIT_REACHED]
 
 
-def rebind(image: ImageRecord, dc_bound: bool, errors: dict[str, list[str]]) -> str | None:
-    """New ``dc_bound`` for a PUT: true binds to the single attached DC, false makes it global."""
-    if not dc_bound:
+def rebind(*, current: str | None, attached: list[str], wanted: bool, is_superadmin: bool,
+           errors: dict[str, list[str]]) -> str | None:
+    """The new bound datacenter for a PUT of ``dc_bound`` (reference §3.4), from the image's
+    current binding and attached datacenters. True binds to the single attached datacenter, false
+    makes the image global; changing it is for SuperAdmins. Adds the original's errors."""
+    if wanted == (current is not None):
+        return current  # unchanged: nothing to check
+    if not is_superadmin:
+        errors["dc_bound"] = [ATTRIBUTE_FORBIDDEN]
+        return current
+    if not wanted:
         return None
-    if image.dc_bound is not None:
-        return image.dc_bound
-    if len(image.dcs) > 1:
+    if len(attached) > 1:
         errors["dc_bound"] = [ATTACHED_TO_MANY]
-    elif not image.dcs:
+    elif not attached:
         errors["dc_bound"] = [ATTACHED_TO_NONE]
     else:
-        return image.dcs[0]
-    return None
+        return attached[0]
+    return current

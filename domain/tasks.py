@@ -27,7 +27,7 @@ COMMAND_MESSAGES = {
 }
 
 # The original checks the groups' lengths only, not that they are hex.
-_TASK_ID = re.compile(r"^(\d+)([deamif])(\d+)([du])(\d+)-([^-]{8})-([^-]{4})-([^-]{4})-([^-]{4})\Z")
+_TASK_ID = re.compile(r"^(\d{1,18})([deamif])(\d{1,18})([du])(\d{1,18})-([^-]{8})-([^-]{4})-([^-]{4})-([^-]{4})\Z")
 
 
 def _random_groups() -> list[str]:

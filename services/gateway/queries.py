@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import orjson
 from sqlalchemy import Engine, bindparam, insert, select
 
 from shared.db.catalogue import datacenter_record, storable, user_record
@@ -28,6 +29,7 @@ _USER_BY_DIGEST = select(_users).where(_users.c.api_key_digest == bindparam("dig
 _USER_BY_NAME = select(_users).where(_users.c.username == bindparam("username"))
 _DC_BY_NAME = select(_dcs).where(_dcs.c.name == bindparam("name"))
 _DEFAULT_DC = select(_dcs).where(_dcs.c.is_default.is_(True))
+_DC_BY_ID = select(_dcs).where(_dcs.c.id == bindparam("id"))
 _IMAGE_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
                         _images.c.doc, _images.c.dcs).where(_images.c.name == bindparam("name"))
 _TASK = select(_tasks).where(_tasks.c.task_id == bindparam("task_id"))
@@ -48,11 +50,18 @@ class ImageView:
     doc: bytes
     dcs: bytes
 
+    @property
+    def attached(self) -> list[str]:
+        return orjson.loads(self.dcs)
+
     def encoded(self, *, extended: bool) -> bytes:
         """The image object; with ``extended`` the ``dcs`` list is appended to it."""
-        if not extended:
-            return self.doc
-        return self.doc[:-1] + b',"dcs":' + self.dcs + b"}"
+        return with_dcs(self.doc, self.dcs) if extended else self.doc
+
+
+def with_dcs(doc: bytes, dcs: bytes) -> bytes:
+    """An encoded image object extended with its encoded ``dcs`` list (the ``extended`` view)."""
+    return doc[:-1] + b',"dcs":' + dcs + b"}"
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ class Queries:
             row = conn.execute(_USER_BY_DIGEST, {"digest": digest}).first()
         return user_record(row)
 
-    def user_by_name(self, username: str) -> UserRecord | None:
+    def user(self, username: str) -> UserRecord | None:
         if not storable(username, 150):
             return None
 
@@ -128,6 +137,13 @@ class Queries:
                 return datacenter_record(conn.execute(_DC_BY_NAME, {"name": name}).first())
 
         return self._cached(("dc", name), load)
+
+    def datacenter_by_id(self, dc_id: int) -> DatacenterRecord | None:
+        def load() -> DatacenterRecord | None:
+            with single_statement(self.engine) as conn:
+                return datacenter_record(conn.execute(_DC_BY_ID, {"id": dc_id}).first())
+
+        return self._cached(("dc-id", dc_id), load)
 
     def default_datacenter(self) -> DatacenterRecord:
         def load() -> DatacenterRecord | None:
@@ -160,7 +176,7 @@ class Queries:
             query = select(*columns).where(_images.c.access.notin_(list(exclude_access))).order_by(*_order(order))
             rows = conn.execute(query).all()
         if extended:
-            return [row[0][:-1].encode() + b',"dcs":' + row[1].encode() + b"}" for row in rows]
+            return [with_dcs(row[0].encode(), row[1].encode()) for row in rows]
         return [row[0].encode() for row in rows]
 
     # --- tasks ---------------------------------------------------------------------------------

@@ -65,7 +65,11 @@ class ImageRoutes:
         self.max_body_bytes = max_body_bytes
 
     async def _admin(self, request: Request) -> UserRecord:
-        return policy.require_image_admin(await self.auth.user(request))
+        """The entry permission of the /image endpoints (403 ``Permission denied``)."""
+        user = await self.auth.user(request)
+        if not policy.may_manage_images(user):
+            raise ApiError(403, images.PERMISSION_DENIED)
+        return user
 
     async def _default_dc(self, request: Request) -> DatacenterRecord:
         dc = self.queries.cached_default_datacenter() or await run_in_threadpool(self.queries.default_datacenter)
@@ -144,7 +148,7 @@ class ImageRoutes:
         if self.queries.image(name) is not None:
             raise ApiError(406, images.IMAGE_EXISTS)
         dc = self.queries.default_datacenter()
-        if data.get("dc") is not None:
+        if data.get("dc") not in (None, ""):  # an empty dc is no dc (then a bound image needs one)
             dc = self.queries.datacenter(str(data["dc"]))
             if dc is None:
                 raise ApiError(404, images.DC_NOT_FOUND)
@@ -161,14 +165,17 @@ class ImageRoutes:
         image = self._existing(request.path_params["name"])
         payload = {k: data[k] for k in fields.UPDATE_FIELDS if k in data}
         values, errors = images.check_update_shape(payload)
-        owner = self._owner(values, errors, default=self.queries.user_by_name(image.owner) or user)
+        owner = self._owner(values, errors, default=self.queries.user(image.owner) or user)
+        if "dc_bound" in values and "dc_bound" not in errors:
+            images.rebind(current=image.dc_bound, attached=image.attached, wanted=values["dc_bound"],
+                          is_superadmin=user.is_superadmin, errors=errors)
         if errors:
             raise ValidationFailed(fields.order_errors(errors))
         return UpdateImage(name=image.name, **values), owner, self._image_dc(image.dc_bound)
 
     def _prepare_delete(self, request: Request, user: UserRecord, data: dict[str, Any]):
         image = self._existing(request.path_params["name"])
-        owner = self.queries.user_by_name(image.owner) or user
+        owner = self.queries.user(image.owner) or user
         return DeleteImage(name=image.name), owner, self._image_dc(image.dc_bound)
 
     def _existing(self, name: str):
@@ -185,13 +192,7 @@ class ImageRoutes:
             errors["manifest_url"] = [manifest.unreachable(str(exc))]
 
     def _owner(self, values: Mapping[str, Any], errors: dict[str, list[str]], *, default: UserRecord) -> UserRecord:
-        if "owner" not in values or "owner" in errors:
-            return default
-        owner = self.queries.user_by_name(values["owner"])
-        if owner is None or not owner.is_active:
-            errors["owner"] = [images.owner_missing(values["owner"])]
-            return default
-        return owner
+        return images.check_owner(self.queries, values, errors) or default
 
     def _image_dc(self, dc_bound: str | None) -> DatacenterRecord:
         """An existing image's tasks belong to its bound DC, a global image's to the default DC."""
@@ -208,7 +209,9 @@ class TaskRoutes:
         user = await self.auth.user(request)
         task_id = request.path_params["task_id"]
         parts = tasks.parse_task_id(task_id)
-        if parts is None:
+        # The original's UserTask permission: a well-formed id whose datacenter exists, asked for
+        # by a SuperAdmin or by the task's user or owner.
+        if parts is None or await run_in_threadpool(self.queries.datacenter_by_id, parts["dc_id"]) is None:
             raise ApiError(403, images.PERMISSION_DENIED)
         if not user.is_superadmin and user.id not in (parts["user_id"], parts["owner_id"]):
             raise ApiError(403, images.PERMISSION_DENIED)

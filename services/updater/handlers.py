@@ -33,10 +33,8 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
                 errors["owner"] = [images.PENDING_TASKS]
         changes = {k: values[k] for k in _ATTRIBUTES if k in values}
         if "dc_bound" in values:
-            if not actor.is_superadmin:
-                errors["dc_bound"] = [images.ATTRIBUTE_FORBIDDEN]
-            else:
-                changes["dc_bound"] = images.rebind(image, values["dc_bound"], errors)
+            changes["dc_bound"] = images.rebind(current=image.dc_bound, attached=image.dcs, wanted=values["dc_bound"],
+                                                is_superadmin=actor.is_superadmin, errors=errors)
         changed = sorted(k for k, v in changes.items() if getattr(image, k) != v)
         if "alias" in changed or "version" in changed:
             images.check_alias_and_limit(catalogue, alias=changes.get("alias", image.alias),

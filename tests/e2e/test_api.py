@@ -172,6 +172,8 @@ class TestTaskStatus:
         ("1e1u1-00000000-0000-0000-0000", 404, tasks.TASK_NOT_FOUND),
         ("1d1u1-6f75849b-0000-0000-0000", 404, tasks.TASK_NOT_FOUND),
         ("not-a-task-id", 403, "Permission denied"),
+        ("1e1u99-00000000-0000-0000-0000", 403, "Permission denied"),  # no such datacenter
+        ("9" * 5000 + "e1u1-00000000-0000-0000-0000", 403, "Permission denied"),
     ])
     def test_unknown_dummy_and_malformed_ids(self, system, task_id, code, detail):
         with system.client() as client:

@@ -108,7 +108,7 @@ def test_unknown_datacenter(system, name):
     ({"manifest_url": "http://example.com/x", "dc": "main", "access": "public"}, {"access": ["Enter a whole number."]}),
     ({"manifest_url": "http://10.1.2.3/images/x", "dc": "main"},
      {"manifest_url": ["Image manifest URL is unreachable (URL not allowed: 10.1.2.3 is not a public address)."]}),
-    ({"manifest_url": "http://example.com:22/images/x", "dc": "main"},
+    ({"manifest_url": "http://93.184.216.34:22/images/x", "dc": "main"},
      {"manifest_url": ["Image manifest URL is unreachable (URL not allowed: port 22)."]}),
 ])
 def test_invalid_import_fields(system, name, body, errors):
@@ -229,3 +229,37 @@ def test_alias_and_version_must_be_unique_case_insensitively(system, origin, exi
         assert envelope_errors(response) == {
             "alias": ["This alias is already in use. Please supply a different alias or version."]}
         assert client.get(f"/image/{name}/").status_code == 404
+
+
+def test_update_reports_dc_bound_and_field_errors_together(system, origin, name):
+    url, _ = origin.add_manifest()
+    with system.client() as client:
+        assert client.post(f"/image/{name}/", json={"manifest_url": url, "dc_bound": False}).status_code == 200
+    response = refused_by_gateway(system, lambda c: c.put(f"/image/{name}/", json={"dc_bound": True, "alias": "bad<"}))
+    assert response.status_code == 400
+    assert envelope_errors(response) == {"dc_bound": ["Image is not attached into any datacenters."],
+                                         "alias": ["Invalid value."]}
+
+
+@pytest.mark.parametrize("method, body, status, expected", [
+    ("put", {"desc": "a\u0000b"}, 400, {"desc": ["Invalid value."]}),
+    ("put", {"owner": "a\u0000b"}, 400, {"owner": ["Invalid value."]}),
+    ("put", {"alias": "x" * 5000}, 400, {"alias": ["Ensure this value has at most 32 characters (it has 5000)."]}),
+])
+def test_unstorable_values_are_refused_not_crashed_on(system, existing, method, body, status, expected):
+    response = refused_by_gateway(system, lambda c: c.request(method.upper(), f"/image/{existing}/", json=body))
+    assert response.status_code == status
+    assert envelope_errors(response) == expected
+
+
+def test_an_unstorable_datacenter_name_is_not_found(system, name):
+    response = refused_by_gateway(system, lambda c: c.post(
+        f"/image/{name}/", json={"manifest_url": "http://example.com/x", "dc": "a\u0000b"}))
+    assert (response.status_code, response.json()) == (404, {"detail": "Datacenter not found"})
+
+
+def test_an_empty_datacenter_is_no_datacenter(system, name):
+    response = refused_by_gateway(system, lambda c: c.post(
+        f"/image/{name}/", json={"manifest_url": "http://example.com/x", "dc": ""}))
+    assert response.status_code == 400
+    assert envelope_errors(response) == {"dc_bound": [DC_REQUIRED], "dc": [DC_REQUIRED]}

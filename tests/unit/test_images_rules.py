@@ -233,36 +233,40 @@ def test_check_update_shape_validates_only_supplied_update_fields():
 # --- rebind (PUT dc_bound) ------------------------------------------------------------------------
 
 
-def test_rebind_true_binds_to_the_single_attached_dc():
+def rebind(dc_bound, dcs, wanted, *, superadmin=True):
     errors: dict = {}
-    assert images.rebind(record(dc_bound=None, dcs=["second"]), True, errors) == "second"
-    assert errors == {}
+    bound = images.rebind(current=dc_bound, attached=dcs, wanted=wanted, is_superadmin=superadmin, errors=errors)
+    return bound, errors
+
+
+def test_rebind_true_binds_to_the_single_attached_dc():
+    assert rebind(None, ["second"], True) == ("second", {})
 
 
 def test_rebind_true_on_an_image_attached_to_several_dcs_is_an_error():
-    errors: dict = {}
-    assert images.rebind(record(dc_bound=None, dcs=["a", "b"]), True, errors) is None
-    assert errors == {"dc_bound": ["Image is attached into more than one datacenter."]}
+    assert rebind(None, ["a", "b"], True) == (None, {"dc_bound": ["Image is attached into more than one datacenter."]})
 
 
 def test_rebind_true_on_an_image_attached_nowhere_is_an_error():
-    errors: dict = {}
-    assert images.rebind(record(dc_bound=None, dcs=[]), True, errors) is None
-    assert errors == {"dc_bound": ["Image is not attached into any datacenters."]}
+    assert rebind(None, [], True) == (None, {"dc_bound": ["Image is not attached into any datacenters."]})
 
 
 def test_rebind_true_on_an_already_bound_image_keeps_its_binding():
     # The original only re-evaluates dc_bound when the value changes.
-    errors: dict = {}
-    assert images.rebind(record(dc_bound="main", dcs=["main", "other"]), True, errors) == "main"
-    assert errors == {}
+    assert rebind("main", ["main", "other"], True) == ("main", {})
 
 
 @pytest.mark.parametrize("dc_bound, dcs", [("main", ["main"]), (None, ["a", "b"]), (None, [])])
 def test_rebind_false_makes_the_image_global(dc_bound, dcs):
-    errors: dict = {}
-    assert images.rebind(record(dc_bound=dc_bound, dcs=dcs), False, errors) is None
-    assert errors == {}
+    assert rebind(dc_bound, dcs, False) == (None, {})
+
+
+def test_only_a_superadmin_may_change_dc_bound_but_anyone_may_restate_it():
+    forbidden = {"dc_bound": ["You don't have permission to modify this attribute."]}
+    assert rebind("main", ["main"], False, superadmin=False) == ("main", forbidden)
+    assert rebind(None, ["main"], True, superadmin=False) == (None, forbidden)
+    assert rebind("main", ["main"], True, superadmin=False) == ("main", {})
+    assert rebind(None, [], False, superadmin=False) == (None, {})
 
 
 def test_the_public_view_of_an_event_state_equals_the_records():
