@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply the Alembic migrations up to head").set_defaults(func=_db_upgrade)
 
+    projector = commands.add_parser("projector", help="the read model")
+    projector_commands = projector.add_subparsers(dest="projector_command", required=True)
+    projector_commands.add_parser(
+        "rebuild", help="drop the read model and replay every stored event into it (stop the projector first)"
+    ).set_defaults(func=_projector_rebuild)
+
     admin = commands.add_parser("admin", help="accounts")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     superadmin = admin_commands.add_parser("create-superadmin", help="create a SuperAdmin; prints its API key last")
@@ -175,6 +181,22 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     configure_logging("migrate", fmt=settings.log_format, level=settings.log_level)
     upgrade(settings.database_url)
     print(f"database at head: {_redact(settings.database_url)}")
+    return 0
+
+
+def _projector_rebuild(_args: argparse.Namespace) -> int:
+    from services.projector.handlers import rebuild
+    from shared.db.engine import make_engine, write_transaction
+
+    settings = _settings()
+    configure_logging("projector", fmt=settings.log_format, level=settings.log_level)
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        with write_transaction(engine) as conn:
+            replayed = rebuild(conn)
+    finally:
+        engine.dispose()
+    print(f"read model rebuilt from {replayed} events")
     return 0
 
 

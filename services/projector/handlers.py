@@ -158,3 +158,23 @@ def _apply_task(conn: Connection, event: TaskEvent) -> Notification | None:
     if conn.execute(prepared(conn, _tasks, "upsert", _upsert_task), {"task_id": event.task_id, **row}).first() is None:
         return None  # already final: nothing changed, nobody needs to be told
     return Notification(task_id=event.task_id, status=status, http_code=http_code, result=result)
+
+
+def rebuild(conn: Connection, *, batch: int = 1000) -> int:
+    """Drop the read model and replay the whole event store into it, in commit order.
+
+    Run with the projector stopped (a live projector would race the replay). The gateway's
+    journal is not part of the read model and is left alone. Returns the number of events replayed.
+    """
+    for table in (_images, _tasks, _streams):
+        conn.execute(delete(table))
+    replayed, after = 0, 0
+    while True:
+        page = store.all_events(conn, after_id=after, limit=batch)
+        if not page:
+            return replayed
+        for event_id, body in page:
+            envelope = contracts.decode(body)
+            apply(conn, envelope, contracts.parse(envelope))  # type: ignore[arg-type]
+            after = event_id
+        replayed += len(page)

@@ -261,3 +261,25 @@ def test_a_streamed_refusal_decided_by_a_consumer_has_the_refusal_body(distribut
     assert all(r.streamed for r in results)
     assert results[0].body["status"] == "SUCCESS"
     assert results[1].body == {"detail": "Image not found"}
+
+
+def test_the_read_model_is_rebuilt_by_one_command(distributed, origin, name):
+    import signal
+    import subprocess
+    import sys
+
+    url, _ = origin.add_manifest()
+    with distributed.client() as client:
+        assert client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"}).status_code == 200
+        assert client.put(f"/image/{name}/", json={"desc": "before the rebuild"}).status_code == 200
+        before = client.get("/image/?full=true&extended=true").json()["result"]
+    distributed.kill("projector", signal.SIGTERM)
+    done = subprocess.run([sys.executable, "-m", "imagesvc", "projector", "rebuild"], cwd=distributed.workdir,
+                          env=distributed.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("read model rebuilt from ")
+    distributed.start_worker("projector")
+    with distributed.client() as client:
+        assert client.get("/image/?full=true&extended=true").json()["result"] == before
+        # ... and the rebuilt projector carries on from there.
+        assert client.put(f"/image/{name}/", json={"desc": "after"}).json()["result"]["desc"] == "after"
