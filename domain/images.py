@@ -49,10 +49,16 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def public_view(image: ImageRecord) -> dict[str, Any]:
-    """The API's image object (reference §6.2), keys in the original's order."""
-    return {
-        "dc_bound": image.dc_bound is not None,
+#: The API's image object (reference §6.2) after ``dc_bound``, in the original's order.
+_PUBLIC_KEYS = ("name", "uuid", "alias", "version", "owner", "access", "desc", "ostype", "size", "resize", "deploy",
+                "tags", "status", "created")
+
+
+def to_state(image: ImageRecord, *, with_manifest: bool = True) -> dict[str, Any]:
+    """The image's full state as carried by image events: the public fields (``dc_bound`` as the
+    bound datacenter's name), then ``dcs``, ``changed`` and the served ``manifest``."""
+    state: dict[str, Any] = {
+        "dc_bound": image.dc_bound,
         "name": image.name,
         "uuid": image.uuid,
         "alias": image.alias,
@@ -67,54 +73,25 @@ def public_view(image: ImageRecord) -> dict[str, Any]:
         "tags": list(image.tags),
         "status": image.status,
         "created": format_time(image.created),
+        "dcs": sorted(image.dcs),
+        "changed": format_time(image.changed),
     }
-
-
-def to_state(image: ImageRecord) -> dict[str, Any]:
-    """The image's full state as carried by image events."""
-    state = public_view(image)
-    state.update(
-        dc_bound=image.dc_bound,
-        dcs=sorted(image.dcs),
-        changed=format_time(image.changed),
-        manifest=image.manifest_active,
-    )
+    if with_manifest:
+        state["manifest"] = image.manifest_active
     return state
 
 
-_PUBLIC_KEYS = ("name", "uuid", "alias", "version", "owner", "access", "desc", "ostype", "size", "resize", "deploy",
-                "tags", "status", "created")
-
-
 def public_view_of_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``public_view`` straight from an event's image state (no record in between)."""
+    """The API's image object (reference §6.2) from an image state, keys in the original's order."""
     view: dict[str, Any] = {"dc_bound": state.get("dc_bound") is not None}
     for key in _PUBLIC_KEYS:
         view[key] = state[key]
     return view
 
 
-def from_state(state: Mapping[str, Any]) -> ImageRecord:
-    return ImageRecord(
-        uuid=state["uuid"],
-        name=state["name"],
-        alias=state["alias"],
-        version=state["version"],
-        desc=state["desc"],
-        owner=state["owner"],
-        access=state["access"],
-        size=state["size"],
-        ostype=state["ostype"],
-        deploy=state["deploy"],
-        resize=state["resize"],
-        status=state["status"],
-        tags=list(state["tags"]),
-        created=parse_time(state["created"]),
-        changed=parse_time(state.get("changed") or state["created"]),
-        dc_bound=state.get("dc_bound"),
-        dcs=list(state.get("dcs") or []),
-        manifest_active=dict(state.get("manifest") or {}),
-    )
+def public_view(image: ImageRecord) -> dict[str, Any]:
+    """The API's image object of a record (one builder for both: they cannot drift apart)."""
+    return public_view_of_state(to_state(image, with_manifest=False))
 
 
 # --- the catalogue the rules read --------------------------------------------------------------
@@ -127,7 +104,8 @@ class Catalogue(Protocol):
 
     def image_by_uuid(self, uuid: str) -> ImageRecord | None: ...
 
-    def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None) -> bool: ...
+    def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None,
+                    ignore_case: bool = False) -> bool: ...
 
     def count_bound(self, dc_name: str) -> int: ...
 
@@ -192,7 +170,8 @@ def check_alias_and_limit(catalogue: Catalogue, *, alias: str, version: str, bou
     """Object-level checks (run only when every field is valid): alias+version and the DC's limit."""
     if errors:
         return
-    if catalogue.alias_taken(alias, version, exclude_uuid=exclude_uuid):
+    # The API's rule is stricter than the original's table constraint: any owner, any case.
+    if catalogue.alias_taken(alias, version, exclude_uuid=exclude_uuid, ignore_case=True):
         errors["alias"] = [ALIAS_TAKEN]
     if count_limit and bound_dc is not None and bound_dc.image_limit is not None:
         if catalogue.count_bound(bound_dc.name) >= bound_dc.image_limit:

@@ -13,18 +13,10 @@ import re
 import uuid
 
 PENDING, STARTED, SUCCESS, FAILURE = "PENDING", "STARTED", "SUCCESS", "FAILURE"
-#: HTTP code of a task-style envelope by status (FAILURE carries its own code).
-STATUS_CODES = {PENDING: 201, STARTED: 201, SUCCESS: 200, FAILURE: 400}
 TERMINAL = frozenset({SUCCESS, FAILURE})
 
 TASK_NOT_FOUND = "Task does not exist (anymore)"
 
-#: Task log message of each command (the original's ``msg``).
-COMMAND_MESSAGES = {
-    "image.import": "Import image",
-    "image.update": "Update image",
-    "image.delete": "Delete image",
-}
 
 # The original checks the groups' lengths only, not that they are hex.
 _TASK_ID = re.compile(r"^(\d{1,18})([deamif])(\d{1,18})([du])(\d{1,18})-([^-]{8})-([^-]{4})-([^-]{4})-([^-]{4})\Z")

@@ -32,6 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imagesvc: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a command-line tool answers with a sentence, not a traceback
+        from sqlalchemy.exc import DBAPIError
+
+        from shared.errors import Transient
+
+        if not isinstance(exc, (Transient, DBAPIError)):
+            raise
+        print(f"imagesvc: the database is unreachable or not migrated (run `imagesvc db upgrade`): "
+              f"{getattr(exc, 'orig', None) or exc}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -217,13 +217,19 @@ class Dispatcher:
             finally:
                 self._waiter.unregister(tasks.task_key(task_id), wake)
 
-        headers = {"es_stream": "True", "es_task_id": task_id, "es_task_response": "true"}
+        headers = {"es_stream": "True", "es_task_id": task_id, "es_task_response": "true",
+                   "Location": status_url(task_id)}
         return StreamingResponse(body(), status_code=201, media_type="application/json", headers=headers)
 
 
 def pending(request: Request, task_id: str) -> Response:
     return json_response(request, envelope(task_id, tasks.PENDING, None), 201,
-                         {"es_task_id": task_id, "es_task_response": "true"})
+                         {"es_task_id": task_id, "es_task_response": "true", "Location": status_url(task_id)})
+
+
+def status_url(task_id: str) -> str:
+    """Where an accepted task's state can be read from now on."""
+    return f"/api/task/{task_id}/status/"
 
 
 def answer_body(view: TaskView) -> tuple[int, Any]:

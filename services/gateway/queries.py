@@ -87,13 +87,7 @@ class Queries:
         hit = self._cache.get(key)
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
-    # Cache reads without I/O, so the event loop can try them before going to the thread pool.
-
-    def cached_user(self, username: str) -> UserRecord | None:
-        return self._peek(("user", username))
-
-    def cached_datacenter(self, name: str) -> DatacenterRecord | None:
-        return self._peek(("dc", name))
+    # A cache read without I/O, so the event loop can try it before going to the thread pool.
 
     def cached_default_datacenter(self) -> DatacenterRecord | None:
         return self._peek(("default-dc",))

@@ -215,7 +215,7 @@ class TaskRoutes:
             raise ApiError(403, images.PERMISSION_DENIED)
         if not user.is_superadmin and user.id not in (parts["user_id"], parts["owner_id"]):
             raise ApiError(403, images.PERMISSION_DENIED)
-        if parts["type"] == "d":
+        if tasks.is_dummy(task_id):
             raise ApiError(404, tasks.TASK_NOT_FOUND)
         view = await run_in_threadpool(self.queries.task, task_id)
         if view is None:

@@ -37,8 +37,8 @@ def connect(settings: Settings, purpose: str, *, confirms: bool = True) -> Conne
     )
 
 
-def ensure_connected(connection: Connection, timeout: float) -> None:
-    """Open ``connection`` or raise within about ``timeout`` seconds (never retry forever)."""
+def ensure_connected(connection: Connection, timeout: float | None = None) -> None:
+    """Open ``connection`` or raise, trying once (kombu's default retries forever)."""
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0, timeout=timeout)
 
 

@@ -44,7 +44,7 @@ import structlog
 from kombu import Connection, Consumer
 from kombu import Queue as KombuQueue
 
-from shared.broker.connection import discard
+from shared.broker.connection import discard, ensure_connected
 from shared.broker.topology import Topology
 from shared.errors import PublishFailed, Transient
 from shared.logging import get_logger
@@ -168,7 +168,7 @@ class ConsumerRunner:
         while not self._stop.is_set():
             connection = self._connect()
             try:
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
+                ensure_connected(connection)
                 self._consume(connection)
                 reconnect_delay = 0.5
             except Exception as exc:  # noqa: BLE001 - the loop's job is to survive the broker

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import orjson
 from kombu import Connection, Consumer, Queue
 
-from shared.broker.connection import discard
+from shared.broker.connection import discard, ensure_connected
 from shared.broker.topology import Topology
 from shared.logging import get_logger
 
@@ -65,7 +65,7 @@ class NotificationListener:
         while not self._stop.is_set():
             connection = self._connect()
             try:
-                connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
+                ensure_connected(connection)
                 channel = connection.channel()
                 # Declaring everything here means commands are routable as soon as a gateway runs,
                 # even before any consumer has started.

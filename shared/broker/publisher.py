@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 from amqp.exceptions import ChannelError as AmqpChannelError
 from kombu import Connection
 
-from shared.broker.connection import discard
+from shared.broker.connection import discard, ensure_connected
 from shared.errors import PublishFailed, Unroutable
 from shared.logging import get_logger
 
@@ -102,8 +102,7 @@ class _Slot:
         if self.connection is None:
             self.connection = self._connect()
         if not self.connection.connected or self.producer is None:
-            self.connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0,
-                                              timeout=timeout)
+            ensure_connected(self.connection, timeout)
             self.producer = self.connection.Producer()
             self.confirms = None
         return self.producer

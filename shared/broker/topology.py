@@ -31,7 +31,9 @@ COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 #: Broker-side delivery limit: a message that keeps crashing its consumer is dead-lettered.
-BROKER_DELIVERY_LIMIT = 10
+#: (Our own retries republish a fresh copy, so this counts only deliveries that were never
+#: settled: a consumer that died or lost its connection holding the message.)
+BROKER_DELIVERY_LIMIT = 5
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,6 @@ class Topology:
     command_queues: dict[str, Queue] = field(default_factory=dict)
     projector_queue: Queue | None = None
     dead_letter_queues: dict[str, Queue] = field(default_factory=dict)
-
-    def queue_of_command(self, command_type: str) -> Queue:
-        for service, types in COMMAND_ROUTES.items():
-            if command_type in types:
-                return self.command_queues[service]
-        raise KeyError(command_type)
 
     def work_queue(self, service: str) -> Queue:
         """The queue a consumer service consumes (``projector`` or a command service)."""

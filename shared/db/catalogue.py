@@ -60,12 +60,13 @@ def _image_statement(dialect: str, column: str, for_update: bool):
 
 
 _NAME_EXISTS = select(_images.c.uuid).where(_images.c.name == bindparam("name"))
-_ALIAS_TAKEN = (
-    select(_images.c.uuid)
-    .where(func.lower(_images.c.alias) == bindparam("alias"), _images.c.version == bindparam("version"),
-           _images.c.uuid != bindparam("exclude"))
+_ALIAS_TAKEN = {
+    ignore_case: select(_images.c.uuid)
+    .where((func.lower(_images.c.alias) if ignore_case else _images.c.alias) == bindparam("alias"),
+           _images.c.version == bindparam("version"), _images.c.uuid != bindparam("exclude"))
     .limit(1)
-)
+    for ignore_case in (False, True)
+}
 _USER_BY_NAME = select(_users).where(_users.c.username == bindparam("username"))
 _DC_BY_NAME = select(_dcs).where(_dcs.c.name == bindparam("name"))
 
@@ -116,9 +117,12 @@ class SqlCatalogue:
     def name_exists(self, name: str) -> bool:
         return storable(name, 64) and self.conn.execute(_NAME_EXISTS, {"name": name}).first() is not None
 
-    def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None) -> bool:
-        params = {"alias": alias.lower(), "version": version, "exclude": exclude_uuid or ""}
-        return self.conn.execute(_ALIAS_TAKEN, params).first() is not None
+    def alias_taken(self, alias: str, version: str, *, exclude_uuid: str | None = None,
+                    ignore_case: bool = False) -> bool:
+        """Whether another image has this alias and version (the alias compared case-insensitively
+        with ``ignore_case``)."""
+        params = {"alias": alias.lower() if ignore_case else alias, "version": version, "exclude": exclude_uuid or ""}
+        return self.conn.execute(_ALIAS_TAKEN[ignore_case], params).first() is not None
 
     def count_bound(self, dc_name: str) -> int:
         return self.conn.execute(
@@ -131,9 +135,6 @@ class SqlCatalogue:
         if not storable(username, 150):
             return None
         return user_record(self.conn.execute(_USER_BY_NAME, {"username": username}).first())
-
-    def user_by_id(self, user_id: int) -> UserRecord | None:
-        return user_record(self.conn.execute(select(_users).where(_users.c.id == user_id)).first())
 
     def datacenter(self, name: str) -> DatacenterRecord | None:
         if not storable(name, 16):

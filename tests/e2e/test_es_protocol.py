@@ -31,6 +31,7 @@ def test_without_es_stream_a_command_answers_201_and_the_task_can_be_polled(slow
         body = response.json()
         assert body["status"] == "PENDING" and body["result"] is None
         assert response.headers["es_task_id"] == body["task_id"]
+        assert response.headers["location"] == f"/api/task/{body['task_id']}/status/"
 
         def finished():
             status = client.get(f"/task/{body['task_id']}/status/")

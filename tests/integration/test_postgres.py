@@ -457,13 +457,14 @@ def test_catalogue_alias_taken(engine, owner):
     with read_transaction(engine) as conn:
         catalogue = SqlCatalogue(conn)
         assert catalogue.alias_taken("CentOS", version) is True
-        assert catalogue.alias_taken("centos", version) is True
-        assert catalogue.alias_taken("CENTOS", version) is True
-        assert catalogue.alias_taken("centos", version.upper()) is False  # version is compared exactly
-        assert catalogue.alias_taken("centos", version + "1") is False
-        assert catalogue.alias_taken("centos7", version) is False
-        assert catalogue.alias_taken("centos", version, exclude_uuid=image.uuid) is False
-        assert catalogue.alias_taken("centos", version, exclude_uuid=str(uuid.uuid4())) is True
+        assert catalogue.alias_taken("centos", version) is False
+        assert catalogue.alias_taken("centos", version, ignore_case=True) is True
+        assert catalogue.alias_taken("CENTOS", version, ignore_case=True) is True
+        assert catalogue.alias_taken("centos", version.upper(), ignore_case=True) is False  # version: exact
+        assert catalogue.alias_taken("centos", version + "1", ignore_case=True) is False
+        assert catalogue.alias_taken("centos7", version, ignore_case=True) is False
+        assert catalogue.alias_taken("centos", version, exclude_uuid=image.uuid, ignore_case=True) is False
+        assert catalogue.alias_taken("centos", version, exclude_uuid=str(uuid.uuid4()), ignore_case=True) is True
 
 
 def test_catalogue_count_bound(engine, owner):

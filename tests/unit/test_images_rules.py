@@ -98,7 +98,7 @@ def test_created_is_iso_8601_utc_with_z_and_microseconds_only_when_non_zero(crea
     assert images.public_view(record(created=created))["created"] == expected
 
 
-# --- to_state / from_state ------------------------------------------------------------------------
+# --- to_state ------------------------------------------------------------------------------------
 
 
 def test_to_state_extends_the_public_view_with_binding_attachments_changed_and_manifest():
@@ -108,33 +108,6 @@ def test_to_state_extends_the_public_view_with_binding_attachments_changed_and_m
     assert state["dcs"] == ["main", "zeta"]
     assert state["changed"] == "2020-01-02T11:11:12.123456Z"
     assert state["manifest"] == {"uuid": UUID, "name": "centos-7"}
-
-
-@pytest.mark.parametrize("dc_bound, dcs", [(None, []), (None, ["a", "b"]), ("main", ["main"])])
-def test_from_state_round_trips_to_state(dc_bound, dcs):
-    image = record(dc_bound=dc_bound, dcs=dcs)
-    restored = images.from_state(images.to_state(image))
-    # The working manifest is not part of the event state; everything else survives.
-    assert restored == image.with_changes(manifest={})
-
-
-def test_from_state_of_a_json_round_tripped_state_is_equal():
-    import orjson
-
-    image = record(dc_bound="main", dcs=["main"], created=datetime(2021, 3, 4, 5, 6, 7, tzinfo=timezone.utc))
-    restored = images.from_state(orjson.loads(orjson.dumps(images.to_state(image))))
-    assert restored == image.with_changes(manifest={})
-
-
-def test_from_state_defaults_changed_to_created_and_binding_to_none():
-    state = images.to_state(record(dc_bound="main"))
-    for key in ("changed", "dc_bound", "dcs", "manifest"):
-        del state[key]
-    restored = images.from_state(state)
-    assert restored.changed == CREATED
-    assert restored.dc_bound is None
-    assert restored.dcs == []
-    assert restored.manifest_active == {}
 
 
 # --- check_import_shape ---------------------------------------------------------------------------
