@@ -180,7 +180,8 @@ class TestNothingLostNothingDoubled:
         total, kill_after = 200, 40
         jobs = []
         for index in range(total):
-            url, manifest = origin.add_manifest()
+            # A slow repository keeps imports in flight, so the kill always interrupts some.
+            url, manifest = origin.add_manifest(delay=0.05)
             jobs.append((f"kill-{index}-{uuid.uuid4().hex[:6]}", url, manifest["uuid"]))
         answered: list[tuple[str, str, int, str]] = []
         killed = []
@@ -215,6 +216,8 @@ class TestNothingLostNothingDoubled:
             return terminal
 
         terminal = eventually(every_task_ended_once, timeout=90, interval=0.5)
+        # The kill did interrupt work: the restarted importer got deliveries back from the broker.
+        assert '"redelivered":true' in distributed.log("importer")
         assert all(m.routing_key == "task.succeeded" for m in terminal if m.envelope["correlation_id"] in accepted)
         stored_terminal = Counter(e["correlation_id"] for e in stored_events(distributed, type="task.succeeded"))
         assert all(stored_terminal[task_id] == 1 for task_id in accepted)
@@ -283,3 +286,25 @@ def test_the_read_model_is_rebuilt_by_one_command(distributed, origin, name):
         assert client.get("/image/?full=true&extended=true").json()["result"] == before
         # ... and the rebuilt projector carries on from there.
         assert client.put(f"/image/{name}/", json={"desc": "after"}).json()["result"]["desc"] == "after"
+
+
+@pytest.mark.parametrize("change", [
+    {"actor": {"user": "root", "dc": "x" * 20}},
+    {"type": "y" * 100},
+    {"actor": {"user": "root\u0000", "dc": "main"}},
+])
+def test_an_unstorable_envelope_still_ends_its_task_readably(distributed, tap, change):
+    envelope = {**command("image.delete", {"name": "whatever"}), **change}
+    publish(distributed.broker_url, f"{distributed.prefix}imagesvc.commands", "image.delete", orjson.dumps(envelope),
+            content_type="application/json", message_id=envelope["id"], correlation_id=envelope["correlation_id"],
+            type="image.delete")
+    failed = tap.wait_for(type="task.failed", correlation_id=envelope["correlation_id"])
+    assert failed["payload"]["code"] == "invalid_message"
+
+    def readable():
+        with distributed.client() as client:
+            status = client.get(f"/task/{envelope['correlation_id']}/status/")
+        assert status.status_code == 400, status.text
+        return status.json()
+
+    assert eventually(readable)["status"] == "FAILURE"

@@ -78,3 +78,10 @@ def test_es_client_streams_a_failure_with_its_code(slow_answers, origin, name):
 def test_refusals_by_the_gateway_are_never_streamed(slow_answers):
     result = es(slow_answers.url, slow_answers.api_key, "delete", "/image/no-such-image")
     assert (result.streamed, result.status, result.body) == (False, 404, {"detail": "Image not found"})
+
+
+def test_while_waiting_the_stream_sends_a_space_per_poll(slow_answers, origin, name):
+    url, _ = origin.add_manifest(delay=1.6)  # the import outlasts the first poll (after 1 s)
+    result = es(slow_answers.url, slow_answers.api_key, "create", f"/image/{name}", manifest_url=url, dc="main")
+    assert result.streamed and result.status == 200
+    assert result.dots >= 1

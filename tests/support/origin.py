@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ class Route:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds to wait before answering (a slow repository).
+    delay: float = 0.0
 
 
 class Origin:
@@ -33,6 +36,8 @@ class Origin:
             def do_GET(self) -> None:  # noqa: N802
                 origin.hits.append(self.path)
                 route = origin.routes.get(self.path.split("?")[0], Route(404, b'{"code":"ResourceNotFound"}'))
+                if route.delay:
+                    time.sleep(route.delay)  # the origin's behaviour under test, not a wait in a test
                 self.send_response(route.status)
                 headers = {"Content-Length": str(len(route.body)), "Content-Type": "application/json", **route.headers}
                 for key, value in headers.items():
@@ -50,15 +55,18 @@ class Origin:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str] | None = None) -> str:
-        self.routes[path] = Route(status, body.encode() if isinstance(body, str) else body, headers or {})
+    def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str] | None = None,
+              delay: float = 0.0) -> str:
+        self.routes[path] = Route(status, body.encode() if isinstance(body, str) else body, headers or {}, delay)
         return self.base + path
 
-    def add_manifest(self, manifest: dict[str, Any] | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
-        """Serve a valid manifest (``overrides`` change its keys); returns (manifest URL, manifest)."""
+    def add_manifest(self, manifest: dict[str, Any] | None = None, *, delay: float = 0.0,
+                     **overrides: Any) -> tuple[str, dict[str, Any]]:
+        """Serve a valid manifest (``overrides`` change its keys), answering after ``delay``
+        seconds; returns (manifest URL, manifest)."""
         data = sample_manifest(**overrides) if manifest is None else manifest
         path = f"/images/{data['uuid']}"
-        self.route(path, orjson.dumps(data))
+        self.route(path, orjson.dumps(data), delay=delay)
         self.route(path + "/file", b"\x00" * 64)
         return self.base + path, data
 

@@ -8,6 +8,7 @@ through ``publish`` on a separate short-lived connection).
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,3 +108,35 @@ def take(broker_url: str, queue: str) -> Tapped | None:
         return None if method is None else Tapped(method.routing_key, properties, body)
     finally:
         connection.close()
+
+
+class CommandCounter:
+    """Counts every command published to the commands exchange, from the broker's own queue depth
+    (a queue of ours, bound to every command type, never consumed): a publisher confirm means the
+    message is already in it, so the count is exact the moment a request has been answered."""
+
+    def __init__(self, broker_url: str, exchange: str, routing_keys: list[str]):
+        self._params = _parameters(broker_url)
+        self.queue = f"test.command-counter.{uuid.uuid4().hex[:8]}"
+        connection = pika.BlockingConnection(self._params)
+        try:
+            channel = connection.channel()
+            channel.queue_declare(self.queue, durable=False, auto_delete=False)
+            for key in routing_keys:
+                channel.queue_bind(self.queue, exchange, routing_key=key)
+        finally:
+            connection.close()
+
+    def count(self) -> int:
+        connection = pika.BlockingConnection(self._params)
+        try:
+            return connection.channel().queue_declare(self.queue, passive=True).method.message_count
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        connection = pika.BlockingConnection(self._params)
+        try:
+            connection.channel().queue_delete(self.queue)
+        finally:
+            connection.close()
