@@ -20,6 +20,8 @@ from shared.db.models import ProcessedMessage, StoredEvent, Stream, utcnow
 _events = StoredEvent.__table__
 _streams = Stream.__table__
 _processed = ProcessedMessage.__table__
+# Built once (building statements is a measurable share of a consumer's CPU).
+_APPEND = _events.insert().returning(_events.c.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int]
         })
     if not values:
         return []
-    ids = conn.execute(_events.insert().returning(_events.c.id, sort_by_parameter_order=True), values).scalars().all()
+    ids = conn.execute(_APPEND, values).scalars().all()
     return [OutboxRow(row_id, v["message_id"], v["type"], v["correlation_id"], v["body"].encode())
             for row_id, v in zip(ids, values)]
 
