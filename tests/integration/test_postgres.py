@@ -27,6 +27,7 @@ from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import make_engine, read_transaction, translate_db_errors, write_transaction
 from shared.db.models import Datacenter, ImageDatacenter, StoredEvent, utcnow
 from shared.db.records import ImageRecord
+from tests.support.records import image_record
 from shared.errors import Transient
 from tests.support.services import create_database, drop_database
 
@@ -355,26 +356,11 @@ def _add_datacenter(conn) -> str:
 
 def _image(owner: str, **changes) -> ImageRecord:
     now = datetime.now(timezone.utc)
-    record = ImageRecord(
-        uuid=str(uuid.uuid4()),
-        name=unique("img"),
-        alias="CentOS",
-        version=uuid.uuid4().hex[:8],
-        desc="CentOS 7 64-bit",
-        owner=owner,
-        access=3,
-        size=10240,
-        ostype=1,
-        deploy=False,
-        resize=True,
-        status=1,
-        tags=["linux", "base"],
-        created=now,
-        changed=now,
-        manifest={"uuid": "x", "files": [{"size": 64}]},
-        manifest_active={"uuid": "x"},
-    )
-    return record.with_changes(**changes)
+    image_uuid = str(uuid.uuid4())
+    defaults = dict(uuid=image_uuid, name=unique("img"), alias="CentOS", version=uuid.uuid4().hex[:8], owner=owner,
+                    access=3, created=now, changed=now, dcs=[], manifest={"uuid": "x", "files": [{"size": 64}]},
+                    manifest_active={"uuid": "x"})
+    return image_record(**{**defaults, **changes})
 
 
 @pytest.fixture(scope="module")

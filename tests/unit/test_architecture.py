@@ -14,7 +14,6 @@ Imports under ``if TYPE_CHECKING:`` are for type checkers only and are not count
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
