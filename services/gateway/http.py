@@ -172,7 +172,7 @@ class GatewayMiddleware:
             log.info(
                 "request.handled", method=scope.get("method"), path=scope.get("path"),
                 status=status_holder["status"], duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                user=state.get("username"), task_id=state.get("task_id"),
+                user=state.get("username"), task_id=state.get("task_id"), message_id=state.get("message_id"),
             )
             structlog.contextvars.clear_contextvars()
 

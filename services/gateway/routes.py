@@ -140,8 +140,10 @@ class ImageRoutes:
         request.state.dc, request.state.dc_id = dc.name, dc.id
         task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
         request.state.task_id = task_id
-        return self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
-                                      owner=owner.username)
+        submission = self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
+                                            owner=owner.username)
+        request.state.message_id = submission.message_id
+        return submission
 
     def _prepare_import(self, request: Request, user: UserRecord, data: dict[str, Any]):
         name = request.path_params["name"]

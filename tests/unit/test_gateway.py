@@ -125,7 +125,7 @@ def test_when_the_database_is_down_the_client_gets_503_not_500(publisher):
     assert publisher.published == []
 
 
-def test_one_log_line_per_request_with_request_and_task_ids(api):
+def test_one_log_line_per_request_with_request_and_task_ids(api, publisher):
     stream = io.StringIO()
     configure_logging("gateway", fmt="json", stream=stream)
     try:
@@ -139,4 +139,5 @@ def test_one_log_line_per_request_with_request_and_task_ids(api):
     assert len(handled) == 2
     assert (handled[0]["request_id"], handled[0]["status"], handled[0]["method"]) == ("req-123", 404, "PUT")
     assert handled[1]["task_id"] == created.json()["task_id"] and handled[1]["status"] == 201
+    assert handled[1]["message_id"] == publisher.published[-1]["message_id"]
     assert all(line["level"] and line["timestamp"] for line in lines)
