@@ -29,3 +29,7 @@ def actor_user(catalogue: Catalogue, actor: Actor | None) -> UserRecord:
     """The command's actor, re-checked against the current accounts. Raises Refused(403)."""
     user = catalogue.user(actor.user) if actor is not None else None
     return require_image_admin(user)
+
+
+def actor_name(actor: Actor | None) -> str | None:
+    return actor.user if actor is not None else None

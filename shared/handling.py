@@ -246,7 +246,9 @@ class Notification:
         return {"task_id": self.task_id, "status": self.status, "http_code": self.http_code, "result": self.result}
 
 
-EventApplier = Callable[["Connection", Envelope, Event], "Notification | None"]
+#: ``apply(conn, envelope, event, scratch)``: ``scratch`` is a dict that lives for one transaction
+#: (one batch), for what the applier wants to remember between the events of a batch.
+EventApplier = Callable[["Connection", Envelope, Event, dict], "Notification | None"]
 
 
 class EventConsumer:
@@ -284,8 +286,9 @@ class EventConsumer:
         notes: list[Notification] = []
         try:
             with write_transaction(self._engine) as conn:
+                scratch: dict = {}
                 for index, envelope, event in decoded:
-                    note = self._apply(conn, envelope, event)
+                    note = self._apply(conn, envelope, event, scratch)
                     if note is not None:
                         notes.append(note)
                     verdicts[index] = Disposition.ack()

@@ -16,8 +16,9 @@ from shared.handling import CommandContext
 def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
     with ctx.writing() as tx:
         catalogue = tx.catalogue
-        policy.actor_user(catalogue, ctx.actor)
-        image = catalogue.image_by_name(command.name, for_update=True)
+        # The image and the actor in one round trip; the entry permission (403) still comes first.
+        image, user = catalogue.image_and_user(command.name, policy.actor_name(ctx.actor), for_update=True)
+        policy.require_image_admin(user)
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         if image.status != images.STATUS_OK:

@@ -58,11 +58,18 @@ def _upsert_task(insert):
     ).returning(_tasks.c.task_id)
 
 
-def apply(conn: Connection, envelope: Envelope, event: Event) -> Notification | None:
+def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str, int] | None = None
+          ) -> Notification | None:
+    """Apply one event. ``applied`` (stream -> version) remembers what this transaction has
+    already applied, so a task outcome that follows its image event in the same batch needs no
+    read of the stream position."""
+    applied = {} if applied is None else applied
     if isinstance(event, TaskEvent):
-        return _apply_task(conn, event)
+        return _apply_task(conn, event, applied)
     if event.stream_position() is not None:
         _apply_in_order(conn, event)
+        stream_id, version = event.stream_position()  # type: ignore[misc]
+        applied[stream_id] = max(version, applied.get(stream_id, 0))
     return None
 
 
@@ -128,8 +135,8 @@ def _apply_change(conn: Connection, event: Event) -> None:
     conn.execute(prepared(conn, _images, "upsert", _upsert_image), {"uuid": state["uuid"], **row})
 
 
-def _apply_task(conn: Connection, event: TaskEvent) -> Notification | None:
-    if event.stream and event.stream_version:
+def _apply_task(conn: Connection, event: TaskEvent, applied: dict[str, int]) -> Notification | None:
+    if event.stream and event.stream_version and applied.get(event.stream, 0) < event.stream_version:
         position = conn.execute(_READ_POSITION, {"s": event.stream}).scalar() or 0
         if position < event.stream_version:
             # Its image change may be committing in another transaction: wait for it, then fill
@@ -173,8 +180,9 @@ def rebuild(conn: Connection, *, batch: int = 1000) -> int:
         page = store.all_events(conn, after_id=after, limit=batch)
         if not page:
             return replayed
+        applied: dict[str, int] = {}
         for event_id, body in page:
             envelope = contracts.decode(body)
-            apply(conn, envelope, contracts.parse(envelope))  # type: ignore[arg-type]
+            apply(conn, envelope, contracts.parse(envelope), applied)  # type: ignore[arg-type]
             after = event_id
         replayed += len(page)

@@ -20,8 +20,9 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
     payload = command.to_payload()
     with ctx.writing() as tx:
         catalogue = tx.catalogue
-        actor = policy.actor_user(catalogue, ctx.actor)
-        image = catalogue.image_by_name(command.name, for_update=True)
+        # The image and the actor in one round trip; the entry permission (403) still comes first.
+        image, user = catalogue.image_and_user(command.name, policy.actor_name(ctx.actor), for_update=True)
+        actor = policy.require_image_admin(user)
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         held = image.lock_owner not in (None, ctx.task_id)  # another task holds the image's lease

@@ -49,11 +49,16 @@ def _image_statement(dialect: str, column: str, for_update: bool):
                _locks.c.expires_at >= bindparam("now", type_=Lock.expires_at.type))
         .scalar_subquery()
     )
+    # The acting user comes along (no extra round trip for the consumer's permission check).
+    actor = _users.alias("actor")
     query = (
         select(_images, _users.c.username.label("owner_name"), _bound.c.name.label("bound_name"),
-               attached.label("attached"), lock_owner.label("lock_owner"))
+               attached.label("attached"), lock_owner.label("lock_owner"),
+               *[actor.c[c].label(f"actor_{c}") for c in ("id", "username", "is_superadmin", "api_access",
+                                                          "is_active")])
         .join(_users, _users.c.id == _images.c.owner_id)
         .outerjoin(_bound, _bound.c.id == _images.c.dc_bound_id)
+        .outerjoin(actor, actor.c.username == bindparam("actor"))
         .where(_images.c[column] == bindparam("key"))
     )
     return query.with_for_update(of=_images) if for_update else query
@@ -78,18 +83,33 @@ class SqlCatalogue:
     # --- reads ---------------------------------------------------------------------------------
 
     def image_by_name(self, name: str, *, for_update: bool = False) -> ImageRecord | None:
-        if not storable(name, 64):
-            return None
-        return self._image("name", name, for_update)
+        return self.image_and_user(name, None, for_update=for_update)[0]
 
     def image_by_uuid(self, uuid: str, *, for_update: bool = False) -> ImageRecord | None:
-        return self._image("uuid", uuid, for_update)
+        return self._image("uuid", uuid, None, for_update)[0]
 
-    def _image(self, column: str, key: str, for_update: bool) -> ImageRecord | None:
+    def image_and_user(self, name: str, username: str | None, *,
+                       for_update: bool = False) -> tuple[ImageRecord | None, UserRecord | None]:
+        """The image named ``name`` and the user ``username``, in one round trip when the image
+        exists (a command's target and its actor)."""
+        if not storable(name, 64):
+            return None, self.user(username) if username else None
+        image, user = self._image("name", name, username, for_update)
+        if image is None and username:
+            user = self.user(username)
+        return image, user
+
+    def _image(self, column: str, key: str, username: str | None,
+               for_update: bool) -> tuple[ImageRecord | None, UserRecord | None]:
         statement = _image_statement(self.conn.dialect.name, column, for_update)
-        row = self.conn.execute(statement, {"key": key, "now": utcnow()}).first()
+        actor = username if username and storable(username, 150) else None
+        row = self.conn.execute(statement, {"key": key, "now": utcnow(), "actor": actor}).first()
         if row is None:
-            return None
+            return None, None
+        user = None
+        if row.actor_id is not None:
+            user = UserRecord(id=row.actor_id, username=row.actor_username, is_superadmin=row.actor_is_superadmin,
+                              api_access=row.actor_api_access, is_active=row.actor_is_active)
         attached = sorted(row.attached or [])
         return ImageRecord(
             uuid=row.uuid,
@@ -112,7 +132,7 @@ class SqlCatalogue:
             manifest=dict(row.manifest or {}),
             manifest_active=dict(row.manifest_active or {}),
             lock_owner=row.lock_owner,
-        )
+        ), user
 
     def name_exists(self, name: str) -> bool:
         return storable(name, 64) and self.conn.execute(_NAME_EXISTS, {"name": name}).first() is not None

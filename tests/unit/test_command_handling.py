@@ -228,6 +228,17 @@ class TestUpdater:
         envelope = world.run("updater", UpdateImage(name="same", alias="same"))
         assert [e["type"] for e in world.events(correlation_id=envelope.correlation_id)] == ["task.succeeded"]
 
+    @pytest.mark.parametrize("user", ["bob", "nobody"])
+    def test_the_actor_is_rechecked_before_anything_else(self, world, user):
+        world.imported("guarded")
+        for target in ("guarded", "missing"):
+            envelope = world.run("updater", UpdateImage(name=target, desc="x"), user=user)
+            failed = world.outcome(envelope)["payload"]
+            assert (failed["http_code"], failed["result"]) == (403, {"detail": "Permission denied"})
+            envelope = world.run("deleter", DeleteImage(name=target), user=user)
+            assert world.outcome(envelope)["payload"]["http_code"] == 403
+        assert world.events(type="image.updated") == [] and world.events(type="image.deleted") == []
+
     def test_missing_image_is_404(self, world):
         envelope = world.run("updater", UpdateImage(name="ghost", alias="x"))
         assert world.outcome(envelope)["payload"]["result"] == {"detail": "Image not found"}
