@@ -27,9 +27,13 @@ _DEFAULT_DC: dict[str, tuple[float, DatacenterRecord]] = {}
 _bound = _dcs.alias("bound")
 
 
+#: An image's lease lock (``shared.db.locks``) is named this prefix + the image uuid.
+IMAGE_LOCK_PREFIX = "image:"
+
+
 def image_lock_name(uuid: str) -> str:
-    """The name of an image's lease lock (``shared.db.locks``)."""
-    return f"image:{uuid}"
+    """The name of an image's lease lock."""
+    return IMAGE_LOCK_PREFIX + uuid
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,7 +49,7 @@ def _image_statement(dialect: str, column: str, for_update: bool):
     )
     lock_owner = (
         select(_locks.c.owner)
-        .where(_locks.c.name == literal("image:") + _images.c.uuid,
+        .where(_locks.c.name == literal(IMAGE_LOCK_PREFIX) + _images.c.uuid,
                _locks.c.expires_at >= bindparam("now", type_=Lock.expires_at.type))
         .scalar_subquery()
     )
