@@ -73,7 +73,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
     settings = infra.settings
     if service == "projector":
         # Notifications are transient hints (gateways also poll): no confirms, no durability.
-        notifier = TaskNotifier(Publisher(lambda: connect(settings, f"{service}-notify", confirms=False), size=2,
+        notifier = TaskNotifier(Publisher(lambda: connect(settings, f"{service}-notify"), size=2,
                                           timeout=settings.publish_timeout, confirms=False,
                                           heartbeat=0 if settings.embedded_broker else settings.heartbeat),
                                 infra.topology)

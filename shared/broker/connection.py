@@ -1,8 +1,9 @@
 """Broker connections with the settings kombu does not default to.
 
 kombu's defaults switch heartbeats off and retry forever; here every AMQP connection has a
-heartbeat, a connect timeout, bounded reconnect attempts and publisher confirms. ``memory://``
-(the embedded mode) gets a short polling interval instead of kombu's one second.
+heartbeat, a connect timeout and bounded reconnect attempts (publisher confirms are the
+publisher's business). ``memory://`` (the embedded mode) gets a short polling interval instead
+of kombu's one second.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from shared.config import Settings
 MEMORY_POLLING_INTERVAL = 0.002
 
 
-def connect(settings: Settings, purpose: str, *, confirms: bool = True) -> Connection:
+def connect(settings: Settings, purpose: str) -> Connection:
     """A new (not yet opened) connection named ``purpose`` in the broker's management UI.
 
-    ``confirms=False`` only for transient notifications, whose loss is harmless.
+    kombu's own confirm mode stays off: it waits for each message's confirm in turn, while
+    ``shared.broker.publisher.Publisher`` awaits a batch's confirms together.
     """
     if settings.embedded_broker:
         return Connection(settings.broker_url, transport_options={"polling_interval": MEMORY_POLLING_INTERVAL})
@@ -27,7 +29,7 @@ def connect(settings: Settings, purpose: str, *, confirms: bool = True) -> Conne
         heartbeat=settings.heartbeat,
         connect_timeout=settings.publish_timeout,
         transport_options={
-            "confirm_publish": confirms,
+            "confirm_publish": False,
             "max_retries": 3,
             "interval_start": 0,
             "interval_step": 1,
