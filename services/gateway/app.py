@@ -69,7 +69,7 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
                connect: Callable[[], Any]) -> Starlette:
     register_url_convertor("imagename", ImageNameConvertor())
     queries = Queries(engine, cache_seconds=settings.auth_cache_seconds)
-    auth = Authenticator(queries, cache_seconds=settings.auth_cache_seconds)
+    auth = Authenticator(queries)
     listener: NotificationListener | None = None
     waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,

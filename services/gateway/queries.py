@@ -108,9 +108,16 @@ class Queries:
     # --- accounts ------------------------------------------------------------------------------
 
     def user_by_key_digest(self, digest: str) -> UserRecord | None:
-        with single_statement(self.engine) as conn:
-            row = conn.execute(_USER_BY_DIGEST, {"digest": digest}).first()
-        return user_record(row)
+        """The user of an API key (cached like the other accounts: a revoked key stops working
+        within ``cache_seconds``)."""
+        def load() -> UserRecord | None:
+            with single_statement(self.engine) as conn:
+                return user_record(conn.execute(_USER_BY_DIGEST, {"digest": digest}).first())
+
+        return self._cached(("key", digest), load)
+
+    def cached_user_by_key_digest(self, digest: str) -> UserRecord | None:
+        return self._peek(("key", digest))
 
     def user(self, username: str) -> UserRecord | None:
         if not storable(username, 150):
