@@ -47,7 +47,7 @@ class Settings:
     fetch_allow: tuple[str, ...] = ()
     #: ``none``: no image server, the original's database-level operations.
     image_store: str = "none"
-    #: Seconds a resolved API key stays cached in a gateway process.
+    #: Seconds a gateway process reuses a resolved API key, user or datacenter.
     auth_cache_seconds: float = 2.0
     #: Where the embedded mode keeps its SQLite file (and later the image store).
     data_dir: str = "./var"
