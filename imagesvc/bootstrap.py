@@ -78,7 +78,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                           heartbeat=0 if settings.embedded_broker else settings.heartbeat),
                                 infra.topology)
         handler = EventConsumer(name="projector", engine=infra.engine, apply=projection.apply,
-                                notify=lambda note: notifier(note.to_dict()))
+                                notify=lambda note: notifier(note.reply_to, note.to_dict()))
         prefetch = max(settings.prefetch, 32)
     else:
         routes = {

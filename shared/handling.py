@@ -108,7 +108,8 @@ class CommandContext:
         return object_name(self.envelope)
 
     def wrap(self, event: Event) -> Envelope:
-        return contracts.wrap(event, correlation_id=self.task_id, causation_id=self.envelope.id, actor=self.actor)
+        return contracts.wrap(event, correlation_id=self.task_id, causation_id=self.envelope.id, actor=self.actor,
+                              reply_to=self.envelope.reply_to)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[SqlCatalogue]:
@@ -191,7 +192,7 @@ class CommandConsumer:
             code=failure.code,
         )
         wrapped = contracts.wrap(terminal, correlation_id=envelope.correlation_id, causation_id=envelope.id,
-                                 actor=envelope.actor)
+                                 actor=envelope.actor, reply_to=envelope.reply_to)
         with write_transaction(self._engine) as conn:
             if not store.mark_processed(conn, consumer or self.name, envelope.id):
                 raise Duplicate(envelope.id)
@@ -234,13 +235,14 @@ class CommandConsumer:
 
 @dataclass(frozen=True)
 class Notification:
-    """Sent after a read-model commit that a waiting gateway may care about: the task's state as
-    just committed, so the gateway can answer without reading it back."""
+    """Sent after a read-model commit to the listener that submitted the task (``reply_to``): the
+    task's state as just committed, so the gateway can answer without reading it back."""
 
     task_id: str
     status: str
     http_code: int
     result: Any = None
+    reply_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "status": self.status, "http_code": self.http_code, "result": self.result}

@@ -72,12 +72,12 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     auth = Authenticator(queries)
     listener: NotificationListener | None = None
     waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
+    listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
-                            answer_window=settings.answer_window)
+                            answer_window=settings.answer_window, reply_to=listener.address)
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher,
                          url_policy=UrlPolicy(settings.fetch_allow), max_body_bytes=settings.max_body_bytes)
     task_routes = TaskRoutes(queries=queries, auth=auth)
-    listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
 
     async def openapi_document(request: Request) -> Response:
         return json_response(request, openapi.document())

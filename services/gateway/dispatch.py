@@ -138,8 +138,10 @@ class Ticket:
 
 
 class Dispatcher:
-    def __init__(self, *, queries: Queries, publisher, topology, waiter: TaskWaiter, answer_window: float):
+    def __init__(self, *, queries: Queries, publisher, topology, waiter: TaskWaiter, answer_window: float,
+                 reply_to: str | None = None):
         self._queries = queries
+        self._reply_to = reply_to
         self._publisher = publisher
         self._topology = topology
         self._waiter = waiter
@@ -158,7 +160,7 @@ class Dispatcher:
 
         Raises ApiError(503) when the broker does not confirm: then nothing was promised.
         """
-        envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor)
+        envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor, reply_to=self._reply_to)
         try:
             self._publisher.publish(
                 exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),

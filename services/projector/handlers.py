@@ -65,7 +65,7 @@ def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str,
     read of the stream position."""
     applied = {} if applied is None else applied
     if isinstance(event, TaskEvent):
-        return _apply_task(conn, event, applied)
+        return _apply_task(conn, event, applied, envelope.reply_to)
     if event.stream_position() is not None:
         _apply_in_order(conn, event)
         stream_id, version = event.stream_position()  # type: ignore[misc]
@@ -135,7 +135,8 @@ def _apply_change(conn: Connection, event: Event) -> None:
     conn.execute(prepared(conn, _images, "upsert", _upsert_image), {"uuid": state["uuid"], **row})
 
 
-def _apply_task(conn: Connection, event: TaskEvent, applied: dict[str, int]) -> Notification | None:
+def _apply_task(conn: Connection, event: TaskEvent, applied: dict[str, int],
+                reply_to: str | None) -> Notification | None:
     if event.stream and event.stream_version and applied.get(event.stream, 0) < event.stream_version:
         position = conn.execute(_READ_POSITION, {"s": event.stream}).scalar() or 0
         if position < event.stream_version:
@@ -164,7 +165,9 @@ def _apply_task(conn: Connection, event: TaskEvent, applied: dict[str, int]) -> 
     }
     if conn.execute(prepared(conn, _tasks, "upsert", _upsert_task), {"task_id": event.task_id, **row}).first() is None:
         return None  # already final: nothing changed, nobody needs to be told
-    return Notification(task_id=event.task_id, status=status, http_code=http_code, result=result)
+    if reply_to is None:
+        return None  # nobody is waiting (the command did not come through a gateway)
+    return Notification(task_id=event.task_id, status=status, http_code=http_code, result=result, reply_to=reply_to)
 
 
 def rebuild(conn: Connection, *, batch: int = 1000) -> int:

@@ -1,7 +1,10 @@
 """Read-model notifications: "task X is now in state S in the read model".
 
-The projector sends one after each commit that changed a task; every gateway process listens on
-its own exclusive queue, so a waiting request wakes as soon as the read model can answer it.
+The projector sends one after each commit that changed a task, to the listener that submitted the
+task: every gateway process has its own address (``NotificationListener.address``), puts it in
+its commands' ``reply_to``, and listens on an exclusive queue bound with that address to the
+direct notifications exchange. A waiting request wakes as soon as the read model can answer it,
+and no gateway handles another gateway's notifications.
 Notifications are a latency optimisation, not a delivery guarantee: a gateway also re-reads
 the read model periodically, so a lost notification only delays an answer.
 """
@@ -28,10 +31,10 @@ class TaskNotifier:
         self._publisher = publisher
         self._exchange = topology.notifications.name
 
-    def __call__(self, notification: dict[str, Any]) -> None:
-        """Send ``{"task_id", "status", ...}`` to every listening gateway."""
+    def __call__(self, address: str, notification: dict[str, Any]) -> None:
+        """Send ``{"task_id", "status", ...}`` to the listener at ``address`` (dropped if it is gone)."""
         self._publisher.publish(
-            exchange=self._exchange, routing_key="task", body=orjson.dumps(notification),
+            exchange=self._exchange, routing_key=address, body=orjson.dumps(notification),
             message_type="task.projected", persistent=False, mandatory=False,
         )
 
@@ -47,8 +50,10 @@ class NotificationListener:
         self._topology = topology
         self._on_task = on_task
         self._on_reconnect = on_reconnect
-        self._queue = Queue(f"{topology.prefix}gateway.{uuid.uuid4().hex[:12]}.notifications",
-                            exchange=topology.notifications, exclusive=True, auto_delete=True, durable=False)
+        #: Where notifications for this listener are sent (commands carry it as ``reply_to``).
+        self.address = f"{topology.prefix}gateway.{uuid.uuid4().hex[:12]}"
+        self._queue = Queue(f"{self.address}.notifications", exchange=topology.notifications,
+                            routing_key=self.address, exclusive=True, auto_delete=True, durable=False)
         self._stop = threading.Event()
         self.ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="notification-listener", daemon=True)

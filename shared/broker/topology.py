@@ -8,8 +8,9 @@ Names (``<prefix>`` is empty in production, random in tests):
   Queue ``<prefix>projector.events`` bound with ``#``; subscribers bind their own queues.
 - ``<prefix>imagesvc.dlx`` (direct, durable): dead letters; each work queue has
   ``<queue>.dlq`` bound with routing key ``<queue>.dlq``.
-- ``<prefix>imagesvc.notifications`` (fanout): "the read model has caught up with task X",
-  for gateways' exclusive queues; transient.
+- ``<prefix>imagesvc.task-notifications`` (direct): "the read model has caught up with task X",
+  routed to the one gateway that submitted the task (routing key = the command's ``reply_to``),
+  each gateway listening on an exclusive queue; transient.
 
 On RabbitMQ the work queues are quorum queues with a delivery limit and at-least-once
 dead-lettering (the broker's safety net for messages that crash their consumer); on the
@@ -74,7 +75,8 @@ def build_topology(prefix: str = "", *, quorum: bool = True) -> Topology:
     commands = Exchange(f"{prefix}imagesvc.commands", type="direct", durable=True)
     events = Exchange(f"{prefix}imagesvc.events", type="topic", durable=True)
     dlx = Exchange(f"{prefix}imagesvc.dlx", type="direct", durable=True)
-    notifications = Exchange(f"{prefix}imagesvc.notifications", type="fanout", durable=False, delivery_mode=1)
+    # (Renamed from the fanout "imagesvc.notifications": an exchange cannot change type in place.)
+    notifications = Exchange(f"{prefix}imagesvc.task-notifications", type="direct", durable=False, delivery_mode=1)
 
     def work_queue(name: str, bindings: list[binding]) -> Queue:
         arguments = None

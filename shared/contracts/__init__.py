@@ -60,7 +60,7 @@ def parse(envelope: Envelope) -> Message:
 
 
 def wrap(message: Message, *, correlation_id: str, causation_id: str | None = None, actor: Actor | None = None,
-         message_id: str | None = None) -> Envelope:
+         message_id: str | None = None, reply_to: str | None = None) -> Envelope:
     """Put a typed payload into a new envelope."""
     return Envelope(
         id=message_id or new_message_id(),
@@ -68,6 +68,7 @@ def wrap(message: Message, *, correlation_id: str, causation_id: str | None = No
         correlation_id=correlation_id,
         causation_id=causation_id,
         actor=actor,
+        reply_to=reply_to,
         payload=message.to_payload(),
     )
 

@@ -5,7 +5,12 @@ Wire format (UTF-8 JSON object)::
     {"id": "<uuid>", "type": "image.update", "schema_version": 1, "time": "<ISO-8601 UTC>",
      "correlation_id": "<task id>", "causation_id": "<id of the message that caused this>" | null,
      "actor": {"user": "<username>", "dc": "<datacenter>" | null} | null,
+     "reply_to": "<notification address>",                 (optional)
      "payload": {...}}
+
+``reply_to`` names where the submitter of a command listens for its task's notifications (a
+gateway sets it); the events a command causes carry it on, so the projector can tell exactly that
+listener when the read model has caught up.
 
 ``decode`` accepts exactly this shape and raises ``PoisonMessage`` (with whatever ids it could
 read) for anything else, so a bad delivery can still be answered with a terminal event.
@@ -24,6 +29,8 @@ from shared.errors import PoisonMessage
 
 #: The envelope/payload version this code writes and reads.
 SCHEMA_VERSION = 1
+#: Longest ``reply_to`` accepted (an AMQP routing key is at most 255 bytes).
+REPLY_TO_MAX = 200
 #: Versions this code can still read.
 READABLE_SCHEMA_VERSIONS = frozenset({1})
 
@@ -47,11 +54,12 @@ class Envelope:
     payload: dict[str, Any]
     causation_id: str | None = None
     actor: Actor | None = None
+    reply_to: str | None = None
     schema_version: int = SCHEMA_VERSION
     time: str = field(default_factory=lambda: utc_now_iso())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "id": self.id,
             "type": self.type,
             "schema_version": self.schema_version,
@@ -61,6 +69,9 @@ class Envelope:
             "actor": self.actor.to_dict() if self.actor else None,
             "payload": self.payload,
         }
+        if self.reply_to is not None:
+            data["reply_to"] = self.reply_to
+        return data
 
 
 def new_message_id() -> str:
@@ -103,6 +114,11 @@ def decode(body: bytes | str) -> Envelope:
     if causation is not None and not isinstance(causation, str):
         raise PoisonMessage("envelope field 'causation_id' must be a string or null", **ids)
     actor = _decode_actor(data.get("actor"), ids)
+    reply_to = data.get("reply_to")
+    if reply_to is not None and (not isinstance(reply_to, str) or not 0 < len(reply_to) <= REPLY_TO_MAX
+                                 or "\x00" in reply_to):
+        raise PoisonMessage(f"envelope field 'reply_to' must be null or a string of at most {REPLY_TO_MAX} "
+                            "characters", **ids)
     time = data.get("time")
     if not isinstance(time, str):
         raise PoisonMessage("envelope field 'time' must be an ISO-8601 string", **ids)
@@ -114,6 +130,7 @@ def decode(body: bytes | str) -> Envelope:
         correlation_id=data["correlation_id"],
         causation_id=causation,
         actor=actor,
+        reply_to=reply_to,
         payload=payload,
     )
 

@@ -596,20 +596,31 @@ def test_consumer_reconnects_after_its_connection_stalls(settings: Settings, top
 # --- notifications -----------------------------------------------------------------------------
 
 
-def test_task_notification_round_trip(settings: Settings, topology: Topology, publisher: Publisher):
+def test_task_notification_reaches_only_the_addressed_listener(settings: Settings, topology: Topology,
+                                                               publisher: Publisher):
     received: list[tuple[str, str]] = []
+    elsewhere: list[str] = []
     listener = NotificationListener(lambda: connect(settings, "test-listener"), topology,
                                     lambda note: received.append((note["task_id"], note["status"])))
+    other = NotificationListener(lambda: connect(settings, "test-listener-2"), topology,
+                                 lambda note: elsewhere.append(note["task_id"]))
     listener.start()
+    other.start()
     try:
-        assert listener.ready.wait(15), "listener never became ready"
+        assert listener.ready.wait(15) and other.ready.wait(15), "listeners never became ready"
+        assert listener.address != other.address
         notify = TaskNotifier(publisher, topology)
         task_id = "task-" + uuid.uuid4().hex[:8]
-        notify({"task_id": task_id, "status": "SUCCESS", "http_code": 200, "result": None})
-        notify({"task_id": task_id + "b", "status": "FAILURE", "http_code": 404, "result": {"detail": "x"}})
+        notify(listener.address, {"task_id": task_id, "status": "SUCCESS", "http_code": 200, "result": None})
+        notify(listener.address, {"task_id": task_id + "b", "status": "FAILURE", "http_code": 404,
+                                  "result": {"detail": "x"}})
+        notify(other.address, {"task_id": "for-the-other", "status": "SUCCESS"})
         eventually(lambda: _assert_equal(received, [(task_id, "SUCCESS"), (task_id + "b", "FAILURE")]), timeout=10)
+        # The other listener hears its own notification, and only that one.
+        eventually(lambda: _assert_equal(elsewhere, ["for-the-other"]), timeout=10)
     finally:
         listener.stop()
+        other.stop()
 
 
 def test_listener_reconnects_after_its_connection_stalls(settings: Settings, topology: Topology,
@@ -622,12 +633,12 @@ def test_listener_reconnects_after_its_connection_stalls(settings: Settings, top
     notify = TaskNotifier(publisher, topology)
     try:
         assert listener.ready.wait(15), "listener never became ready"
-        notify({"task_id": "before", "status": "SUCCESS"})
+        notify(listener.address, {"task_id": "before", "status": "SUCCESS"})
         eventually(lambda: _assert_equal(received, ["before"]), timeout=10)
         proxy.stall()
 
         def delivered_after_stall() -> None:
-            notify({"task_id": "after", "status": "SUCCESS"})  # notifications are transient: send until a listener hears one
+            notify(listener.address, {"task_id": "after", "status": "SUCCESS"})  # notifications are transient: send until a listener hears one
             assert "after" in received
 
         eventually(delivered_after_stall, timeout=8, interval=0.5)

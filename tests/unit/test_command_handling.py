@@ -79,9 +79,9 @@ class World:
     def __init__(self, engine, fetcher, relay, consumers):
         self.engine, self.fetcher, self.relay, self.consumers = engine, fetcher, relay, consumers
 
-    def envelope(self, command, *, user="root", message_id=None, task_id=None):
+    def envelope(self, command, *, user="root", message_id=None, task_id=None, reply_to=None):
         return contracts.wrap(command, correlation_id=task_id or tasks.new_task_id(user_id=1, owner_id=1, dc_id=1),
-                              actor=Actor(user=user, dc="main"), message_id=message_id)
+                              actor=Actor(user=user, dc="main"), message_id=message_id, reply_to=reply_to)
 
     def deliver(self, consumer, envelope, *, body=None):
         delivery = Delivery(body=body if body is not None else contracts.encode(envelope), queue=f"{consumer}.commands",
@@ -114,6 +114,14 @@ class World:
         envelope = self.run("importer", ImportImage(name=name, manifest_url=url, dc="main", **fields))
         assert self.outcome(envelope)["type"] == "task.succeeded", self.outcome(envelope)
         return manifest
+
+
+def test_the_events_of_a_command_carry_its_reply_to(world):
+    world.imported("centos")
+    done = world.run("updater", UpdateImage(name="centos", desc="x"), reply_to="gateway.one")
+    refused = world.run("deleter", DeleteImage(name="missing"), reply_to="gateway.two")
+    assert [e["reply_to"] for e in world.events(correlation_id=done.correlation_id)] == ["gateway.one", "gateway.one"]
+    assert [e["reply_to"] for e in world.events(correlation_id=refused.correlation_id)] == ["gateway.two"]
 
 
 class TestImporter:

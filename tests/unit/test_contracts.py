@@ -112,6 +112,14 @@ def test_round_trip_without_actor_and_causation():
     assert decoded.causation_id is None
 
 
+def test_reply_to_round_trips_and_is_left_out_of_the_wire_when_unset():
+    envelope = contracts.wrap(SAMPLES["image.delete"], correlation_id=TASK_ID, reply_to="gateway.abc")
+    assert contracts.decode(contracts.encode(envelope)).reply_to == "gateway.abc"
+    plain = contracts.wrap(SAMPLES["image.delete"], correlation_id=TASK_ID)
+    assert "reply_to" not in orjson.loads(contracts.encode(plain))
+    assert contracts.decode(contracts.encode(plain)).reply_to is None
+
+
 def test_unset_fields_are_omitted_from_the_payload():
     payload = UpdateImage(name="centos-7", alias="c7").to_payload()
     assert payload == {"name": "centos-7", "alias": "c7"}
@@ -222,6 +230,10 @@ def test_decode_refuses_missing_or_bad_ids_and_keeps_the_readable_ones(changes, 
         {"causation_id": 5},
         {"time": ...},
         {"time": 12},
+        {"reply_to": 5},
+        {"reply_to": ""},
+        {"reply_to": "x" * 201},
+        {"reply_to": "gateway\x00"},
     ],
 )
 def test_decode_refuses_bad_envelope_fields_and_carries_the_ids(changes):

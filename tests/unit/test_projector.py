@@ -38,8 +38,8 @@ class Log:
         self.notes = []
         self.consumer = EventConsumer(name="projector", engine=engine, apply=apply, notify=self.notes.append)
 
-    def store(self, event, task_id="1e1u1-aaaaaaaa-bbbb-cccc-dddd"):
-        envelope = contracts.wrap(event, correlation_id=task_id)
+    def store(self, event, task_id="1e1u1-aaaaaaaa-bbbb-cccc-dddd", reply_to: str | None = "gateway.test"):
+        envelope = contracts.wrap(event, correlation_id=task_id, reply_to=reply_to)
         with write_transaction(self.engine) as conn:
             store.append(conn, [(envelope, event.stream_position())])
         return envelope
@@ -119,7 +119,17 @@ def test_duplicate_delivery_is_acknowledged_and_changes_nothing(log):
         assert log.deliver(envelope).outcome is Outcome.ACK
     assert log.image(image_uuid)[0]["desc"] == "2" and log.image(image_uuid)[1] == 2
     # The duplicate outcome changed no row, so no second notification went out.
-    assert [(n.task_id, n.status) for n in log.notes] == [(task_id, "SUCCESS")]
+    assert [(n.task_id, n.status, n.reply_to) for n in log.notes] == [(task_id, "SUCCESS", "gateway.test")]
+
+
+def test_a_task_nobody_submitted_through_a_gateway_is_applied_without_a_notification(log):
+    task_id = "1e1u1-99999999-2222-3333-5555"
+    failed = log.store(TaskFailed(task_id=task_id, command="image.delete", object_name="a", http_code=404,
+                                  result={"detail": "Image not found"}, code="image_not_found"),
+                          task_id, reply_to=None)
+    assert log.deliver(failed).outcome is Outcome.ACK
+    assert log.task(task_id).status == "FAILURE"
+    assert log.notes == []
 
 
 def test_a_batch_applies_in_one_transaction_and_falls_back_one_by_one(log):
