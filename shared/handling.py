@@ -4,11 +4,12 @@
 
 1. decode the envelope (a poison message is dead-lettered, with a ``task.failed`` when its task
    id can be read);
-2. skip a message this consumer already handled (its events are republished if still pending);
+2. skip a message already handled (its events are republished if still pending);
 3. call the handler, which opens its own transactions through ``CommandContext`` and ends the
-   successful path with ``Transaction.finish(...)``: effect, inbox row and outbox events commit
-   together;
-4. a ``CommandFailed`` raised by the handler becomes a ``task.failed`` committed with the inbox row;
+   successful path with ``Transaction.finish(...)``: effect and outbox events commit together,
+   and the terminal event is the inbox record (``shared.db.events``: a second handling of the
+   same message cannot commit);
+4. a ``CommandFailed`` raised by the handler becomes a ``task.failed`` committed on its own;
 5. publish the new outbox rows (confirmed), then let the runner ack.
 
 ``EventConsumer`` applies events to the read model: the change in one transaction (several
@@ -43,8 +44,8 @@ def object_name(envelope: Envelope) -> str:
     return str(envelope.payload.get("name", "")).replace("\x00", "")[:64]
 
 
-class Duplicate(Exception):
-    """The message was handled before (its inbox row exists)."""
+#: The message was handled before (its terminal event exists).
+Duplicate = store.AlreadyHandled
 
 
 class Transaction:
@@ -55,18 +56,18 @@ class Transaction:
         self.conn = conn
         self.catalogue = SqlCatalogue(conn)
 
-    def advance_stream(self, stream_id: str) -> int:
-        return store.advance_stream(self.conn, stream_id)
+    def stream_head(self, stream_id: str) -> int:
+        """The stored head of a stream whose head is not on a row this transaction holds (a new image)."""
+        return store.stream_head(self.conn, stream_id)
 
     def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None) -> None:
-        """End the task in success: store the events and ``task.succeeded``, mark the command handled.
+        """End the task in success: store the events and ``task.succeeded`` (which marks the command
+        handled).
 
         Raises Duplicate (rolling the transaction back) if another delivery of the same command
         got here first.
         """
         ctx = self._ctx
-        if not store.mark_processed(self.conn, ctx.consumer, ctx.envelope.id):
-            raise Duplicate(ctx.envelope.id)
         position = next((e.stream_position() for e in reversed(events) if e.stream_position()), None)
         terminal = TaskSucceeded(
             task_id=ctx.task_id,
@@ -128,7 +129,7 @@ CommandHandler = Callable[[Command, CommandContext], None]
 class CommandConsumer:
     """``check_first``: look the message up in the inbox before calling the handler, for handlers
     whose work before their final transaction is expensive (the importer fetches URLs). Others
-    rely on the inbox insert in their final transaction alone, saving a round trip."""
+    rely on their final transaction alone (it cannot commit twice), saving a round trip."""
 
     def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
                  check_first: bool = False):
@@ -153,7 +154,7 @@ class CommandConsumer:
                                                type=envelope.type)
         if self._check_first:
             with read_transaction(self._engine) as conn:
-                handled = store.was_processed(conn, self.name, envelope.id)
+                handled = store.was_handled(conn, envelope.id)
             if handled:
                 return self._duplicate(envelope)
         ctx = CommandContext(self._engine, self.name, envelope, delivery)
@@ -178,8 +179,7 @@ class CommandConsumer:
         self._relay.publish(pending)
         return Disposition.ack("duplicate")
 
-    def _record_failure(self, envelope: Envelope, failure: CommandFailed, *,
-                        consumer: str | None = None) -> list[store.OutboxRow]:
+    def _record_failure(self, envelope: Envelope, failure: CommandFailed) -> list[store.OutboxRow]:
         terminal = TaskFailed(
             task_id=envelope.correlation_id,
             command=envelope.type,
@@ -194,8 +194,6 @@ class CommandConsumer:
         wrapped = contracts.wrap(terminal, correlation_id=envelope.correlation_id, causation_id=envelope.id,
                                  actor=envelope.actor, reply_to=envelope.reply_to)
         with write_transaction(self._engine) as conn:
-            if not store.mark_processed(conn, consumer or self.name, envelope.id):
-                raise Duplicate(envelope.id)
             return store.append(conn, [(wrapped, None)])
 
     def _fail_poison(self, poison: PoisonMessage, delivery: Delivery) -> None:

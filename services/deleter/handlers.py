@@ -1,14 +1,14 @@
 """Decide an ``image.delete`` (reference §3.5): refusals in the order of §5, then the removal.
 
 Database-level delete, in one transaction that holds the image row; refused while another task
-holds the image's lease lock. The image's event stream keeps its version, so a stale event can
-never revive it.
+holds the image's lease lock. The deletion is the next version of the image's event stream, and
+the event store keeps it, so a stale event can never revive the image.
 """
 
 from __future__ import annotations
 
 from domain import images, policy
-from shared.contracts import DeleteImage, ImageDeleted, image_stream
+from shared.contracts import DeleteImage, ImageDeleted
 from shared.errors import CommandFailed, Refused
 from shared.handling import CommandContext
 
@@ -26,7 +26,7 @@ def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
         if image.lock_owner not in (None, ctx.task_id):  # another task holds the image's lease
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
         catalogue.delete_image(image.uuid)
-        version = tx.advance_stream(image_stream(image.uuid))
+        version = image.stream_version + 1
         task_dc = image.dc_bound or catalogue.default_datacenter().name
         tx.finish([ImageDeleted(uuid=image.uuid, name=image.name, version=version)], result=None,
                   owner=image.owner, dc=task_dc)

@@ -67,11 +67,12 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher)
             owner=(owner or actor).username, access=access, size=size, ostype=ostype, deploy=deploy, resize=resize,
             status=images.STATUS_OK, tags=tags, created=now, changed=now, dc_bound=bound_dc,
             dcs=[bound_dc] if bound_dc else [], manifest=stored, manifest_active=stored,
+            # A uuid may come back after its image was deleted: its stream goes on from there.
+            stream_version=tx.stream_head(image_stream(source["uuid"])) + 1,
         )
         catalogue.insert_image(image)
-        stream_version = tx.advance_stream(image_stream(image.uuid))
         task_dc = dc.name if dc else catalogue.default_datacenter().name
-        tx.finish([ImageImported(image=images.to_state(image), version=stream_version)],
+        tx.finish([ImageImported(image=images.to_state(image), version=image.stream_version)],
                   result=images.public_view(image), owner=image.owner, dc=task_dc)
 
 

@@ -8,7 +8,7 @@ record the new state.
 from __future__ import annotations
 
 from domain import fields, images, manifest, policy
-from shared.contracts import ImageUpdated, UpdateImage, image_stream
+from shared.contracts import ImageUpdated, UpdateImage
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
@@ -59,8 +59,8 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
                 rebuilt = manifest.for_image(updated)
                 columns.update(manifest=rebuilt, manifest_active=rebuilt)
                 updated = updated.with_changes(manifest=rebuilt, manifest_active=rebuilt)
-            catalogue.update_fields(image.uuid, columns, changed=now)
-            version = tx.advance_stream(image_stream(image.uuid))
+            version = image.stream_version + 1
+            catalogue.update_fields(image.uuid, columns, changed=now, stream_version=version)
             events.append(ImageUpdated(image=images.to_state(updated), version=version, changed=changed))
         task_dc = updated.dc_bound or catalogue.default_datacenter().name
         tx.finish(events, result=images.public_view(updated), owner=updated.owner, dc=task_dc)

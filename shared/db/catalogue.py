@@ -136,6 +136,7 @@ class SqlCatalogue:
             manifest=dict(row.manifest or {}),
             manifest_active=dict(row.manifest_active or {}),
             lock_owner=row.lock_owner,
+            stream_version=row.stream_version,
         ), user
 
     def name_exists(self, name: str) -> bool:
@@ -184,9 +185,11 @@ class SqlCatalogue:
         self.conn.execute(insert(_images).values(**self._columns(image), uuid=image.uuid, created=image.created))
         self.set_attachments(image.uuid, image.dcs)
 
-    def update_fields(self, uuid: str, changes: dict, *, changed: datetime) -> None:
-        """Write only the given attributes (``owner`` by username, ``dc_bound`` by name or None)."""
+    def update_fields(self, uuid: str, changes: dict, *, changed: datetime, stream_version: int) -> None:
+        """Write only the given attributes (``owner`` by username, ``dc_bound`` by name or None),
+        and the version of the event that records the change."""
         values = {k: v for k, v in changes.items() if k not in ("owner", "dc_bound")}
+        values["stream_version"] = stream_version
         if "owner" in changes:
             owner = self.user(changes["owner"])
             if owner is None:
@@ -223,6 +226,7 @@ class SqlCatalogue:
             "manifest_active": image.manifest_active,
             "dc_bound_id": bound.id if bound else None,
             "changed": image.changed,
+            "stream_version": image.stream_version,
         }
 
     def set_attachments(self, uuid: str, dc_names: list[str]) -> None:

@@ -1,8 +1,13 @@
-"""The event store, which is also the outbox; stream heads; the inbox (processed messages).
+"""The event store, which is also the outbox and the consumers' inbox.
 
 Events are appended in the transaction that produced them, published by the relay afterwards,
 and kept: the read model is rebuilt by replaying them in ``id`` order. ``(stream_id,
 stream_version)`` is unique, so two writers can never both produce version N of an image.
+
+Inbox: every handled command ends in exactly one terminal task event whose ``causation_id`` is
+the command's message id, and that pair is unique (``uq_events_handled``). So "this message was
+handled" is written by the same insert that stores the outcome, and a second handling of the
+same message cannot commit: ``append`` raises ``AlreadyHandled`` and the transaction rolls back.
 """
 
 from __future__ import annotations
@@ -11,17 +16,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Sequence
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
 
-from shared.contracts import Envelope, encode
-from shared.db.dialect import insert_ignore, prepared
-from shared.db.models import ProcessedMessage, StoredEvent, Stream, utcnow
+from shared.contracts import TERMINAL_TASK_EVENTS, Envelope, encode
+from shared.db.dialect import violates
+from shared.db.models import StoredEvent, utcnow
 
 _events = StoredEvent.__table__
-_streams = Stream.__table__
-_processed = ProcessedMessage.__table__
+_HANDLED = next(index for index in _events.indexes if index.name == "uq_events_handled")
 # Built once (building statements is a measurable share of a consumer's CPU).
 _APPEND = _events.insert().returning(_events.c.id, sort_by_parameter_order=True)
+_STREAM_HEAD = select(func.coalesce(func.max(_events.c.stream_version), 0)).where(
+    _events.c.stream_id == bindparam("stream_id"))
+_HANDLED_BY = select(_events.c.id).where(_events.c.causation_id == bindparam("message_id"),
+                                         _events.c.type.in_(sorted(TERMINAL_TASK_EVENTS))).limit(1)
+
+
+class AlreadyHandled(Exception):
+    """The message already has its terminal event: this handling must not commit."""
 
 
 @dataclass(frozen=True)
@@ -33,17 +46,21 @@ class OutboxRow:
     body: bytes
 
 
-def advance_stream(conn: Connection, stream_id: str) -> int:
-    """Bump a stream's head and return the new version (1 for a new stream). Row-locks the head."""
-    stmt = prepared(conn, _streams, "advance", lambda insert: insert.on_conflict_do_update(
-        index_elements=[_streams.c.stream_id], set_={"version": _streams.c.version + 1}).returning(_streams.c.version))
-    return conn.execute(stmt, {"stream_id": stream_id, "version": 1}).scalar_one()
+def stream_head(conn: Connection, stream_id: str) -> int:
+    """The highest version stored for a stream (0 for none). For a stream whose head is not kept
+    elsewhere: a new image's uuid may have been used by an image deleted before."""
+    return conn.execute(_STREAM_HEAD, {"stream_id": stream_id}).scalar_one()
 
 
 def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int] | None]]) -> list[OutboxRow]:
     """Store events (with their stream position, if any) as unpublished outbox rows, in one
     statement; return the rows, so the caller can publish them after its commit without reading
-    them back."""
+    them back.
+
+    Raises AlreadyHandled when one of them is a terminal task event for a message that already
+    has one (concurrent handlings: the second waits for the first to commit, then raises). The
+    transaction is then unusable and must be rolled back.
+    """
     now = utcnow()
     values = []
     for envelope, position in envelopes:
@@ -60,7 +77,12 @@ def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int]
         })
     if not values:
         return []
-    ids = conn.execute(_APPEND, values).scalars().all()
+    try:
+        ids = conn.execute(_APPEND, values).scalars().all()
+    except IntegrityError as exc:
+        if violates(exc, _HANDLED):
+            raise AlreadyHandled(values[-1]["causation_id"]) from None
+        raise
     return [OutboxRow(row_id, v["message_id"], v["type"], v["correlation_id"], v["body"].encode())
             for row_id, v in zip(ids, values)]
 
@@ -116,17 +138,6 @@ def all_events(conn: Connection, *, after_id: int = 0, limit: int = 1000) -> lis
     return [(r.id, r.body.encode()) for r in rows]
 
 
-def mark_processed(conn: Connection, consumer: str, message_id: str) -> bool:
-    """Record that ``consumer`` handled ``message_id``. False if it already had (a duplicate)."""
-    return insert_ignore(conn, _processed, {"consumer": consumer, "message_id": message_id, "processed_at": utcnow()})
-
-
-def was_processed(conn: Connection, consumer: str, message_id: str) -> bool:
-    return (
-        conn.execute(
-            select(_processed.c.message_id).where(
-                _processed.c.consumer == consumer, _processed.c.message_id == message_id
-            )
-        ).first()
-        is not None
-    )
+def was_handled(conn: Connection, message_id: str) -> bool:
+    """Whether the message already has its terminal task event (committed)."""
+    return conn.execute(_HANDLED_BY, {"message_id": message_id}).first() is not None

@@ -2,7 +2,8 @@
 accounts and datacenters, and the read model (owned by the projector).
 
 The read-model tables are prefixed ``rm_``: they hold nothing that cannot be rebuilt from the
-``events`` table, which doubles as the outbox (a row is published once, then kept).
+``events`` table, which doubles as the outbox (a row is published once, then kept) and as the
+consumers' inbox (a handled command is one with a terminal task event caused by it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from shared.contracts import TERMINAL_TASK_EVENTS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -133,6 +136,10 @@ class Image(Base):
     dc_bound_id: Mapped[int | None] = mapped_column(ForeignKey("datacenters.id", ondelete="SET NULL"), nullable=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime)
     changed: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Head of the image's event stream (``image:<uuid>``): its next event is version + 1. Kept on
+    #: the row so that the writer, which holds the row lock anyway, needs no second row to lock.
+    #: A deleted image's head lives on in the event store (``events.stream_head``).
+    stream_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class ImageDatacenter(Base):
@@ -144,13 +151,8 @@ class ImageDatacenter(Base):
     dc_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="CASCADE"), primary_key=True)
 
 
-class Stream(Base):
-    """Head version of each event stream (``image:<uuid>``); survives the image's deletion."""
-
-    __tablename__ = "streams"
-
-    stream_id: Mapped[str] = mapped_column(String(80), primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
+#: The terminal task events: exactly one per handled command (``uq_events_handled``).
+_TERMINAL = text("type IN ({})".format(", ".join(f"'{t}'" for t in sorted(TERMINAL_TASK_EVENTS))))
 
 
 class StoredEvent(Base):
@@ -172,6 +174,9 @@ class StoredEvent(Base):
 
     __table_args__ = (
         Index("uq_events_stream_version", "stream_id", "stream_version", unique=True),
+        # The inbox: a command's handling ends in one terminal event caused by it, so a second
+        # handling of the same message cannot commit (it is recognised as a duplicate).
+        Index("uq_events_handled", "causation_id", unique=True, sqlite_where=_TERMINAL, postgresql_where=_TERMINAL),
         Index(
             "ix_events_unpublished",
             "id",
@@ -179,16 +184,6 @@ class StoredEvent(Base):
             postgresql_where=text("published_at IS NULL"),
         ),
     )
-
-
-class ProcessedMessage(Base):
-    """Inbox: a (consumer, message id) pair is handled at most once; written with the effect."""
-
-    __tablename__ = "processed_messages"
-
-    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
-    message_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Lock(Base):

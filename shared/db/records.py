@@ -35,6 +35,8 @@ class ImageRecord:
     manifest_active: dict[str, Any] = field(default_factory=dict)
     #: The task holding the image's lease lock when the record was read, if any.
     lock_owner: str | None = None
+    #: The version of the image's event stream this record reflects (its last event's version).
+    stream_version: int = 0
 
     def with_changes(self, **changes: Any) -> "ImageRecord":
         return replace(self, **changes)

@@ -204,67 +204,71 @@ def test_lock_race_has_one_winner(engine):
         assert locks.holder(conn, name).owner == winner
 
 
-# --- inbox, streams, outbox --------------------------------------------------------------------
+# --- inbox, stream heads, outbox --------------------------------------------------------------------
 
 
-def test_mark_processed_once(engine):
+def _terminal(message_id: str, *, task_id: str = "t", type_: str = "task.succeeded") -> Envelope:
+    return Envelope(id=new_message_id(), type=type_, correlation_id=task_id, causation_id=message_id,
+                    payload={"task_id": task_id})
+
+
+def test_a_message_counts_as_handled_once_its_terminal_event_is_committed(engine):
     message_id = new_message_id()
     with write_transaction(engine) as conn:
-        assert events.was_processed(conn, "importer", message_id) is False
-        assert events.mark_processed(conn, "importer", message_id) is True
+        assert events.was_handled(conn, message_id) is False
+        # Other events caused by the message do not mark it handled; its terminal event does.
+        events.append(conn, [(_envelope(correlation_id="t", causation_id=message_id, n=1), None)])
+        assert events.was_handled(conn, message_id) is False
+        events.append(conn, [(_terminal(message_id), None)])
+    with read_transaction(engine) as conn:
+        assert events.was_handled(conn, message_id) is True
+
+
+def test_a_second_terminal_event_for_a_message_is_refused_and_rolled_back(engine):
+    message_id = new_message_id()
     with write_transaction(engine) as conn:
-        assert events.mark_processed(conn, "importer", message_id) is False
-        assert events.was_processed(conn, "importer", message_id) is True
-        # The key is (consumer, message_id): another consumer has its own inbox.
-        assert events.mark_processed(conn, "projector", message_id) is True
+        events.append(conn, [(_terminal(message_id), None)])
+    effect = _envelope(correlation_id="t", causation_id=message_id, n=2)
+    with pytest.raises(events.AlreadyHandled):
+        with write_transaction(engine) as conn:
+            events.append(conn, [(effect, None), (_terminal(message_id, type_="task.failed"), None)])
+    with read_transaction(engine) as conn:
+        assert effect.id not in {r.message_id for r in events.unpublished_for_message(conn, message_id)}
 
 
-def test_mark_processed_rolled_back_is_not_recorded(engine):
+def test_a_rolled_back_handling_does_not_count(engine):
     message_id = new_message_id()
     with pytest.raises(RuntimeError):
         with write_transaction(engine) as conn:
-            assert events.mark_processed(conn, "importer", message_id) is True
+            events.append(conn, [(_terminal(message_id), None)])
             raise RuntimeError("handler failed")
     with write_transaction(engine) as conn:
-        assert events.mark_processed(conn, "importer", message_id) is True
+        events.append(conn, [(_terminal(message_id), None)])
 
 
-def test_mark_processed_race_has_one_winner(engine):
+def test_concurrent_handlings_of_one_message_have_one_winner(engine):
     message_id = new_message_id()
 
     def attempt(_index: int) -> bool:
-        with write_transaction(engine) as conn:
-            return events.mark_processed(conn, "importer", message_id)
+        try:
+            with write_transaction(engine) as conn:
+                events.append(conn, [(_terminal(message_id), None)])
+            return True
+        except events.AlreadyHandled:
+            return False
 
     results = race(8, attempt)
     assert results.count(True) == 1, results
 
 
-def test_advance_stream_counts_up(engine):
+def test_stream_head_is_the_highest_stored_version(engine):
     stream = f"image:{uuid.uuid4()}"
-    seen = []
-    for _ in range(3):
-        with write_transaction(engine) as conn:
-            seen.append(events.advance_stream(conn, stream))
-    assert seen == [1, 2, 3]
-    # A rolled-back advance does not use up a version.
-    with pytest.raises(RuntimeError):
-        with write_transaction(engine) as conn:
-            assert events.advance_stream(conn, stream) == 4
-            raise RuntimeError("abort")
+    with read_transaction(engine) as conn:
+        assert events.stream_head(conn, stream) == 0
     with write_transaction(engine) as conn:
-        assert events.advance_stream(conn, stream) == 4
-
-
-def test_advance_stream_concurrently_gives_distinct_consecutive_versions(engine):
-    stream = f"image:{uuid.uuid4()}"
-
-    def advance(_index: int) -> int:
-        with write_transaction(engine) as conn:
-            return events.advance_stream(conn, stream)
-
-    versions = race(20, advance)
-    assert sorted(versions) == list(range(1, 21))
+        events.append(conn, [(_envelope(correlation_id="t", causation_id=None, n=v), (stream, v)) for v in (1, 2, 3)])
+    with read_transaction(engine) as conn:
+        assert events.stream_head(conn, stream) == 3
 
 
 def _envelope(*, correlation_id: str, causation_id: str | None, n: int) -> Envelope:
@@ -335,7 +339,7 @@ def test_duplicate_stream_version_is_refused(engine):
     stream = f"image:{uuid.uuid4()}"
     with write_transaction(engine) as conn:
         events.append(conn, [(_envelope(correlation_id="t", causation_id=None, n=1), (stream, 1))])
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError):  # a conflict of another kind is not mistaken for a duplicate
         with write_transaction(engine) as conn:
             events.append(conn, [(_envelope(correlation_id="t", causation_id=None, n=2), (stream, 1))])
     with read_transaction(engine) as conn:
@@ -399,13 +403,14 @@ def test_catalogue_insert_update_delete(engine, owner):
 
     changed = image.with_changes(desc="new", alias="Other", tags=["x"], dc_bound=None, dcs=[dc_b, dc_a],
                                  changed=image.changed + timedelta(seconds=5), status=2,
-                                 manifest_active={"uuid": "y"})
+                                 manifest_active={"uuid": "y"}, stream_version=2)
     with write_transaction(engine) as conn:
         catalogue = SqlCatalogue(conn)
         locked = catalogue.image_by_uuid(image.uuid, for_update=True)
         assert locked is not None and locked.uuid == image.uuid
         catalogue.update_fields(image.uuid, {"desc": "new", "alias": "Other", "tags": ["x"], "dc_bound": None,
-                                             "status": 2, "manifest_active": {"uuid": "y"}}, changed=changed.changed)
+                                             "status": 2, "manifest_active": {"uuid": "y"}}, changed=changed.changed,
+                                stream_version=2)
         catalogue.set_attachments(image.uuid, [dc_b, dc_a])
     with read_transaction(engine) as conn:
         assert SqlCatalogue(conn).image_by_uuid(image.uuid) == changed.with_changes(dcs=[dc_a, dc_b])
@@ -471,7 +476,8 @@ def test_catalogue_count_bound(engine, owner):
         assert catalogue.datacenter(dc).name == dc
         assert catalogue.default_datacenter().name == "main"
     with write_transaction(engine) as conn:
-        SqlCatalogue(conn).update_fields(images[0].uuid, {"dc_bound": None}, changed=images[0].changed)
+        SqlCatalogue(conn).update_fields(images[0].uuid, {"dc_bound": None}, changed=images[0].changed,
+                                         stream_version=1)
         SqlCatalogue(conn).delete_image(images[1].uuid)
     with read_transaction(engine) as conn:
         assert SqlCatalogue(conn).count_bound(dc) == 0

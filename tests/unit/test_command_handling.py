@@ -125,7 +125,7 @@ def test_the_events_of_a_command_carry_its_reply_to(world):
 
 
 class TestImporter:
-    def test_import_commits_the_image_its_events_and_the_inbox_row_together(self, world):
+    def test_import_commits_the_image_and_its_events_together_and_counts_as_handled(self, world):
         manifest = sample_manifest()
         url = world.fetcher.serve(manifest)
         envelope = world.run("importer", ImportImage(name="centos", manifest_url=url, dc="main"))
@@ -142,7 +142,7 @@ class TestImporter:
         assert task["result"]["uuid"] == manifest["uuid"] and task["result"]["dc_bound"] is True
         assert world.fetcher.calls == [url, url + "/file"]
         with read_transaction(world.engine) as conn:
-            assert store.was_processed(conn, "importer", envelope.id)
+            assert store.was_handled(conn, envelope.id)
         with read_transaction(world.engine) as conn:
             ids = [row_id for row_id, _ in store.all_events(conn)]
         assert world.relay.published == ids
@@ -230,6 +230,19 @@ class TestUpdater:
         assert (updated["payload"]["image"]["alias"], updated["payload"]["image"]["tags"]) == ("new", ["a", "b"])
         assert succeeded["payload"]["stream_version"] == 2
         assert succeeded["payload"]["result"]["uuid"] == manifest["uuid"]
+
+    def test_redelivered_updates_and_refusals_have_one_outcome_each(self, world):
+        world.imported("twice")
+        update = world.envelope(UpdateImage(name="twice", desc="first"))
+        missing = world.envelope(UpdateImage(name="missing", desc="x"))
+        for _ in range(3):
+            assert world.deliver("updater", update).outcome is Outcome.ACK
+            assert world.deliver("updater", missing).outcome is Outcome.ACK
+        assert [e["type"] for e in world.events(causation_id=update.id)] == ["image.updated", "task.succeeded"]
+        assert [e["type"] for e in world.events(causation_id=missing.id)] == ["task.failed"]
+        # A later command still gets the next stream version.
+        later = world.run("updater", UpdateImage(name="twice", desc="second"))
+        assert world.events(correlation_id=later.correlation_id)[0]["payload"]["version"] == 3
 
     def test_an_update_that_changes_nothing_emits_only_the_task_outcome(self, world):
         world.imported("same")
