@@ -479,21 +479,16 @@ def _ts(entry: dict[str, Any]) -> float:
 
 def latency_stages(system: System, task_ids: set[str]) -> dict[str, Any]:
     """Median milliseconds of each stage of the PUTs ``task_ids``, from the services' own log lines
-    (``request.handled``, ``command.published``, ``message.handled``): where a PUT's time goes."""
+    (``request.handled`` with its ``accepted_ms``, ``message.handled``): where a PUT's time goes."""
     marks: dict[str, dict[str, float]] = {t: {} for t in task_ids}
-    published_by_request: dict[str, float] = {}
-    request_of_task: dict[str, str] = {}
     for gateway in ("gateway0", "gateway1"):
         for entry in _log_lines(system.log(gateway)):
-            if entry.get("event") == "command.published" and entry.get("request_id"):
-                published_by_request[entry["request_id"]] = _ts(entry)
-            elif entry.get("event") == "request.handled" and entry.get("task_id") in marks:
+            if entry.get("event") == "request.handled" and entry.get("task_id") in marks:
                 end = _ts(entry)
-                marks[entry["task_id"]].update(request_end=end, request_start=end - entry["duration_ms"] / 1000)
-                request_of_task[entry["task_id"]] = entry.get("request_id", "")
-    for task_id, request_id in request_of_task.items():
-        if request_id in published_by_request:
-            marks[task_id]["published"] = published_by_request[request_id]
+                start = end - entry["duration_ms"] / 1000
+                marks[entry["task_id"]].update(request_end=end, request_start=start)
+                if entry.get("accepted_ms") is not None:
+                    marks[entry["task_id"]]["published"] = start + entry["accepted_ms"] / 1000
     for entry in _log_lines(system.log("updater")):
         if entry.get("event") == "message.handled" and entry.get("task_id") in marks:
             end = _ts(entry)

@@ -50,10 +50,10 @@ class Infrastructure:
 
 
 def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
-    # The gateway only reads and journals (its journal rows may be lost in a database crash
-    # without harm); every other process commits durably.
+    # The gateway only reads and journals, one statement at a time (its journal rows may be
+    # lost in a database crash without harm); every other process commits durably.
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
-                         relaxed_durability=purpose == "gateway")
+                         relaxed_durability=purpose == "gateway", single_statements=purpose == "gateway")
     topology = build_topology(settings.topology_prefix, quorum=not settings.embedded_broker)
 
     def connection_for(role: str) -> Connection:

@@ -168,7 +168,6 @@ class Dispatcher:
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
-        log.info("command.published", command=command.TYPE, message_id=envelope_.id, task_id=task_id)
         return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "")), actor.user, owner,
                           actor.dc)
 

@@ -169,10 +169,12 @@ class GatewayMiddleware:
             })
             await send_with_headers({"type": "http.response.body", "body": body})
         finally:
+            accepted = state.get("accepted_at")  # when the broker confirmed the command, if one was sent
             log.info(
                 "request.handled", method=scope.get("method"), path=scope.get("path"),
                 status=status_holder["status"], duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 user=state.get("username"), task_id=state.get("task_id"), message_id=state.get("message_id"),
+                accepted_ms=round((accepted - started) * 1000, 2) if accepted else None,
             )
             structlog.contextvars.clear_contextvars()
 

@@ -5,6 +5,7 @@ consumer re-checks everything; the gateway's checks only spare the broker doomed
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 from starlette.concurrency import run_in_threadpool
@@ -143,6 +144,7 @@ class ImageRoutes:
         submission = self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
                                             owner=owner.username)
         request.state.message_id = submission.message_id
+        request.state.accepted_at = time.perf_counter()
         return submission
 
     def _prepare_import(self, request: Request, user: UserRecord, data: dict[str, Any]):

@@ -23,14 +23,21 @@ from sqlalchemy.pool import StaticPool
 from shared.errors import InvalidData, Transient
 
 _WRITE = "imagesvc_write"
+_AUTOCOMMIT = "imagesvc_autocommit"
 
 
-def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = False) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = False,
+                single_statements: bool = False) -> Engine:
     """Create an engine for ``url`` (no connection is opened until first use).
 
     ``relaxed_durability``: on PostgreSQL, commits do not wait for the WAL flush
     (``synchronous_commit=off``). Only for a process whose writes may be lost in a database
     crash without harm (the gateway: its journal rows); the consumers never use it.
+
+    ``single_statements``: on PostgreSQL, every connection is in autocommit mode from the
+    start, for a process whose every database access is one statement (the gateway):
+    ``single_statement`` then needs no switching per checkout, and ``read_transaction`` runs
+    its statement on its own. SQLite engines ignore it (they may be shared with consumers).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -52,6 +59,10 @@ def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = Fal
     connect_args: dict = {"connect_timeout": 5}
     if relaxed_durability:
         connect_args["options"] = "-c synchronous_commit=off"
+    if single_statements:
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+                               connect_args=connect_args, isolation_level="AUTOCOMMIT")
+        return engine.execution_options(**{_AUTOCOMMIT: True})
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
                          connect_args=connect_args)
 
@@ -103,6 +114,10 @@ def single_statement(engine: Engine, *, write: bool = False) -> Iterator[Connect
             yield conn
         return
     with translate_db_errors():
+        if engine.get_execution_options().get(_AUTOCOMMIT):
+            with engine.connect() as conn:
+                yield conn
+            return
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn
 

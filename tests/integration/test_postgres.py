@@ -24,7 +24,7 @@ from shared.contracts import Envelope, encode, new_message_id
 from shared.db import events, locks, migrate
 from shared.db.accounts import create_user
 from shared.db.catalogue import SqlCatalogue
-from shared.db.engine import make_engine, read_transaction, translate_db_errors, write_transaction
+from shared.db.engine import make_engine, read_transaction, single_statement, translate_db_errors, write_transaction
 from shared.db.models import Datacenter, ImageDatacenter, StoredEvent, utcnow
 from shared.db.records import ImageRecord
 from tests.support.records import image_record
@@ -128,6 +128,26 @@ def test_check_detects_drift(db_url: str, engine):
     finally:
         with write_transaction(engine) as conn:
             conn.execute(text(f"DROP TABLE {table}"))
+
+
+def test_a_single_statement_engine_commits_each_statement_on_its_own(db_url: str, engine):
+    gateway = make_engine(db_url, pool_size=1, relaxed_durability=True, single_statements=True)
+    name = unique("dc")[:16]
+    try:
+        with single_statement(gateway, write=True) as conn:
+            conn.execute(insert(_dcs).values(name=name, is_default=False, created_at=utcnow()))
+            # Already committed: another connection sees the row while this one is still open.
+            with read_transaction(engine) as other:
+                assert other.execute(select(_dcs.c.id).where(_dcs.c.name == name)).first() is not None
+        with read_transaction(gateway) as conn:
+            assert conn.execute(select(func.count()).select_from(_dcs).where(_dcs.c.name == name)).scalar_one() == 1
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "off"
+            # No transaction around it: the connection was in autocommit mode from the start.
+            assert conn.connection.dbapi_connection.autocommit is True
+    finally:
+        gateway.dispose()
+        with write_transaction(engine) as conn:
+            conn.execute(_dcs.delete().where(_dcs.c.name == name))
 
 
 # --- locks -------------------------------------------------------------------------------------

@@ -140,4 +140,7 @@ def test_one_log_line_per_request_with_request_and_task_ids(api, publisher):
     assert (handled[0]["request_id"], handled[0]["status"], handled[0]["method"]) == ("req-123", 404, "PUT")
     assert handled[1]["task_id"] == created.json()["task_id"] and handled[1]["status"] == 201
     assert handled[1]["message_id"] == publisher.published[-1]["message_id"]
+    # When the broker confirmed the command, within the request; a refused request sent none.
+    assert handled[0]["accepted_ms"] is None
+    assert 0 < handled[1]["accepted_ms"] <= handled[1]["duration_ms"]
     assert all(line["level"] and line["timestamp"] for line in lines)
