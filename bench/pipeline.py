@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/pipeline.py [--quick]
 
-1. raw pipeline baseline (bench/raw_pipeline.py): throughput with 32 clients, single-command p50/p95
-2. imagesvc PUT throughput with 32 clients over 2 gateways, read-your-writes checked on the way
+1+2. throughput with 32 clients, alternating rounds (raw, imagesvc, raw, imagesvc; best round of
+   each side counts): the raw pipeline baseline (bench/raw_pipeline.py) and imagesvc PUT over 2
+   gateways, read-your-writes checked on the way; then the raw single-command p50/p95
 3. imagesvc PUT latency at an open-loop 20 requests/s
 4. GET /api/image/?full=true over 10,000 images vs psycopg + dicts + orjson on a plain table
 5. GET /api/image/<name>/ with wrk on a one-worker gateway vs bench/bare_app.py (A B A B)
@@ -156,29 +157,41 @@ def format_cpu(per: dict[str, float]) -> str:
 # --- 1. the raw pipeline --------------------------------------------------------------------------
 
 
-def measure_raw(args: argparse.Namespace, results: dict[str, Any]) -> None:
+def start_raw(args: argparse.Namespace) -> RawPipeline:
     raw = RawPipeline(args.broker_url, args.postgres_admin_url, queue_type=args.queue_type)
     log(f"raw pipeline: starting ({args.queue_type} queues, 8 command threads in a separate process, "
         f"8 event threads here, prefetch 4)")
-    try:
-        raw.start()
-        pid = raw._process.pid  # type: ignore[union-attr]
-        meter = CpuMeter(lambda: {"bench process (clients+event consumer)": [os.getpid()],
-                                  "command consumer": [pid], **infra_groups()})
-        load = raw.throughput(clients=CLIENTS, duration=args.duration, on_start=meter.start)
-        meter.stop()
-        load["cpu_ms_per_command"] = cpu_per_op(meter.used, load["completed_total"])
-        load["machine_busy"], load["steal"] = meter.machine_busy, meter.steal
-        log(f"raw pipeline: {load['per_s']:.1f} commands/s with {CLIENTS} clients, p50 {load['p50_ms']:.1f} ms, "
-            f"p95 {load['p95_ms']:.1f} ms, errors {load['errors']}")
-        log(f"raw pipeline: CPU ms per command: {format_cpu(load['cpu_ms_per_command'])}; machine busy "
-            f"{meter.machine_busy:.0%} (steal {meter.steal:.0%})")
-        single = raw.round_trip(count=args.round_trips)
-        log(f"raw pipeline: single command round trip p50 {single['p50_ms']:.2f} ms, p95 {single['p95_ms']:.2f} ms "
-            f"({single['count']} sequential commands)")
-        results["raw"] = {"throughput": load, "round_trip": single, "queue_type": args.queue_type}
-    finally:
-        raw.stop()
+    raw.start()
+    return raw
+
+
+def measure_raw_throughput(raw: RawPipeline, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    pid = raw._process.pid  # type: ignore[union-attr]
+    meter = CpuMeter(lambda: {"bench process (clients+event consumer)": [os.getpid()],
+                              "command consumer": [pid], **infra_groups()})
+    load = raw.throughput(clients=CLIENTS, duration=args.duration, on_start=meter.start)
+    meter.stop()
+    load["cpu_ms_per_command"] = cpu_per_op(meter.used, load["completed_total"])
+    load["machine_busy"], load["steal"] = meter.machine_busy, meter.steal
+    log(f"raw pipeline: {load['per_s']:.1f} commands/s with {CLIENTS} clients, p50 {load['p50_ms']:.1f} ms, "
+        f"p95 {load['p95_ms']:.1f} ms, errors {load['errors']}")
+    log(f"raw pipeline: CPU ms per command: {format_cpu(load['cpu_ms_per_command'])}; machine busy "
+        f"{meter.machine_busy:.0%} (steal {meter.steal:.0%})")
+    results.setdefault("raw_rounds", []).append(load)
+    results.setdefault("raw", {"queue_type": args.queue_type})["throughput"] = best_round(results["raw_rounds"])
+
+
+def measure_raw_round_trip(raw: RawPipeline, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    single = raw.round_trip(count=args.round_trips)
+    log(f"raw pipeline: single command round trip p50 {single['p50_ms']:.2f} ms, p95 {single['p95_ms']:.2f} ms "
+        f"({single['count']} sequential commands)")
+    results.setdefault("raw", {"queue_type": args.queue_type})["round_trip"] = single
+
+
+def best_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the highest throughput: on a shared machine a round can only be slowed
+    down by others, never sped up, so each side's best round is its least disturbed one."""
+    return max(rounds, key=lambda r: r["per_s"])
 
 
 # --- 2. imagesvc PUT under load -------------------------------------------------------------------
@@ -362,7 +375,7 @@ def measure_put(system: System, names: list[str], args: argparse.Namespace, resu
         thread.join(args.duration + args.warmup + 120)
     meter.stop()
     count = len(latencies)
-    results["put"] = {
+    this_round = {
         "clients": CLIENTS, "duration_s": args.duration, "completed": count, "per_s": count / args.duration,
         "p50_ms": percentile(latencies, 50) * 1000, "p95_ms": percentile(latencies, 95) * 1000,
         "errors": len(errors), "error_samples": sorted(set(errors))[:10],
@@ -371,7 +384,9 @@ def measure_put(system: System, names: list[str], args: argparse.Namespace, resu
         "cpu_ms_per_put": cpu_per_op(meter.used, ok_total[0]),
         "machine_busy": meter.machine_busy, "steal": meter.steal,
     }
-    put = results["put"]
+    results.setdefault("put_rounds", []).append(this_round)
+    results["put"] = best_round(results["put_rounds"])
+    put = this_round
     log(f"imagesvc PUT: {put['per_s']:.1f} requests/s with {CLIENTS} clients, p50 {put['p50_ms']:.1f} ms, "
         f"p95 {put['p95_ms']:.1f} ms, errors {put['errors']}, read-your-writes {put['ryw_checks']} checks / "
         f"{put['ryw_violations']} violations")
@@ -734,22 +749,30 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     raw = results.get("raw")
     put = results.get("put")
-    if put and raw:
+    rounds = len(results.get("put_rounds", []))
+    if put and raw and "throughput" in raw:
         ratio = put["per_s"] / raw["throughput"]["per_s"]
-        row("PUT throughput, 32 clients (/s) vs raw pipeline", put["per_s"], raw["throughput"]["per_s"], ratio,
-            ">= 0.40", ratio >= 0.40)
+        row(f"PUT throughput, 32 clients (/s, best of {rounds} alternating rounds) vs raw pipeline", put["per_s"],
+            raw["throughput"]["per_s"], ratio, ">= 0.40", ratio >= 0.40)
+        for number, (put_round, raw_round) in enumerate(zip(results["put_rounds"], results["raw_rounds"]), 1):
+            row(f"  round {number}, info", put_round["per_s"], raw_round["per_s"],
+                put_round["per_s"] / raw_round["per_s"], "-", None)
         row("PUT p50 under load (ms), info", put["p50_ms"], raw["throughput"]["p50_ms"],
             put["p50_ms"] / raw["throughput"]["p50_ms"], "-", None)
     elif put or raw:
         row("PUT throughput, 32 clients (/s) vs raw pipeline", put and put["per_s"],
-            raw and raw["throughput"]["per_s"], None, ">= 0.40", False)
+            raw and raw.get("throughput", {}).get("per_s"), None, ">= 0.40", False)
     if put:
-        row("PUT errors (non-200/SUCCESS answers)", put["errors"], 0, None, "= 0", put["errors"] == 0)
+        # Errors and read-your-writes count over every round, not only the best one.
+        every = results.get("put_rounds", [put])
+        errors = sum(r["errors"] for r in every)
+        checks, violations = sum(r["ryw_checks"] for r in every), sum(r["ryw_violations"] for r in every)
+        row("PUT errors (non-200/SUCCESS answers, all rounds)", errors, 0, None, "= 0", errors == 0)
         # No check at all (a very slow run: fewer than 10 requests per client) proves nothing either way.
-        row(f"read-your-writes violations ({put['ryw_checks']} checks)", put["ryw_violations"], 0, None, "= 0",
-            None if put["ryw_checks"] == 0 and put["ryw_violations"] == 0 else put["ryw_violations"] == 0)
+        row(f"read-your-writes violations ({checks} checks, all rounds)", violations, 0, None, "= 0",
+            None if checks == 0 and violations == 0 else violations == 0)
     light = results.get("light")
-    if light and raw:
+    if light and raw and "round_trip" in raw:
         single = raw["round_trip"]
         ratio = light["p50_ms"] / single["p50_ms"]
         row("PUT p50 at 20/s open loop (ms) vs raw single p50", light["p50_ms"], single["p50_ms"], ratio,
@@ -758,7 +781,7 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
             light["p95_ms"] / single["p95_ms"], "-", None)
     elif light or raw:
         row("PUT p50 at 20/s open loop (ms) vs raw single p50", light and light["p50_ms"],
-            raw and raw["round_trip"]["p50_ms"], None, "<= 5.0", False)
+            raw and raw.get("round_trip", {}).get("p50_ms"), None, "<= 5.0", False)
     lst = results.get("list")
     if lst:
         ratio = lst["imagesvc_median_ms"] / lst["baseline_median_ms"]
@@ -816,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="queue type of the raw baseline (imagesvc's work queues are quorum queues)")
     args = parser.parse_args(argv)
     args.duration = 5.0 if args.quick else 15.0
+    args.rounds = 1 if args.quick else 2
     args.warmup = 1.0
     args.light_duration = 5.0 if args.quick else 10.0
     args.wrk_seconds = 5 if args.quick else 10
@@ -849,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     with contextlib.ExitStack() as cleanup:
         try:
-            phase("raw pipeline", lambda: measure_raw(args, results))
+            raw = start_raw(args)
+            cleanup.callback(raw.stop)
             workdir = Path(tempfile.mkdtemp(prefix="imagesvc-bench-"))
             cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
             log(f"imagesvc: starting the distributed system (2 gateways, importer, updater, deleter, projector) "
@@ -867,7 +892,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"imagesvc: imported {len(names)} images through HTTP in {time.monotonic() - started:.1f} s")
 
             if phase("import", do_import):
-                phase("PUT throughput", lambda: measure_put(system, names, args, results))
+                # Throughput rounds alternate (raw, imagesvc, raw, imagesvc): each side's best
+                # round counts, so a burst of load from elsewhere on the machine cannot decide the ratio.
+                for round_number in range(1, args.rounds + 1):
+                    log(f"throughput round {round_number} of {args.rounds}")
+                    phase("raw pipeline", lambda: measure_raw_throughput(raw, args, results))
+                    phase("PUT throughput", lambda: measure_put(system, names, args, results))
+                phase("raw round trip", lambda: measure_raw_round_trip(raw, args, results))
+                raw.stop()
                 phase("PUT latency", lambda: measure_light(system, names, args, results))
                 phase("list", lambda: measure_list(system, args, results))
                 phase("show", lambda: measure_show(system, names[0], args, results, cleanup))
