@@ -321,7 +321,8 @@ class RawPipeline:
 
     def _check_alive(self) -> None:
         if self._process is not None and self._process.poll() is not None:
-            raise RuntimeError("raw command consumer process exited")
+            said = (self._process.stdout.read() if self._process.stdout else "").strip()[-500:]
+            raise RuntimeError(f"raw command consumer process exited ({self._process.returncode}): {said}")
         dead = [t for t in self._threads if not t.is_alive()]
         if dead:
             raise RuntimeError(f"raw event consumer {dead[0].name} died: {dead[0].error!r}")
@@ -330,7 +331,8 @@ class RawPipeline:
 
     def _client(self, index: int, window: dict[str, float], start: threading.Barrier, latencies: list[float],
                 errors: list[str], total: list[int]) -> None:
-        image_uuid, name = str(uuid.uuid4()), f"raw-{index}"
+        # The same image per client in every round (like imagesvc's clients: updates, not inserts).
+        image_uuid, name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{self.commands}/{index}")), f"raw-{index}"
         with broker_connection(self.broker_url, f"client-{index}") as conn:
             conn.ensure_connection(max_retries=3)
             producer = Producer(conn.channel())
