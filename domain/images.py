@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Protocol
 
 from domain import fields
-from shared.db.records import DatacenterRecord, ImageRecord, UserRecord
+from shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
 
 STATUS_OK, STATUS_PENDING = 1, 2
 
@@ -110,6 +110,8 @@ class Catalogue(Protocol):
     def count_bound(self, dc_name: str) -> int: ...
 
     def user(self, username: str) -> UserRecord | None: ...
+
+    def grants(self, user_id: int) -> Grants: ...
 
     def datacenter(self, name: str) -> DatacenterRecord | None: ...
 

@@ -5,6 +5,7 @@
     imagesvc worker importer|updater|deleter|projector
     imagesvc db upgrade
     imagesvc admin create-superadmin USERNAME [--new-key]
+    imagesvc admin user|dc|role ...             accounts, datacenters, roles (see imagesvc.admin)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from imagesvc import admin as admin_module
 from shared.config import ConfigError, Settings
 from shared.logging import configure_logging, get_logger
 
@@ -73,12 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="drop the read model and replay every stored event into it (stop the projector first)"
     ).set_defaults(func=_projector_rebuild)
 
-    admin = commands.add_parser("admin", help="accounts")
+    admin = commands.add_parser("admin", help="accounts, datacenters and roles")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     superadmin = admin_commands.add_parser("create-superadmin", help="create a SuperAdmin; prints its API key last")
     superadmin.add_argument("username")
     superadmin.add_argument("--new-key", action="store_true", help="if the user exists, replace its API key")
     superadmin.set_defaults(func=_create_superadmin)
+    admin_module.register(admin_commands)
     return parser
 
 
@@ -87,13 +90,9 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _embedded_settings() -> Settings:
-    base = Settings.from_env(os.environ)
-    overrides: dict[str, object] = {}
-    if "IMAGESVC_BROKER_URL" not in os.environ:
-        overrides["broker_url"] = "memory://"
-    if "IMAGESVC_DATABASE_URL" not in os.environ:
-        overrides["database_url"] = "sqlite:///" + str(Path(base.data_dir).resolve() / "imagesvc.db")
-    return Settings.from_env(os.environ, **overrides)
+    """``serve``, and the commands that only work on a database: without a configured database
+    they use the embedded mode's SQLite file."""
+    return Settings.from_env(os.environ, embedded=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -187,7 +186,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _db_upgrade(_args: argparse.Namespace) -> int:
     from shared.db.migrate import upgrade
 
-    settings = _settings()
+    settings = _embedded_settings()
     configure_logging("migrate", fmt=settings.log_format, level=settings.log_level)
     upgrade(settings.database_url)
     print(f"database at head: {_redact(settings.database_url)}")
@@ -198,7 +197,7 @@ def _projector_rebuild(_args: argparse.Namespace) -> int:
     from services.projector.handlers import rebuild
     from shared.db.engine import make_engine, write_transaction
 
-    settings = _settings()
+    settings = _embedded_settings()
     configure_logging("projector", fmt=settings.log_format, level=settings.log_level)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
@@ -215,7 +214,7 @@ def _create_superadmin(args: argparse.Namespace) -> int:
     from shared.db.engine import make_engine, write_transaction
     from shared.keys import new_api_key
 
-    settings = _settings()
+    settings = _embedded_settings()
     engine = make_engine(settings.database_url, pool_size=1)
     key = new_api_key()
     try:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -57,11 +58,23 @@ class Settings:
     db_pool_size: int = 10
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str], *, embedded: bool = False, **overrides: object) -> "Settings":
         """Build settings from ``IMAGESVC_*`` variables; ``overrides`` win over the mapping.
+
+        ``embedded``: the broker and the database that are not configured are the embedded
+        mode's (``memory://`` and the SQLite file under ``IMAGESVC_DATA_DIR``), as for ``serve``
+        and the commands that work on its database.
 
         Raises ConfigError naming the variable when a value cannot be parsed.
         """
+        if embedded:
+            base = cls.from_env(environ)
+            defaults: dict[str, object] = {}
+            if "IMAGESVC_BROKER_URL" not in environ:
+                defaults["broker_url"] = "memory://"
+            if "IMAGESVC_DATABASE_URL" not in environ:
+                defaults["database_url"] = "sqlite:///" + os.path.abspath(os.path.join(base.data_dir, "imagesvc.db"))
+            return cls.from_env(environ, **{**defaults, **overrides})
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             var = "IMAGESVC_" + f.name.upper()

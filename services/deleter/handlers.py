@@ -18,9 +18,10 @@ def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
         catalogue = tx.catalogue
         # The image and the actor in one round trip; the entry permission (403) still comes first.
         image, user = catalogue.image_and_user(command.name, policy.actor_name(ctx.actor), for_update=True)
-        policy.require_image_admin(user)
+        actor = policy.actor_access(catalogue, ctx.actor, user)
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
+        policy.require_manage(actor, image.dc_bound)
         if image.status != images.STATUS_OK:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
         if image.lock_owner not in (None, ctx.task_id):  # another task holds the image's lease

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import orjson
 from sqlalchemy import Engine, bindparam, insert, select
 
+from shared.db import accounts
 from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.engine import read_transaction, single_statement
 from shared.db.models import Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
-from shared.db.records import DatacenterRecord, UserRecord
+from shared.db.records import DatacenterRecord, Grants, UserRecord
 
 _users = User.__table__
 _dcs = Datacenter.__table__
@@ -129,6 +130,17 @@ class Queries:
 
         return self._cached(("user", username), load)
 
+    def grants(self, user_id: int) -> Grants:
+        """What the user holds through ownership and roles (cached like the accounts)."""
+        def load() -> Grants:
+            with single_statement(self.engine) as conn:
+                return accounts.load_grants(conn, user_id)
+
+        return self._cached(("grants", user_id), load)
+
+    def cached_grants(self, user_id: int) -> Grants | None:
+        return self._peek(("grants", user_id))
+
     def datacenter(self, name: str) -> DatacenterRecord | None:
         if not storable(name, 16):
             return None
@@ -165,16 +177,18 @@ class Queries:
             return None
         return ImageView(row.uuid, row.name, row.owner, row.dc_bound, row.status, row.doc.encode(), row.dcs.encode())
 
-    def image_names(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int]) -> list[str]:
+    def image_names(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
+                    bound_to: Collection[str] | None = None) -> list[str]:
+        """``bound_to``: only images bound to these datacenters (None: every image)."""
         with read_transaction(self.engine) as conn:
-            query = select(_images.c.name).where(_images.c.access.notin_(list(exclude_access)))
+            query = _scoped(select(_images.c.name), exclude_access, bound_to)
             return list(conn.execute(query.order_by(*_order(order))).scalars())
 
     def image_docs(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
-                   extended: bool) -> list[bytes]:
+                   extended: bool, bound_to: Collection[str] | None = None) -> list[bytes]:
         columns = [_images.c.doc, _images.c.dcs] if extended else [_images.c.doc]
         with read_transaction(self.engine) as conn:
-            query = select(*columns).where(_images.c.access.notin_(list(exclude_access))).order_by(*_order(order))
+            query = _scoped(select(*columns), exclude_access, bound_to).order_by(*_order(order))
             rows = conn.execute(query).all()
         if extended:
             return [with_dcs(row[0].encode(), row[1].encode()) for row in rows]
@@ -203,6 +217,13 @@ class Queries:
                 "user": user, "owner": owner, "dc": dc, "created_at": utcnow(),
             })
 
+
+
+def _scoped(query, exclude_access: Sequence[int], bound_to: Collection[str] | None):
+    query = query.where(_images.c.access.notin_(list(exclude_access)))
+    if bound_to is not None:
+        query = query.where(_images.c.dc_bound.in_(sorted(bound_to)))
+    return query
 
 
 def _order(order: Sequence[tuple[str, bool]]) -> list:

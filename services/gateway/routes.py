@@ -56,6 +56,15 @@ def query_flag(request: Request, name: str) -> bool:
         raise ValidationFailed({name: exc.messages}) from None
 
 
+async def access_of(auth: Authenticator, queries: Queries, request: Request) -> policy.Access:
+    """The authenticated user and what they hold (a SuperAdmin's grants are not needed)."""
+    user = await auth.user(request)
+    if user.is_superadmin:
+        return policy.Access(user)
+    grants = queries.cached_grants(user.id) or await run_in_threadpool(queries.grants, user.id)
+    return policy.Access(user, grants)
+
+
 class ImageRoutes:
     def __init__(self, *, queries: Queries, auth: Authenticator, dispatcher: Dispatcher, url_policy: UrlPolicy,
                  max_body_bytes: int):
@@ -65,12 +74,9 @@ class ImageRoutes:
         self.url_policy = url_policy
         self.max_body_bytes = max_body_bytes
 
-    async def _admin(self, request: Request) -> UserRecord:
+    async def _admin(self, request: Request) -> policy.Access:
         """The entry permission of the /image endpoints (403 ``Permission denied``)."""
-        user = await self.auth.user(request)
-        if not policy.may_manage_images(user):
-            raise ApiError(403, images.PERMISSION_DENIED)
-        return user
+        return policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
 
     async def _default_dc(self, request: Request) -> DatacenterRecord:
         dc = self.queries.cached_default_datacenter() or await run_in_threadpool(self.queries.default_datacenter)
@@ -80,27 +86,30 @@ class ImageRoutes:
     # --- GET /image/ ---------------------------------------------------------------------------
 
     async def list_images(self, request: Request) -> Response:
-        await self._admin(request)
+        access = await self._admin(request)
         await self._default_dc(request)
         order = parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
         full = query_flag(request, "full") or extended
+        scope = policy.list_scope(access)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         if full:
             docs = await run_in_threadpool(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_LISTS,
-                                           extended=extended)
+                                           extended=extended, bound_to=scope)
             return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
-        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS)
+        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS,
+                                        bound_to=scope)
         return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
 
     # --- /image/<name>/ ------------------------------------------------------------------------
 
     async def show(self, request: Request) -> Response:
-        await self._admin(request)
+        access = await self._admin(request)
         await self._default_dc(request)
         parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
         image = await run_in_threadpool(self._existing, request.path_params["name"])
+        policy.require_manage(access, image.dc_bound)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=extended) + b"}")
 
@@ -124,20 +133,21 @@ class ImageRoutes:
         return await self._command(request, self._prepare_delete)
 
     async def _command(self, request: Request, prepare) -> Response:
-        user = await self._admin(request)
+        access = await self._admin(request)
         await self._default_dc(request)
         data = await self._body(request)
         ticket = self.dispatcher.ticket()
         try:
-            submission = await run_in_threadpool(self._prepare_and_submit, prepare, request, user, data, ticket)
+            submission = await run_in_threadpool(self._prepare_and_submit, prepare, request, access, data, ticket)
         except BaseException:
             self.dispatcher.release(ticket)
             raise
         return await self.dispatcher.answer(request, ticket, submission)
 
-    def _prepare_and_submit(self, prepare, request: Request, user: UserRecord, data: dict[str, Any], ticket):
+    def _prepare_and_submit(self, prepare, request: Request, access: policy.Access, data: dict[str, Any], ticket):
         """(Thread pool.) Check, build the command and publish it; returns the submission."""
-        command, owner, dc = prepare(request, user, data)
+        user = access.user
+        command, owner, dc = prepare(request, access, data)
         request.state.dc, request.state.dc_id = dc.name, dc.id
         task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
         request.state.task_id = task_id
@@ -147,39 +157,44 @@ class ImageRoutes:
         request.state.accepted_at = time.perf_counter()
         return submission
 
-    def _prepare_import(self, request: Request, user: UserRecord, data: dict[str, Any]):
+    def _prepare_import(self, request: Request, access: policy.Access, data: dict[str, Any]):
         name = request.path_params["name"]
         if self.queries.image(name) is not None:
             raise ApiError(406, images.IMAGE_EXISTS)
         dc = self.queries.default_datacenter()
         if data.get("dc") not in (None, ""):  # an empty dc is no dc (then a bound image needs one)
             dc = self.queries.datacenter(str(data["dc"]))
-            if dc is None:
+            if dc is None or not access.sees(dc):
                 raise ApiError(404, images.DC_NOT_FOUND)
+        policy.require_import_into(access, dc.name)
         payload = {k: data[k] for k in fields.IMPORT_FIELDS if k in data}
+        if not access.is_superadmin:
+            payload.pop("dc_bound", None)  # the original drops it silently for everybody else
         values, errors = images.check_import_shape({**payload, "name": name})
-        owner = self._owner(values, errors, default=user)
+        owner = self._owner(values, errors, default=access.user)
         if not errors:
             self._check_url(values["manifest_url"], errors)
         if errors:
             raise ValidationFailed(errors)
         return ImportImage(name=name, **values), owner, dc
 
-    def _prepare_update(self, request: Request, user: UserRecord, data: dict[str, Any]):
+    def _prepare_update(self, request: Request, access: policy.Access, data: dict[str, Any]):
         image = self._existing(request.path_params["name"])
+        policy.require_manage(access, image.dc_bound)
         payload = {k: data[k] for k in fields.UPDATE_FIELDS if k in data}
         values, errors = images.check_update_shape(payload)
-        owner = self._owner(values, errors, default=self.queries.user(image.owner) or user)
+        owner = self._owner(values, errors, default=self.queries.user(image.owner) or access.user)
         if "dc_bound" in values and "dc_bound" not in errors:
             images.rebind(current=image.dc_bound, attached=image.attached, wanted=values["dc_bound"],
-                          is_superadmin=user.is_superadmin, errors=errors)
+                          is_superadmin=access.is_superadmin, errors=errors)
         if errors:
             raise ValidationFailed(fields.order_errors(errors))
         return UpdateImage(name=image.name, **values), owner, self._image_dc(image.dc_bound)
 
-    def _prepare_delete(self, request: Request, user: UserRecord, data: dict[str, Any]):
+    def _prepare_delete(self, request: Request, access: policy.Access, data: dict[str, Any]):
         image = self._existing(request.path_params["name"])
-        owner = self.queries.user(image.owner) or user
+        policy.require_manage(access, image.dc_bound)
+        owner = self.queries.user(image.owner) or access.user
         return DeleteImage(name=image.name), owner, self._image_dc(image.dc_bound)
 
     def _existing(self, name: str):
@@ -210,14 +225,14 @@ class TaskRoutes:
         self.auth = auth
 
     async def status(self, request: Request) -> Response:
-        user = await self.auth.user(request)
+        access = await access_of(self.auth, self.queries, request)
         task_id = request.path_params["task_id"]
         parts = tasks.parse_task_id(task_id)
         # The original's UserTask permission: a well-formed id whose datacenter exists, asked for
-        # by a SuperAdmin or by the task's user or owner.
-        if parts is None or await run_in_threadpool(self.queries.datacenter_by_id, parts["dc_id"]) is None:
-            raise ApiError(403, images.PERMISSION_DENIED)
-        if not user.is_superadmin and user.id not in (parts["user_id"], parts["owner_id"]):
+        # by an Admin of that datacenter or by the task's user or owner.
+        dc = None if parts is None else await run_in_threadpool(self.queries.datacenter_by_id, parts["dc_id"])
+        if dc is None or not policy.may_read_task(access, dc.name, user_id=parts["user_id"],
+                                                  owner_id=parts["owner_id"]):
             raise ApiError(403, images.PERMISSION_DENIED)
         if tasks.is_dummy(task_id):
             raise ApiError(404, tasks.TASK_NOT_FOUND)

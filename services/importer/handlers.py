@@ -19,7 +19,9 @@ from shared.net.fetch import FetchError, Fetcher
 def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher) -> None:
     payload = command.to_payload()
     with ctx.reading() as catalogue:
-        _check_refusals(catalogue, command.name, payload, ctx)
+        actor = _check_refusals(catalogue, command.name, payload, ctx)
+        if not actor.is_superadmin:
+            payload.pop("dc_bound", None)  # as the gateway does: only a SuperAdmin chooses the binding
         values, errors = images.check_import_shape(payload)
         images.check_owner(catalogue, values, errors)
     if errors:
@@ -64,7 +66,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher)
         bound_dc = dc.name if (bound and dc) else None
         image = ImageRecord(
             uuid=source["uuid"], name=command.name, alias=alias, version=version, desc=desc,
-            owner=(owner or actor).username, access=access, size=size, ostype=ostype, deploy=deploy, resize=resize,
+            owner=(owner or actor.user).username, access=access, size=size, ostype=ostype, deploy=deploy, resize=resize,
             status=images.STATUS_OK, tags=tags, created=now, changed=now, dc_bound=bound_dc,
             dcs=[bound_dc] if bound_dc else [], manifest=stored, manifest_active=stored,
             # A uuid may come back after its image was deleted: its stream goes on from there.
@@ -76,13 +78,18 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher)
                   result=images.public_view(image), owner=image.owner, dc=task_dc)
 
 
-def _check_refusals(catalogue, name: str, payload: dict, ctx: CommandContext):
-    """406, 404 and 403, in the reference's order; returns the acting user."""
-    actor = policy.actor_user(catalogue, ctx.actor)
+def _check_refusals(catalogue, name: str, payload: dict, ctx: CommandContext) -> policy.Access:
+    """403 (entry), 406, 404 and 403 (target datacenter), in the reference's order; returns the
+    acting user's access."""
+    actor = policy.actor_access(catalogue, ctx.actor)
     if catalogue.name_exists(name):
         raise Refused(406, images.IMAGE_EXISTS, code="image_exists")
-    if payload.get("dc") is not None and catalogue.datacenter(str(payload["dc"])) is None:
-        raise Refused(404, images.DC_NOT_FOUND, code="datacenter_not_found")
+    target = catalogue.default_datacenter()
+    if payload.get("dc") not in (None, ""):
+        target = catalogue.datacenter(str(payload["dc"]))
+        if target is None or not actor.sees(target):
+            raise Refused(404, images.DC_NOT_FOUND, code="datacenter_not_found")
+    policy.require_import_into(actor, target.name)
     return actor
 
 

@@ -22,9 +22,10 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
         catalogue = tx.catalogue
         # The image and the actor in one round trip; the entry permission (403) still comes first.
         image, user = catalogue.image_and_user(command.name, policy.actor_name(ctx.actor), for_update=True)
-        actor = policy.require_image_admin(user)
+        actor = policy.actor_access(catalogue, ctx.actor, user)
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
+        policy.require_manage(actor, image.dc_bound)
         held = image.lock_owner not in (None, ctx.task_id)  # another task holds the image's lease
 
         values, errors = images.check_update_shape(payload)

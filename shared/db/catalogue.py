@@ -12,8 +12,9 @@ from datetime import datetime
 
 from sqlalchemy import JSON, Connection, bindparam, delete, func, insert, literal, select, update
 
+from shared.db import accounts
 from shared.db.models import Datacenter, Image, ImageDatacenter, Lock, User, utcnow
-from shared.db.records import DatacenterRecord, ImageRecord, UserRecord
+from shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
 
 _images = Image.__table__
 _image_dcs = ImageDatacenter.__table__
@@ -59,7 +60,7 @@ def _image_statement(dialect: str, column: str, for_update: bool):
         select(_images, _users.c.username.label("owner_name"), _bound.c.name.label("bound_name"),
                attached.label("attached"), lock_owner.label("lock_owner"),
                *[actor.c[c].label(f"actor_{c}") for c in ("id", "username", "is_superadmin", "api_access",
-                                                          "is_active")])
+                                                          "is_active", "default_dc_id")])
         .join(_users, _users.c.id == _images.c.owner_id)
         .outerjoin(_bound, _bound.c.id == _images.c.dc_bound_id)
         .outerjoin(actor, actor.c.username == bindparam("actor"))
@@ -113,7 +114,8 @@ class SqlCatalogue:
         user = None
         if row.actor_id is not None:
             user = UserRecord(id=row.actor_id, username=row.actor_username, is_superadmin=row.actor_is_superadmin,
-                              api_access=row.actor_api_access, is_active=row.actor_is_active)
+                              api_access=row.actor_api_access, is_active=row.actor_is_active,
+                              default_dc_id=row.actor_default_dc_id)
         attached = sorted(row.attached or [])
         return ImageRecord(
             uuid=row.uuid,
@@ -160,6 +162,9 @@ class SqlCatalogue:
         if not storable(username, 150):
             return None
         return user_record(self.conn.execute(_USER_BY_NAME, {"username": username}).first())
+
+    def grants(self, user_id: int) -> Grants:
+        return accounts.load_grants(self.conn, user_id)
 
     def datacenter(self, name: str) -> DatacenterRecord | None:
         if not storable(name, 16):
@@ -273,10 +278,12 @@ def user_record(row) -> UserRecord | None:
         is_superadmin=row.is_superadmin,
         api_access=row.api_access,
         is_active=row.is_active,
+        default_dc_id=row.default_dc_id,
     )
 
 
 def datacenter_record(row) -> DatacenterRecord | None:
     if row is None:
         return None
-    return DatacenterRecord(id=row.id, name=row.name, is_default=row.is_default, image_limit=row.image_limit)
+    return DatacenterRecord(id=row.id, name=row.name, is_default=row.is_default, image_limit=row.image_limit,
+                            owner_id=row.owner_id, access=row.access)

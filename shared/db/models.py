@@ -85,6 +85,11 @@ class Datacenter(Base):
     #: VMS_IMAGE_LIMIT of the original: most images bound to this DC (NULL = unlimited).
     image_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The DC owner is an Admin of it (reference §4.2).
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL", use_alter=True), nullable=True)
+    #: 1 public (visible to every user), 3 private (reference §4.3 "visible to the user").
+    access: Mapped[int] = mapped_column(SmallInteger, default=3, server_default=text("3"))
 
     __table_args__ = (
         Index(
@@ -110,6 +115,34 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     default_dc_id: Mapped[int | None] = mapped_column(ForeignKey("datacenters.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Role(Base):
+    """A group of users holding permissions (``admin``, ``image_admin``, ``image_import_admin``)
+    in the datacenters it is attached to (reference §4.2)."""
+
+    __tablename__ = "roles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    permissions: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RoleMember(Base):
+    __tablename__ = "role_members"
+
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class RoleDatacenter(Base):
+    """A role attached to a datacenter: its members hold its permissions there."""
+
+    __tablename__ = "role_dcs"
+
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), primary_key=True)
+    dc_id: Mapped[int] = mapped_column(ForeignKey("datacenters.id", ondelete="CASCADE"), primary_key=True)
 
 
 # --- write side ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class UserRecord:
     is_superadmin: bool
     api_access: bool = True
     is_active: bool = True
+    #: The user's current datacenter (always visible to them).
+    default_dc_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -57,3 +59,16 @@ class DatacenterRecord:
     name: str
     is_default: bool = False
     image_limit: int | None = None
+    owner_id: int | None = None
+    #: 1 public, 3 private.
+    access: int = 3
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What a user holds through datacenter ownership and roles: for every datacenter a role of
+    theirs is attached to, the union of those roles' permissions (possibly empty), and the
+    datacenters they own."""
+
+    permissions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    owned: frozenset[str] = frozenset()

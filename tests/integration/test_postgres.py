@@ -150,6 +150,31 @@ def test_a_single_statement_engine_commits_each_statement_on_its_own(db_url: str
             conn.execute(_dcs.delete().where(_dcs.c.name == name))
 
 
+def test_grants_are_the_union_of_roles_per_datacenter_plus_owned_ones(engine):
+    from shared.db import accounts
+
+    tag = uuid.uuid4().hex[:6]
+    with write_transaction(engine) as conn:
+        user = create_user(conn, f"g{tag}", api_key=None, is_superadmin=False)
+        create_user(conn, f"other{tag}", api_key=None, is_superadmin=False)
+        for dc in ("a", "b", "c"):
+            accounts.create_datacenter(conn, f"{dc}{tag}", owner=f"g{tag}" if dc == "c" else None)
+        accounts.create_role(conn, f"r1{tag}", ["admin"])
+        accounts.create_role(conn, f"r2{tag}", ["image_admin", "image_import_admin"])
+        accounts.create_role(conn, f"r3{tag}", ["admin"])
+        for role, dcs in ((f"r1{tag}", ["a"]), (f"r2{tag}", ["a", "b"]), (f"r3{tag}", ["b"])):
+            for dc in dcs:
+                accounts.attach_role(conn, role, f"{dc}{tag}")
+        accounts.add_member(conn, f"r1{tag}", f"g{tag}")
+        accounts.add_member(conn, f"r2{tag}", f"g{tag}")
+        accounts.add_member(conn, f"r3{tag}", f"other{tag}")  # not theirs
+    with read_transaction(engine) as conn:
+        grants = accounts.load_grants(conn, user.id)
+    assert dict(grants.permissions) == {f"a{tag}": {"admin", "image_admin", "image_import_admin"},
+                                        f"b{tag}": {"image_admin", "image_import_admin"}}
+    assert grants.owned == {f"c{tag}"}
+
+
 # --- locks -------------------------------------------------------------------------------------
 
 

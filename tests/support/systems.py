@@ -63,6 +63,18 @@ class System:
         self.processes[name] = process
         return process
 
+    def admin(self, *args: str) -> str:
+        """Run ``imagesvc admin ARGS`` on this system's database; returns its output (the new
+        key of a command that makes one is the last line). Fails the test if the command fails."""
+        done = subprocess.run(_command("admin", *args), cwd=self.workdir, env=self.env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, f"imagesvc admin {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def new_user(self, username: str, *flags: str) -> str:
+        """Create a user; returns its API key."""
+        return self.admin("user", "create", username, *flags).strip().splitlines()[-1]
+
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""

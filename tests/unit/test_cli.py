@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, select
 
+import pytest
+
 from imagesvc.cli import main
 from shared.db.migrate import upgrade
+from shared.logging import configure_logging
 from shared.db.models import User
 from shared.keys import key_digest
+
+
+@pytest.fixture(autouse=True)
+def logging_to_the_real_stderr():
+    """Commands configure logging onto the sys.stderr of the moment, which capsys replaces and
+    then closes: put it back for the tests that follow."""
+    yield
+    configure_logging("tests", fmt="console")
 
 
 def test_create_superadmin_prints_the_key_last_and_stores_only_its_digest(tmp_path, monkeypatch, capsys):
@@ -53,3 +64,50 @@ def test_upgrade_is_idempotent(tmp_path, monkeypatch):
     upgrade(url)
     monkeypatch.setenv("IMAGESVC_DATABASE_URL", url)
     assert main(["db", "upgrade"]) == 0
+
+
+def test_admin_commands_manage_users_datacenters_and_roles_in_the_embedded_database(tmp_path, monkeypatch, capsys):
+    import json
+
+    monkeypatch.delenv("IMAGESVC_DATABASE_URL", raising=False)
+    monkeypatch.setenv("IMAGESVC_DATA_DIR", str(tmp_path / "var"))  # where `serve` keeps its database
+    assert main(["db", "upgrade"]) == 0
+    assert (tmp_path / "var" / "imagesvc.db").exists()
+    capsys.readouterr()
+
+    assert main(["admin", "user", "create", "alice"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["admin", "dc", "create", "dc1", "--owner", "alice", "--image-limit", "5"]) == 0
+    assert main(["admin", "group", "create", "ops", "--permission", "admin", "--permission", "image_admin"]) == 0
+    assert main(["admin", "role", "add-user", "ops", "alice"]) == 0
+    assert main(["admin", "role", "attach", "ops", "dc1"]) == 0
+    capsys.readouterr()
+
+    assert main(["admin", "role", "list"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"name": "ops", "permissions": ["admin", "image_admin"], "users": ["alice"], "dcs": ["dc1"]}]
+    assert main(["admin", "dc", "list"]) == 0
+    dcs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["name"], d["owner"], d["image_limit"]) for d in dcs] == [("main", None, None), ("dc1", "alice", 5)]
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'imagesvc.db'}")
+    users = User.__table__
+
+    def alice():
+        with engine.connect() as conn:
+            return conn.execute(select(users).where(users.c.username == "alice")).one()
+
+    assert alice().api_key_digest == key_digest(key) and not alice().is_superadmin
+    assert main(["admin", "user", "set", "alice", "--api-access", "no"]) == 0
+    assert alice().api_access is False
+    assert main(["admin", "user", "key", "alice", "--revoke"]) == 0
+    assert alice().api_key_digest is None
+    engine.dispose()
+
+    # Mistakes are one line on stderr and exit status 1, and change nothing.
+    capsys.readouterr()
+    assert main(["admin", "dc", "create", "dc2", "--owner", "nobody"]) == 1
+    assert main(["admin", "role", "attach", "ops", "nowhere"]) == 1
+    assert main(["admin", "user", "create", "alice"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == ["imagesvc: no user 'nobody'", "imagesvc: no datacenter 'nowhere'", "imagesvc: alice exists already"]

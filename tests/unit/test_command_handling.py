@@ -111,7 +111,7 @@ class World:
     def imported(self, name, **fields):
         manifest = sample_manifest()
         url = self.fetcher.serve(manifest)
-        envelope = self.run("importer", ImportImage(name=name, manifest_url=url, dc="main", **fields))
+        envelope = self.run("importer", ImportImage(name=name, manifest_url=url, **{"dc": "main", **fields}))
         assert self.outcome(envelope)["type"] == "task.succeeded", self.outcome(envelope)
         return manifest
 
@@ -401,3 +401,61 @@ def test_the_read_model_rebuilt_from_the_event_store_equals_the_live_one(world):
     with write_transaction(world.engine) as conn:
         rebuild(conn)
     assert snapshot() == live  # a second replay changes nothing
+
+
+class TestRolesAreRecheckedByEveryConsumer:
+    """A command is decided by the actor's roles as they are when it is handled, whoever put it on
+    the broker: a non-SuperAdmin manages images bound to their ImageAdmin datacenters only."""
+
+    @pytest.fixture
+    def roles(self, world):
+        with write_transaction(world.engine) as conn:
+            accounts.create_datacenter(conn, "dc1")
+            accounts.create_datacenter(conn, "dc2")
+            for user, permissions in (("carol", ["admin", "image_admin"]),
+                                      ("dave", ["admin", "image_admin", "image_import_admin"])):
+                accounts.create_user(conn, user, api_key=None, is_superadmin=False)
+                accounts.create_role(conn, f"r-{user}", permissions)
+                accounts.add_member(conn, f"r-{user}", user)
+                accounts.attach_role(conn, f"r-{user}", "dc1")
+        world.imported("in-dc1", dc="dc1")
+        world.imported("in-dc2", dc="dc2")
+        world.imported("global", dc_bound=False)
+        return world
+
+    def outcome(self, world, consumer, command, user):
+        payload = world.outcome(world.run(consumer, command, user=user))["payload"]
+        return payload.get("http_code"), payload.get("result", {}).get("detail") if payload.get("http_code") != 200 else None
+
+    def test_updates_and_deletes_of_images_bound_elsewhere_are_refused_without_effect(self, roles):
+        world = roles
+        for name in ("in-dc2", "global"):
+            assert self.outcome(world, "updater", UpdateImage(name=name, desc="x"), "carol") == (
+                403, "You do not have permission to perform this action.")
+            assert self.outcome(world, "deleter", DeleteImage(name=name), "carol") == (
+                403, "You do not have permission to perform this action.")
+        assert world.events(type="image.updated") == [] and world.events(type="image.deleted") == []
+        assert self.outcome(world, "updater", UpdateImage(name="in-dc1", desc="mine"), "carol") == (200, None)
+        assert self.outcome(world, "deleter", DeleteImage(name="in-dc1"), "carol") == (200, None)
+
+    def test_imports_need_image_import_admin_in_the_target_datacenter(self, roles):
+        world = roles
+        url = world.fetcher.serve(sample_manifest())
+        assert self.outcome(world, "importer", ImportImage(name="by-carol", manifest_url=url, dc="dc1"), "carol") == (
+            403, "You do not have permission to perform this action.")
+        # dc2 is private and they hold nothing there: it does not exist for them.
+        assert self.outcome(world, "importer", ImportImage(name="by-dave", manifest_url=url, dc="dc2"), "dave") == (
+            404, "Datacenter not found")
+        assert world.fetcher.calls.count(url) == 0  # refused before anything was fetched
+        assert self.outcome(world, "importer", ImportImage(name="by-dave", manifest_url=url, dc="dc1",
+                                                           dc_bound=False), "dave") == (200, None)
+        imported = world.events(type="image.imported")[-1]["payload"]["image"]
+        assert (imported["name"], imported["dc_bound"]) == ("by-dave", "dc1")  # dc_bound dropped: not theirs
+
+    def test_a_role_taken_away_stops_the_next_command(self, roles):
+        world = roles
+        assert self.outcome(world, "updater", UpdateImage(name="in-dc1", desc="1"), "carol") == (200, None)
+        with write_transaction(world.engine) as conn:
+            accounts.detach_role(conn, "r-carol", "dc1")
+        assert self.outcome(world, "updater", UpdateImage(name="in-dc1", desc="2"), "carol") == (
+            403, "Permission denied")

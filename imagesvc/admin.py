@@ -1,0 +1,212 @@
+"""``imagesvc admin ...``: accounts, datacenters and roles, straight in the database.
+
+Scriptable: a command that creates an API key prints it alone on the last line; ``list``
+commands print one JSON object per line; a failure prints one line on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from typing import Callable, Iterator
+
+from shared.config import Settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the ``user``, ``dc`` and ``role`` (alias ``group``) command groups."""
+    user = commands.add_parser("user", help="users and their API keys").add_subparsers(dest="what", required=True)
+    create = user.add_parser("create", help="create a user; prints its API key last")
+    create.add_argument("username")
+    create.add_argument("--superadmin", action="store_true")
+    create.add_argument("--no-api-access", action="store_true", help="the user may not use the API")
+    create.add_argument("--no-key", action="store_true", help="create no API key")
+    create.set_defaults(func=_user_create)
+    key = user.add_parser("key", help="replace a user's API key (prints it last), or revoke it")
+    key.add_argument("username")
+    key.add_argument("--revoke", action="store_true")
+    key.set_defaults(func=_user_key)
+    change = user.add_parser("set", help="change a user's flags")
+    change.add_argument("username")
+    for flag in ("active", "api-access", "superadmin"):
+        change.add_argument(f"--{flag}", choices=["yes", "no"])
+    change.set_defaults(func=_user_set)
+    user.add_parser("list", help="all users").set_defaults(func=_user_list)
+
+    dc = commands.add_parser("dc", help="datacenters").add_subparsers(dest="what", required=True)
+    create = dc.add_parser("create", help="create a datacenter")
+    create.add_argument("name")
+    create.add_argument("--owner", help="username of the DC owner (an Admin of it)")
+    create.add_argument("--public", action="store_true", help="visible to every user")
+    create.add_argument("--image-limit", type=int, help="most images bound to it")
+    create.set_defaults(func=_dc_create)
+    dc.add_parser("list", help="all datacenters").set_defaults(func=_dc_list)
+
+    role = commands.add_parser("role", aliases=["group"], help="roles: permissions granted in datacenters")
+    roles = role.add_subparsers(dest="what", required=True)
+    create = roles.add_parser("create", help="create a role")
+    create.add_argument("name")
+    create.add_argument("--permission", action="append", default=[],
+                        choices=["admin", "image_admin", "image_import_admin"])
+    create.set_defaults(func=_role_create)
+    for verb, func, other in (("add-user", _role_add_user, "username"), ("remove-user", _role_remove_user, "username"),
+                              ("attach", _role_attach, "dc"), ("detach", _role_detach, "dc")):
+        sub = roles.add_parser(verb)
+        sub.add_argument("role")
+        sub.add_argument(other)
+        sub.set_defaults(func=func)
+    roles.add_parser("list", help="all roles with their users and datacenters").set_defaults(func=_role_list)
+
+
+@contextlib.contextmanager
+def _transaction() -> Iterator:
+    from shared.db.engine import make_engine, write_transaction
+
+    engine = make_engine(Settings.from_env(os.environ, embedded=True).database_url, pool_size=1)
+    try:
+        with write_transaction(engine) as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _run(action: Callable[..., int | None]) -> int:
+    from shared.db.accounts import AccountExists, NotFound
+
+    try:
+        with _transaction() as conn:
+            return action(conn) or 0
+    except AccountExists as exc:
+        print(f"imagesvc: {exc} exists already", file=sys.stderr)
+    except (NotFound, ValueError) as exc:
+        print(f"imagesvc: {exc}", file=sys.stderr)
+    return 1
+
+
+def _yes(value: str | None) -> bool | None:
+    return None if value is None else value == "yes"
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+def _user_create(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+    from shared.keys import new_api_key
+
+    key = None if args.no_key else new_api_key()
+
+    def create(conn) -> None:
+        accounts.create_user(conn, args.username, api_key=key, is_superadmin=args.superadmin,
+                             api_access=not args.no_api_access)
+
+    kind = "SuperAdmin" if args.superadmin else "user"
+    return _report(_run(create), key, f"created {kind} {args.username!r} without an API key",
+                   f"created {kind} {args.username!r}; its API key (shown once):")
+
+
+def _user_key(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+    from shared.keys import new_api_key
+
+    key = None if args.revoke else new_api_key()
+
+    def change(conn) -> None:
+        if not accounts.set_api_key(conn, args.username, key):
+            raise accounts.NotFound(f"no user {args.username!r}")
+
+    return _report(_run(change), key, f"revoked the API key of {args.username!r}",
+                   f"replaced the API key of {args.username!r}; the new key (shown once):")
+
+
+def _report(status: int, key: str | None, without_key: str, with_key: str) -> int:
+    """After a successful command, say what happened; a new key goes alone on the last line."""
+    if status == 0:
+        print(without_key if key is None else f"{with_key}\n{key}")
+    return status
+
+
+def _user_set(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    values = {column: _yes(getattr(args, attribute)) for column, attribute in
+              (("is_active", "active"), ("api_access", "api_access"), ("is_superadmin", "superadmin"))}
+    values = {k: v for k, v in values.items() if v is not None}
+    return _run(lambda conn: accounts.update_user(conn, args.username, **values))
+
+
+def _user_list(_args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: _print_lines(accounts.list_users(conn)))
+
+
+# --- datacenters -------------------------------------------------------------------------------
+
+
+def _dc_create(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    def create(conn) -> None:
+        accounts.create_datacenter(conn, args.name, owner=args.owner, public=args.public,
+                                   image_limit=args.image_limit)
+        print(f"created datacenter {args.name!r}")
+
+    return _run(create)
+
+
+def _dc_list(_args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: _print_lines(accounts.list_datacenters(conn)))
+
+
+# --- roles -------------------------------------------------------------------------------------
+
+
+def _role_create(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    def create(conn) -> None:
+        accounts.create_role(conn, args.name, args.permission)
+        print(f"created role {args.name!r} with {sorted(set(args.permission)) or 'no permissions'}")
+
+    return _run(create)
+
+
+def _role_add_user(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: accounts.add_member(conn, args.role, args.username))
+
+
+def _role_remove_user(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: accounts.remove_member(conn, args.role, args.username))
+
+
+def _role_attach(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: accounts.attach_role(conn, args.role, args.dc))
+
+
+def _role_detach(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: accounts.detach_role(conn, args.role, args.dc))
+
+
+def _role_list(_args: argparse.Namespace) -> int:
+    from shared.db import accounts
+
+    return _run(lambda conn: _print_lines(accounts.list_roles(conn)))
+
+
+def _print_lines(rows: list[dict]) -> None:
+    for row in rows:
+        print(json.dumps(row, sort_keys=True))

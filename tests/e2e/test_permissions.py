@@ -1,0 +1,249 @@
+"""Who may do what, over HTTP, in both modes (reference §4.1-4.3, §5): every actor against every
+image operation and the task status, on an image bound to dc1, one bound to dc2 and a global one.
+A refused request changes nothing and puts no command on the broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import submitted_commands
+
+pytestmark = pytest.mark.e2e
+
+NO_CREDENTIALS = {"detail": "Authentication credentials were not provided."}
+INVALID_KEY = {"detail": "Invalid API key"}
+NO_API_ACCESS = {"detail": "User account is not allowed to access API"}
+DENIED = {"detail": "Permission denied"}
+NOT_YOURS = {"detail": "You do not have permission to perform this action."}
+DC_NOT_FOUND = {"detail": "Datacenter not found"}
+
+ACTORS = ["anonymous", "wrong key", "no api access", "no role", "dc1 admin", "dc1 image admin",
+          "dc1 image+import admin", "superadmin"]
+TARGETS = ["dc1", "dc2", "global"]
+#: What the actors hold (reference §4.2): Admin = owner or `admin`; ImageAdmin = `image_admin` + Admin.
+ROLES = {
+    "dc1 admin": ["admin"],
+    "dc1 image admin": ["admin", "image_admin"],
+    "dc1 image+import admin": ["admin", "image_admin", "image_import_admin"],
+}
+#: Failures of authentication and of the entry permission, whatever the operation and the image.
+BEFORE_ANYTHING = {"anonymous": NO_CREDENTIALS, "wrong key": INVALID_KEY, "no api access": NO_API_ACCESS,
+                   "no role": DENIED, "dc1 admin": DENIED}
+
+
+@dataclass
+class World:
+    system: object
+    keys: dict[str, str | None]
+    images: dict[str, str]
+    tag: str
+
+    def client(self, actor: str) -> httpx.Client:
+        key = self.keys[actor]
+        headers = {} if key is None else {"ES-API-KEY": key}
+        return httpx.Client(base_url=self.system.url, headers=headers, timeout=30)
+
+    def root(self) -> httpx.Client:
+        return self.client("superadmin")
+
+
+@pytest.fixture(scope="module")
+def world(system, origin) -> World:
+    tag = uuid.uuid4().hex[:6]
+    system.admin("dc", "create", f"dc1{tag}")
+    system.admin("dc", "create", f"dc2{tag}")
+    keys: dict[str, str | None] = {"anonymous": None, "wrong key": "not-a-key-" + tag, "superadmin": system.api_key}
+    keys["no api access"] = system.new_user(f"noapi{tag}", "--no-api-access")
+    keys["no role"] = system.new_user(f"norole{tag}")
+    for actor, permissions in ROLES.items():
+        username = actor.replace(" ", "").replace("+", "")[:20] + tag
+        keys[actor] = system.new_user(username)
+        role = f"role-{username}"
+        system.admin("role", "create", role, *[f"--permission={p}" for p in permissions])
+        system.admin("role", "add-user", role, username)
+        system.admin("role", "attach", role, f"dc1{tag}")
+    world = World(system, keys, {}, tag)
+    with world.root() as client:
+        for target in TARGETS:
+            name = f"perm-{target}-{tag}"
+            body = {"manifest_url": origin.add_manifest()[0]}
+            body.update({"dc_bound": False} if target == "global" else {"dc": f"{target}{tag}"})
+            response = client.post(f"/image/{name}/", json=body)
+            assert response.status_code == 200, response.text
+            world.images[target] = name
+    return world
+
+
+def dc(world: World, target: str) -> str:
+    return f"{target}{world.tag}"
+
+
+def expected_for_an_image(actor: str, target: str, allowed: int) -> tuple[int, dict | None]:
+    """(status, body or None when allowed) of show, update and delete."""
+    if actor in BEFORE_ANYTHING:
+        return 403, BEFORE_ANYTHING[actor]
+    if actor == "superadmin" or target == "dc1":
+        return allowed, None
+    return 403, NOT_YOURS
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_list(world, actor):
+    with world.client(actor) as client:
+        response = client.get("/image/")
+    if actor in BEFORE_ANYTHING:
+        assert (response.status_code, response.json()) == (403, BEFORE_ANYTHING[actor])
+        return
+    assert response.status_code == 200, response.text
+    mine = {n for n in response.json()["result"] if n.endswith(world.tag)}
+    if actor == "superadmin":
+        assert mine == set(world.images.values())
+    else:  # only images bound to a DC where they are ImageAdmin; global images are invisible
+        assert mine == {world.images["dc1"]}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_show(world, actor, target):
+    with world.client(actor) as client:
+        response = client.get(f"/image/{world.images[target]}/")
+    status, body = expected_for_an_image(actor, target, 200)
+    assert response.status_code == status, response.text
+    if body is not None:
+        assert response.json() == body
+    else:
+        assert response.json()["result"]["name"] == world.images[target]
+
+
+def test_a_missing_image_is_404_before_any_object_permission(world):
+    with world.client("dc1 image admin") as client:
+        response = client.get("/image/no-such-image/")
+    assert (response.status_code, response.json()) == (404, {"detail": "Image not found"})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_update(world, actor, target):
+    name = world.images[target]
+    desc = f"by {actor}"[:40]
+    before = submitted_commands(world.system)
+    with world.client(actor) as client:
+        response = client.put(f"/image/{name}/", json={"desc": desc})
+    status, body = expected_for_an_image(actor, target, 200)
+    assert response.status_code == status, response.text
+    with world.root() as root:
+        shown = root.get(f"/image/{name}/").json()["result"]
+    if body is not None:
+        assert response.json() == body
+        assert shown["desc"] != desc
+        assert submitted_commands(world.system) == before  # nothing reached the broker
+    else:
+        assert response.json()["result"]["desc"] == desc == shown["desc"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_delete(world, origin, actor, target):
+    status, body = expected_for_an_image(actor, target, 200)
+    name = world.images[target]
+    if body is None:  # allowed: delete an image of its own, the shared ones stay for the other cells
+        name = f"del-{uuid.uuid4().hex[:8]}"
+        request = {"manifest_url": origin.add_manifest()[0]}
+        request.update({"dc_bound": False} if target == "global" else {"dc": dc(world, target)})
+        with world.root() as root:
+            assert root.post(f"/image/{name}/", json=request).status_code == 200
+    before = submitted_commands(world.system)
+    with world.client(actor) as client:
+        response = client.delete(f"/image/{name}/")
+    assert response.status_code == status, response.text
+    with world.root() as root:
+        still_there = root.get(f"/image/{name}/").status_code == 200
+    if body is not None:
+        assert response.json() == body
+        assert still_there and submitted_commands(world.system) == before
+    else:
+        assert response.json()["status"] == "SUCCESS" and not still_there
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_import(world, origin, actor, target):
+    name = f"imp-{uuid.uuid4().hex[:8]}"
+    request = {"manifest_url": origin.add_manifest()[0]}
+    request.update({"dc_bound": False} if target == "global" else {"dc": dc(world, target)})
+    before = submitted_commands(world.system)
+    with world.client(actor) as client:
+        response = client.post(f"/image/{name}/", json=request)
+    if actor in BEFORE_ANYTHING:
+        expected = (403, BEFORE_ANYTHING[actor])
+    elif actor == "superadmin":
+        expected = (200, None)
+    elif target == "dc2":
+        expected = (404, DC_NOT_FOUND)  # a private DC they hold nothing in is invisible to them
+    elif target == "global":
+        # dc_bound is silently dropped for them: the image would be bound to the request's DC
+        # (the default DC), where they hold nothing.
+        expected = (403, NOT_YOURS)
+    elif actor == "dc1 image+import admin":
+        expected = (200, None)
+    else:
+        expected = (403, NOT_YOURS)  # ImageAdmin of dc1 without ImageImportAdmin there
+    assert response.status_code == expected[0], response.text
+    if expected[1] is not None:
+        assert response.json() == expected[1]
+        assert submitted_commands(world.system) == before
+        with world.root() as root:
+            assert root.get(f"/image/{name}/").status_code == 404
+    else:
+        result = response.json()["result"]
+        assert result["dc_bound"] is (target != "global" or actor != "superadmin")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_task_status(world, actor, target):
+    """Readable by an Admin of the task's datacenter, or by the task's user or owner."""
+    with world.root() as root:
+        task_id = root.put(f"/image/{world.images[target]}/", json={}).json()["task_id"]
+    with world.client(actor) as client:
+        response = client.get(f"/task/{task_id}/status/")
+    if actor in ("anonymous", "wrong key", "no api access"):
+        assert (response.status_code, response.json()) == (403, BEFORE_ANYTHING[actor])
+    elif actor == "superadmin" or (target == "dc1" and actor not in ("no role",)):
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "SUCCESS"
+    else:
+        assert (response.status_code, response.json()) == (403, DENIED)
+
+
+def test_a_role_granted_later_takes_effect_and_a_revoked_key_stops_working(world):
+    system = world.system
+    username = f"late{world.tag}"
+    key = system.new_user(username)
+    with world.client("superadmin") as root:
+        name = world.images["dc1"]
+        with httpx.Client(base_url=system.url, headers={"ES-API-KEY": key}, timeout=30) as client:
+            assert client.get(f"/image/{name}/").json() == DENIED
+            role = f"late-role-{world.tag}"
+            system.admin("role", "create", role, "--permission=admin", "--permission=image_admin")
+            system.admin("role", "add-user", role, username)
+            system.admin("role", "attach", role, dc(world, "dc1"))
+
+            def granted() -> None:
+                assert client.get(f"/image/{name}/").status_code == 200
+
+            from tests.support.polling import eventually
+
+            eventually(granted, timeout=10)  # the gateway's account cache expires within seconds
+            system.admin("user", "key", username, "--revoke")
+
+            def revoked() -> None:
+                assert client.get(f"/image/{name}/").json() == INVALID_KEY
+
+            eventually(revoked, timeout=10)
+        assert root.get(f"/image/{name}/").status_code == 200
