@@ -29,6 +29,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     key.add_argument("username")
     key.add_argument("--revoke", action="store_true")
     key.set_defaults(func=_user_key)
+    password = user.add_parser("password", help="set a user's password (for POST /api/accounts/login/), "
+                                                "read from the first line of standard input")
+    password.add_argument("username")
+    password.set_defaults(func=_user_password)
     change = user.add_parser("set", help="change a user's flags")
     change.add_argument("username")
     for flag in ("active", "api-access", "superadmin"):
@@ -127,6 +131,18 @@ def _report(status: int, key: str | None, without_key: str, with_key: str) -> in
     if status == 0:
         print(without_key if key is None else f"{with_key}\n{key}")
     return status
+
+
+def _user_password(args: argparse.Namespace) -> int:
+    from shared.db import accounts
+    from shared.keys import hash_password
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("imagesvc: no password on standard input", file=sys.stderr)
+        return 1
+    hashed = hash_password(password)  # never the password itself, and never printed
+    return _run(lambda conn: accounts.update_user(conn, args.username, password_hash=hashed))
 
 
 def _user_set(args: argparse.Namespace) -> int:

@@ -50,6 +50,8 @@ class Settings:
     image_store: str = "none"
     #: Seconds a gateway process reuses a resolved API key, user or datacenter.
     auth_cache_seconds: float = 2.0
+    #: Lifetime of a login token (the original's AUTHTOKEN_DURATION).
+    token_seconds: float = 3600.0
     #: Where the embedded mode keeps its SQLite file (and later the image store).
     data_dir: str = "./var"
     #: Largest accepted request body, in bytes.

@@ -28,7 +28,7 @@ from services.gateway.http import (
     json_response,
 )
 from services.gateway.queries import Queries
-from services.gateway.routes import ImageRoutes, TaskRoutes
+from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
 from shared.broker.notifications import NotificationListener
 from shared.broker.topology import Topology
 from shared.config import Settings
@@ -78,6 +78,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher,
                          url_policy=UrlPolicy(settings.fetch_allow), max_body_bytes=settings.max_body_bytes)
     task_routes = TaskRoutes(queries=queries, auth=auth)
+    account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
+                                   max_body_bytes=settings.max_body_bytes)
 
     async def openapi_document(request: Request) -> Response:
         return json_response(request, openapi.document())
@@ -90,6 +92,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/image/{name:imagename}", images.delete, ["DELETE"]),
         *_routes("/api/task/{task_id}/status", task_routes.status, ["GET"]),
         *_routes("/api/task/{task_id}/state", task_routes.status, ["GET"]),
+        *_routes("/api/accounts/login", account_routes.login, ["POST"]),
+        *_routes("/api/accounts/logout", account_routes.logout, ["GET"]),
         Route("/api/openapi.json", openapi_document, methods=["GET"]),
     ]
 

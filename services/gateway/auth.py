@@ -1,7 +1,9 @@
-"""Authentication of API requests (reference §4.1): the ``ES-API-KEY`` header.
+"""Authentication of API requests (reference §4.1): the ``ES-API-KEY`` header, then
+``Authorization: Token <token>`` (a token from ``POST /api/accounts/login/``).
 
-Every failure is a 403 with the original's message. A resolved key is cached by ``Queries`` for
-``auth_cache_seconds`` per process, so a revoked key stops working within that bound.
+Every failure is a 403 with the original's message; an expired token counts as no credentials.
+A resolved key or token is cached by ``Queries`` for ``auth_cache_seconds`` per process, so a
+revoked key stops working within that bound.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from starlette.requests import Request
 
 from services.gateway.http import ApiError
 from services.gateway.queries import Queries
+from shared.db.models import utcnow
 from shared.db.records import UserRecord
 from shared.keys import key_digest
 
 NO_CREDENTIALS = "Authentication credentials were not provided."
 INVALID_KEY = "Invalid API key"
 NO_API_ACCESS = "User account is not allowed to access API"
+INVALID_TOKEN = "Invalid token."
+INACTIVE = "User inactive or deleted."
 
 
 class Authenticator:
@@ -26,15 +31,33 @@ class Authenticator:
     async def user(self, request: Request) -> UserRecord:
         """The authenticated user; also records who asked on ``request.state``. Raises ApiError(403)."""
         key = request.headers.get("es-api-key")
-        if not key:
-            raise ApiError(403, NO_CREDENTIALS)
-        user = await self._lookup(key_digest(key))
-        if user is None or not user.is_active:
-            raise ApiError(403, INVALID_KEY)
+        if key:
+            user = await self._lookup(key_digest(key))
+            if user is None or not user.is_active:
+                raise ApiError(403, INVALID_KEY)
+        else:
+            user = await self._token_user(request)
         if not user.api_access:
             raise ApiError(403, NO_API_ACCESS)
         request.state.username = user.username
         request.state.user_id = user.id
+        return user
+
+    async def _token_user(self, request: Request) -> UserRecord:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "token" or not token.strip():
+            raise ApiError(403, NO_CREDENTIALS)
+        digest = key_digest(token.strip())
+        found = self._queries.cached_user_by_token_digest(digest) or await run_in_threadpool(
+            self._queries.user_by_token_digest, digest)
+        if found is None:
+            raise ApiError(403, INVALID_TOKEN)
+        user, expires_at = found
+        if expires_at <= utcnow():
+            raise ApiError(403, NO_CREDENTIALS)  # an expired token is no credential at all
+        if not user.is_active:
+            raise ApiError(403, INACTIVE)
+        request.state.token_digest = digest
         return user
 
     async def _lookup(self, digest: str) -> UserRecord | None:

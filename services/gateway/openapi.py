@@ -161,5 +161,29 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/accounts/login/": {
+                "post": {
+                    "operationId": "login",
+                    "summary": "A token for `Authorization: Token <token>` (valid IMAGESVC_TOKEN_SECONDS)",
+                    "security": [],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["username", "password"],
+                        "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}},
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["token", "expires", "detail"], "properties": {
+                            "token": {"type": "string"}, "expires": {"type": "string", "format": "date-time"},
+                            "detail": {"type": "string"}}}, "Logged in"),
+                        "400": _json({"type": "object"}, "Missing fields, or wrong username or password"),
+                        "403": _detail("User account is not allowed to access API"),
+                    },
+                },
+            },
+            "/api/accounts/logout/": {
+                "get": {
+                    "operationId": "logout",
+                    "summary": "End the token the request authenticated with",
+                    "responses": {"200": _detail("Bye."), "403": _AUTH_FAILED},
+                },
+            },
         },
     }

@@ -7,6 +7,7 @@ pre-encoded by the projector, so a list is a concatenation of bytes, not an obje
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from dataclasses import dataclass
 from typing import Any, Collection, Sequence
 
@@ -16,7 +17,7 @@ from sqlalchemy import Engine, bindparam, insert, select
 from shared.db import accounts
 from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.engine import read_transaction, single_statement
-from shared.db.models import Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
+from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
 from shared.db.records import DatacenterRecord, Grants, UserRecord
 
 _users = User.__table__
@@ -27,6 +28,9 @@ _journal = SubmittedCommand.__table__
 
 # Statements built once (building them per request is a measurable share of the gateway's CPU).
 _USER_BY_DIGEST = select(_users).where(_users.c.api_key_digest == bindparam("digest"))
+_tokens = AuthToken.__table__
+_USER_BY_TOKEN = (select(_users, _tokens.c.expires_at.label("token_expires_at"))
+                  .join(_tokens, _tokens.c.user_id == _users.c.id).where(_tokens.c.digest == bindparam("digest")))
 _USER_BY_NAME = select(_users).where(_users.c.username == bindparam("username"))
 _DC_BY_NAME = select(_dcs).where(_dcs.c.name == bindparam("name"))
 _DEFAULT_DC = select(_dcs).where(_dcs.c.is_default.is_(True))
@@ -119,6 +123,38 @@ class Queries:
 
     def cached_user_by_key_digest(self, digest: str) -> UserRecord | None:
         return self._peek(("key", digest))
+
+    def user_by_token_digest(self, digest: str) -> tuple[UserRecord, datetime] | None:
+        """The user of a login token and when the token expires (cached like the keys)."""
+        def load() -> tuple[UserRecord, datetime] | None:
+            with single_statement(self.engine) as conn:
+                row = conn.execute(_USER_BY_TOKEN, {"digest": digest}).first()
+            return None if row is None else (user_record(row), row.token_expires_at)
+
+        return self._cached(("token", digest), load)
+
+    def cached_user_by_token_digest(self, digest: str) -> tuple[UserRecord, datetime] | None:
+        return self._peek(("token", digest))
+
+    def login_candidate(self, username: str) -> tuple[UserRecord, str | None] | None:
+        """A user and their password hash, for a login (never cached)."""
+        if not storable(username, 150):
+            return None
+        with single_statement(self.engine) as conn:
+            row = conn.execute(_USER_BY_NAME, {"username": username}).first()
+        return None if row is None else (user_record(row), row.password_hash)
+
+    def create_token(self, user_id: int, digest: str, expires_at: datetime) -> None:
+        # The gateway's connections do not wait for the WAL flush: a token lost in a database
+        # crash only means logging in again.
+        with single_statement(self.engine, write=True) as conn:
+            conn.execute(insert(_tokens).values(digest=digest, user_id=user_id, created_at=utcnow(),
+                                                expires_at=expires_at))
+
+    def delete_token(self, digest: str) -> None:
+        with single_statement(self.engine, write=True) as conn:
+            conn.execute(_tokens.delete().where(_tokens.c.digest == digest))
+        self._cache.pop(("token", digest), None)
 
     def user(self, username: str) -> UserRecord | None:
         if not storable(username, 150):

@@ -6,6 +6,7 @@ consumer re-checks everything; the gateway's checks only spare the broker doomed
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any, Mapping
 
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from domain import fields, images, manifest, policy, tasks
-from services.gateway.auth import Authenticator
+from services.gateway.auth import NO_API_ACCESS, Authenticator
 from services.gateway.dispatch import Dispatcher, status_body
 from services.gateway.http import (
     ApiError,
@@ -26,6 +27,8 @@ from services.gateway.http import (
 from services.gateway.queries import ORDER_FIELDS, Queries
 from shared.contracts import Actor, DeleteImage, ImportImage, UpdateImage
 from shared.db.records import DatacenterRecord, UserRecord
+from shared.db.models import utcnow
+from shared.keys import check_password, hash_password, key_digest, new_api_key
 from shared.net.fetch import FetchError, UrlPolicy
 
 HIDDEN_FROM_LISTS = (fields.ACCESS_INTERNAL,)
@@ -241,3 +244,52 @@ class TaskRoutes:
             raise ApiError(404, tasks.TASK_NOT_FOUND)
         code, body = status_body(view)
         return json_response(request, body, code, {"es_task_id": task_id, "es_task_response": "true"})
+
+
+class AccountRoutes:
+    """``POST /api/accounts/login/`` and ``GET /api/accounts/logout/`` (the ``es`` client's login)."""
+
+    WELCOME = "Welcome to Danube Cloud API."
+    BAD_CREDENTIALS = "Unable to log in with provided credentials."
+
+    def __init__(self, *, queries: Queries, auth: Authenticator, token_seconds: float, max_body_bytes: int):
+        self.queries = queries
+        self.auth = auth
+        self.token_seconds = token_seconds
+        self.max_body_bytes = max_body_bytes
+
+    async def login(self, request: Request) -> Response:
+        data = await read_json_body(request, self.max_body_bytes)
+        required = {f: ["This field is required."] for f in ("username", "password")
+                    if not isinstance(data.get(f), str) or not data[f]}
+        if required:
+            return json_response(request, required, 400)
+        user = await run_in_threadpool(self._check_credentials, data["username"], data["password"])
+        if user is None:
+            return json_response(request, {"non_field_errors": [self.BAD_CREDENTIALS]}, 400)
+        if not user.api_access:
+            raise ApiError(403, NO_API_ACCESS)
+        token = new_api_key()
+        expires = utcnow() + timedelta(seconds=self.token_seconds)
+        await run_in_threadpool(self.queries.create_token, user.id, key_digest(token), expires)
+        request.state.username = user.username
+        return json_response(request, {"token": token, "expires": images.format_time(expires),
+                                       "detail": self.WELCOME})
+
+    def _check_credentials(self, username: str, password: str) -> UserRecord | None:
+        """(Thread pool: hashing is slow by design.) The user, if the password is theirs."""
+        found = self.queries.login_candidate(username)
+        user, stored = found if found is not None else (None, None)
+        # A missing user costs the same hashing as a wrong password: no timing hint either way.
+        matches = check_password(password, stored or _DECOY_HASH)
+        return user if user is not None and stored and matches and user.is_active else None
+
+    async def logout(self, request: Request) -> Response:
+        await self.auth.user(request)
+        digest = getattr(request.state, "token_digest", None)
+        if digest is not None:
+            await run_in_threadpool(self.queries.delete_token, digest)
+        return json_response(request, {"detail": "Bye."})
+
+
+_DECOY_HASH = hash_password("not a password of anybody")

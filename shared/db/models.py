@@ -117,6 +117,17 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class AuthToken(Base):
+    """A login token (``POST /api/accounts/login/``), stored as its SHA-256 digest only."""
+
+    __tablename__ = "auth_tokens"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Role(Base):
     """A group of users holding permissions (``admin``, ``image_admin``, ``image_import_admin``)
     in the datacenters it is attached to (reference §4.2)."""

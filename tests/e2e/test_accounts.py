@@ -1,0 +1,99 @@
+"""Logging in for a token, using it, logging out, expiry (reference §4.1, §11: the ``es`` login)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, select, update
+
+from shared.db.models import AuthToken
+from shared.keys import key_digest
+from tests.e2e.conftest import database_url
+from tests.support.systems import _command
+
+pytestmark = pytest.mark.e2e
+
+
+def set_password(system, username: str, password: str) -> None:
+    done = subprocess.run(_command("admin", "user", "password", username), input=password + "\n", cwd=system.workdir,
+                          env=system.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert password not in done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def account(system):
+    username = f"jane{uuid.uuid4().hex[:6]}"
+    system.new_user(username, "--superadmin")
+    set_password(system, username, "correct horse")
+    return username
+
+
+def anonymous(system) -> httpx.Client:
+    return httpx.Client(base_url=system.url, timeout=30)
+
+
+def test_login_gives_a_token_that_authenticates_until_logout(system, account):
+    with anonymous(system) as client:
+        response = client.post("/accounts/login/", json={"username": account, "password": "correct horse"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["detail"] == "Welcome to Danube Cloud API." and len(body["token"]) >= 40
+        expires = datetime.fromisoformat(body["expires"].replace("Z", "+00:00"))
+        assert timedelta(minutes=59) < expires - datetime.now(timezone.utc) <= timedelta(hours=1)
+        auth = {"Authorization": f"Token {body['token']}"}
+        assert client.get("/image/", headers=auth).status_code == 200
+        # The token is stored as its digest only.
+        engine = create_engine(database_url(system))
+        with engine.connect() as conn:
+            digests = set(conn.execute(select(AuthToken.__table__.c.digest)).scalars())
+        engine.dispose()
+        assert key_digest(body["token"]) in digests and body["token"] not in digests
+
+        logout = client.get("/accounts/logout/", headers=auth)
+        assert logout.status_code == 200
+        assert client.get("/image/", headers=auth).json() == {"detail": "Invalid token."}
+
+
+@pytest.mark.parametrize("credentials, status, body", [
+    ({"password": "x"}, 400, {"username": ["This field is required."]}),
+    ({"username": "nobody-here", "password": "correct horse"}, 400,
+     {"non_field_errors": ["Unable to log in with provided credentials."]}),
+    ({"username": None, "password": "wrong"}, 400, {"username": ["This field is required."]}),
+])
+def test_login_failures(system, credentials, status, body):
+    with anonymous(system) as client:
+        response = client.post("/accounts/login/", json=credentials)
+    assert (response.status_code, response.json()) == (status, body)
+
+
+def test_a_wrong_password_and_a_garbage_token(system, account):
+    with anonymous(system) as client:
+        response = client.post("/accounts/login/", json={"username": account, "password": "wrong"})
+        assert (response.status_code, response.json()) == (
+            400, {"non_field_errors": ["Unable to log in with provided credentials."]})
+        response = client.get("/image/", headers={"Authorization": "Token not-a-token"})
+        assert (response.status_code, response.json()) == (403, {"detail": "Invalid token."})
+
+
+def test_an_expired_token_counts_as_no_credentials(system, account):
+    with anonymous(system) as client:
+        token = client.post("/accounts/login/", json={"username": account, "password": "correct horse"}).json()["token"]
+        engine = create_engine(database_url(system))
+        tokens = AuthToken.__table__
+        with engine.begin() as conn:
+            conn.execute(update(tokens).where(tokens.c.digest == key_digest(token)).values(
+                expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        engine.dispose()
+        from tests.support.polling import eventually
+
+        def expired() -> None:  # the gateway may reuse what it resolved for a couple of seconds
+            response = client.get("/image/", headers={"Authorization": f"Token {token}"})
+            assert (response.status_code, response.json()) == (
+                403, {"detail": "Authentication credentials were not provided."})
+
+        eventually(expired, timeout=10)
