@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -52,6 +53,8 @@ class Settings:
     auth_cache_seconds: float = 2.0
     #: Lifetime of a login token (the original's AUTHTOKEN_DURATION).
     token_seconds: float = 3600.0
+    #: Requests per user and window, e.g. ``45/minute`` (the original's rate), or ``off``.
+    throttle: str = "off"
     #: Where the embedded mode keeps its SQLite file (and later the image store).
     data_dir: str = "./var"
     #: Largest accepted request body, in bytes.
@@ -101,6 +104,10 @@ class Settings:
             raise ConfigError("IMAGESVC_MAX_ATTEMPTS must be at least 1")
         if not self.retry_backoff:
             raise ConfigError("IMAGESVC_RETRY_BACKOFF needs at least one delay")
+        try:
+            parse_rate(self.throttle)
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_THROTTLE: {exc}") from None
         if self.image_store != "none":
             raise ConfigError("IMAGESVC_IMAGE_STORE: only 'none' (database-level operations) is supported")
         if self.prefetch < 1 or self.worker_threads < 1 or self.db_pool_size < 1:
@@ -136,3 +143,18 @@ def _parse(annotation: str, raw: str) -> object:
 
 def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+            "d": 86400, "day": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+
+
+def parse_rate(text: str) -> tuple[int, float] | None:
+    """``"45/minute"`` -> (45, 60.0); ``"off"`` -> None. Raises ValueError for anything else."""
+    if text.strip().lower() in ("", "off"):
+        return None
+    match = _RATE.match(text.lower())
+    if match is None or match.group(2) not in _PERIODS or int(match.group(1)) < 1:
+        raise ValueError("expected 'off' or <requests>/<second|minute|hour|day>, e.g. 45/minute")
+    return int(match.group(1)), float(_PERIODS[match.group(2)])

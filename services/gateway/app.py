@@ -29,6 +29,7 @@ from services.gateway.http import (
 )
 from services.gateway.queries import Queries
 from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
+from services.gateway.throttle import throttle_for
 from shared.broker.notifications import NotificationListener
 from shared.broker.topology import Topology
 from shared.config import Settings
@@ -75,11 +76,12 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
                             answer_window=settings.answer_window, reply_to=listener.address)
-    images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher,
-                         url_policy=UrlPolicy(settings.fetch_allow), max_body_bytes=settings.max_body_bytes)
-    task_routes = TaskRoutes(queries=queries, auth=auth)
+    throttle = throttle_for(settings.throttle)
+    images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
+                         max_body_bytes=settings.max_body_bytes, throttle=throttle)
+    task_routes = TaskRoutes(queries=queries, auth=auth, throttle=throttle)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
-                                   max_body_bytes=settings.max_body_bytes)
+                                   max_body_bytes=settings.max_body_bytes, throttle=throttle)
 
     async def openapi_document(request: Request) -> Response:
         return json_response(request, openapi.document())

@@ -25,6 +25,7 @@ from services.gateway.http import (
     read_json_body,
 )
 from services.gateway.queries import ORDER_FIELDS, Queries
+from services.gateway.throttle import NoThrottle, Throttle
 from shared.contracts import Actor, DeleteImage, ImportImage, UpdateImage
 from shared.db.records import DatacenterRecord, UserRecord
 from shared.db.models import utcnow
@@ -70,7 +71,8 @@ async def access_of(auth: Authenticator, queries: Queries, request: Request) -> 
 
 class ImageRoutes:
     def __init__(self, *, queries: Queries, auth: Authenticator, dispatcher: Dispatcher, url_policy: UrlPolicy,
-                 max_body_bytes: int):
+                 max_body_bytes: int, throttle: Throttle | NoThrottle = NoThrottle()):
+        self.throttle = throttle
         self.queries = queries
         self.auth = auth
         self.dispatcher = dispatcher
@@ -78,8 +80,11 @@ class ImageRoutes:
         self.max_body_bytes = max_body_bytes
 
     async def _admin(self, request: Request) -> policy.Access:
-        """The entry permission of the /image endpoints (403 ``Permission denied``)."""
-        return policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
+        """The entry permission of the /image endpoints (403 ``Permission denied``), then the
+        user's rate (429), in the original's order."""
+        access = policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
+        self.throttle.check(("user", access.user.id))
+        return access
 
     async def _default_dc(self, request: Request) -> DatacenterRecord:
         dc = self.queries.cached_default_datacenter() or await run_in_threadpool(self.queries.default_datacenter)
@@ -223,7 +228,8 @@ class ImageRoutes:
 
 
 class TaskRoutes:
-    def __init__(self, *, queries: Queries, auth: Authenticator):
+    def __init__(self, *, queries: Queries, auth: Authenticator, throttle: Throttle | NoThrottle = NoThrottle()):
+        self.throttle = throttle
         self.queries = queries
         self.auth = auth
 
@@ -237,6 +243,7 @@ class TaskRoutes:
         if dc is None or not policy.may_read_task(access, dc.name, user_id=parts["user_id"],
                                                   owner_id=parts["owner_id"]):
             raise ApiError(403, images.PERMISSION_DENIED)
+        self.throttle.check(("user", access.user.id))
         if tasks.is_dummy(task_id):
             raise ApiError(404, tasks.TASK_NOT_FOUND)
         view = await run_in_threadpool(self.queries.task, task_id)
@@ -252,13 +259,16 @@ class AccountRoutes:
     WELCOME = "Welcome to Danube Cloud API."
     BAD_CREDENTIALS = "Unable to log in with provided credentials."
 
-    def __init__(self, *, queries: Queries, auth: Authenticator, token_seconds: float, max_body_bytes: int):
+    def __init__(self, *, queries: Queries, auth: Authenticator, token_seconds: float, max_body_bytes: int,
+                 throttle: Throttle | NoThrottle = NoThrottle()):
+        self.throttle = throttle
         self.queries = queries
         self.auth = auth
         self.token_seconds = token_seconds
         self.max_body_bytes = max_body_bytes
 
     async def login(self, request: Request) -> Response:
+        self.throttle.check(("address", request.client.host if request.client else None))
         data = await read_json_body(request, self.max_body_bytes)
         required = {f: ["This field is required."] for f in ("username", "password")
                     if not isinstance(data.get(f), str) or not data[f]}
@@ -285,7 +295,8 @@ class AccountRoutes:
         return user if user is not None and stored and matches and user.is_active else None
 
     async def logout(self, request: Request) -> Response:
-        await self.auth.user(request)
+        user = await self.auth.user(request)
+        self.throttle.check(("user", user.id))
         digest = getattr(request.state, "token_digest", None)
         if digest is not None:
             await run_in_threadpool(self.queries.delete_token, digest)

@@ -144,3 +144,32 @@ def test_one_log_line_per_request_with_request_and_task_ids(api, publisher):
     assert handled[0]["accepted_ms"] is None
     assert 0 < handled[1]["accepted_ms"] <= handled[1]["duration_ms"]
     assert all(line["level"] and line["timestamp"] for line in lines)
+
+
+def test_throttling_is_off_by_default_and_answers_429_with_the_original_message_when_on(engine, publisher):
+    with write_transaction(engine) as conn:
+        accounts.create_user(conn, "root", api_key=KEY, is_superadmin=True)
+    with client_for(engine, publisher) as client:
+        assert all(client.get("/image/").status_code == 200 for _ in range(5))
+    with client_for(engine, publisher, throttle="2/minute") as client:
+        assert [client.get("/image/").status_code for _ in range(2)] == [200, 200]
+        throttled = client.get("/image/")
+        assert throttled.status_code == 429
+        assert throttled.json() == {"detail": "Request was throttled. Expected available in 60 seconds."}
+        assert throttled.headers["retry-after"] == "60"
+        assert client.put("/image/any/", json={}).status_code == 429 and publisher.published == []
+
+
+def test_the_throttle_window_slides():
+    from services.gateway.throttle import Throttle
+
+    now = [0.0]
+    throttle = Throttle(2, 60, clock=lambda: now[0])
+    assert throttle.wait("u") is None
+    now[0] = 10
+    assert throttle.wait("u") is None
+    assert throttle.wait("u") == 50 and throttle.wait("other") is None
+    now[0] = 30
+    assert throttle.wait("u") == 30  # refused requests do not count
+    now[0] = 60.5  # the first request left the window, the second has 9.5 s to go
+    assert throttle.wait("u") is None and throttle.wait("u") == pytest.approx(9.5)
