@@ -95,6 +95,12 @@ def require_import_into(access: Access, dc: str) -> None:
         raise Refused(403, NO_PERMISSION, code="forbidden")
 
 
+def require_superadmin(access: Access) -> None:
+    """Attaching and detaching images (reference §3.8). Raises Refused(403 ``Permission denied``)."""
+    if not access.is_superadmin:
+        raise Refused(403, PERMISSION_DENIED, code="forbidden")
+
+
 def list_scope(access: Access) -> frozenset[str] | None:
     """Which bound datacenters' images a user lists: None for all (SuperAdmin, global images
     included), else their ImageAdmin DCs (global images are invisible to them)."""

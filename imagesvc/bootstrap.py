@@ -21,7 +21,7 @@ from services.deleter.handlers import delete_image
 from services.gateway.app import create_app
 from services.importer.handlers import import_image
 from services.projector import handlers as projection
-from services.updater.handlers import update_image
+from services.updater.handlers import attach_image, detach_image, update_image
 from shared.broker.connection import connect
 from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
@@ -84,7 +84,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
         routes = {
             "importer": {"image.import": functools.partial(
                 import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)))},
-            "updater": {"image.update": update_image},
+            "updater": {"image.update": update_image, "image.attach": attach_image, "image.detach": detach_image},
             "deleter": {"image.delete": delete_image},
         }[service]
         handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes,

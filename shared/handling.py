@@ -60,7 +60,8 @@ class Transaction:
         """The stored head of a stream whose head is not on a row this transaction holds (a new image)."""
         return store.stream_head(self.conn, stream_id)
 
-    def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None) -> None:
+    def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None,
+               http_code: int = 200) -> None:
         """End the task in success: store the events and ``task.succeeded`` (which marks the command
         handled).
 
@@ -77,6 +78,7 @@ class Transaction:
             owner=owner,
             dc=dc,
             result=result,
+            http_code=http_code,
             stream=position[0] if position else None,
             stream_version=position[1] if position else None,
         )

@@ -237,7 +237,8 @@ def answer_body(view: TaskView) -> tuple[int, Any]:
     """(HTTP code, body) with which a finished task answers the request that started it: the
     envelope for a success or a 400, ``{"detail"}`` for a refusal (deviations #16)."""
     if view.status == tasks.SUCCESS:
-        return 200, envelope(view.task_id, tasks.SUCCESS, view.result)
+        # 200, or 201 where the original answers a finished command so (attaching an image).
+        return (201 if view.http_code == 201 else 200), envelope(view.task_id, tasks.SUCCESS, view.result)
     if view.http_code == 400:
         return 400, envelope(view.task_id, tasks.FAILURE, view.result)
     detail = view.result.get("detail") if isinstance(view.result, dict) else view.result

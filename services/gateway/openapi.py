@@ -40,6 +40,12 @@ _IMAGE_FIELDS: dict[str, Any] = {
                        {"type": "string"}]},
     "dc_bound": _BOOL,
 }
+_LIST_PARAMETERS = [
+    {"name": "full", "in": "query", "schema": _BOOL},
+    {"name": "extended", "in": "query", "schema": _BOOL},
+    {"name": "order_by", "in": "query", "schema": {"type": "string"}, "description": "name or created; prefix - for descending"},
+]
+_DC = {"name": "dc", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 16}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}}
 _TASK_ANSWERS = {
     "200": _json(_ref("TaskEnvelope"), "SUCCESS: the consumer finished within the answer window"),
@@ -109,12 +115,7 @@ def document() -> dict[str, Any]:
                 "get": {
                     "operationId": "image_list",
                     "summary": "List server disk images",
-                    "parameters": [
-                        {"name": "full", "in": "query", "schema": _BOOL},
-                        {"name": "extended", "in": "query", "schema": _BOOL},
-                        {"name": "order_by", "in": "query", "schema": {"type": "string"},
-                         "description": "name or created; prefix - for descending"},
-                    ],
+                    "parameters": _LIST_PARAMETERS,
                     "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "400": _json(
                         _ref("TaskEnvelope"), "Invalid flag"), "403": _AUTH_FAILED,
                         "412": _detail("Invalid order_by")},
@@ -144,6 +145,36 @@ def document() -> dict[str, Any]:
                 "delete": {
                     "operationId": "image_delete",
                     "summary": "Delete a server disk image",
+                    "responses": _TASK_ANSWERS,
+                },
+            },
+            "/api/dc/{dc}/image/": {
+                "parameters": [_DC],
+                "get": {
+                    "operationId": "dc_image_list",
+                    "summary": "Images attached to a datacenter (its Admins and SuperAdmins)",
+                    "parameters": _LIST_PARAMETERS,
+                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "403": _AUTH_FAILED,
+                                  "404": _detail("Datacenter not found"), "412": _detail("Invalid order_by")},
+                },
+            },
+            "/api/dc/{dc}/image/{name}/": {
+                "parameters": [_DC, _NAME],
+                "get": {
+                    "operationId": "dc_image_show",
+                    "summary": "An image attached to a datacenter",
+                    "parameters": [{"name": "extended", "in": "query", "schema": _BOOL}],
+                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "403": _AUTH_FAILED,
+                                  "404": _detail("Datacenter not found, or Image not found (not attached)")},
+                },
+                "post": {
+                    "operationId": "dc_image_attach",
+                    "summary": "Attach an image to a datacenter (SuperAdmin; clears dc_bound); 201 when done",
+                    "responses": {**_TASK_ANSWERS, "406": _detail("Image already exists (already attached)")},
+                },
+                "delete": {
+                    "operationId": "dc_image_detach",
+                    "summary": "Detach an image from a datacenter (SuperAdmin; clears dc_bound)",
                     "responses": _TASK_ANSWERS,
                 },
             },

@@ -214,17 +214,19 @@ class Queries:
         return ImageView(row.uuid, row.name, row.owner, row.dc_bound, row.status, row.doc.encode(), row.dcs.encode())
 
     def image_names(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
-                    bound_to: Collection[str] | None = None) -> list[str]:
-        """``bound_to``: only images bound to these datacenters (None: every image)."""
+                    bound_to: Collection[str] | None = None, attached_to: str | None = None) -> list[str]:
+        """``bound_to``: only images bound to these datacenters (None: every image);
+        ``attached_to``: only images attached to this datacenter."""
         with read_transaction(self.engine) as conn:
-            query = _scoped(select(_images.c.name), exclude_access, bound_to)
+            query = _scoped(select(_images.c.name), exclude_access, bound_to, attached_to)
             return list(conn.execute(query.order_by(*_order(order))).scalars())
 
     def image_docs(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
-                   extended: bool, bound_to: Collection[str] | None = None) -> list[bytes]:
+                   extended: bool, bound_to: Collection[str] | None = None,
+                   attached_to: str | None = None) -> list[bytes]:
         columns = [_images.c.doc, _images.c.dcs] if extended else [_images.c.doc]
         with read_transaction(self.engine) as conn:
-            query = _scoped(select(*columns), exclude_access, bound_to).order_by(*_order(order))
+            query = _scoped(select(*columns), exclude_access, bound_to, attached_to).order_by(*_order(order))
             rows = conn.execute(query).all()
         if extended:
             return [with_dcs(row[0].encode(), row[1].encode()) for row in rows]
@@ -255,10 +257,13 @@ class Queries:
 
 
 
-def _scoped(query, exclude_access: Sequence[int], bound_to: Collection[str] | None):
+def _scoped(query, exclude_access: Sequence[int], bound_to: Collection[str] | None, attached_to: str | None = None):
     query = query.where(_images.c.access.notin_(list(exclude_access)))
     if bound_to is not None:
         query = query.where(_images.c.dc_bound.in_(sorted(bound_to)))
+    if attached_to is not None:
+        # ``dcs`` is a JSON list of names: match the quoted name (LIKE wildcards escaped).
+        query = query.where(_images.c.dcs.contains(orjson.dumps(attached_to).decode(), autoescape=True))
     return query
 
 

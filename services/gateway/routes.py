@@ -26,7 +26,7 @@ from services.gateway.http import (
 )
 from services.gateway.queries import ORDER_FIELDS, Queries
 from services.gateway.throttle import NoThrottle, Throttle
-from shared.contracts import Actor, DeleteImage, ImportImage, UpdateImage
+from shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
 from shared.db.records import DatacenterRecord, UserRecord
 from shared.db.models import utcnow
 from shared.keys import check_password, hash_password, key_digest, new_api_key
@@ -140,8 +140,15 @@ class ImageRoutes:
     async def delete(self, request: Request) -> Response:
         return await self._command(request, self._prepare_delete)
 
-    async def _command(self, request: Request, prepare) -> Response:
-        access = await self._admin(request)
+    async def _superadmin(self, request: Request) -> policy.Access:
+        """The entry permission of attaching and detaching (403 ``Permission denied``)."""
+        access = await access_of(self.auth, self.queries, request)
+        policy.require_superadmin(access)
+        self.throttle.check(("user", access.user.id))
+        return access
+
+    async def _command(self, request: Request, prepare, entry=None) -> Response:
+        access = await (entry or self._admin)(request)
         await self._default_dc(request)
         data = await self._body(request)
         ticket = self.dispatcher.ticket()
@@ -204,6 +211,67 @@ class ImageRoutes:
         policy.require_manage(access, image.dc_bound)
         owner = self.queries.user(image.owner) or access.user
         return DeleteImage(name=image.name), owner, self._image_dc(image.dc_bound)
+
+    # --- /dc/<dc>/image/ (reference §3.8) -------------------------------------------------------
+
+    async def _dc_reader(self, request: Request) -> tuple[policy.Access, DatacenterRecord]:
+        """A datacenter's image list is for its Admins (and SuperAdmins); an invisible DC is 404."""
+        access = await access_of(self.auth, self.queries, request)
+        dc = await run_in_threadpool(self._visible_dc, request.path_params["dc"], access)
+        if not access.is_admin(dc.name):
+            raise ApiError(403, images.PERMISSION_DENIED)
+        self.throttle.check(("user", access.user.id))
+        request.state.dc, request.state.dc_id = dc.name, dc.id
+        return access, dc
+
+    async def dc_list_images(self, request: Request) -> Response:
+        _, dc = await self._dc_reader(request)
+        order = parse_order_by(request.query_params.get("order_by"))
+        extended = query_flag(request, "extended")
+        head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
+        if query_flag(request, "full") or extended:
+            docs = await run_in_threadpool(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_LISTS,
+                                           extended=extended, attached_to=dc.name)
+            return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
+        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS,
+                                        attached_to=dc.name)
+        return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
+
+    async def dc_show_image(self, request: Request) -> Response:
+        _, dc = await self._dc_reader(request)
+        image = await run_in_threadpool(self._attached, request.path_params["name"], dc)
+        head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
+        return raw_json_response(request, head + image.encoded(extended=query_flag(request, "extended")) + b"}")
+
+    async def dc_attach(self, request: Request) -> Response:
+        return await self._command(request, self._prepare_attach, entry=self._superadmin)
+
+    async def dc_detach(self, request: Request) -> Response:
+        return await self._command(request, self._prepare_detach, entry=self._superadmin)
+
+    def _prepare_attach(self, request: Request, access: policy.Access, data: dict[str, Any]):
+        dc = self._visible_dc(request.path_params["dc"], access)
+        image = self._existing(request.path_params["name"])
+        if dc.name in image.attached:
+            raise ApiError(406, images.IMAGE_EXISTS)
+        return AttachImage(name=image.name, dc=dc.name), self.queries.user(image.owner) or access.user, dc
+
+    def _prepare_detach(self, request: Request, access: policy.Access, data: dict[str, Any]):
+        dc = self._visible_dc(request.path_params["dc"], access)
+        image = self._attached(request.path_params["name"], dc)
+        return DetachImage(name=image.name, dc=dc.name), self.queries.user(image.owner) or access.user, dc
+
+    def _visible_dc(self, name: str, access: policy.Access) -> DatacenterRecord:
+        dc = self.queries.datacenter(name)
+        if dc is None or not access.sees(dc):
+            raise ApiError(404, images.DC_NOT_FOUND)
+        return dc
+
+    def _attached(self, name: str, dc: DatacenterRecord):
+        image = self.queries.image(name)
+        if image is None or dc.name not in image.attached:
+            raise ApiError(404, images.IMAGE_NOT_FOUND)
+        return image
 
     def _existing(self, name: str):
         image = self.queries.image(name)

@@ -8,7 +8,7 @@ record the new state.
 from __future__ import annotations
 
 from domain import fields, images, manifest, policy
-from shared.contracts import ImageUpdated, UpdateImage
+from shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
@@ -65,3 +65,40 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
             events.append(ImageUpdated(image=images.to_state(updated), version=version, changed=changed))
         task_dc = updated.dc_bound or catalogue.default_datacenter().name
         tx.finish(events, result=images.public_view(updated), owner=updated.owner, dc=task_dc)
+
+
+def attach_image(command: AttachImage, ctx: CommandContext) -> None:
+    _change_attachment(command.name, command.dc, ctx, attach=True)
+
+
+def detach_image(command: DetachImage, ctx: CommandContext) -> None:
+    _change_attachment(command.name, command.dc, ctx, attach=False)
+
+
+def _change_attachment(name: str, dc_name: str, ctx: CommandContext, *, attach: bool) -> None:
+    """Attach or detach (reference §3.8, §4.4): SuperAdmin only; either way the image is no longer
+    bound to a datacenter afterwards."""
+    with ctx.writing() as tx:
+        catalogue = tx.catalogue
+        image, user = catalogue.image_and_user(name, policy.actor_name(ctx.actor), for_update=True)
+        policy.require_superadmin(policy.actor_access(catalogue, ctx.actor, user))
+        dc = catalogue.datacenter(dc_name)
+        if dc is None:
+            raise Refused(404, images.DC_NOT_FOUND, code="datacenter_not_found")
+        if image is None:
+            raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
+        attached = catalogue.attachments(image.uuid)  # read after the row lock: concurrent attaches queue up
+        if attach and dc.name in attached:
+            raise Refused(406, images.IMAGE_EXISTS, code="already_attached")
+        if not attach and dc.name not in attached:
+            raise Refused(404, images.IMAGE_NOT_FOUND, code="not_attached")
+        wanted = sorted(attached | {dc.name} if attach else attached - {dc.name})
+        catalogue.set_attachments(image.uuid, wanted)
+        now = utcnow()
+        version = image.stream_version + 1
+        catalogue.update_fields(image.uuid, {"dc_bound": None} if image.dc_bound else {}, changed=now,
+                                stream_version=version)
+        updated = image.with_changes(dcs=wanted, dc_bound=None, changed=now)
+        changed = ["dc_bound", "dcs"] if image.dc_bound else ["dcs"]
+        tx.finish([ImageUpdated(image=images.to_state(updated), version=version, changed=changed)],
+                  result=images.public_view(updated), owner=updated.owner, dc=dc.name, http_code=201 if attach else 200)

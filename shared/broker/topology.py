@@ -27,7 +27,7 @@ from kombu import Exchange, Queue, binding
 #: Which command types each consumer service owns.
 COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
     "importer": ("image.import",),
-    "updater": ("image.update",),
+    "updater": ("image.update", "image.attach", "image.detach"),
     "deleter": ("image.delete",),
 }
 

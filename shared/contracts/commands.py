@@ -60,3 +60,23 @@ class DeleteImage(Command):
 
     TYPE: ClassVar[str] = "image.delete"
     name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttachImage(Command):
+    """Make an image usable in a datacenter; clears its ``dc_bound`` (``POST /api/dc/<dc>/image/<name>/``).
+    SuperAdmin only."""
+
+    TYPE: ClassVar[str] = "image.attach"
+    name: str
+    dc: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetachImage(Command):
+    """Stop an image being usable in a datacenter; clears its ``dc_bound``
+    (``DELETE /api/dc/<dc>/image/<name>/``). SuperAdmin only."""
+
+    TYPE: ClassVar[str] = "image.detach"
+    name: str
+    dc: str

@@ -234,16 +234,17 @@ class SqlCatalogue:
             "stream_version": image.stream_version,
         }
 
+    def attachments(self, uuid: str) -> set[str]:
+        """The datacenters the image is attached to, read now (not the snapshot of an earlier
+        statement: under READ COMMITTED, call it after taking the image's row lock)."""
+        return set(self.conn.execute(
+            select(_dcs.c.name).join(_image_dcs, _image_dcs.c.dc_id == _dcs.c.id).where(_image_dcs.c.image_uuid == uuid)
+        ).scalars())
+
     def set_attachments(self, uuid: str, dc_names: list[str]) -> None:
         """Attach the image to exactly these datacenters (by name)."""
         wanted = set(dc_names)
-        current = set(
-            self.conn.execute(
-                select(_dcs.c.name).join(_image_dcs, _image_dcs.c.dc_id == _dcs.c.id).where(
-                    _image_dcs.c.image_uuid == uuid
-                )
-            ).scalars()
-        )
+        current = self.attachments(uuid)
         if wanted == current:
             return
         ids = dict(self.conn.execute(select(_dcs.c.name, _dcs.c.id).where(_dcs.c.name.in_(wanted | current))).all())

@@ -247,3 +247,79 @@ def test_a_role_granted_later_takes_effect_and_a_revoked_key_stops_working(world
 
             eventually(revoked, timeout=10)
         assert root.get(f"/image/{name}/").status_code == 200
+
+
+def fresh_image(world: World, origin, target: str) -> str:
+    name = f"att-{uuid.uuid4().hex[:8]}"
+    request = {"manifest_url": origin.add_manifest()[0]}
+    request.update({"dc_bound": False} if target == "global" else {"dc": dc(world, target)})
+    with world.root() as root:
+        assert root.post(f"/image/{name}/", json=request).status_code == 200
+    return name
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_attach(world, origin, actor, target):
+    """SuperAdmin only: attaching makes the image listed in that datacenter and clears dc_bound."""
+    name = fresh_image(world, origin, target) if actor == "superadmin" else world.images[target]
+    place = dc(world, "dc1" if target == "dc2" else "dc2")  # a datacenter it is not attached to yet
+    before = submitted_commands(world.system)
+    with world.client(actor) as client:
+        response = client.post(f"/dc/{place}/image/{name}/", json={})
+    if actor != "superadmin":
+        assert (response.status_code, response.json()) == (403, BEFORE_ANYTHING.get(actor, DENIED))
+        assert submitted_commands(world.system) == before
+        return
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "SUCCESS" and response.json()["result"]["dc_bound"] is False
+    with world.root() as root:
+        listed = root.get(f"/dc/{place}/image/").json()["result"]
+        shown = root.get(f"/image/{name}/", params={"extended": "true"}).json()["result"]
+        again = root.post(f"/dc/{place}/image/{name}/", json={})
+    assert name in listed
+    assert shown["dc_bound"] is False and place in shown["dcs"]
+    assert (again.status_code, again.json()) == (406, {"detail": "Image already exists"})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("actor", ACTORS)
+def test_detach(world, origin, actor, target):
+    name = fresh_image(world, origin, target) if actor == "superadmin" else world.images[target]
+    place = dc(world, "dc1")
+    if actor == "superadmin":
+        with world.root() as root:  # attached to dc1 in any case
+            root.post(f"/dc/{place}/image/{name}/", json={})
+    before = submitted_commands(world.system)
+    with world.client(actor) as client:
+        response = client.delete(f"/dc/{place}/image/{name}/")
+    if actor != "superadmin":
+        assert (response.status_code, response.json()) == (403, BEFORE_ANYTHING.get(actor, DENIED))
+        assert submitted_commands(world.system) == before
+        return
+    assert response.status_code == 200, response.text
+    with world.root() as root:
+        assert name not in root.get(f"/dc/{place}/image/").json()["result"]
+        missing = root.delete(f"/dc/{place}/image/{name}/")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Image not found"})
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_a_datacenters_image_list_is_for_its_admins(world, actor):
+    with world.client(actor) as client:
+        listed = client.get(f"/dc/{dc(world, 'dc1')}/image/")
+        shown = client.get(f"/dc/{dc(world, 'dc1')}/image/{world.images['dc1']}/")
+    if actor in ("anonymous", "wrong key", "no api access"):
+        expected = (403, BEFORE_ANYTHING[actor])
+    elif actor == "no role":
+        expected = (404, DC_NOT_FOUND)  # dc1 is private and they hold nothing there
+    else:
+        expected = None  # an Admin of dc1 (owner or `admin`), or a SuperAdmin
+    if expected is not None:
+        assert (listed.status_code, listed.json()) == expected and (shown.status_code, shown.json()) == expected
+        return
+    assert listed.status_code == 200 and world.images["dc1"] in listed.json()["result"]
+    assert shown.status_code == 200 and shown.json()["result"]["name"] == world.images["dc1"]
+    with world.client(actor) as client:
+        not_attached = client.get(f"/dc/{dc(world, 'dc1')}/image/{world.images['dc2']}/")
+    assert (not_attached.status_code, not_attached.json()) == (404, {"detail": "Image not found"})

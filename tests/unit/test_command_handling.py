@@ -13,10 +13,10 @@ import pytest
 from domain import tasks
 from services.deleter.handlers import delete_image
 from services.importer.handlers import import_image
-from services.updater.handlers import update_image
+from services.updater.handlers import attach_image, detach_image, update_image
 from shared import contracts
 from shared.broker.consumer import Delivery, Outcome
-from shared.contracts import Actor, DeleteImage, ImportImage, UpdateImage
+from shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
 from shared.db import accounts, locks
 from shared.db.catalogue import image_lock_name
 from shared.db import events as store
@@ -68,7 +68,8 @@ def world(engine):
         "importer": CommandConsumer(name="importer", engine=engine, relay=relay, check_first=True,
                                     routes={"image.import": functools.partial(import_image, fetcher=fetcher)}),
         "updater": CommandConsumer(name="updater", engine=engine, relay=relay,
-                                   routes={"image.update": update_image}),
+                                   routes={"image.update": update_image, "image.attach": attach_image,
+                                           "image.detach": detach_image}),
         "deleter": CommandConsumer(name="deleter", engine=engine, relay=relay,
                                    routes={"image.delete": delete_image}),
     }
@@ -459,3 +460,35 @@ class TestRolesAreRecheckedByEveryConsumer:
             accounts.detach_role(conn, "r-carol", "dc1")
         assert self.outcome(world, "updater", UpdateImage(name="in-dc1", desc="2"), "carol") == (
             403, "Permission denied")
+
+
+class TestAttachments:
+    def test_attach_and_detach_clear_dc_bound_and_record_the_change(self, world):
+        with write_transaction(world.engine) as conn:
+            accounts.create_datacenter(conn, "dc2")
+        world.imported("shared")
+        attach = world.run("updater", AttachImage(name="shared", dc="dc2"))
+        updated, succeeded = world.events(correlation_id=attach.correlation_id)
+        assert (updated["payload"]["changed"], updated["payload"]["version"]) == (["dc_bound", "dcs"], 2)
+        assert (updated["payload"]["image"]["dc_bound"], updated["payload"]["image"]["dcs"]) == (None, ["dc2", "main"])
+        assert (succeeded["payload"]["http_code"], succeeded["payload"]["dc"]) == (201, "dc2")
+        again = world.outcome(world.run("updater", AttachImage(name="shared", dc="dc2")))["payload"]
+        assert (again["http_code"], again["result"]) == (406, {"detail": "Image already exists"})
+        detach = world.run("updater", DetachImage(name="shared", dc="main"))
+        updated, succeeded = world.events(correlation_id=detach.correlation_id)
+        assert (updated["payload"]["changed"], updated["payload"]["image"]["dcs"]) == (["dcs"], ["dc2"])
+        assert succeeded["payload"]["http_code"] == 200
+        gone = world.outcome(world.run("updater", DetachImage(name="shared", dc="main")))["payload"]
+        assert (gone["http_code"], gone["result"]) == (404, {"detail": "Image not found"})
+
+    @pytest.mark.parametrize("command, user, http_code, detail", [
+        (AttachImage(name="shared", dc="main"), "bob", 403, "Permission denied"),
+        (AttachImage(name="shared", dc="nowhere"), "root", 404, "Datacenter not found"),
+        (AttachImage(name="missing", dc="main"), "root", 404, "Image not found"),
+        (DetachImage(name="shared", dc="main"), "nobody", 403, "Permission denied"),
+    ])
+    def test_refusals(self, world, command, user, http_code, detail):
+        world.imported("shared", dc_bound=False)
+        failed = world.outcome(world.run("updater", command, user=user))["payload"]
+        assert (failed["http_code"], failed["result"]) == (http_code, {"detail": detail})
+        assert world.events(type="image.updated") == []
