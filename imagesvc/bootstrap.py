@@ -22,7 +22,7 @@ from services.gateway.app import create_app
 from services.importer.handlers import import_image
 from services.projector import handlers as projection
 from services.updater.handlers import attach_image, detach_image, update_image
-from shared.broker.connection import connect
+from shared.broker.connection import broker_identity, connect
 from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
 from shared.broker.publisher import Publisher
@@ -71,6 +71,7 @@ def relay(infra: Infrastructure) -> OutboxRelay:
 def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
     """The runner of one consumer service (importer, updater, deleter or projector)."""
     settings = infra.settings
+    identity = broker_identity(settings)
     if service == "projector":
         # Notifications are transient hints (gateways also poll): no confirms, no durability.
         notifier = TaskNotifier(Publisher(lambda: connect(settings, f"{service}-notify"), size=2,
@@ -88,7 +89,8 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
             "deleter": {"image.delete": delete_image},
         }[service]
         handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes,
-                                  check_first=service == "importer")
+                                  check_first=service == "importer",
+                                  trusted_publishers=identity.services if identity else None)
         prefetch = settings.prefetch
     return ConsumerRunner(
         name=service,
@@ -101,6 +103,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
         threads=settings.worker_threads,
         max_attempts=settings.max_attempts,
         backoff=settings.retry_backoff,
+        identity=identity,
     )
 
 

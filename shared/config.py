@@ -55,6 +55,10 @@ class Settings:
     token_seconds: float = 3600.0
     #: Requests per user and window, e.g. ``45/minute`` (the original's rate), or ``off``.
     throttle: str = "off"
+    #: Broker users of imagesvc's own processes, whose commands may act for any user (default:
+    #: the user of ``broker_url``). Any other broker user's commands may act only for the
+    #: imagesvc user of the same name (RabbitMQ vouches for ``user_id``).
+    trusted_broker_users: tuple[str, ...] = ()
     #: Where the embedded mode keeps its SQLite file (and later the image store).
     data_dir: str = "./var"
     #: Largest accepted request body, in bytes.

@@ -30,13 +30,16 @@ from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSu
 from shared.db import events as store
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
-from shared.errors import CommandFailed, OutOfOrder, PoisonMessage
+from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
 log = get_logger(__name__)
+#: What a command gets whose publisher may not act as its actor: the original's answer to
+#: somebody without the right to act (the same body as the entry permission's refusal).
+NOT_TRUSTED = "Permission denied"
 
 
 def object_name(envelope: Envelope) -> str:
@@ -134,8 +137,9 @@ class CommandConsumer:
     rely on their final transaction alone (it cannot commit twice), saving a round trip."""
 
     def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
-                 check_first: bool = False):
+                 check_first: bool = False, trusted_publishers: frozenset[str] | None = None):
         self.name = name
+        self._trusted = trusted_publishers
         self._engine = engine
         self._relay = relay
         self._routes = dict(routes)
@@ -154,6 +158,15 @@ class CommandConsumer:
             return Disposition.dead_letter(poison.reason)
         structlog.contextvars.bind_contextvars(task_id=envelope.correlation_id, message_id=envelope.id,
                                                type=envelope.type)
+        if not self._may_act(delivery, envelope):
+            log.warning("command.actor_not_trusted", publisher=delivery.publisher,
+                        actor=envelope.actor.user if envelope.actor else None)
+            failure = Refused(403, NOT_TRUSTED, code="actor_not_trusted")
+            try:
+                self._relay.publish(self._record_failure(envelope, failure))
+            except Duplicate:
+                return self._duplicate(envelope)
+            return Disposition.ack("actor not trusted")
         if self._check_first:
             with read_transaction(self._engine) as conn:
                 handled = store.was_handled(conn, envelope.id)
@@ -174,6 +187,14 @@ class CommandConsumer:
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
         self._relay.publish(ctx.outbox)
         return Disposition.ack()
+
+    def _may_act(self, delivery: Delivery, envelope: Envelope) -> bool:
+        """A command acts for its envelope's actor only if the broker vouches that imagesvc itself
+        (a gateway, or a consumer's retry) published it, or the actor's own broker user did."""
+        if self._trusted is None:  # the broker vouches for nobody (memory://): nobody else can publish
+            return True
+        publisher = delivery.publisher
+        return publisher in self._trusted or (envelope.actor is not None and publisher == envelope.actor.user)
 
     def _duplicate(self, envelope: Envelope) -> Disposition:
         with read_transaction(self._engine) as conn:

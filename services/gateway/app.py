@@ -30,6 +30,7 @@ from services.gateway.http import (
 from services.gateway.queries import Queries
 from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
 from services.gateway.throttle import throttle_for
+from shared.broker.connection import broker_identity
 from shared.broker.notifications import NotificationListener
 from shared.broker.topology import Topology
 from shared.config import Settings
@@ -74,8 +75,10 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     listener: NotificationListener | None = None
     waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
     listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
+    identity = broker_identity(settings)
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
-                            answer_window=settings.answer_window, reply_to=listener.address)
+                            answer_window=settings.answer_window, reply_to=listener.address,
+                            broker_user=identity.own if identity else None)
     throttle = throttle_for(settings.throttle)
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
                          max_body_bytes=settings.max_body_bytes, throttle=throttle)

@@ -139,8 +139,9 @@ class Ticket:
 
 class Dispatcher:
     def __init__(self, *, queries: Queries, publisher, topology, waiter: TaskWaiter, answer_window: float,
-                 reply_to: str | None = None):
+                 reply_to: str | None = None, broker_user: str | None = None):
         self._queries = queries
+        self._broker_user = broker_user
         self._reply_to = reply_to
         self._publisher = publisher
         self._topology = topology
@@ -164,7 +165,8 @@ class Dispatcher:
         try:
             self._publisher.publish(
                 exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
-                message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id)
+                message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id,
+                user_id=self._broker_user)  # RabbitMQ vouches for it: the consumers trust the actor
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None

@@ -57,3 +57,14 @@ def discard(connection: Connection | None) -> None:
         connection.collect()
     except Exception:  # noqa: BLE001 - a broken connection may fail to close in any way
         pass
+
+
+def broker_identity(settings: Settings) -> "BrokerIdentity | None":
+    """This process's broker user and imagesvc's trusted ones; None on ``memory://``, where the
+    broker vouches for nobody (and nobody outside the process can publish)."""
+    from shared.broker.consumer import BrokerIdentity
+
+    if settings.embedded_broker:
+        return None
+    own = Connection(settings.broker_url).userid or "guest"  # parsing only: no I/O
+    return BrokerIdentity(own=own, services=frozenset(settings.trusted_broker_users or (own,)))

@@ -56,6 +56,27 @@ ATTEMPT_HEADER = "x-imagesvc-attempt"
 BUSY_POLL_SECONDS = 0.002
 DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
+#: On a copy that imagesvc republished (a retry, a dead letter): who published the original.
+PUBLISHED_BY_HEADER = "x-imagesvc-published-by"
+
+
+@dataclass(frozen=True)
+class BrokerIdentity:
+    """Who publishes what, as RabbitMQ vouches for it: it refuses a message whose ``user_id``
+    property is not the publishing connection's own user.
+
+    ``own``: the broker user this process connects as (its republished copies carry it);
+    ``services``: the broker users of imagesvc's own processes. A copy published by a service
+    carries the original publisher in ``PUBLISHED_BY_HEADER``, which is believed only then.
+    """
+
+    own: str
+    services: frozenset[str]
+
+    def publisher(self, user_id: str | None, headers: dict[str, Any]) -> str | None:
+        if user_id in self.services and headers.get(PUBLISHED_BY_HEADER):
+            return str(headers[PUBLISHED_BY_HEADER])
+        return user_id
 
 
 class Outcome(enum.Enum):
@@ -98,6 +119,9 @@ class Delivery:
     redelivered: bool
     #: 1 for the first delivery; counts our retries and the broker's redeliveries.
     attempt: int
+    #: The broker user that published the original message (``BrokerIdentity.publisher``), or
+    #: None where the broker vouches for nobody (``memory://``).
+    publisher: str | None = None
 
 
 class Handler(Protocol):
@@ -126,8 +150,9 @@ class ConsumerRunner:
     def __init__(self, *, name: str, connect: Callable[[], Connection], queue: KombuQueue, topology: Topology,
                  handler: Handler, publisher, prefetch: int = 8, threads: int = 4, max_attempts: int = 5,
                  backoff: Sequence[float] = (0.5, 2.0, 5.0, 10.0), idle_timeout: float = 0.2,
-                 drain_seconds: float = 10.0):
+                 drain_seconds: float = 10.0, identity: BrokerIdentity | None = None):
         self.name = name
+        self._identity = identity
         self._connect = connect
         self._queue = queue
         self._topology = topology
@@ -263,6 +288,7 @@ class ConsumerRunner:
             correlation_id=props.get("correlation_id"),
             message_type=props.get("type"),
             user_id=props.get("user_id"),
+            publisher=self._identity.publisher(props.get("user_id"), headers) if self._identity else None,
             redelivered=redelivered,
             attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),
         )
@@ -395,9 +421,17 @@ class ConsumerRunner:
             headers[ATTEMPT_HEADER] = delivery.attempt + 1
             # The default exchange routes by queue name: the copy reaches this queue only.
             exchange, routing_key = "", delivery.queue
+        user_id = None
+        headers.pop(PUBLISHED_BY_HEADER, None)
+        if self._identity is not None:
+            # The copy is ours; who published the original goes with it.
+            user_id = self._identity.own
+            if delivery.publisher:
+                headers[PUBLISHED_BY_HEADER] = delivery.publisher
         self._publisher.publish(
             exchange=exchange, routing_key=routing_key, body=delivery.body, message_id=delivery.message_id,
             message_type=delivery.message_type, correlation_id=delivery.correlation_id, headers=headers,
+            user_id=user_id,
         )
 
 

@@ -49,6 +49,9 @@ class Outgoing:
     headers: dict[str, Any] = field(default_factory=dict)
     persistent: bool = True
     mandatory: bool = True
+    #: The AMQP ``user_id`` property: RabbitMQ refuses it unless it is the connection's own user,
+    #: which is what lets consumers trust it.
+    user_id: str | None = None
 
 
 class _Confirms:
@@ -161,10 +164,11 @@ class Publisher:
 
     def publish(self, *, exchange: str, routing_key: str, body: bytes, message_id: str | None = None,
                 message_type: str | None = None, correlation_id: str | None = None,
-                headers: dict[str, Any] | None = None, persistent: bool = True, mandatory: bool = True) -> None:
+                headers: dict[str, Any] | None = None, persistent: bool = True, mandatory: bool = True,
+                user_id: str | None = None) -> None:
         """Publish one message and wait for the broker's confirm (see ``publish_many``)."""
         self.publish_many([Outgoing(exchange, routing_key, body, message_id, message_type, correlation_id,
-                                    headers or {}, persistent, mandatory)])
+                                    headers or {}, persistent, mandatory, user_id)])
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """Publish messages in order and wait for all their confirms.
@@ -213,7 +217,8 @@ class Publisher:
                 producer.publish(m.body, exchange=m.exchange, routing_key=m.routing_key,
                                  content_type="application/json", content_encoding="utf-8",
                                  delivery_mode=2 if m.persistent else 1, message_id=m.message_id,
-                                 correlation_id=m.correlation_id, type=m.message_type, headers=m.headers, retry=False)
+                                 correlation_id=m.correlation_id, type=m.message_type, headers=m.headers, retry=False,
+                                 **({"user_id": m.user_id} if m.user_id else {}))
             return
         channel = slot.confirm_channel()
         confirms = slot.confirms
@@ -222,7 +227,7 @@ class Publisher:
         for m in messages:
             properties = {"delivery_mode": 2 if m.persistent else 1}
             for key, value in (("message_id", m.message_id), ("correlation_id", m.correlation_id),
-                               ("type", m.message_type)):
+                               ("type", m.message_type), ("user_id", m.user_id)):
                 if value is not None:
                     properties[key] = value
             message = channel.prepare_message(m.body, content_type="application/json", content_encoding="utf-8",

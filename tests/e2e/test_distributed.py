@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
@@ -46,9 +47,12 @@ def command(type_: str, payload: dict, *, task_id: str | None = None, message_id
 
 
 def send(system, envelope: dict) -> None:
+    """Publish a command as imagesvc's own broker user (the one in the system's broker URL), which
+    RabbitMQ vouches for with ``user_id``: such commands may act for anybody."""
     publish(system.broker_url, f"{system.prefix}imagesvc.commands", envelope["type"], orjson.dumps(envelope),
             content_type="application/json", delivery_mode=2, message_id=envelope["id"],
-            correlation_id=envelope["correlation_id"], type=envelope["type"])
+            correlation_id=envelope["correlation_id"], type=envelope["type"],
+            user_id=urlsplit(system.broker_url).username or "guest")
 
 
 def journal(system) -> list:

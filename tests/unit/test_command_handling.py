@@ -492,3 +492,27 @@ class TestAttachments:
         failed = world.outcome(world.run("updater", command, user=user))["payload"]
         assert (failed["http_code"], failed["result"]) == (http_code, {"detail": detail})
         assert world.events(type="image.updated") == []
+
+
+@pytest.mark.parametrize("publisher, actor, trusted", [
+    ("svc", "root", True),      # imagesvc itself (a gateway, or a consumer's retry) acts for anybody
+    ("root", "root", True),     # a program acting as itself
+    ("alice", "root", False),   # ... but not as somebody else
+    (None, "root", False),      # nobody vouched for the message
+])
+def test_a_command_acts_for_its_actor_only_if_the_broker_vouches_for_the_publisher(world, publisher, actor, trusted):
+    world.imported("vouched")
+    consumer = CommandConsumer(name="updater", engine=world.engine, relay=world.relay,
+                               routes={"image.update": update_image}, trusted_publishers=frozenset({"svc"}))
+    envelope = world.envelope(UpdateImage(name="vouched", desc="changed"), user=actor)
+    delivery = Delivery(body=contracts.encode(envelope), queue="updater.commands", headers={}, message_id=envelope.id,
+                        correlation_id=envelope.correlation_id, message_type=envelope.type, user_id=publisher,
+                        redelivered=False, attempt=1, publisher=publisher)
+    assert consumer(delivery).outcome is Outcome.ACK
+    outcome = world.outcome(envelope)["payload"]
+    if trusted:
+        assert outcome["http_code"] == 200
+    else:
+        assert (outcome["http_code"], outcome["result"], outcome["code"]) == (
+            403, {"detail": "Permission denied"}, "actor_not_trusted")
+        assert world.events(type="image.updated") == []

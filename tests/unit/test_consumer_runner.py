@@ -26,10 +26,12 @@ class Handler:
     def __init__(self, verdicts):
         self.verdicts = list(verdicts)
         self.attempts: list[int] = []
+        self.publishers: list[str | None] = []
         self.gave_up: list[str] = []
 
     def __call__(self, delivery):
         self.attempts.append(delivery.attempt)
+        self.publishers.append(delivery.publisher)
         verdict = self.verdicts.pop(0) if self.verdicts else Disposition.ack()
         if isinstance(verdict, Exception):
             raise verdict
@@ -45,21 +47,21 @@ def harness():
     publisher = Publisher(lambda: connect(SETTINGS, "test"), size=2, timeout=2)
     runners = []
 
-    def start(handler, max_attempts=3):
+    def start(handler, max_attempts=3, identity=None):
         runner = ConsumerRunner(name="test", connect=lambda: connect(SETTINGS, "runner"),
                                 queue=topology.command_queues["updater"], topology=topology, handler=handler,
                                 publisher=publisher, prefetch=4, threads=2, max_attempts=max_attempts,
-                                backoff=(0.01, 0.02), idle_timeout=0.05)
+                                backoff=(0.01, 0.02), idle_timeout=0.05, identity=identity)
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
         assert runner.ready.wait(5)
         runners.append((runner, thread))
         return runner
 
-    def send(body=b'{"x": 1}', message_id=None):
+    def send(body=b'{"x": 1}', message_id=None, **extra):
         message_id = message_id or str(uuid.uuid4())
         publisher.publish(exchange=topology.commands.name, routing_key="image.update", body=body,
-                          message_id=message_id, message_type="image.update", correlation_id="task-1")
+                          message_id=message_id, message_type="image.update", correlation_id="task-1", **extra)
         return message_id
 
     def dead_letters():
@@ -152,3 +154,22 @@ def _equal(actual, expected):
 def _nonempty(items):
     assert items, "nothing yet"
     return items
+
+
+def test_the_publisher_is_the_brokers_user_id_and_survives_a_retry(harness):
+    """(memory:// does not validate ``user_id``; RabbitMQ does, which is what makes it worth reading.)"""
+    from shared.broker.consumer import PUBLISHED_BY_HEADER, BrokerIdentity
+
+    start, send, _ = harness
+    handler = Handler([Disposition.retry("busy")])
+    runner = start(handler, identity=BrokerIdentity(own="svc", services=frozenset({"svc"})))
+    send(user_id="prog")
+    eventually(lambda: _equal(runner.handled, 2))
+    # The retried copy was published by the service (user_id svc), naming the original publisher.
+    assert handler.publishers == ["prog", "prog"]
+    # Only a service's copy is believed about who published the original.
+    send(user_id="prog", headers={PUBLISHED_BY_HEADER: "root"})
+    send(user_id="svc", headers={PUBLISHED_BY_HEADER: "ops"})
+    send()
+    eventually(lambda: _equal(runner.handled, 5))
+    assert sorted(handler.publishers[2:], key=str) == sorted(["prog", "ops", None], key=str)  # handled in parallel
