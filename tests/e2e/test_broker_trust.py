@@ -102,3 +102,53 @@ def test_the_broker_refuses_a_user_id_that_is_not_the_publishers(distributed, pr
     with pytest.raises(pika.exceptions.AMQPError):
         send_as(distributed, url, envelope, user_id=service_user)
     assert stored_events(distributed, causation_id=envelope["id"]) == []
+
+
+@pytest.fixture(scope="module")
+def dc1_program(distributed):
+    """A program whose imagesvc user is ImageAdmin (not SuperAdmin) of dc1 only."""
+    name = f"dcprog{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    rabbitmqctl("add_user", name, password)
+    try:
+        commands = re.escape(f"{distributed.prefix}imagesvc.commands")
+        rabbitmqctl("set_permissions", "-p", "/", name, "^$", f"^{commands}$", "^$")
+        distributed.new_user(name)
+        distributed.admin("dc", "create", f"dc{name[-6:]}")
+        distributed.admin("role", "create", f"role-{name}", "--permission=admin", "--permission=image_admin")
+        distributed.admin("role", "add-user", f"role-{name}", name)
+        distributed.admin("role", "attach", f"role-{name}", f"dc{name[-6:]}")
+        parts = urlsplit(distributed.broker_url)
+        yield name, f"amqp://{name}:{quote(password)}@{parts.hostname}:{parts.port or 5672}//", f"dc{name[-6:]}"
+    finally:
+        rabbitmqctl("delete_user", name)
+
+
+def test_a_program_has_its_users_roles_and_no_more(distributed, dc1_program, tap, origin):
+    """The refusals of the HTTP API, for a command published straight to the broker."""
+    user, url, dc = dc1_program
+    names = {}
+    with distributed.client() as client:
+        for where, body in (("own", {"dc": dc}), ("main", {"dc": "main"}), ("global", {"dc_bound": False})):
+            names[where] = f"bt-{where}-{uuid.uuid4().hex[:6]}"
+            response = client.post(f"/image/{names[where]}/", json={"manifest_url": origin.add_manifest()[0], **body})
+            assert response.status_code == 200, response.text
+    outcomes = {}
+    for where, image in names.items():
+        envelope = update(image, user, f"by {user}")
+        send_as(distributed, url, envelope, user_id=user)
+        outcomes[where] = envelope["correlation_id"]
+    done = tap.wait_for(type="task.succeeded", correlation_id=outcomes["own"])
+    assert done["payload"]["user"] == user and desc_of(distributed, names["own"]) == f"by {user}"
+    for where in ("main", "global"):
+        failed = tap.wait_for(type="task.failed", correlation_id=outcomes[where])["payload"]
+        assert (failed["http_code"], failed["result"]) == (
+            403, {"detail": "You do not have permission to perform this action."})
+        assert desc_of(distributed, names[where]) != f"by {user}"
+    # Importing needs ImageImportAdmin in the target datacenter, which the role does not hold.
+    envelope = command("image.import", {"name": f"bt-imp-{uuid.uuid4().hex[:6]}",
+                                        "manifest_url": origin.add_manifest()[0], "dc": dc})
+    envelope["actor"] = {"user": user, "dc": dc}
+    send_as(distributed, url, envelope, user_id=user)
+    failed = tap.wait_for(type="task.failed", correlation_id=envelope["correlation_id"])["payload"]
+    assert (failed["http_code"], failed["result"]) == (403, {"detail": "You do not have permission to perform this action."})
