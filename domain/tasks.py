@@ -18,8 +18,10 @@ TERMINAL = frozenset({SUCCESS, FAILURE})
 TASK_NOT_FOUND = "Task does not exist (anymore)"
 
 
-# The original checks the groups' lengths only, not that they are hex.
-_TASK_ID = re.compile(r"^(\d{1,18})([deamif])(\d{1,18})([du])(\d{1,18})-([^-]{8})-([^-]{4})-([^-]{4})-([^-]{4})\Z")
+# The original checks the groups' lengths only, not that they are hex; control characters (a NUL
+# cannot even be stored) and slashes are refused all the same.
+_GROUP = r"[^-\x00-\x1f\x7f/]"
+_TASK_ID = re.compile(rf"^(\d{{1,18}})([deamif])(\d{{1,18}})([du])(\d{{1,18}})-({_GROUP}{{8}})-({_GROUP}{{4}})-({_GROUP}{{4}})-({_GROUP}{{4}})\Z")
 
 
 def _random_groups() -> list[str]:

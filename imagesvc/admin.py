@@ -78,6 +78,8 @@ def _transaction() -> Iterator:
 
 
 def _run(action: Callable[..., int | None]) -> int:
+    from sqlalchemy.exc import DBAPIError
+
     from shared.db.accounts import AccountExists, NotFound
 
     try:
@@ -87,6 +89,8 @@ def _run(action: Callable[..., int | None]) -> int:
         print(f"imagesvc: {exc} exists already", file=sys.stderr)
     except (NotFound, ValueError) as exc:
         print(f"imagesvc: {exc}", file=sys.stderr)
+    except DBAPIError as exc:
+        print(f"imagesvc: the database refused it: {type(exc.orig).__name__ if exc.orig else exc}", file=sys.stderr)
     return 1
 
 

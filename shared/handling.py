@@ -19,6 +19,7 @@ events at once under load), then the notifications, then the acks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
@@ -162,8 +163,10 @@ class CommandConsumer:
             log.warning("command.actor_not_trusted", publisher=delivery.publisher,
                         actor=envelope.actor.user if envelope.actor else None)
             failure = Refused(403, NOT_TRUSTED, code="actor_not_trusted")
+            # Recorded without the claimed actor (nobody vouched for it) and told to nobody.
+            unvouched = dataclasses.replace(envelope, actor=None, reply_to=None)
             try:
-                self._relay.publish(self._record_failure(envelope, failure))
+                self._relay.publish(self._record_failure(unvouched, failure))
             except Duplicate:
                 return self._duplicate(envelope)
             return Disposition.ack("actor not trusted")

@@ -71,7 +71,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
                connect: Callable[[], Any]) -> Starlette:
     register_url_convertor("imagename", ImageNameConvertor())
     queries = Queries(engine, cache_seconds=settings.auth_cache_seconds)
-    auth = Authenticator(queries)
+    throttle = throttle_for(settings.throttle)
+    auth = Authenticator(queries, throttle)
     listener: NotificationListener | None = None
     waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
     listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
@@ -79,10 +80,9 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
                             answer_window=settings.answer_window, reply_to=listener.address,
                             broker_user=identity.own if identity else None)
-    throttle = throttle_for(settings.throttle)
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
-                         max_body_bytes=settings.max_body_bytes, throttle=throttle)
-    task_routes = TaskRoutes(queries=queries, auth=auth, throttle=throttle)
+                         max_body_bytes=settings.max_body_bytes)
+    task_routes = TaskRoutes(queries=queries, auth=auth)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
                                    max_body_bytes=settings.max_body_bytes, throttle=throttle)
 

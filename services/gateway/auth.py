@@ -25,8 +25,12 @@ INACTIVE = "User inactive or deleted."
 
 
 class Authenticator:
-    def __init__(self, queries: Queries):
+    """``throttle``: checked once the user is known and may use the API, before any permission of
+    the endpoint (the original's order: authentication, API access, throttling, then the view)."""
+
+    def __init__(self, queries: Queries, throttle=None):
         self._queries = queries
+        self._throttle = throttle
 
     async def user(self, request: Request) -> UserRecord:
         """The authenticated user; also records who asked on ``request.state``. Raises ApiError(403)."""
@@ -39,24 +43,30 @@ class Authenticator:
             user = await self._token_user(request)
         if not user.api_access:
             raise ApiError(403, NO_API_ACCESS)
+        if self._throttle is not None:
+            self._throttle.check(("user", user.id))
         request.state.username = user.username
         request.state.user_id = user.id
         return user
 
     async def _token_user(self, request: Request) -> UserRecord:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "token" or not token.strip():
+        words = request.headers.get("authorization", "").split()
+        if not words or words[0].lower() != "token":
             raise ApiError(403, NO_CREDENTIALS)
-        digest = key_digest(token.strip())
+        if len(words) == 1:
+            raise ApiError(403, "Invalid token header. No credentials provided.")
+        if len(words) > 2:
+            raise ApiError(403, "Invalid token header. Token string should not contain spaces.")
+        digest = key_digest(words[1])
         found = self._queries.cached_user_by_token_digest(digest) or await run_in_threadpool(
             self._queries.user_by_token_digest, digest)
         if found is None:
             raise ApiError(403, INVALID_TOKEN)
         user, expires_at = found
-        if expires_at <= utcnow():
-            raise ApiError(403, NO_CREDENTIALS)  # an expired token is no credential at all
         if not user.is_active:
             raise ApiError(403, INACTIVE)
+        if expires_at <= utcnow():
+            raise ApiError(403, NO_CREDENTIALS)  # an expired token is no credential at all
         request.state.token_digest = digest
         return user
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, bindparam, insert, select
 
 from shared.db import accounts
 from shared.db.catalogue import datacenter_record, storable, user_record
-from shared.db.engine import read_transaction, single_statement
+from shared.db.engine import read_transaction, single_statement, write_transaction
 from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
 from shared.db.records import DatacenterRecord, Grants, UserRecord
 
@@ -145,9 +145,11 @@ class Queries:
         return None if row is None else (user_record(row), row.password_hash)
 
     def create_token(self, user_id: int, digest: str, expires_at: datetime) -> None:
+        """The user's one token, as in the original: logging in again replaces the previous one."""
         # The gateway's connections do not wait for the WAL flush: a token lost in a database
         # crash only means logging in again.
-        with single_statement(self.engine, write=True) as conn:
+        with write_transaction(self.engine) as conn:
+            conn.execute(_tokens.delete().where(_tokens.c.user_id == user_id))
             conn.execute(insert(_tokens).values(digest=digest, user_id=user_id, created_at=utcnow(),
                                                 expires_at=expires_at))
 

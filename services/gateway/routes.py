@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -33,10 +33,14 @@ from shared.keys import check_password, hash_password, key_digest, new_api_key
 from shared.net.fetch import FetchError, UrlPolicy
 
 HIDDEN_FROM_LISTS = (fields.ACCESS_INTERNAL,)
+#: A datacenter's image list also leaves out deleted images (reference §3.8), and sorts by name only.
+HIDDEN_FROM_DC_LISTS = (fields.ACCESS_DELETED, fields.ACCESS_INTERNAL)
+DC_ORDER_FIELDS = ("name",)
 
 
-def parse_order_by(raw: Any) -> list[tuple[str, bool]]:
-    """``name,-created`` -> [("name", False), ("created", True)]. 412 for anything else (deviations #2)."""
+def parse_order_by(raw: Any, fields: Sequence[str] = tuple(ORDER_FIELDS)) -> list[tuple[str, bool]]:
+    """``name,-created`` -> [("name", False), ("created", True)]. 412 for anything else (deviations #2).
+    ``fields``: the sort fields of the endpoint (a datacenter's image list sorts by name only)."""
     if raw is None or raw == "":
         return [("name", False)]
     order = []
@@ -44,8 +48,8 @@ def parse_order_by(raw: Any) -> list[tuple[str, bool]]:
         item = item.strip()
         descending = item.startswith("-")
         field = item[1:] if item[:1] in ("-", "+") else item
-        if field not in ORDER_FIELDS:
-            raise ApiError(412, "Invalid order_by; Possible sort fields are: " + ", ".join(ORDER_FIELDS))
+        if field not in fields:
+            raise ApiError(412, "Invalid order_by; Possible sort fields are: " + ", ".join(fields))
         order.append((field, descending))
     return order
 
@@ -60,6 +64,10 @@ def query_flag(request: Request, name: str) -> bool:
         raise ValidationFailed({name: exc.messages}) from None
 
 
+def _enter(request: Request, dc: DatacenterRecord) -> None:
+    request.state.dc, request.state.dc_id = dc.name, dc.id
+
+
 async def access_of(auth: Authenticator, queries: Queries, request: Request) -> policy.Access:
     """The authenticated user and what they hold (a SuperAdmin's grants are not needed)."""
     user = await auth.user(request)
@@ -71,8 +79,7 @@ async def access_of(auth: Authenticator, queries: Queries, request: Request) -> 
 
 class ImageRoutes:
     def __init__(self, *, queries: Queries, auth: Authenticator, dispatcher: Dispatcher, url_policy: UrlPolicy,
-                 max_body_bytes: int, throttle: Throttle | NoThrottle = NoThrottle()):
-        self.throttle = throttle
+                 max_body_bytes: int):
         self.queries = queries
         self.auth = auth
         self.dispatcher = dispatcher
@@ -80,15 +87,12 @@ class ImageRoutes:
         self.max_body_bytes = max_body_bytes
 
     async def _admin(self, request: Request) -> policy.Access:
-        """The entry permission of the /image endpoints (403 ``Permission denied``), then the
-        user's rate (429), in the original's order."""
-        access = policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
-        self.throttle.check(("user", access.user.id))
-        return access
+        """The entry permission of the /image endpoints (403 ``Permission denied``)."""
+        return policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
 
     async def _default_dc(self, request: Request) -> DatacenterRecord:
         dc = self.queries.cached_default_datacenter() or await run_in_threadpool(self.queries.default_datacenter)
-        request.state.dc, request.state.dc_id = dc.name, dc.id
+        _enter(request, dc)
         return dc
 
     # --- GET /image/ ---------------------------------------------------------------------------
@@ -116,7 +120,7 @@ class ImageRoutes:
         await self._default_dc(request)
         parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
-        image = await run_in_threadpool(self._existing, request.path_params["name"])
+        image = await run_in_threadpool(self._existing_in_its_dc, request, request.path_params["name"])
         policy.require_manage(access, image.dc_bound)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=extended) + b"}")
@@ -141,10 +145,11 @@ class ImageRoutes:
         return await self._command(request, self._prepare_delete)
 
     async def _superadmin(self, request: Request) -> policy.Access:
-        """The entry permission of attaching and detaching (403 ``Permission denied``)."""
+        """Attaching and detaching: the URL's datacenter first (404 if invisible to the user), then
+        the SuperAdmin permission (403 ``Permission denied``), in the original's order."""
         access = await access_of(self.auth, self.queries, request)
+        await run_in_threadpool(self._visible_dc, request.path_params["dc"], access)
         policy.require_superadmin(access)
-        self.throttle.check(("user", access.user.id))
         return access
 
     async def _command(self, request: Request, prepare, entry=None) -> Response:
@@ -163,7 +168,7 @@ class ImageRoutes:
         """(Thread pool.) Check, build the command and publish it; returns the submission."""
         user = access.user
         command, owner, dc = prepare(request, access, data)
-        request.state.dc, request.state.dc_id = dc.name, dc.id
+        _enter(request, dc)
         task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
         request.state.task_id = task_id
         submission = self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
@@ -177,10 +182,11 @@ class ImageRoutes:
         if self.queries.image(name) is not None:
             raise ApiError(406, images.IMAGE_EXISTS)
         dc = self.queries.default_datacenter()
-        if data.get("dc") not in (None, ""):  # an empty dc is no dc (then a bound image needs one)
-            dc = self.queries.datacenter(str(data["dc"]))
+        if "dc" in data:  # as the original: only an absent dc means the request's; "" or null is looked up
+            dc = self.queries.datacenter(str(data["dc"])) if isinstance(data["dc"], str) else None
             if dc is None or not access.sees(dc):
                 raise ApiError(404, images.DC_NOT_FOUND)
+        _enter(request, dc)  # the request's datacenter from here on (reference §4.3, 3.)
         policy.require_import_into(access, dc.name)
         payload = {k: data[k] for k in fields.IMPORT_FIELDS if k in data}
         if not access.is_superadmin:
@@ -194,7 +200,7 @@ class ImageRoutes:
         return ImportImage(name=name, **values), owner, dc
 
     def _prepare_update(self, request: Request, access: policy.Access, data: dict[str, Any]):
-        image = self._existing(request.path_params["name"])
+        image = self._existing_in_its_dc(request, request.path_params["name"])
         policy.require_manage(access, image.dc_bound)
         payload = {k: data[k] for k in fields.UPDATE_FIELDS if k in data}
         values, errors = images.check_update_shape(payload)
@@ -207,7 +213,7 @@ class ImageRoutes:
         return UpdateImage(name=image.name, **values), owner, self._image_dc(image.dc_bound)
 
     def _prepare_delete(self, request: Request, access: policy.Access, data: dict[str, Any]):
-        image = self._existing(request.path_params["name"])
+        image = self._existing_in_its_dc(request, request.path_params["name"])
         policy.require_manage(access, image.dc_bound)
         owner = self.queries.user(image.owner) or access.user
         return DeleteImage(name=image.name), owner, self._image_dc(image.dc_bound)
@@ -220,25 +226,25 @@ class ImageRoutes:
         dc = await run_in_threadpool(self._visible_dc, request.path_params["dc"], access)
         if not access.is_admin(dc.name):
             raise ApiError(403, images.PERMISSION_DENIED)
-        self.throttle.check(("user", access.user.id))
-        request.state.dc, request.state.dc_id = dc.name, dc.id
+        _enter(request, dc)
         return access, dc
 
     async def dc_list_images(self, request: Request) -> Response:
         _, dc = await self._dc_reader(request)
-        order = parse_order_by(request.query_params.get("order_by"))
+        order = parse_order_by(request.query_params.get("order_by"), DC_ORDER_FIELDS)
         extended = query_flag(request, "extended")
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         if query_flag(request, "full") or extended:
-            docs = await run_in_threadpool(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_LISTS,
+            docs = await run_in_threadpool(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_DC_LISTS,
                                            extended=extended, attached_to=dc.name)
             return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
-        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS,
+        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_DC_LISTS,
                                         attached_to=dc.name)
         return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
 
     async def dc_show_image(self, request: Request) -> Response:
         _, dc = await self._dc_reader(request)
+        parse_order_by(request.query_params.get("order_by"), DC_ORDER_FIELDS)
         image = await run_in_threadpool(self._attached, request.path_params["name"], dc)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=query_flag(request, "extended")) + b"}")
@@ -273,6 +279,13 @@ class ImageRoutes:
             raise ApiError(404, images.IMAGE_NOT_FOUND)
         return image
 
+    def _existing_in_its_dc(self, request: Request, name: str):
+        """The image (404), whose bound datacenter (the default one for a global image) becomes the
+        request's: the answer's ``es_dc`` and task id name it (reference §4.3, 3.)."""
+        image = self._existing(name)
+        _enter(request, self._image_dc(image.dc_bound))
+        return image
+
     def _existing(self, name: str):
         image = self.queries.image(name)
         if image is None:
@@ -296,8 +309,7 @@ class ImageRoutes:
 
 
 class TaskRoutes:
-    def __init__(self, *, queries: Queries, auth: Authenticator, throttle: Throttle | NoThrottle = NoThrottle()):
-        self.throttle = throttle
+    def __init__(self, *, queries: Queries, auth: Authenticator):
         self.queries = queries
         self.auth = auth
 
@@ -311,7 +323,6 @@ class TaskRoutes:
         if dc is None or not policy.may_read_task(access, dc.name, user_id=parts["user_id"],
                                                   owner_id=parts["owner_id"]):
             raise ApiError(403, images.PERMISSION_DENIED)
-        self.throttle.check(("user", access.user.id))
         if tasks.is_dummy(task_id):
             raise ApiError(404, tasks.TASK_NOT_FOUND)
         view = await run_in_threadpool(self.queries.task, task_id)
@@ -336,17 +347,19 @@ class AccountRoutes:
         self.max_body_bytes = max_body_bytes
 
     async def login(self, request: Request) -> Response:
+        # Anonymous: counted per client address (behind a proxy, the proxy's).
         self.throttle.check(("address", request.client.host if request.client else None))
         data = await read_json_body(request, self.max_body_bytes)
+        # The original's answers: 400 {"detail": <the serializer's errors, or its one message>}.
         required = {f: ["This field is required."] for f in ("username", "password")
                     if not isinstance(data.get(f), str) or not data[f]}
         if required:
-            return json_response(request, required, 400)
+            return json_response(request, {"detail": required}, 400)
         user = await run_in_threadpool(self._check_credentials, data["username"], data["password"])
         if user is None:
-            return json_response(request, {"non_field_errors": [self.BAD_CREDENTIALS]}, 400)
+            raise ApiError(400, self.BAD_CREDENTIALS)
         if not user.api_access:
-            raise ApiError(403, NO_API_ACCESS)
+            raise ApiError(400, NO_API_ACCESS + ".")
         token = new_api_key()
         expires = utcnow() + timedelta(seconds=self.token_seconds)
         await run_in_threadpool(self.queries.create_token, user.id, key_digest(token), expires)
@@ -363,8 +376,7 @@ class AccountRoutes:
         return user if user is not None and stored and matches and user.is_active else None
 
     async def logout(self, request: Request) -> Response:
-        user = await self.auth.user(request)
-        self.throttle.check(("user", user.id))
+        await self.auth.user(request)
         digest = getattr(request.state, "token_digest", None)
         if digest is not None:
             await run_in_threadpool(self.queries.delete_token, digest)

@@ -85,8 +85,8 @@ def _check_refusals(catalogue, name: str, payload: dict, ctx: CommandContext) ->
     if catalogue.name_exists(name):
         raise Refused(406, images.IMAGE_EXISTS, code="image_exists")
     target = catalogue.default_datacenter()
-    if payload.get("dc") not in (None, ""):
-        target = catalogue.datacenter(str(payload["dc"]))
+    if "dc" in payload:  # only an absent dc means the request's; "" or null is looked up (and not found)
+        target = catalogue.datacenter(payload["dc"]) if isinstance(payload["dc"], str) else None
         if target is None or not actor.sees(target):
             raise Refused(404, images.DC_NOT_FOUND, code="datacenter_not_found")
     policy.require_import_into(actor, target.name)

@@ -100,5 +100,8 @@ def _change_attachment(name: str, dc_name: str, ctx: CommandContext, *, attach: 
                                 stream_version=version)
         updated = image.with_changes(dcs=wanted, dc_bound=None, changed=now)
         changed = ["dc_bound", "dcs"] if image.dc_bound else ["dcs"]
+        # The original's answers: attach shows the image as serialized *before* dc_bound was
+        # cleared (reference §13.30), detach shows nothing; the event carries the new state.
         tx.finish([ImageUpdated(image=images.to_state(updated), version=version, changed=changed)],
-                  result=images.public_view(updated), owner=updated.owner, dc=dc.name, http_code=201 if attach else 200)
+                  result=images.public_view(image) if attach else None, owner=updated.owner, dc=dc.name,
+                  http_code=201 if attach else 200)

@@ -74,8 +74,10 @@ class BrokerIdentity:
     services: frozenset[str]
 
     def publisher(self, user_id: str | None, headers: dict[str, Any]) -> str | None:
-        if user_id in self.services and headers.get(PUBLISHED_BY_HEADER):
-            return str(headers[PUBLISHED_BY_HEADER])
+        """Who published the original message. A service's copy always names it (an empty name:
+        nobody vouched for the original), so a copy never makes an untrusted original trusted."""
+        if user_id in self.services and PUBLISHED_BY_HEADER in headers:
+            return str(headers[PUBLISHED_BY_HEADER]) or None
         return user_id
 
 
@@ -424,10 +426,9 @@ class ConsumerRunner:
         user_id = None
         headers.pop(PUBLISHED_BY_HEADER, None)
         if self._identity is not None:
-            # The copy is ours; who published the original goes with it.
+            # The copy is ours; who published the original goes with it ("" for nobody).
             user_id = self._identity.own
-            if delivery.publisher:
-                headers[PUBLISHED_BY_HEADER] = delivery.publisher
+            headers[PUBLISHED_BY_HEADER] = delivery.publisher or ""
         self._publisher.publish(
             exchange=exchange, routing_key=routing_key, body=delivery.body, message_id=delivery.message_id,
             message_type=delivery.message_type, correlation_id=delivery.correlation_id, headers=headers,

@@ -3,6 +3,7 @@ that tells what a user holds (``load_grants``), used by the gateway and by every
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
@@ -33,6 +34,22 @@ _GRANTS = (
 )
 
 
+#: Names that can be stored and put in a URL path segment: (pattern, longest) per kind.
+_NAMES = {
+    "datacenter": (re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z"), 16),
+    "role": (re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z"), 80),
+    "user": (re.compile(r"^[A-Za-z0-9][A-Za-z0-9.@+_-]*\Z"), 150),
+}
+
+
+def _check_name(kind: str, name: str) -> None:
+    pattern, longest = _NAMES[kind]
+    if not pattern.match(name) or len(name) > longest:
+        extra = " @ +" if kind == "user" else ""
+        raise ValueError(f"invalid {kind} name {name!r}: at most {longest} letters, digits and . _ -{extra}, "
+                         "starting with a letter or digit")
+
+
 class AccountExists(Exception):
     pass
 
@@ -58,7 +75,9 @@ def load_grants(conn: Connection, user_id: int) -> Grants:
 
 def create_user(conn: Connection, username: str, *, api_key: str | None, is_superadmin: bool,
                 api_access: bool = True, password_hash: str | None = None) -> UserRecord:
-    """Insert a user; the API key is stored as its digest only. Raises AccountExists."""
+    """Insert a user; the API key is stored as its digest only. Raises AccountExists, or
+    ValueError for a name that could not be used."""
+    _check_name("user", username)
     if conn.execute(select(_users.c.id).where(_users.c.username == username)).first() is not None:
         raise AccountExists(username)
     default_dc = conn.execute(select(_dcs.c.id).where(_dcs.c.is_default.is_(True))).scalar()
@@ -95,6 +114,8 @@ def update_user(conn: Connection, username: str, **values: object) -> None:
         raise ValueError(f"not a user attribute: {sorted(unknown)}")
     if values and conn.execute(update(_users).where(_users.c.username == username).values(**values)).rowcount != 1:
         raise NotFound(f"no user {username!r}")
+    if values.get("is_superadmin") is False and count_superadmins(conn) == 0:
+        raise ValueError("that would leave no SuperAdmin")  # the caller's transaction rolls back
 
 
 def list_users(conn: Connection) -> list[dict]:
@@ -120,7 +141,10 @@ def _user_id(conn: Connection, username: str) -> int:
 
 def create_datacenter(conn: Connection, name: str, *, owner: str | None = None, public: bool = False,
                       image_limit: int | None = None) -> DatacenterRecord:
-    """Raises AccountExists (name taken) or NotFound (owner)."""
+    """Raises AccountExists (name taken), NotFound (owner) or ValueError (name)."""
+    _check_name("datacenter", name)
+    if image_limit is not None and image_limit < 0:
+        raise ValueError("the image limit cannot be negative")
     if conn.execute(select(_dcs.c.id).where(_dcs.c.name == name)).first() is not None:
         raise AccountExists(name)
     owner_id = _user_id(conn, owner) if owner else None
@@ -150,6 +174,7 @@ def _dc_id(conn: Connection, name: str) -> int:
 
 def create_role(conn: Connection, name: str, permissions: Iterable[str]) -> None:
     """Raises AccountExists, or ValueError for a permission that does not exist."""
+    _check_name("role", name)
     held = sorted(set(permissions))
     unknown = [p for p in held if p not in PERMISSIONS]
     if unknown:

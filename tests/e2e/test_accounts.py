@@ -60,10 +60,11 @@ def test_login_gives_a_token_that_authenticates_until_logout(system, account):
 
 
 @pytest.mark.parametrize("credentials, status, body", [
-    ({"password": "x"}, 400, {"username": ["This field is required."]}),
+    ({"password": "x"}, 400, {"detail": {"username": ["This field is required."]}}),
     ({"username": "nobody-here", "password": "correct horse"}, 400,
-     {"non_field_errors": ["Unable to log in with provided credentials."]}),
-    ({"username": None, "password": "wrong"}, 400, {"username": ["This field is required."]}),
+     {"detail": "Unable to log in with provided credentials."}),
+    ({"username": None, "password": "wrong"}, 400, {"detail": {"username": ["This field is required."]}}),
+    ({"username": "x" * 200, "password": "y"}, 400, {"detail": "Unable to log in with provided credentials."}),
 ])
 def test_login_failures(system, credentials, status, body):
     with anonymous(system) as client:
@@ -75,9 +76,14 @@ def test_a_wrong_password_and_a_garbage_token(system, account):
     with anonymous(system) as client:
         response = client.post("/accounts/login/", json={"username": account, "password": "wrong"})
         assert (response.status_code, response.json()) == (
-            400, {"non_field_errors": ["Unable to log in with provided credentials."]})
+            400, {"detail": "Unable to log in with provided credentials."})
         response = client.get("/image/", headers={"Authorization": "Token not-a-token"})
         assert (response.status_code, response.json()) == (403, {"detail": "Invalid token."})
+        for header, detail in (("Token", "Invalid token header. No credentials provided."),
+                               ("Token a b", "Invalid token header. Token string should not contain spaces."),
+                               ("Bearer x", "Authentication credentials were not provided.")):
+            response = client.get("/image/", headers={"Authorization": header})
+            assert (response.status_code, response.json()) == (403, {"detail": detail})
 
 
 def test_an_expired_token_counts_as_no_credentials(system, account):
@@ -97,3 +103,31 @@ def test_an_expired_token_counts_as_no_credentials(system, account):
                 403, {"detail": "Authentication credentials were not provided."})
 
         eventually(expired, timeout=10)
+
+
+def test_an_account_without_api_access_or_inactive_cannot_log_in(system):
+    username = f"locked{uuid.uuid4().hex[:6]}"
+    system.new_user(username)
+    set_password(system, username, "pw")
+    system.admin("user", "set", username, "--api-access", "no")
+    with anonymous(system) as client:
+        response = client.post("/accounts/login/", json={"username": username, "password": "pw"})
+        assert (response.status_code, response.json()) == (400, {"detail": "User account is not allowed to access API."})
+        system.admin("user", "set", username, "--api-access", "yes", "--active", "no")
+        response = client.post("/accounts/login/", json={"username": username, "password": "pw"})
+        assert (response.status_code, response.json()) == (400, {"detail": "Unable to log in with provided credentials."})
+
+
+def test_logging_in_again_replaces_the_previous_token(system, account):
+    with anonymous(system) as client:
+        first = client.post("/accounts/login/", json={"username": account, "password": "correct horse"}).json()["token"]
+        second = client.post("/accounts/login/", json={"username": account, "password": "correct horse"}).json()["token"]
+        assert first != second
+        from tests.support.polling import eventually
+
+        def first_is_gone() -> None:
+            assert client.get("/image/", headers={"Authorization": f"Token {first}"}).json() == {
+                "detail": "Invalid token."}
+
+        eventually(first_is_gone, timeout=10)
+        assert client.get("/image/", headers={"Authorization": f"Token {second}"}).status_code == 200

@@ -280,8 +280,15 @@ def test_an_unstorable_datacenter_name_is_not_found(refused_by_gateway, system, 
     assert (response.status_code, response.json()) == (404, {"detail": "Datacenter not found"})
 
 
-def test_an_empty_datacenter_is_no_datacenter(refused_by_gateway, system, name):
+@pytest.mark.parametrize("dc", ["", None])
+def test_an_empty_or_null_datacenter_is_not_found(refused_by_gateway, system, name, dc):
+    """As the original, which looks up ``data.get("dc", <request DC>)``: only an absent dc is the default."""
     response = refused_by_gateway(system, lambda c: c.post(
-        f"/image/{name}/", json={"manifest_url": "http://example.com/x", "dc": ""}))
+        f"/image/{name}/", json={"manifest_url": "http://example.com/x", "dc": dc}))
+    assert (response.status_code, response.json()) == (404, {"detail": "Datacenter not found"})
+
+
+def test_a_bound_import_without_a_datacenter_is_400(refused_by_gateway, system, name):
+    response = refused_by_gateway(system, lambda c: c.post(f"/image/{name}/", json={"manifest_url": "http://example.com/x"}))
     assert response.status_code == 400
     assert envelope_errors(response) == {"dc_bound": [DC_REQUIRED], "dc": [DC_REQUIRED]}

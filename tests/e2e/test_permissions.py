@@ -249,6 +249,16 @@ def test_a_role_granted_later_takes_effect_and_a_revoked_key_stops_working(world
         assert root.get(f"/image/{name}/").status_code == 200
 
 
+def refusal_for_a_dc(world: World, actor: str, place: str) -> tuple[int, dict]:
+    """Attach/detach by anybody but a SuperAdmin: authentication first, then the URL's datacenter
+    (404 unless visible to them: dc1 is, to its role holders), then 403."""
+    if actor in ("anonymous", "wrong key", "no api access"):
+        return 403, BEFORE_ANYTHING[actor]
+    if actor == "no role" or place != dc(world, "dc1"):
+        return 404, DC_NOT_FOUND
+    return 403, DENIED
+
+
 def fresh_image(world: World, origin, target: str) -> str:
     name = f"att-{uuid.uuid4().hex[:8]}"
     request = {"manifest_url": origin.add_manifest()[0]}
@@ -268,11 +278,13 @@ def test_attach(world, origin, actor, target):
     with world.client(actor) as client:
         response = client.post(f"/dc/{place}/image/{name}/", json={})
     if actor != "superadmin":
-        assert (response.status_code, response.json()) == (403, BEFORE_ANYTHING.get(actor, DENIED))
+        assert (response.status_code, response.json()) == refusal_for_a_dc(world, actor, place)
         assert submitted_commands(world.system) == before
         return
     assert response.status_code == 201, response.text
-    assert response.json()["status"] == "SUCCESS" and response.json()["result"]["dc_bound"] is False
+    # As the original: the image as it was before its dc_bound was cleared (reference §13.30).
+    assert response.json()["status"] == "SUCCESS"
+    assert response.json()["result"]["dc_bound"] is (target != "global")
     with world.root() as root:
         listed = root.get(f"/dc/{place}/image/").json()["result"]
         shown = root.get(f"/image/{name}/", params={"extended": "true"}).json()["result"]
@@ -294,10 +306,11 @@ def test_detach(world, origin, actor, target):
     with world.client(actor) as client:
         response = client.delete(f"/dc/{place}/image/{name}/")
     if actor != "superadmin":
-        assert (response.status_code, response.json()) == (403, BEFORE_ANYTHING.get(actor, DENIED))
+        assert (response.status_code, response.json()) == refusal_for_a_dc(world, actor, place)
         assert submitted_commands(world.system) == before
         return
     assert response.status_code == 200, response.text
+    assert response.json()["result"] is None
     with world.root() as root:
         assert name not in root.get(f"/dc/{place}/image/").json()["result"]
         missing = root.delete(f"/dc/{place}/image/{name}/")
@@ -323,3 +336,28 @@ def test_a_datacenters_image_list_is_for_its_admins(world, actor):
     with world.client(actor) as client:
         not_attached = client.get(f"/dc/{dc(world, 'dc1')}/image/{world.images['dc2']}/")
     assert (not_attached.status_code, not_attached.json()) == (404, {"detail": "Image not found"})
+
+
+def test_a_datacenters_image_list_leaves_out_deleted_images_and_sorts_by_name_only(world, origin):
+    name = fresh_image(world, origin, "dc1")
+    with world.root() as root:
+        place = dc(world, "dc1")
+        assert name in root.get(f"/dc/{place}/image/").json()["result"]
+        assert root.put(f"/image/{name}/", json={"access": 4}).status_code == 200  # DELETED
+        assert name not in root.get(f"/dc/{place}/image/").json()["result"]
+        assert name in root.get("/image/").json()["result"]  # the main list keeps showing it (§3.1)
+        refused = root.get(f"/dc/{place}/image/", params={"order_by": "created"})
+    assert (refused.status_code, refused.json()) == (412, {"detail": "Invalid order_by; Possible sort fields are: name"})
+
+
+def test_an_image_requests_datacenter_is_its_bound_one(world):
+    """es_dc and the (dummy) task id name the image's bound datacenter, also for a refusal."""
+    with world.root() as root:
+        shown = root.get(f"/image/{world.images['dc1']}/")
+        invalid = root.put(f"/image/{world.images['dc1']}/", json={"access": 7})
+        global_ = root.get(f"/image/{world.images['global']}/")
+    assert shown.headers["es_dc"] == dc(world, "dc1") == invalid.headers["es_dc"]
+    assert invalid.status_code == 400
+    assert global_.headers["es_dc"] == "main"
+    dc1_id = shown.json()["task_id"].split("-")[0].split("u")[1]
+    assert dc1_id != "1" and invalid.json()["task_id"].split("-")[0].endswith("u" + dc1_id)

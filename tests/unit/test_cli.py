@@ -111,3 +111,20 @@ def test_admin_commands_manage_users_datacenters_and_roles_in_the_embedded_datab
     assert main(["admin", "user", "create", "alice"]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == ["imagesvc: no user 'nobody'", "imagesvc: no datacenter 'nowhere'", "imagesvc: alice exists already"]
+
+
+def test_admin_commands_refuse_names_that_could_not_be_used_and_keep_a_superadmin(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'names.db'}")
+    assert main(["db", "upgrade"]) == 0
+    assert main(["admin", "create-superadmin", "root"]) == 0
+    capsys.readouterr()
+    for command in (["dc", "create", "x" * 17], ["dc", "create", "a/b"], ["dc", "create", "dc1", "--image-limit", "-1"],
+                    ["user", "create", "u" * 151], ["user", "create", "has space"], ["role", "create", "r\\x00"],
+                    ["user", "set", "root", "--superadmin", "no"]):
+        assert main(["admin", *command]) == 1, command
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 7 and all(line.startswith("imagesvc: ") for line in errors)
+    assert errors[-1] == "imagesvc: that would leave no SuperAdmin"
+    assert main(["admin", "dc", "list"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if '"name"' in line] == [
+        '{"access": 3, "image_limit": null, "is_default": true, "name": "main", "owner": null}']

@@ -472,6 +472,7 @@ class TestAttachments:
         assert (updated["payload"]["changed"], updated["payload"]["version"]) == (["dc_bound", "dcs"], 2)
         assert (updated["payload"]["image"]["dc_bound"], updated["payload"]["image"]["dcs"]) == (None, ["dc2", "main"])
         assert (succeeded["payload"]["http_code"], succeeded["payload"]["dc"]) == (201, "dc2")
+        assert succeeded["payload"]["result"]["dc_bound"] is True  # the original's answer (reference §13.30)
         again = world.outcome(world.run("updater", AttachImage(name="shared", dc="dc2")))["payload"]
         assert (again["http_code"], again["result"]) == (406, {"detail": "Image already exists"})
         detach = world.run("updater", DetachImage(name="shared", dc="main"))
@@ -516,3 +517,5 @@ def test_a_command_acts_for_its_actor_only_if_the_broker_vouches_for_the_publish
         assert (outcome["http_code"], outcome["result"], outcome["code"]) == (
             403, {"detail": "Permission denied"}, "actor_not_trusted")
         assert world.events(type="image.updated") == []
+        # The refusal does not record the claimed actor as the task's user.
+        assert outcome["user"] is None and world.outcome(envelope)["actor"] is None

@@ -173,3 +173,14 @@ def test_the_publisher_is_the_brokers_user_id_and_survives_a_retry(harness):
     send()
     eventually(lambda: _equal(runner.handled, 5))
     assert sorted(handler.publishers[2:], key=str) == sorted(["prog", "ops", None], key=str)  # handled in parallel
+
+
+def test_a_retried_copy_of_a_message_nobody_vouched_for_stays_unvouched(harness):
+    from shared.broker.consumer import BrokerIdentity
+
+    start, send, _ = harness
+    handler = Handler([Disposition.retry("busy")])
+    runner = start(handler, identity=BrokerIdentity(own="svc", services=frozenset({"svc"})))
+    send()  # no user_id: the broker vouches for nobody
+    eventually(lambda: _equal(runner.handled, 2))
+    assert handler.publishers == [None, None]  # the copy came from "svc", but names nobody

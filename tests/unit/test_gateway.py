@@ -149,6 +149,7 @@ def test_one_log_line_per_request_with_request_and_task_ids(api, publisher):
 def test_throttling_is_off_by_default_and_answers_429_with_the_original_message_when_on(engine, publisher):
     with write_transaction(engine) as conn:
         accounts.create_user(conn, "root", api_key=KEY, is_superadmin=True)
+        accounts.create_user(conn, "viewer", api_key="viewer-key", is_superadmin=False)
     with client_for(engine, publisher) as client:
         assert all(client.get("/image/").status_code == 200 for _ in range(5))
     with client_for(engine, publisher, throttle="2/minute") as client:
@@ -158,6 +159,11 @@ def test_throttling_is_off_by_default_and_answers_429_with_the_original_message_
         assert throttled.json() == {"detail": "Request was throttled. Expected available in 60 seconds."}
         assert throttled.headers["retry-after"] == "60"
         assert client.put("/image/any/", json={}).status_code == 429 and publisher.published == []
+    # Throttling comes right after authentication, before the endpoint's own permissions.
+    with client_for(engine, publisher, throttle="1/minute") as client:
+        viewer = {"ES-API-KEY": "viewer-key"}
+        assert client.get("/image/", headers=viewer).json() == {"detail": "Permission denied"}
+        assert client.get("/image/", headers=viewer).status_code == 429
 
 
 def test_the_throttle_window_slides():

@@ -107,3 +107,10 @@ def test_is_dummy_is_true_only_for_dummy_ids():
 @pytest.mark.parametrize("task_id", ["", "1d1u1", "1d1u1-6f75849b", "nonsense"])
 def test_is_dummy_is_false_for_malformed_ids(task_id):
     assert tasks.is_dummy(task_id) is False
+
+
+def test_control_characters_make_a_task_id_malformed():
+    # (A NUL cannot be stored by PostgreSQL: such an id must be refused before any lookup.)
+    assert tasks.parse_task_id("1e1u1-aaaa\x00aaa-bbbb-cccc-dddd") is None
+    assert tasks.parse_task_id("1e1u1-aaaa\naaa-bbbb-cccc-dddd") is None
+    assert tasks.parse_task_id("1e1u1-zzzzzzzz-bbbb-cccc-dddd") is not None  # not hex: the original accepts it
