@@ -361,3 +361,17 @@ def test_an_image_requests_datacenter_is_its_bound_one(world):
     assert global_.headers["es_dc"] == "main"
     dc1_id = shown.json()["task_id"].split("-")[0].split("u")[1]
     assert dc1_id != "1" and invalid.json()["task_id"].split("-")[0].endswith("u" + dc1_id)
+
+
+def test_the_owner_of_a_task_may_read_it_without_any_role(world, origin):
+    """UserTask: the task's owner (the image's owner) reads its status, Admin of its DC or not."""
+    name = fresh_image(world, origin, "dc2")
+    owner = f"norole{world.tag}"
+    with world.root() as root:
+        assert root.put(f"/image/{name}/", json={"owner": owner}).status_code == 200
+        task_id = root.put(f"/image/{name}/", json={"desc": "owned"}).json()["task_id"]
+    with world.client("no role") as client:
+        response = client.get(f"/task/{task_id}/status/")
+    assert response.status_code == 200 and response.json()["status"] == "SUCCESS"
+    with world.client("dc1 admin") as client:  # neither user, owner nor Admin of dc2
+        assert client.get(f"/task/{task_id}/status/").json() == DENIED

@@ -24,15 +24,25 @@ class EsResult:
     task_id: str | None
 
 
-def es(base_url: str, api_key: str, action: str, resource: str, **params: Any) -> EsResult:
-    method = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}[action]
+def es(base_url: str, api_key: str | None, action: str, resource: str, *, token: str | None = None,
+       **params: Any) -> EsResult:
+    """One ``es`` call. ``login`` POSTs to ``/accounts/login/``, ``logout`` GETs
+    ``/accounts/logout/``; with ``token`` (what ``es login`` keeps in its session file) the client
+    sends ``Authorization: Token`` and, like ``es``, no API key unless one is given."""
+    if action in ("login", "logout"):
+        method, resource = ("POST", "/accounts/login") if action == "login" else ("GET", "/accounts/logout")
+    else:
+        method = {"get": "GET", "create": "POST", "set": "PUT", "delete": "DELETE"}[action]
     headers = {
         "User-Agent": "es/1.3.3",
         "Accept": "application/json; indent=4",
         "Content-Type": "application/json; indent=4",
         "ES-STREAM": "es",
-        "ES-API-KEY": api_key,
     }
+    if api_key:
+        headers["ES-API-KEY"] = api_key
+    if token:
+        headers["Authorization"] = f"Token {token}"
     url = base_url + resource.rstrip("/") + "/"
     values = {k: v if isinstance(v, (bool, type(None))) else str(v) for k, v in params.items()}
     with httpx.Client(timeout=120, follow_redirects=False) as client:
