@@ -167,8 +167,8 @@ class CommandConsumer:
             unvouched = dataclasses.replace(envelope, actor=None, reply_to=None)
             try:
                 self._relay.publish(self._record_failure(unvouched, failure))
-            except Duplicate:
-                return self._duplicate(envelope)
+            except (Duplicate, store.TaskAlreadyEnded):
+                return self._not_twice(envelope)
             return Disposition.ack("actor not trusted")
         if self._check_first:
             with read_transaction(self._engine) as conn:
@@ -180,13 +180,13 @@ class CommandConsumer:
             handler(command, ctx)
             if not ctx.finished:
                 raise RuntimeError(f"handler for {envelope.type} returned without finishing its task")
-        except Duplicate:
-            return self._duplicate(envelope)
+        except (Duplicate, store.TaskAlreadyEnded):
+            return self._not_twice(envelope)
         except CommandFailed as failure:
             try:
                 ctx.outbox = self._record_failure(envelope, failure)
-            except Duplicate:
-                return self._duplicate(envelope)
+            except (Duplicate, store.TaskAlreadyEnded):
+                return self._not_twice(envelope)
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
         self._relay.publish(ctx.outbox)
         return Disposition.ack()
@@ -198,6 +198,17 @@ class CommandConsumer:
             return True
         publisher = delivery.publisher
         return publisher in self._trusted or (envelope.actor is not None and publisher == envelope.actor.user)
+
+    def _not_twice(self, envelope: Envelope) -> Disposition:
+        """The message's task already has its outcome: from this very message (a duplicate: ack,
+        republishing what is pending), or from another message reusing its task id (dead-letter:
+        a task ends once, and this command can be given no outcome of its own)."""
+        with read_transaction(self._engine) as conn:
+            handled = store.was_handled(conn, envelope.id)
+        if handled:
+            return self._duplicate(envelope)
+        log.error("command.task_id_taken", task_id=envelope.correlation_id)
+        return Disposition.dead_letter(f"task {envelope.correlation_id} already ended (its id was reused)")
 
     def _duplicate(self, envelope: Envelope) -> Disposition:
         with read_transaction(self._engine) as conn:
@@ -235,7 +246,7 @@ class CommandConsumer:
                                 code="invalid_message")
         try:
             rows = self._record_failure(envelope, failure)
-        except Duplicate:
+        except (Duplicate, store.TaskAlreadyEnded):
             return
         self._relay.publish(rows)
 
@@ -249,7 +260,7 @@ class CommandConsumer:
                                 code="retries_exhausted")
         try:
             rows = self._record_failure(envelope, failure)
-        except Duplicate:
+        except (Duplicate, store.TaskAlreadyEnded):
             return
         self._relay.publish(rows)
 

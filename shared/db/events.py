@@ -25,6 +25,7 @@ from shared.db.models import StoredEvent, utcnow
 
 _events = StoredEvent.__table__
 _HANDLED = next(index for index in _events.indexes if index.name == "uq_events_handled")
+_TASK_OUTCOME = next(index for index in _events.indexes if index.name == "uq_events_task_outcome")
 # Built once (building statements is a measurable share of a consumer's CPU).
 _APPEND = _events.insert().returning(_events.c.id, sort_by_parameter_order=True)
 _STREAM_HEAD = select(func.coalesce(func.max(_events.c.stream_version), 0)).where(
@@ -35,6 +36,11 @@ _HANDLED_BY = select(_events.c.id).where(_events.c.causation_id == bindparam("me
 
 class AlreadyHandled(Exception):
     """The message already has its terminal event: this handling must not commit."""
+
+
+class TaskAlreadyEnded(Exception):
+    """The task id (correlation id) already has its outcome, from a message that may be another one:
+    a command reusing a task id gets no outcome of its own."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,11 @@ def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int]
     them back.
 
     Raises AlreadyHandled when one of them is a terminal task event for a message that already
-    has one (concurrent handlings: the second waits for the first to commit, then raises). The
-    transaction is then unusable and must be rolled back.
+    has one (concurrent handlings: the second waits for the first to commit, then raises), and
+    TaskAlreadyEnded when its task already has an outcome (from another message reusing the task
+    id, or from this same message: the database reports whichever rule it checks first; tell
+    them apart with ``was_handled`` in a new transaction). The transaction is then unusable and
+    must be rolled back.
     """
     now = utcnow()
     values = []
@@ -82,6 +91,8 @@ def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int]
     except IntegrityError as exc:
         if violates(exc, _HANDLED):
             raise AlreadyHandled(values[-1]["causation_id"]) from None
+        if violates(exc, _TASK_OUTCOME):
+            raise TaskAlreadyEnded(values[-1]["correlation_id"]) from None
         raise
     return [OutboxRow(row_id, v["message_id"], v["type"], v["correlation_id"], v["body"].encode())
             for row_id, v in zip(ids, values)]

@@ -221,6 +221,9 @@ class StoredEvent(Base):
         # The inbox: a command's handling ends in one terminal event caused by it, so a second
         # handling of the same message cannot commit (it is recognised as a duplicate).
         Index("uq_events_handled", "causation_id", unique=True, sqlite_where=_TERMINAL, postgresql_where=_TERMINAL),
+        # A task ends once: a second command reusing a task id cannot give it a second outcome.
+        Index("uq_events_task_outcome", "correlation_id", unique=True, sqlite_where=_TERMINAL,
+              postgresql_where=_TERMINAL),
         Index(
             "ix_events_unpublished",
             "id",

@@ -252,7 +252,8 @@ def test_lock_race_has_one_winner(engine):
 # --- inbox, stream heads, outbox --------------------------------------------------------------------
 
 
-def _terminal(message_id: str, *, task_id: str = "t", type_: str = "task.succeeded") -> Envelope:
+def _terminal(message_id: str, *, task_id: str | None = None, type_: str = "task.succeeded") -> Envelope:
+    task_id = task_id or f"task-of-{message_id}"
     return Envelope(id=new_message_id(), type=type_, correlation_id=task_id, causation_id=message_id,
                     payload={"task_id": task_id})
 
@@ -274,7 +275,9 @@ def test_a_second_terminal_event_for_a_message_is_refused_and_rolled_back(engine
     with write_transaction(engine) as conn:
         events.append(conn, [(_terminal(message_id), None)])
     effect = _envelope(correlation_id="t", causation_id=message_id, n=2)
-    with pytest.raises(events.AlreadyHandled):
+    # The same message again breaks both rules (one outcome per message, one per task); which one
+    # the database reports first is its choice, and the consumer tells them apart afterwards.
+    with pytest.raises((events.AlreadyHandled, events.TaskAlreadyEnded)):
         with write_transaction(engine) as conn:
             events.append(conn, [(effect, None), (_terminal(message_id, type_="task.failed"), None)])
     with read_transaction(engine) as conn:
@@ -304,6 +307,23 @@ def test_concurrent_handlings_of_one_message_have_one_winner(engine):
 
     results = race(8, attempt)
     assert results.count(True) == 1, results
+
+
+def test_a_task_gets_one_outcome_even_from_two_different_messages(engine):
+    task_id = "1e1u1-" + uuid.uuid4().hex[:8] + "-aaaa-bbbb-cccc"
+
+    def attempt(_index: int) -> str:
+        try:
+            with write_transaction(engine) as conn:
+                events.append(conn, [(_terminal(new_message_id(), task_id=task_id), None)])
+            return "ended"
+        except events.TaskAlreadyEnded:
+            return "refused"
+        except events.AlreadyHandled:
+            return "wrong"
+
+    results = race(6, attempt)
+    assert sorted(results) == ["ended"] + ["refused"] * 5, results
 
 
 def test_stream_head_is_the_highest_stored_version(engine):

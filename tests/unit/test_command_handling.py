@@ -519,3 +519,15 @@ def test_a_command_acts_for_its_actor_only_if_the_broker_vouches_for_the_publish
         assert world.events(type="image.updated") == []
         # The refusal does not record the claimed actor as the task's user.
         assert outcome["user"] is None and world.outcome(envelope)["actor"] is None
+
+
+def test_a_command_reusing_a_finished_tasks_id_gets_no_outcome_and_changes_nothing(world):
+    world.imported("victim")
+    first = world.run("updater", UpdateImage(name="victim", desc="first"))
+    reused = world.envelope(UpdateImage(name="victim", desc="second"), task_id=first.correlation_id)
+    disposition = world.deliver("updater", reused)
+    assert disposition.outcome is Outcome.DEAD_LETTER and "already ended" in disposition.reason
+    assert [e["payload"]["image"]["desc"] for e in world.events(type="image.updated")] == ["first"]
+    assert world.outcome(first)["payload"]["http_code"] == 200  # the task still has its one outcome
+    # The first command's own redelivery is still a plain duplicate.
+    assert world.deliver("updater", first).outcome is Outcome.ACK
