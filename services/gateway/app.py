@@ -28,7 +28,8 @@ from services.gateway.http import (
     json_response,
 )
 from services.gateway.queries import Queries
-from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
+from services.gateway.administration import AdministrationRoutes
+from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes, access_of
 from services.gateway.throttle import throttle_for
 from shared.broker.connection import broker_identity
 from shared.broker.notifications import NotificationListener
@@ -83,6 +84,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
                          max_body_bytes=settings.max_body_bytes)
     task_routes = TaskRoutes(queries=queries, auth=auth)
+    administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes,
+                                          access_of=access_of)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
                                    max_body_bytes=settings.max_body_bytes, throttle=throttle)
 
@@ -99,6 +102,19 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_show_image, ["GET"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_attach, ["POST"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_detach, ["DELETE"]),
+        *_routes("/api/accounts/user", administration.list_users, ["GET"]),
+        *_routes("/api/accounts/user/{username}", administration.show_user, ["GET"]),
+        *_routes("/api/accounts/user/{username}", administration.create_user, ["POST"]),
+        *_routes("/api/accounts/user/{username}/apikeys", administration.new_api_key, ["PUT"]),
+        *_routes("/api/accounts/group", administration.list_groups, ["GET"]),
+        *_routes("/api/accounts/group/{name}", administration.show_group, ["GET"]),
+        *_routes("/api/accounts/group/{name}", administration.create_group, ["POST"]),
+        *_routes("/api/dc", administration.list_dcs, ["GET"]),
+        *_routes("/api/dc/{dc}", administration.show_dc, ["GET"]),
+        *_routes("/api/dc/{dc}", administration.create_dc, ["POST"]),
+        *_routes("/api/dc/{dc}/group", administration.list_dc_groups, ["GET"]),
+        *_routes("/api/dc/{dc}/group/{name}", administration.attach_group, ["POST"]),
+        *_routes("/api/dc/{dc}/group/{name}", administration.detach_group, ["DELETE"]),
         *_routes("/api/task/{task_id}/status", task_routes.status, ["GET"]),
         *_routes("/api/task/{task_id}/state", task_routes.status, ["GET"]),
         *_routes("/api/accounts/login", account_routes.login, ["POST"]),

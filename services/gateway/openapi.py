@@ -216,5 +216,55 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _detail("Bye."), "403": _AUTH_FAILED},
                 },
             },
+            **_administration(),
         },
+    }
+
+
+def _administration() -> dict[str, Any]:
+    """The SuperAdmin account administration routes (services/gateway/administration.py)."""
+    ok = _json(_ref("TaskEnvelope"), "SUCCESS")
+    listed = {"parameters": [{"name": "full", "in": "query", "schema": _BOOL}],
+              "responses": {"200": ok, "403": _AUTH_FAILED}}
+
+    def path(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def one(kind: str, create_body: dict[str, Any], param: str) -> dict[str, Any]:
+        return {
+            "parameters": [path(param)],
+            "get": {"operationId": f"{kind}_show", "summary": f"Show a {kind} (SuperAdmin)",
+                    "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail(f"{kind} not found")}},
+            "post": {"operationId": f"{kind}_create", "summary": f"Create a {kind} (SuperAdmin)",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "properties": create_body}}}},
+                     "responses": {"201": _json(_ref("TaskEnvelope"), "Created"), "400": _json(
+                         _ref("TaskEnvelope"), "Invalid fields"), "403": _AUTH_FAILED,
+                         "406": _detail(f"{kind} already exists")}},
+        }
+
+    names = {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]}
+    grant = {"parameters": [path("dc"), path("name")],
+             "post": {"operationId": "dc_group_attach", "summary": "Grant a group's permissions in a datacenter",
+                      "responses": {"201": ok, "403": _AUTH_FAILED, "404": _detail("Not found"),
+                                    "406": _detail("Group already exists (already attached)")}},
+             "delete": {"operationId": "dc_group_detach", "summary": "Take a group's permissions in a datacenter back",
+                        "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail("Not found")}}}
+    return {
+        "/api/accounts/user/": {"get": {"operationId": "user_list", "summary": "Users (SuperAdmin)", **listed}},
+        "/api/accounts/user/{username}/": one("user", {"is_super_admin": _BOOL, "api_access": _BOOL,
+                                                       "password": {"type": "string"}}, "username"),
+        "/api/accounts/user/{username}/apikeys/": {
+            "parameters": [path("username")],
+            "put": {"operationId": "user_new_api_key", "summary": "A new API key for the user, shown this once",
+                    "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail("User not found")}}},
+        "/api/accounts/group/": {"get": {"operationId": "group_list", "summary": "Groups (roles)", **listed}},
+        "/api/accounts/group/{name}/": one("group", {"permissions": names, "users": names}, "name"),
+        "/api/dc/": {"get": {"operationId": "dc_list", "summary": "Datacenters (SuperAdmin)", **listed}},
+        "/api/dc/{dc}/": one("dc", {"owner": {"type": "string"}, "access": {"type": "integer", "enum": [1, 3]}},
+                             "dc"),
+        "/api/dc/{dc}/group/": {"parameters": [path("dc")],
+                                "get": {"operationId": "dc_group_list", "summary": "Groups attached to a datacenter",
+                                        "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail("Not found")}}},
+        "/api/dc/{dc}/group/{name}/": grant,
     }

@@ -153,6 +153,20 @@ class Queries:
             conn.execute(insert(_tokens).values(digest=digest, user_id=user_id, created_at=utcnow(),
                                                 expires_at=expires_at))
 
+    # --- account administration (configuration, written in one transaction) -------------------
+
+    def administer(self, write) -> None:
+        """``write(conn)`` in one write transaction; the process's account cache is dropped after
+        it, so this gateway sees the change at once (others within ``cache_seconds``)."""
+        with write_transaction(self.engine) as conn:
+            write(conn)
+        self._cache.clear()
+
+    def administered(self, read):
+        """``read(conn)`` on a fresh connection (never cached)."""
+        with read_transaction(self.engine) as conn:
+            return read(conn)
+
     def delete_token(self, digest: str) -> None:
         with single_statement(self.engine, write=True) as conn:
             conn.execute(_tokens.delete().where(_tokens.c.digest == digest))

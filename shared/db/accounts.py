@@ -222,3 +222,8 @@ def list_roles(conn: Connection) -> list[dict]:
     return [{"name": r.name, "permissions": list(r.permissions),
              "users": sorted(u for rid, u in members if rid == r.id),
              "dcs": sorted(d for rid, d in dcs if rid == r.id)} for r in roles]
+
+
+def find(rows: list[dict], key: str, value: str) -> dict | None:
+    """The row of a ``list_*`` result whose ``key`` is ``value`` (the lists are small)."""
+    return next((row for row in rows if row[key] == value), None)

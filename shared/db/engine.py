@@ -91,7 +91,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     Connection-level failures surface as ``Transient`` so callers retry instead of failing.
     """
     with translate_db_errors():
-        with engine.connect().execution_options(**{_WRITE: True}) as conn:
+        options: dict = {_WRITE: True}
+        if engine.get_execution_options().get(_AUTOCOMMIT):
+            options["isolation_level"] = "READ COMMITTED"  # a real transaction on an autocommit engine
+        with engine.connect().execution_options(**options) as conn:
             with conn.begin():
                 yield conn
 
