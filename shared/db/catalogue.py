@@ -54,11 +54,16 @@ def _image_statement(dialect: str, column: str, for_update: bool):
                _locks.c.expires_at >= bindparam("now", type_=Lock.expires_at.type))
         .scalar_subquery()
     )
+    # The row's stream version as of the statement's snapshot. Under READ COMMITTED, a FOR UPDATE
+    # that waited for another writer returns that writer's row, but its subqueries and joins keep
+    # the older snapshot: a difference between the two versions says so (see ``_image``).
+    snapshot = _images.alias("snapshot")
+    snapshot_version = select(snapshot.c.stream_version).where(snapshot.c.uuid == _images.c.uuid).scalar_subquery()
     # The acting user comes along (no extra round trip for the consumer's permission check).
     actor = _users.alias("actor")
     query = (
         select(_images, _users.c.username.label("owner_name"), _bound.c.name.label("bound_name"),
-               attached.label("attached"), lock_owner.label("lock_owner"),
+               attached.label("attached"), lock_owner.label("lock_owner"), snapshot_version.label("snapshot_version"),
                *[actor.c[c].label(f"actor_{c}") for c in ("id", "username", "is_superadmin", "api_access",
                                                           "is_active", "default_dc_id")])
         .join(_users, _users.c.id == _images.c.owner_id)
@@ -108,7 +113,12 @@ class SqlCatalogue:
                for_update: bool) -> tuple[ImageRecord | None, UserRecord | None]:
         statement = _image_statement(self.conn.dialect.name, column, for_update)
         actor = username if username and storable(username, 150) else None
-        row = self.conn.execute(statement, {"key": key, "now": utcnow(), "actor": actor}).first()
+        params = {"key": key, "now": utcnow(), "actor": actor}
+        row = self.conn.execute(statement, params).first()
+        if row is not None and row.snapshot_version != row.stream_version:
+            # It waited for a concurrent writer of this image: read again, now that the row lock
+            # is held, so that attachments, owner and lease holder are as that writer left them.
+            row = self.conn.execute(statement, params).first()
         if row is None:
             return None, None
         user = None

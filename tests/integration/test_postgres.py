@@ -175,6 +175,48 @@ def test_grants_are_the_union_of_roles_per_datacenter_plus_owned_ones(engine):
     assert grants.owned == {f"c{tag}"}
 
 
+def test_a_writer_that_waited_for_the_image_lock_reads_what_the_other_writer_committed(engine, owner):
+    """READ COMMITTED: after waiting for a row lock, a statement's subqueries keep the old
+    snapshot; the catalogue notices (stream versions differ) and reads again under the lock."""
+    with write_transaction(engine) as conn:
+        dc = _add_datacenter(conn)
+        image = _image(owner)
+        SqlCatalogue(conn).insert_image(image)
+    locked = threading.Event()
+    seen: list = []
+
+    def second_writer() -> None:
+        locked.wait(10)
+        with write_transaction(engine) as conn:
+            found, _user = SqlCatalogue(conn).image_and_user(image.name, None, for_update=True)  # waits
+            seen.append(found)
+
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    with write_transaction(engine) as conn:
+        catalogue = SqlCatalogue(conn)
+        first, _user = catalogue.image_and_user(image.name, None, for_update=True)
+        locked.set()
+        wait_until_blocked(engine)
+        catalogue.set_attachments(image.uuid, [dc])
+        catalogue.update_fields(image.uuid, {}, changed=utcnow(), stream_version=first.stream_version + 1)
+    thread.join(10)
+    assert seen and seen[0].dcs == [dc] and seen[0].stream_version == first.stream_version + 1
+
+
+def wait_until_blocked(engine, timeout: float = 10.0) -> None:
+    """Until some backend waits for a lock (the other writer reached its FOR UPDATE)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with read_transaction(engine) as conn:
+            if conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").scalar():
+                return
+        time.sleep(0.02)
+    raise AssertionError("the other writer never blocked on the row lock")
+
+
 # --- locks -------------------------------------------------------------------------------------
 
 
