@@ -37,6 +37,9 @@ _DEFAULT_DC = select(_dcs).where(_dcs.c.is_default.is_(True))
 _DC_BY_ID = select(_dcs).where(_dcs.c.id == bindparam("id"))
 _IMAGE_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
                         _images.c.doc, _images.c.dcs).where(_images.c.name == bindparam("name"))
+# A command's pre-checks need everything but the (large) public document.
+_IMAGE_FACTS_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
+                              _images.c.dcs).where(_images.c.name == bindparam("name"))
 _TASK = select(_tasks).where(_tasks.c.task_id == bindparam("task_id"))
 _JOURNALED = select(_journal).where(_journal.c.task_id == bindparam("task_id"))
 _JOURNAL = insert(_journal)
@@ -222,12 +225,15 @@ class Queries:
 
     # --- images --------------------------------------------------------------------------------
 
-    def image(self, name: str) -> ImageView | None:
+    def image(self, name: str, *, document: bool = True) -> ImageView | None:
+        """The image named ``name``; without ``document`` its ``doc`` is left empty (a command's
+        pre-checks do not need it)."""
         with single_statement(self.engine) as conn:
-            row = conn.execute(_IMAGE_BY_NAME, {"name": name}).first()
+            row = conn.execute(_IMAGE_BY_NAME if document else _IMAGE_FACTS_BY_NAME, {"name": name}).first()
         if row is None:
             return None
-        return ImageView(row.uuid, row.name, row.owner, row.dc_bound, row.status, row.doc.encode(), row.dcs.encode())
+        return ImageView(row.uuid, row.name, row.owner, row.dc_bound, row.status,
+                         row.doc.encode() if document else b"", row.dcs.encode())
 
     def image_names(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
                     bound_to: Collection[str] | None = None, attached_to: str | None = None) -> list[str]:

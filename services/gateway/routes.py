@@ -5,6 +5,7 @@ consumer re-checks everything; the gateway's checks only spare the broker doomed
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import timedelta
 from typing import Any, Mapping, Sequence
@@ -120,7 +121,8 @@ class ImageRoutes:
         await self._default_dc(request)
         parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
-        image = await run_in_threadpool(self._existing_in_its_dc, request, request.path_params["name"])
+        image = await run_in_threadpool(functools.partial(self._existing_in_its_dc, request,
+                                                          request.path_params["name"], document=True))
         policy.require_manage(access, image.dc_bound)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=extended) + b"}")
@@ -179,7 +181,7 @@ class ImageRoutes:
 
     def _prepare_import(self, request: Request, access: policy.Access, data: dict[str, Any]):
         name = request.path_params["name"]
-        if self.queries.image(name) is not None:
+        if self.queries.image(name, document=False) is not None:
             raise ApiError(406, images.IMAGE_EXISTS)
         dc = self.queries.default_datacenter()
         if "dc" in data:  # as the original: only an absent dc means the request's; "" or null is looked up
@@ -245,7 +247,8 @@ class ImageRoutes:
     async def dc_show_image(self, request: Request) -> Response:
         _, dc = await self._dc_reader(request)
         parse_order_by(request.query_params.get("order_by"), DC_ORDER_FIELDS)
-        image = await run_in_threadpool(self._attached, request.path_params["name"], dc)
+        image = await run_in_threadpool(functools.partial(self._attached, request.path_params["name"], dc,
+                                                          document=True))
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=query_flag(request, "extended")) + b"}")
 
@@ -273,21 +276,21 @@ class ImageRoutes:
             raise ApiError(404, images.DC_NOT_FOUND)
         return dc
 
-    def _attached(self, name: str, dc: DatacenterRecord):
-        image = self.queries.image(name)
+    def _attached(self, name: str, dc: DatacenterRecord, *, document: bool = False):
+        image = self.queries.image(name, document=document)
         if image is None or dc.name not in image.attached:
             raise ApiError(404, images.IMAGE_NOT_FOUND)
         return image
 
-    def _existing_in_its_dc(self, request: Request, name: str):
+    def _existing_in_its_dc(self, request: Request, name: str, *, document: bool = False):
         """The image (404), whose bound datacenter (the default one for a global image) becomes the
         request's: the answer's ``es_dc`` and task id name it (reference §4.3, 3.)."""
-        image = self._existing(name)
+        image = self._existing(name, document=document)
         _enter(request, self._image_dc(image.dc_bound))
         return image
 
-    def _existing(self, name: str):
-        image = self.queries.image(name)
+    def _existing(self, name: str, *, document: bool = False):
+        image = self.queries.image(name, document=document)
         if image is None:
             raise ApiError(404, images.IMAGE_NOT_FOUND)
         return image
