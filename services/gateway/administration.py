@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from starlette.concurrency import run_in_threadpool
+from services.gateway.blocking import in_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -53,23 +53,23 @@ class AdministrationRoutes:
     async def _create(self, request: Request, kind: str, write: Callable[[Any], None], reread: Callable[[], Any]
                       ) -> Response:
         try:
-            await run_in_threadpool(self.queries.administer, write)
+            await in_thread(self.queries.administer, write)
         except accounts.AccountExists:
             raise ApiError(406, f"{KINDS[kind]} already exists") from None
         except accounts.NotFound as exc:
             raise ApiError(404, str(exc)) from None
-        return self._answer(request, await run_in_threadpool(reread), 201)
+        return self._answer(request, await in_thread(reread), 201)
 
     # --- users ---------------------------------------------------------------------------------
 
     async def list_users(self, request: Request) -> Response:
         await self._superadmin(request)
-        return await self._listed(request, await run_in_threadpool(self.queries.administered, accounts.list_users),
+        return await self._listed(request, await in_thread(self.queries.administered, accounts.list_users),
                                   "username")
 
     async def show_user(self, request: Request) -> Response:
         await self._superadmin(request)
-        rows = await run_in_threadpool(self.queries.administered, accounts.list_users)
+        rows = await in_thread(self.queries.administered, accounts.list_users)
         return await self._one(request, "user", rows, "username", request.path_params["username"])
 
     async def create_user(self, request: Request) -> Response:
@@ -102,19 +102,19 @@ class AdministrationRoutes:
             if not accounts.set_api_key(conn, username, key):
                 raise ApiError(404, "User not found")
 
-        await run_in_threadpool(self.queries.administer, write)
+        await in_thread(self.queries.administer, write)
         return self._answer(request, {"api_key": key})
 
     # --- groups (roles) ------------------------------------------------------------------------
 
     async def list_groups(self, request: Request) -> Response:
         await self._superadmin(request)
-        return await self._listed(request, await run_in_threadpool(self.queries.administered, accounts.list_roles),
+        return await self._listed(request, await in_thread(self.queries.administered, accounts.list_roles),
                                   "name")
 
     async def show_group(self, request: Request) -> Response:
         await self._superadmin(request)
-        rows = await run_in_threadpool(self.queries.administered, accounts.list_roles)
+        rows = await in_thread(self.queries.administered, accounts.list_roles)
         return await self._one(request, "group", rows, "name", request.path_params["name"])
 
     async def create_group(self, request: Request) -> Response:
@@ -143,12 +143,12 @@ class AdministrationRoutes:
 
     async def list_dcs(self, request: Request) -> Response:
         await self._superadmin(request)
-        return await self._listed(request, await run_in_threadpool(self.queries.administered, accounts.list_datacenters),
+        return await self._listed(request, await in_thread(self.queries.administered, accounts.list_datacenters),
                                   "name")
 
     async def show_dc(self, request: Request) -> Response:
         await self._superadmin(request)
-        rows = await run_in_threadpool(self.queries.administered, accounts.list_datacenters)
+        rows = await in_thread(self.queries.administered, accounts.list_datacenters)
         return await self._one(request, "dc", rows, "name", request.path_params["dc"])
 
     async def create_dc(self, request: Request) -> Response:
@@ -174,8 +174,8 @@ class AdministrationRoutes:
     async def list_dc_groups(self, request: Request) -> Response:
         await self._superadmin(request)
         dc = request.path_params["dc"]
-        roles = await run_in_threadpool(self.queries.administered, accounts.list_roles)
-        if accounts.find(await run_in_threadpool(self.queries.administered, accounts.list_datacenters), "name", dc) is None:
+        roles = await in_thread(self.queries.administered, accounts.list_roles)
+        if accounts.find(await in_thread(self.queries.administered, accounts.list_datacenters), "name", dc) is None:
             raise ApiError(404, "Datacenter not found")
         return self._answer(request, [role["name"] for role in roles if dc in role["dcs"]])
 
@@ -202,8 +202,8 @@ class AdministrationRoutes:
                 raise ApiError(404, "Group not found")
             (accounts.attach_role if attach else accounts.detach_role)(conn, name, dc)
 
-        await run_in_threadpool(self.queries.administer, write)
-        role = accounts.find(await run_in_threadpool(self.queries.administered, accounts.list_roles), "name", name)
+        await in_thread(self.queries.administer, write)
+        role = accounts.find(await in_thread(self.queries.administered, accounts.list_roles), "name", name)
         return self._answer(request, role, 201 if attach else 200)
 
 

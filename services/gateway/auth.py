@@ -8,7 +8,7 @@ revoked key stops working within that bound.
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
+from services.gateway.blocking import in_thread
 from starlette.requests import Request
 
 from services.gateway.http import ApiError
@@ -58,7 +58,7 @@ class Authenticator:
         if len(words) > 2:
             raise ApiError(403, "Invalid token header. Token string should not contain spaces.")
         digest = key_digest(words[1])
-        found = self._queries.cached_user_by_token_digest(digest) or await run_in_threadpool(
+        found = self._queries.cached_user_by_token_digest(digest) or await in_thread(
             self._queries.user_by_token_digest, digest)
         if found is None:
             raise ApiError(403, INVALID_TOKEN)
@@ -73,4 +73,4 @@ class Authenticator:
     async def _lookup(self, digest: str) -> UserRecord | None:
         # A cache hit needs no trip to the thread pool.
         cached = self._queries.cached_user_by_key_digest(digest)
-        return cached or await run_in_threadpool(self._queries.user_by_key_digest, digest)
+        return cached or await in_thread(self._queries.user_by_key_digest, digest)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from starlette.concurrency import run_in_threadpool
+from services.gateway.blocking import in_thread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -109,7 +109,7 @@ class TaskWaiter:
             event.clear()
             view = self._notified.get(tasks.task_key(task_id))
             if view is None or view.status not in states:
-                view = await run_in_threadpool(self._queries.task, task_id)
+                view = await in_thread(self._queries.task, task_id)
             if view is not None and view.status in states:
                 return view
             if time.monotonic() >= deadline:
@@ -183,7 +183,7 @@ class Dispatcher:
         if view is not None and view.status in tasks.TERMINAL:
             return answer(request, view)
         # The client will poll: make the task readable before the consumer has reported on it.
-        await run_in_threadpool(self._journal, submission)
+        await in_thread(self._journal, submission)
         if request.headers.get("es-stream"):
             return self._stream(request, task_id)
         return pending(request, task_id)

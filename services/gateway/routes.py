@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 from typing import Any, Mapping, Sequence
 
-from starlette.concurrency import run_in_threadpool
+from services.gateway.blocking import in_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -74,7 +74,7 @@ async def access_of(auth: Authenticator, queries: Queries, request: Request) -> 
     user = await auth.user(request)
     if user.is_superadmin:
         return policy.Access(user)
-    grants = queries.cached_grants(user.id) or await run_in_threadpool(queries.grants, user.id)
+    grants = queries.cached_grants(user.id) or await in_thread(queries.grants, user.id)
     return policy.Access(user, grants)
 
 
@@ -92,7 +92,7 @@ class ImageRoutes:
         return policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
 
     async def _default_dc(self, request: Request) -> DatacenterRecord:
-        dc = self.queries.cached_default_datacenter() or await run_in_threadpool(self.queries.default_datacenter)
+        dc = self.queries.cached_default_datacenter() or await in_thread(self.queries.default_datacenter)
         _enter(request, dc)
         return dc
 
@@ -107,10 +107,10 @@ class ImageRoutes:
         scope = policy.list_scope(access)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         if full:
-            docs = await run_in_threadpool(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_LISTS,
+            docs = await in_thread(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_LISTS,
                                            extended=extended, bound_to=scope)
             return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
-        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS,
+        names = await in_thread(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS,
                                         bound_to=scope)
         return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
 
@@ -121,7 +121,7 @@ class ImageRoutes:
         await self._default_dc(request)
         parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
-        image = await run_in_threadpool(functools.partial(self._existing_in_its_dc, request,
+        image = await in_thread(functools.partial(self._existing_in_its_dc, request,
                                                           request.path_params["name"], document=True))
         policy.require_manage(access, image.dc_bound)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
@@ -150,7 +150,7 @@ class ImageRoutes:
         """Attaching and detaching: the URL's datacenter first (404 if invisible to the user), then
         the SuperAdmin permission (403 ``Permission denied``), in the original's order."""
         access = await access_of(self.auth, self.queries, request)
-        await run_in_threadpool(self._visible_dc, request.path_params["dc"], access)
+        await in_thread(self._visible_dc, request.path_params["dc"], access)
         policy.require_superadmin(access)
         return access
 
@@ -160,7 +160,7 @@ class ImageRoutes:
         data = await self._body(request)
         ticket = self.dispatcher.ticket()
         try:
-            submission = await run_in_threadpool(self._prepare_and_submit, prepare, request, access, data, ticket)
+            submission = await in_thread(self._prepare_and_submit, prepare, request, access, data, ticket)
         except BaseException:
             self.dispatcher.release(ticket)
             raise
@@ -225,7 +225,7 @@ class ImageRoutes:
     async def _dc_reader(self, request: Request) -> tuple[policy.Access, DatacenterRecord]:
         """A datacenter's image list is for its Admins (and SuperAdmins); an invisible DC is 404."""
         access = await access_of(self.auth, self.queries, request)
-        dc = await run_in_threadpool(self._visible_dc, request.path_params["dc"], access)
+        dc = await in_thread(self._visible_dc, request.path_params["dc"], access)
         if not access.is_admin(dc.name):
             raise ApiError(403, images.PERMISSION_DENIED)
         _enter(request, dc)
@@ -237,17 +237,17 @@ class ImageRoutes:
         extended = query_flag(request, "extended")
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         if query_flag(request, "full") or extended:
-            docs = await run_in_threadpool(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_DC_LISTS,
+            docs = await in_thread(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_DC_LISTS,
                                            extended=extended, attached_to=dc.name)
             return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
-        names = await run_in_threadpool(self.queries.image_names, order, exclude_access=HIDDEN_FROM_DC_LISTS,
+        names = await in_thread(self.queries.image_names, order, exclude_access=HIDDEN_FROM_DC_LISTS,
                                         attached_to=dc.name)
         return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
 
     async def dc_show_image(self, request: Request) -> Response:
         _, dc = await self._dc_reader(request)
         parse_order_by(request.query_params.get("order_by"), DC_ORDER_FIELDS)
-        image = await run_in_threadpool(functools.partial(self._attached, request.path_params["name"], dc,
+        image = await in_thread(functools.partial(self._attached, request.path_params["name"], dc,
                                                           document=True))
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=query_flag(request, "extended")) + b"}")
@@ -322,13 +322,13 @@ class TaskRoutes:
         parts = tasks.parse_task_id(task_id)
         # The original's UserTask permission: a well-formed id whose datacenter exists, asked for
         # by an Admin of that datacenter or by the task's user or owner.
-        dc = None if parts is None else await run_in_threadpool(self.queries.datacenter_by_id, parts["dc_id"])
+        dc = None if parts is None else await in_thread(self.queries.datacenter_by_id, parts["dc_id"])
         if dc is None or not policy.may_read_task(access, dc.name, user_id=parts["user_id"],
                                                   owner_id=parts["owner_id"]):
             raise ApiError(403, images.PERMISSION_DENIED)
         if tasks.is_dummy(task_id):
             raise ApiError(404, tasks.TASK_NOT_FOUND)
-        view = await run_in_threadpool(self.queries.task, task_id)
+        view = await in_thread(self.queries.task, task_id)
         if view is None:
             raise ApiError(404, tasks.TASK_NOT_FOUND)
         code, body = status_body(view)
@@ -358,14 +358,14 @@ class AccountRoutes:
                     if not isinstance(data.get(f), str) or not data[f]}
         if required:
             return json_response(request, {"detail": required}, 400)
-        user = await run_in_threadpool(self._check_credentials, data["username"], data["password"])
+        user = await in_thread(self._check_credentials, data["username"], data["password"])
         if user is None:
             raise ApiError(400, self.BAD_CREDENTIALS)
         if not user.api_access:
             raise ApiError(400, NO_API_ACCESS + ".")
         token = new_api_key()
         expires = utcnow() + timedelta(seconds=self.token_seconds)
-        await run_in_threadpool(self.queries.create_token, user.id, key_digest(token), expires)
+        await in_thread(self.queries.create_token, user.id, key_digest(token), expires)
         request.state.username = user.username
         return json_response(request, {"token": token, "expires": images.format_time(expires),
                                        "detail": self.WELCOME})
@@ -382,7 +382,7 @@ class AccountRoutes:
         await self.auth.user(request)
         digest = getattr(request.state, "token_digest", None)
         if digest is not None:
-            await run_in_threadpool(self.queries.delete_token, digest)
+            await in_thread(self.queries.delete_token, digest)
         return json_response(request, {"detail": "Bye."})
 
 
