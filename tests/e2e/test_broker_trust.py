@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import uuid
 from urllib.parse import quote, urlsplit
@@ -14,12 +15,15 @@ import pika
 import pytest
 
 from tests.e2e.test_distributed import command, stored_events
+from tests.support.services import unavailable
 from tests.support.tap import EventTap, publish
 
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq, pytest.mark.postgres]
 
 
 def rabbitmqctl(*args: str) -> None:
+    if shutil.which("rabbitmqctl") is None:  # a broker elsewhere: its users cannot be made from here
+        unavailable("rabbitmqctl", "not on the PATH (needed to make broker users)")
     done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
 
