@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from services.gateway.blocking import in_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
 from domain import fields, policy
 from services.gateway.auth import Authenticator
+from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, envelope, json_response, read_json_body
 from services.gateway.queries import Queries
+from services.gateway.routes import access_of, query_flag
 from shared.db import accounts
 from shared.keys import hash_password, new_api_key
 
@@ -28,23 +29,22 @@ _MISSING_USER = "Object with username={} does not exist."
 
 
 class AdministrationRoutes:
-    def __init__(self, *, queries: Queries, auth: Authenticator, max_body_bytes: int, access_of: Callable):
+    def __init__(self, *, queries: Queries, auth: Authenticator, max_body_bytes: int):
         self.queries = queries
         self.auth = auth
         self.max_body_bytes = max_body_bytes
-        self._access_of = access_of
 
     async def _superadmin(self, request: Request) -> None:
-        policy.require_superadmin(await self._access_of(self.auth, self.queries, request))
+        policy.require_superadmin(await access_of(self.auth, self.queries, request))
 
     def _answer(self, request: Request, result: Any, status: int = 200) -> Response:
         return json_response(request, envelope(dummy_task_id_for(request), "SUCCESS", result), status)
 
-    async def _listed(self, request: Request, rows: list[dict], key: str) -> Response:
-        full = query_flag(request)
+    def _listed(self, request: Request, rows: list[dict], key: str) -> Response:
+        full = query_flag(request, "full") or query_flag(request, "extended")
         return self._answer(request, rows if full else [row[key] for row in rows])
 
-    async def _one(self, request: Request, kind: str, rows: list[dict], key: str, value: str) -> Response:
+    def _one(self, request: Request, kind: str, rows: list[dict], key: str, value: str) -> Response:
         row = accounts.find(rows, key, value)
         if row is None:
             raise ApiError(404, f"{KINDS[kind]} not found")
@@ -64,13 +64,13 @@ class AdministrationRoutes:
 
     async def list_users(self, request: Request) -> Response:
         await self._superadmin(request)
-        return await self._listed(request, await in_thread(self.queries.administered, accounts.list_users),
+        return self._listed(request, await in_thread(self.queries.administered, accounts.list_users),
                                   "username")
 
     async def show_user(self, request: Request) -> Response:
         await self._superadmin(request)
         rows = await in_thread(self.queries.administered, accounts.list_users)
-        return await self._one(request, "user", rows, "username", request.path_params["username"])
+        return self._one(request, "user", rows, "username", request.path_params["username"])
 
     async def create_user(self, request: Request) -> Response:
         await self._superadmin(request)
@@ -109,13 +109,13 @@ class AdministrationRoutes:
 
     async def list_groups(self, request: Request) -> Response:
         await self._superadmin(request)
-        return await self._listed(request, await in_thread(self.queries.administered, accounts.list_roles),
+        return self._listed(request, await in_thread(self.queries.administered, accounts.list_roles),
                                   "name")
 
     async def show_group(self, request: Request) -> Response:
         await self._superadmin(request)
         rows = await in_thread(self.queries.administered, accounts.list_roles)
-        return await self._one(request, "group", rows, "name", request.path_params["name"])
+        return self._one(request, "group", rows, "name", request.path_params["name"])
 
     async def create_group(self, request: Request) -> Response:
         await self._superadmin(request)
@@ -130,7 +130,8 @@ class AdministrationRoutes:
                 accounts.create_role(conn, name, values.get("permissions", []))
             except ValueError as exc:
                 raise ValidationFailed({"name": [str(exc)]}) from None
-            missing = [u for u in values.get("users", []) if not _user_exists(conn, u)]
+            known = {row["username"] for row in accounts.list_users(conn)}
+            missing = [u for u in values.get("users", []) if u not in known]
             if missing:
                 raise ValidationFailed({"users": [_MISSING_USER.format(missing[0])]})
             for username in values.get("users", []):
@@ -143,13 +144,13 @@ class AdministrationRoutes:
 
     async def list_dcs(self, request: Request) -> Response:
         await self._superadmin(request)
-        return await self._listed(request, await in_thread(self.queries.administered, accounts.list_datacenters),
+        return self._listed(request, await in_thread(self.queries.administered, accounts.list_datacenters),
                                   "name")
 
     async def show_dc(self, request: Request) -> Response:
         await self._superadmin(request)
         rows = await in_thread(self.queries.administered, accounts.list_datacenters)
-        return await self._one(request, "dc", rows, "name", request.path_params["dc"])
+        return self._one(request, "dc", rows, "name", request.path_params["dc"])
 
     async def create_dc(self, request: Request) -> Response:
         await self._superadmin(request)
@@ -205,14 +206,6 @@ class AdministrationRoutes:
         await in_thread(self.queries.administer, write)
         role = accounts.find(await in_thread(self.queries.administered, accounts.list_roles), "name", name)
         return self._answer(request, role, 201 if attach else 200)
-
-
-def query_flag(request: Request) -> bool:
-    raw = request.query_params.get("full") or request.query_params.get("extended")
-    try:
-        return raw is not None and fields.boolean(raw)
-    except fields.FieldError:
-        raise ValidationFailed({"full": [fields.NOT_BOOLEAN]}) from None
 
 
 def _parse(data: dict[str, Any], parsers: dict[str, Callable[[Any], Any]]) -> tuple[dict, dict]:

@@ -29,7 +29,7 @@ from services.gateway.http import (
 )
 from services.gateway.queries import Queries
 from services.gateway.administration import AdministrationRoutes
-from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes, access_of
+from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
 from services.gateway.throttle import throttle_for
 from shared.broker.connection import broker_identity
 from shared.broker.notifications import NotificationListener
@@ -84,8 +84,7 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
                          max_body_bytes=settings.max_body_bytes)
     task_routes = TaskRoutes(queries=queries, auth=auth)
-    administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes,
-                                          access_of=access_of)
+    administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
                                    max_body_bytes=settings.max_body_bytes, throttle=throttle)
 

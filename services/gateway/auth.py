@@ -8,9 +8,9 @@ revoked key stops working within that bound.
 
 from __future__ import annotations
 
-from services.gateway.blocking import in_thread
 from starlette.requests import Request
 
+from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError
 from services.gateway.queries import Queries
 from shared.db.models import utcnow

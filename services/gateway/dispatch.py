@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from services.gateway.blocking import in_thread
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from domain import tasks
+from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError, envelope, json_bytes, json_response
 from services.gateway.queries import Queries, TaskView
 from shared import contracts

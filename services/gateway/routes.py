@@ -10,12 +10,12 @@ import time
 from datetime import timedelta
 from typing import Any, Mapping, Sequence
 
-from services.gateway.blocking import in_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
 from domain import fields, images, manifest, policy, tasks
 from services.gateway.auth import NO_API_ACCESS, Authenticator
+from services.gateway.blocking import in_thread
 from services.gateway.dispatch import Dispatcher, status_body
 from services.gateway.http import (
     ApiError,

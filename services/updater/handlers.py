@@ -87,7 +87,8 @@ def _change_attachment(name: str, dc_name: str, ctx: CommandContext, *, attach: 
             raise Refused(404, images.DC_NOT_FOUND, code="datacenter_not_found")
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
-        attached = catalogue.attachments(image.uuid)  # read after the row lock: concurrent attaches queue up
+        # As they are under the row lock (the catalogue re-reads if the lock had to wait for a writer).
+        attached = set(image.dcs)
         if attach and dc.name in attached:
             raise Refused(406, images.IMAGE_EXISTS, code="already_attached")
         if not attach and dc.name not in attached:
