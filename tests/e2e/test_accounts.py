@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -13,16 +12,12 @@ from sqlalchemy import create_engine, select, update
 from shared.db.models import AuthToken
 from shared.keys import key_digest
 from tests.e2e.conftest import database_url
-from tests.support.systems import _command
 
 pytestmark = pytest.mark.e2e
 
 
 def set_password(system, username: str, password: str) -> None:
-    done = subprocess.run(_command("admin", "user", "password", username), input=password + "\n", cwd=system.workdir,
-                          env=system.env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert password not in done.stdout + done.stderr
+    assert password not in system.admin("user", "password", username, stdin=password + "\n")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import uuid
+from typing import Iterator
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -28,21 +30,27 @@ def rabbitmqctl(*args: str) -> None:
     assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
 
 
-@pytest.fixture(scope="module")
-def program(distributed):
-    """A broker user and an imagesvc SuperAdmin of the same name: a program acting as itself."""
-    name = f"prog{uuid.uuid4().hex[:8]}"
+@contextlib.contextmanager
+def broker_user(distributed, name: str) -> Iterator[str]:
+    """A RabbitMQ user that may write to the commands exchange only; yields its broker URL."""
     password = uuid.uuid4().hex
     rabbitmqctl("add_user", name, password)
     try:
         commands = re.escape(f"{distributed.prefix}imagesvc.commands")
         rabbitmqctl("set_permissions", "-p", "/", name, "^$", f"^{commands}$", "^$")
-        distributed.new_user(name, "--superadmin")
         parts = urlsplit(distributed.broker_url)
-        url = f"amqp://{name}:{quote(password)}@{parts.hostname}:{parts.port or 5672}//"
-        yield name, url
+        yield f"amqp://{name}:{quote(password)}@{parts.hostname}:{parts.port or 5672}//"
     finally:
         rabbitmqctl("delete_user", name)
+
+
+@pytest.fixture(scope="module")
+def program(distributed):
+    """A broker user and an imagesvc SuperAdmin of the same name: a program acting as itself."""
+    name = f"prog{uuid.uuid4().hex[:8]}"
+    with broker_user(distributed, name) as url:
+        distributed.new_user(name, "--superadmin")
+        yield name, url
 
 
 @pytest.fixture
@@ -112,20 +120,14 @@ def test_the_broker_refuses_a_user_id_that_is_not_the_publishers(distributed, pr
 def dc1_program(distributed):
     """A program whose imagesvc user is ImageAdmin (not SuperAdmin) of dc1 only."""
     name = f"dcprog{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
-    rabbitmqctl("add_user", name, password)
-    try:
-        commands = re.escape(f"{distributed.prefix}imagesvc.commands")
-        rabbitmqctl("set_permissions", "-p", "/", name, "^$", f"^{commands}$", "^$")
+    dc = f"dc{name[-6:]}"
+    with broker_user(distributed, name) as url:
         distributed.new_user(name)
-        distributed.admin("dc", "create", f"dc{name[-6:]}")
+        distributed.admin("dc", "create", dc)
         distributed.admin("role", "create", f"role-{name}", "--permission=admin", "--permission=image_admin")
         distributed.admin("role", "add-user", f"role-{name}", name)
-        distributed.admin("role", "attach", f"role-{name}", f"dc{name[-6:]}")
-        parts = urlsplit(distributed.broker_url)
-        yield name, f"amqp://{name}:{quote(password)}@{parts.hostname}:{parts.port or 5672}//", f"dc{name[-6:]}"
-    finally:
-        rabbitmqctl("delete_user", name)
+        distributed.admin("role", "attach", f"role-{name}", dc)
+        yield name, url, dc
 
 
 def test_a_program_has_its_users_roles_and_no_more(distributed, dc1_program, tap, origin):

@@ -89,17 +89,12 @@ def test_while_waiting_the_stream_sends_a_space_per_poll(slow_answers, origin, n
 
 def test_es_login_then_token_calls_then_logout(slow_answers, name, origin):
     """``es login -username U -password P``, then calls with the session's token, then ``es logout``."""
-    import subprocess
     import uuid as uuid_
-
-    from tests.support.systems import _command
 
     system = slow_answers
     username = f"es{uuid_.uuid4().hex[:6]}"
     system.new_user(username, "--superadmin")
-    done = subprocess.run(_command("admin", "user", "password", username), input="es secret\n", cwd=system.workdir,
-                          env=system.env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    system.admin("user", "password", username, stdin="es secret\n")
     login = es(system.url, None, "login", "", username=username, password="es secret")
     assert login.status == 200 and login.body["detail"] == "Welcome to Danube Cloud API."
     token = login.body["token"]

@@ -68,14 +68,8 @@ def world(system, origin) -> World:
         system.admin("role", "add-user", role, username)
         system.admin("role", "attach", role, f"dc1{tag}")
     world = World(system, keys, {}, tag)
-    with world.root() as client:
-        for target in TARGETS:
-            name = f"perm-{target}-{tag}"
-            body = {"manifest_url": origin.add_manifest()[0]}
-            body.update({"dc_bound": False} if target == "global" else {"dc": f"{target}{tag}"})
-            response = client.post(f"/image/{name}/", json=body)
-            assert response.status_code == 200, response.text
-            world.images[target] = name
+    for target in TARGETS:
+        world.images[target] = fresh_image(world, origin, target, name=f"perm-{target}-{tag}")
     return world
 
 
@@ -150,13 +144,8 @@ def test_update(world, actor, target):
 @pytest.mark.parametrize("actor", ACTORS)
 def test_delete(world, origin, actor, target):
     status, body = expected_for_an_image(actor, target, 200)
-    name = world.images[target]
-    if body is None:  # allowed: delete an image of its own, the shared ones stay for the other cells
-        name = f"del-{uuid.uuid4().hex[:8]}"
-        request = {"manifest_url": origin.add_manifest()[0]}
-        request.update({"dc_bound": False} if target == "global" else {"dc": dc(world, target)})
-        with world.root() as root:
-            assert root.post(f"/image/{name}/", json=request).status_code == 200
+    # Allowed: delete an image of its own, the shared ones stay for the other cells.
+    name = world.images[target] if body is not None else fresh_image(world, origin, target)
     before = submitted_commands(world.system)
     with world.client(actor) as client:
         response = client.delete(f"/image/{name}/")
@@ -174,8 +163,7 @@ def test_delete(world, origin, actor, target):
 @pytest.mark.parametrize("actor", ACTORS)
 def test_import(world, origin, actor, target):
     name = f"imp-{uuid.uuid4().hex[:8]}"
-    request = {"manifest_url": origin.add_manifest()[0]}
-    request.update({"dc_bound": False} if target == "global" else {"dc": dc(world, target)})
+    request = {"manifest_url": origin.add_manifest()[0], **placement(world, target)}
     before = submitted_commands(world.system)
     with world.client(actor) as client:
         response = client.post(f"/image/{name}/", json=request)
@@ -259,12 +247,18 @@ def refusal_for_a_dc(world: World, actor: str, place: str) -> tuple[int, dict]:
     return 403, DENIED
 
 
-def fresh_image(world: World, origin, target: str) -> str:
-    name = f"att-{uuid.uuid4().hex[:8]}"
-    request = {"manifest_url": origin.add_manifest()[0]}
-    request.update({"dc_bound": False} if target == "global" else {"dc": dc(world, target)})
+def placement(world: World, target: str) -> dict:
+    """The import fields that bind an image to dc1 or dc2, or make it global."""
+    return {"dc_bound": False} if target == "global" else {"dc": dc(world, target)}
+
+
+def fresh_image(world: World, origin, target: str, name: str | None = None) -> str:
+    """An image of its own for a cell that changes it, imported by the SuperAdmin."""
+    name = name or f"img-{uuid.uuid4().hex[:8]}"
     with world.root() as root:
-        assert root.post(f"/image/{name}/", json=request).status_code == 200
+        response = root.post(f"/image/{name}/", json={"manifest_url": origin.add_manifest()[0],
+                                                      **placement(world, target)})
+        assert response.status_code == 200, response.text
     return name
 
 

@@ -63,11 +63,11 @@ class System:
         self.processes[name] = process
         return process
 
-    def admin(self, *args: str) -> str:
+    def admin(self, *args: str, stdin: str | None = None) -> str:
         """Run ``imagesvc admin ARGS`` on this system's database; returns its output (the new
         key of a command that makes one is the last line). Fails the test if the command fails."""
         done = subprocess.run(_command("admin", *args), cwd=self.workdir, env=self.env, capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=60, input=stdin)
         assert done.returncode == 0, f"imagesvc admin {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
