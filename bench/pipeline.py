@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline.py [--quick]
 
-1+2. throughput with 32 clients, alternating rounds (raw, imagesvc, raw, imagesvc; best round of
+1+2. throughput with 32 clients, alternating rounds (raw, imagesvc, x3, after a 3 s warm-up; best round of
    each side counts): the raw pipeline baseline (bench/raw_pipeline.py) and imagesvc PUT over 2
    gateways, read-your-writes checked on the way; then the raw single-command p50/p95
 3. imagesvc PUT latency at an open-loop 20 requests/s
@@ -169,7 +169,7 @@ def measure_raw_throughput(raw: RawPipeline, args: argparse.Namespace, results: 
     pid = raw._process.pid  # type: ignore[union-attr]
     meter = CpuMeter(lambda: {"bench process (clients+event consumer)": [os.getpid()],
                               "command consumer": [pid], **infra_groups()})
-    load = raw.throughput(clients=CLIENTS, duration=args.duration, on_start=meter.start)
+    load = raw.throughput(clients=CLIENTS, duration=args.duration, warmup=args.warmup, on_start=meter.start)
     meter.stop()
     load["cpu_ms_per_command"] = cpu_per_op(meter.used, load["completed_total"])
     load["machine_busy"], load["steal"] = meter.machine_busy, meter.steal
@@ -839,8 +839,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="queue type of the raw baseline (imagesvc's work queues are quorum queues)")
     args = parser.parse_args(argv)
     args.duration = 5.0 if args.quick else 15.0
-    args.rounds = 1 if args.quick else 2
-    args.warmup = 1.0
+    args.rounds = 1 if args.quick else 3
+    # Both sides: connection pools filled, statements prepared, caches warm before counting.
+    args.warmup = 1.0 if args.quick else 3.0
     args.light_duration = 5.0 if args.quick else 10.0
     args.wrk_seconds = 5 if args.quick else 10
     args.round_trips = 100 if args.quick else 200
@@ -892,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"imagesvc: imported {len(names)} images through HTTP in {time.monotonic() - started:.1f} s")
 
             if phase("import", do_import):
-                # Throughput rounds alternate (raw, imagesvc, raw, imagesvc): each side's best
+                # Throughput rounds alternate (raw, imagesvc, raw, imagesvc, ...): each side's best
                 # round counts, so a burst of load from elsewhere on the machine cannot decide the ratio.
                 for round_number in range(1, args.rounds + 1):
                     log(f"throughput round {round_number} of {args.rounds}")

@@ -14,7 +14,7 @@ row-locks it) and writing the change.
 from __future__ import annotations
 
 import orjson
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, literal, select, update
 
 from domain import images, tasks
 from shared import contracts
@@ -54,7 +54,8 @@ def _upsert_task(insert):
     return insert.on_conflict_do_update(
         index_elements=[_tasks.c.task_id],
         set_={c: insert.excluded[c] for c in _TASK_COLUMNS},
-        where=_tasks.c.status.notin_(list(tasks.TERMINAL)),
+        # Plain comparisons: NOT IN over a list is re-rendered on every execution.
+        where=and_(*[_tasks.c.status != literal(state) for state in sorted(tasks.TERMINAL)]),
     ).returning(_tasks.c.task_id)
 
 

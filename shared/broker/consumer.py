@@ -316,6 +316,7 @@ class ConsumerRunner:
             dispositions = [Disposition.retry(f"error: {exc!r}")] * len(batch)
         elapsed = round((time.perf_counter() - started) * 1000, 2)
         for (message, delivery), disposition in zip(batch, dispositions):
+            self._bind_log_fields(delivery)
             self._finish(epoch, message, delivery, disposition, elapsed)
         self._worker_done()
 
@@ -323,13 +324,16 @@ class ConsumerRunner:
         self._done.put(None)  # type: ignore[arg-type]  - frees a worker slot (see _settle)
         self._wake()
 
-    def _work(self, epoch: int, message, delivery: Delivery) -> None:
+    def _bind_log_fields(self, delivery: Delivery) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             consumer=self.name, message_id=delivery.message_id, type=delivery.message_type,
             correlation_id=delivery.correlation_id, task_id=delivery.correlation_id, attempt=delivery.attempt,
             redelivered=delivery.redelivered,
         )
+
+    def _work(self, epoch: int, message, delivery: Delivery) -> None:
+        self._bind_log_fields(delivery)
         started = time.perf_counter()
         try:
             disposition = self._handler(delivery)
@@ -342,13 +346,8 @@ class ConsumerRunner:
         self._worker_done()
 
     def _finish(self, epoch: int, message, delivery: Delivery, disposition: Disposition, duration_ms: float) -> None:
-        """Worker side of a verdict: give up after the last attempt, log one line, hand it over."""
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            consumer=self.name, message_id=delivery.message_id, type=delivery.message_type,
-            correlation_id=delivery.correlation_id, task_id=delivery.correlation_id, attempt=delivery.attempt,
-            redelivered=delivery.redelivered,
-        )
+        """Worker side of a verdict (the delivery's log fields bound): give up after the last
+        attempt, log one line, hand it over."""
         if disposition.outcome is Outcome.RETRY and delivery.attempt >= self._max_attempts:
             disposition = Disposition.dead_letter(f"gave up after {delivery.attempt} attempts: {disposition.reason}")
             self._give_up(delivery, disposition.reason)

@@ -11,10 +11,12 @@ pool, and the failure surfaces as ``Transient`` (the message is retried, the req
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
-from typing import Iterator
+from typing import Any, Iterator
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
@@ -24,6 +26,17 @@ from shared.errors import InvalidData, Transient
 
 _WRITE = "imagesvc_write"
 _AUTOCOMMIT = "imagesvc_autocommit"
+
+
+def _dump_json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson refuses (integers beyond 64 bits) the standard encoder may take
+        return json.dumps(value)
+
+
+#: JSON columns (manifests, tags, results) are (de)serialised on every consumer's hot path.
+_JSON = {"json_serializer": _dump_json, "json_deserializer": orjson.loads}
 
 
 def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = False,
@@ -44,7 +57,8 @@ def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = Fal
         database = parsed.database or ""
         if not database or database == ":memory:":
             # One shared connection, or every checkout would see its own empty database.
-            engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
+            engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool,
+                                   **_JSON)
             _configure_sqlite(engine)
             return engine
         os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
@@ -53,6 +67,7 @@ def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = Fal
             connect_args={"check_same_thread": False, "timeout": 5.0},
             pool_size=pool_size,
             max_overflow=pool_size,
+            **_JSON,
         )
         _configure_sqlite(engine)
         return engine
@@ -60,11 +75,14 @@ def make_engine(url: str, *, pool_size: int = 10, relaxed_durability: bool = Fal
     if relaxed_durability:
         connect_args["options"] = "-c synchronous_commit=off"
     if single_statements:
+        # Nothing to roll back when a connection comes back (``write_transaction`` ends its own
+        # transaction either way), so no reset round trip per checkout.
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
-                               connect_args=connect_args, isolation_level="AUTOCOMMIT")
+                               connect_args=connect_args, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                               **_JSON)
         return engine.execution_options(**{_AUTOCOMMIT: True})
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
-                         connect_args=connect_args)
+                         connect_args=connect_args, **_JSON)
 
 
 def _configure_sqlite(engine: Engine) -> None:
