@@ -47,8 +47,25 @@ class Settings:
     #: Operator allow-list for fetches: host names, IP addresses or CIDRs, each with an optional
     #: ``:port`` (deviations #6).
     fetch_allow: tuple[str, ...] = ()
-    #: ``none``: no image server, the original's database-level operations.
+    #: Where the image server keeps images: a local directory (``file://`` optional), or
+    #: ``none`` for no image server (the original's database-level operations). The embedded
+    #: mode's default is ``<data_dir>/images``.
     image_store: str = "none"
+    #: The image server's own URL as compute nodes and other imagesvc instances reach it
+    #: (``imagesvc image-server``; in the embedded mode the ``serve`` address). A file URL on
+    #: this origin is verified in the store instead of downloaded (reference §7.3, deviations #8).
+    image_server_url: str = ""
+    #: Hostname of the compute node that hosts the image server; its status must be ``online``
+    #: for image-changing commands (423 Node is not operational). Empty: not checked.
+    image_server_node: str = ""
+    #: Largest image file an import accepts, in bytes.
+    max_image_bytes: int = 64 * 1024**3
+    #: Download timeouts, in seconds: connecting, waiting for the next bytes, the whole file.
+    download_connect_timeout: float = 5.0
+    download_idle_timeout: float = 30.0
+    download_timeout: float = 6 * 3600.0
+    #: Remote image repositories (reference §2.3): ``name=url`` pairs, comma-separated.
+    image_repositories: tuple[str, ...] = ()
     #: Seconds a gateway process reuses a resolved API key, user or datacenter.
     auth_cache_seconds: float = 2.0
     #: Lifetime of a login token (the original's AUTHTOKEN_DURATION).
@@ -83,6 +100,8 @@ class Settings:
                 defaults["broker_url"] = "memory://"
             if "IMAGESVC_DATABASE_URL" not in environ:
                 defaults["database_url"] = "sqlite:///" + os.path.abspath(os.path.join(base.data_dir, "imagesvc.db"))
+            if "IMAGESVC_IMAGE_STORE" not in environ:
+                defaults["image_store"] = os.path.abspath(os.path.join(base.data_dir, "images"))
             return cls.from_env(environ, **{**defaults, **overrides})
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
@@ -112,8 +131,20 @@ class Settings:
             parse_rate(self.throttle)
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_THROTTLE: {exc}") from None
-        if self.image_store != "none":
-            raise ConfigError("IMAGESVC_IMAGE_STORE: only 'none' (database-level operations) is supported")
+        from shared.store import open_store
+
+        try:
+            open_store(self.image_store)
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_IMAGE_STORE: {exc}") from None
+        if self.max_image_bytes < 1:
+            raise ConfigError("IMAGESVC_MAX_IMAGE_BYTES must be at least 1")
+        if min(self.download_connect_timeout, self.download_idle_timeout, self.download_timeout) <= 0:
+            raise ConfigError("IMAGESVC_DOWNLOAD_*_TIMEOUT must be positive")
+        try:
+            self.repositories()
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_IMAGE_REPOSITORIES: {exc}") from None
         if self.prefetch < 1 or self.worker_threads < 1 or self.db_pool_size < 1:
             raise ConfigError("IMAGESVC_PREFETCH, IMAGESVC_WORKER_THREADS and IMAGESVC_DB_POOL_SIZE must be at least 1")
         if self.heartbeat < 0:
@@ -130,6 +161,17 @@ class Settings:
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("memory://")
+
+    def repositories(self) -> dict[str, str]:
+        """The configured remote repositories, name -> URL (raises ValueError if malformed)."""
+        found: dict[str, str] = {}
+        for entry in self.image_repositories:
+            name, sep, url = entry.partition("=")
+            name, url = name.strip(), url.strip()
+            if not sep or not name or not url.lower().startswith(("http://", "https://")):
+                raise ValueError(f"expected name=http(s)://url, got {entry!r}")
+            found[name] = url
+        return dict(sorted(found.items()))
 
 
 def _parse(annotation: str, raw: str) -> object:

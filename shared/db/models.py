@@ -244,6 +244,35 @@ class Lock(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Node(Base):
+    """A compute node (reference §9.4), as the last ``node.*`` event or ``imagesvc admin node``
+    described it. Not part of the read model: other systems own these facts."""
+
+    __tablename__ = "nodes"
+
+    hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
+    uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    #: online, maintenance, unreachable, unlicensed, ... (only ``online`` is operational)
+    status: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: When the fact was true at its source: an older fact never overwrites a newer one.
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ImageRepository(Base):
+    """A remote image repository's last refresh (reference §2.3, §3.8): the original cached it."""
+
+    __tablename__ = "image_repositories"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(1024))
+    last_update: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    image_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: The repository's image manifests, newest first.
+    images: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
 # --- gateway journal -------------------------------------------------------------------------
 
 
@@ -308,3 +337,5 @@ class ReadTask(Base):
     owner: Mapped[str | None] = mapped_column(String(150), nullable=True)
     dc: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: A running task's progress, e.g. ``{"done": 1048576, "total": 1073741824}`` (bytes).
+    progress: Mapped[Any] = mapped_column(JSON, nullable=True)

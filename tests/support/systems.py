@@ -127,7 +127,8 @@ def _wait_http(url: str, process: subprocess.Popen, log) -> None:
 
 def start_embedded(workdir: Path, extra_env: dict[str, str] | None = None) -> System:
     port = free_port()
-    env = _base_env({"IMAGESVC_DATA_DIR": str(workdir / "var"), **(extra_env or {})})
+    # Database-level operations unless a test configures an image store.
+    env = _base_env({"IMAGESVC_DATA_DIR": str(workdir / "var"), "IMAGESVC_IMAGE_STORE": "none", **(extra_env or {})})
     system = System("embedded", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}/api"])
     process = system.spawn("serve", "serve", "--port", str(port))
     try:

@@ -122,7 +122,7 @@ def test_unparseable_values_raise_config_error_naming_the_variable(variable, val
         ("IMAGESVC_RETRY_BACKOFF", " , "),
         ("IMAGESVC_PREFETCH", "0"),
         ("IMAGESVC_WORKER_THREADS", "0"),
-        ("IMAGESVC_IMAGE_STORE", "server"),
+        ("IMAGESVC_IMAGE_STORE", "s3://bucket"),
         ("IMAGESVC_IMAGE_STORE", ""),
     ],
 )
@@ -132,9 +132,23 @@ def test_out_of_range_values_raise_config_error_naming_the_variable(variable, va
     assert variable in str(caught.value)
 
 
-def test_image_store_other_than_none_is_refused():
-    with pytest.raises(ConfigError, match="IMAGESVC_IMAGE_STORE"):
-        Settings.from_env({"IMAGESVC_IMAGE_STORE": "imgapi"})
+def test_an_s3_image_store_is_refused_by_this_build():
+    with pytest.raises(ConfigError, match="IMAGESVC_IMAGE_STORE.*S3"):
+        Settings.from_env({"IMAGESVC_IMAGE_STORE": "s3://bucket/images"})
+
+
+def test_the_embedded_mode_keeps_images_under_its_data_dir_unless_told_otherwise(tmp_path):
+    embedded = Settings.from_env({"IMAGESVC_DATA_DIR": str(tmp_path)}, embedded=True)
+    assert embedded.image_store == str(tmp_path / "images")
+    assert Settings.from_env({"IMAGESVC_IMAGE_STORE": "none"}, embedded=True).image_store == "none"
+    assert Settings.from_env({}).image_store == "none"  # distributed: no image server unless configured
+
+
+def test_repositories_are_name_url_pairs():
+    settings = Settings.from_env({"IMAGESVC_IMAGE_REPOSITORIES": "b=https://b.test/, a=http://a.test"})
+    assert settings.repositories() == {"a": "http://a.test", "b": "https://b.test/"}
+    with pytest.raises(ConfigError, match="IMAGESVC_IMAGE_REPOSITORIES"):
+        Settings.from_env({"IMAGESVC_IMAGE_REPOSITORIES": "nourl"})
 
 
 def test_overrides_are_validated_too():
