@@ -11,6 +11,8 @@ from typing import Any, Mapping, Protocol
 
 from domain import fields
 from shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
+from shared.errors import Refused
+from shared.store.server import NODE_DOWN, STORE_DOWN
 
 STATUS_OK, STATUS_PENDING = 1, 2
 
@@ -22,6 +24,8 @@ STATUS_NOT_OK = "Image status is not OK"
 PERMISSION_DENIED = "Permission denied"
 NO_PERMISSION = "You do not have permission to perform this action."
 LOCK_NOT_ACQUIRED = "Task did not acquire lock"
+IMAGE_SERVER_NOT_AVAILABLE = "Image server is not available"
+NODE_NOT_OPERATIONAL = "Node is not operational"
 
 # Validation messages (reference §3.3.1).
 DC_REQUIRED = (
@@ -199,3 +203,12 @@ def rebind(*, current: str | None, attached: list[str], wanted: bool, is_superad
     else:
         return attached[0]
     return current
+
+
+def require_image_server(unavailable: str | None) -> None:
+    """Refuse a command the image server cannot take now, from ``ImageServer.unavailable``'s
+    answer: 428 Image server is not available, then 423 Node is not operational (reference §5)."""
+    if unavailable == STORE_DOWN:
+        raise Refused(428, IMAGE_SERVER_NOT_AVAILABLE, code="image_server_unavailable")
+    if unavailable == NODE_DOWN:
+        raise Refused(423, NODE_NOT_OPERATIONAL, code="node_not_operational")

@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 
 from services.deleter.handlers import delete_image
 from services.gateway.app import create_app
-from services.importer.handlers import import_image
+from services.importer.handlers import abandon_import, import_image
+from services.importer.transfer import Limits
 from services.projector import handlers as projection
 from services.updater.handlers import attach_image, detach_image, update_image
 from shared.broker.connection import broker_identity, connect
@@ -32,6 +33,8 @@ from shared.db.engine import make_engine
 from shared.handling import CommandConsumer, EventConsumer
 from shared.net.fetch import Fetcher, UrlPolicy
 from shared.relay import OutboxRelay
+from shared.store import open_store
+from shared.store.server import ImageServer
 
 CONSUMERS = ("importer", "updater", "deleter", "projector")
 
@@ -64,6 +67,19 @@ def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
     return Infrastructure(settings, engine, topology, publisher, connection_for)
 
 
+def image_server(settings: Settings) -> ImageServer | None:
+    """The configured image server, or None for database-level operations."""
+    store = open_store(settings.image_store)
+    if store is None:
+        return None
+    return ImageServer(store, url=settings.image_server_url, node=settings.image_server_node)
+
+
+def download_limits(settings: Settings) -> Limits:
+    return Limits(max_bytes=settings.max_image_bytes, connect_timeout=settings.download_connect_timeout,
+                  idle_timeout=settings.download_idle_timeout, total_timeout=settings.download_timeout)
+
+
 def relay(infra: Infrastructure) -> OutboxRelay:
     return OutboxRelay(infra.engine, infra.publisher, infra.topology)
 
@@ -82,15 +98,20 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                 notify=lambda note: notifier(note.reply_to, note.to_dict()))
         prefetch = max(settings.prefetch, 32)
     else:
+        server = image_server(settings)
         routes = {
             "importer": {"image.import": functools.partial(
-                import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)))},
-            "updater": {"image.update": update_image, "image.attach": attach_image, "image.detach": detach_image},
-            "deleter": {"image.delete": delete_image},
+                import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)), server=server,
+                limits=download_limits(settings))},
+            "updater": {"image.update": functools.partial(update_image, server=server), "image.attach": attach_image,
+                        "image.detach": detach_image},
+            "deleter": {"image.delete": functools.partial(delete_image, server=server)},
         }[service]
         handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes,
                                   check_first=service == "importer",
-                                  trusted_publishers=identity.services if identity else None)
+                                  trusted_publishers=identity.services if identity else None,
+                                  compensations={"image.import": functools.partial(abandon_import, server=server)}
+                                  if service == "importer" else None)
         prefetch = settings.prefetch
     return ConsumerRunner(
         name=service,

@@ -102,6 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
     from shared.db.migrate import upgrade
 
     settings = _embedded_settings()
+    if settings.image_store != "none" and not settings.image_server_url:
+        # The embedded image server answers on serve's own address.
+        settings = Settings.from_env(os.environ, embedded=True, image_server_url=f"http://{args.host}:{args.port}")
     configure_logging("imagesvc", fmt=settings.log_format, level=settings.log_level)
     upgrade(settings.database_url)
     key_line = _first_run_superadmin(settings)

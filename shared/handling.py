@@ -64,6 +64,13 @@ class Transaction:
         """The stored head of a stream whose head is not on a row this transaction holds (a new image)."""
         return store.stream_head(self.conn, stream_id)
 
+    def emit(self, events: list[Event]) -> None:
+        """Store events that do not end the task (a long-running command's ``task.started``, its
+        progress, an intermediate image state); ``CommandContext.publish_pending`` sends them
+        once this transaction has committed."""
+        ctx = self._ctx
+        ctx.outbox = ctx.outbox + store.append(self.conn, [(ctx.wrap(e), e.stream_position()) for e in events])
+
     def finish(self, events: list[Event], *, result: Any, owner: str | None, dc: str | None,
                http_code: int = 200) -> None:
         """End the task in success: store the events and ``task.succeeded`` (which marks the command
@@ -75,32 +82,57 @@ class Transaction:
         ctx = self._ctx
         position = next((e.stream_position() for e in reversed(events) if e.stream_position()), None)
         terminal = TaskSucceeded(
-            task_id=ctx.task_id,
-            command=ctx.envelope.type,
-            object_name=ctx.object_name,
-            user=ctx.actor.user if ctx.actor else None,
-            owner=owner,
-            dc=dc,
+            **ctx.task_fields(owner=owner, dc=dc),
             result=result,
             http_code=http_code,
             stream=position[0] if position else None,
             stream_version=position[1] if position else None,
         )
-        ctx.outbox = store.append(self.conn, [(ctx.wrap(e), e.stream_position()) for e in [*events, terminal]])
+        self.emit([*events, terminal])
+        ctx.finished = True
+
+    def fail(self, events: list[Event], failure: CommandFailed, *, owner: str | None, dc: str | None) -> None:
+        """End the task in failure together with the events that undo its effects (an import's
+        row removed): both commit or neither does. Raises Duplicate as ``finish`` does."""
+        ctx = self._ctx
+        position = next((e.stream_position() for e in reversed(events) if e.stream_position()), None)
+        terminal = TaskFailed(
+            **ctx.task_fields(owner=owner, dc=dc),
+            http_code=failure.http_code,
+            result=failure.result,
+            code=failure.code,
+            stream=position[0] if position else None,
+            stream_version=position[1] if position else None,
+        )
+        self.emit([*events, terminal])
         ctx.finished = True
 
 
 class CommandContext:
     """What a command handler knows of its message, and how it opens transactions."""
 
-    def __init__(self, engine: Engine, consumer: str, envelope: Envelope, delivery: Delivery):
+    def __init__(self, engine: Engine, consumer: str, envelope: Envelope, delivery: Delivery, relay=None):
         self.engine = engine
         self.consumer = consumer
         self.envelope = envelope
         self.delivery = delivery
+        self._relay = relay
         self.finished = False
-        #: The events committed for this message, to publish after the commit.
+        #: The events committed for this message and not yet published.
         self.outbox: list[store.OutboxRow] = []
+
+    def task_fields(self, *, owner: str | None, dc: str | None) -> dict[str, Any]:
+        """The fields every task event of this command carries."""
+        return {"task_id": self.task_id, "command": self.envelope.type, "object_name": self.object_name,
+                "user": self.actor.user if self.actor else None, "owner": owner, "dc": dc}
+
+    def publish_pending(self) -> None:
+        """Publish what committed transactions stored (``Transaction.emit``) now, before the
+        command ends: a long-running command's ``task.started`` lets the gateway answer 201. A
+        failed publish leaves the rows to the relay's sweeper."""
+        if self._relay is not None and self.outbox:
+            self._relay.publish(self.outbox)
+        self.outbox = []
 
     @property
     def task_id(self) -> str:
@@ -130,6 +162,9 @@ class CommandContext:
 
 
 CommandHandler = Callable[[Command, CommandContext], None]
+#: Undoes what a command's handler left half done when the command is given up (an import's
+#: pending row and partial data) and ends its task with the given failure (``Transaction.fail``).
+Compensation = Callable[[Command, CommandContext, CommandFailed], None]
 
 
 class CommandConsumer:
@@ -138,8 +173,10 @@ class CommandConsumer:
     rely on their final transaction alone (it cannot commit twice), saving a round trip."""
 
     def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
-                 check_first: bool = False, trusted_publishers: frozenset[str] | None = None):
+                 check_first: bool = False, trusted_publishers: frozenset[str] | None = None,
+                 compensations: Mapping[str, Compensation] | None = None):
         self.name = name
+        self._compensations = dict(compensations or {})
         self._trusted = trusted_publishers
         self._engine = engine
         self._relay = relay
@@ -175,7 +212,7 @@ class CommandConsumer:
                 handled = store.was_handled(conn, envelope.id)
             if handled:
                 return self._duplicate(envelope)
-        ctx = CommandContext(self._engine, self.name, envelope, delivery)
+        ctx = CommandContext(self._engine, self.name, envelope, delivery, self._relay)
         try:
             handler(command, ctx)
             if not ctx.finished:
@@ -258,6 +295,18 @@ class CommandConsumer:
             return
         failure = CommandFailed({"detail": "Internal error: the command could not be processed"}, http_code=500,
                                 code="retries_exhausted")
+        compensate = self._compensations.get(envelope.type)
+        if compensate is not None:
+            ctx = CommandContext(self._engine, self.name, envelope, delivery, self._relay)
+            try:
+                compensate(contracts.parse(envelope), ctx, failure)  # type: ignore[arg-type]
+                if ctx.finished:
+                    self._relay.publish(ctx.outbox)
+                    return
+            except (Duplicate, store.TaskAlreadyEnded):
+                return
+            except Exception as exc:  # noqa: BLE001 - the task must still end
+                log.error("command.compensation_failed", error=repr(exc))
         try:
             rows = self._record_failure(envelope, failure)
         except (Duplicate, store.TaskAlreadyEnded):

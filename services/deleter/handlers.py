@@ -1,19 +1,29 @@
 """Decide an ``image.delete`` (reference §3.5): refusals in the order of §5, then the removal.
 
-Database-level delete, in one transaction that holds the image row; refused while another task
-holds the image's lease lock. The deletion is the next version of the image's event stream, and
-the event store keeps it, so a stale event can never revive the image.
+Database-level delete: one transaction that holds the image row; refused while another task
+holds the image's lease lock. With an image server the data goes first, then the record
+(deviations #11): the image is marked PENDING under its lease and ``task.started`` goes out
+(201), its data is removed from the store (an image with no data there is fine), and only then is
+the row deleted; if the store refuses, the image is OK again and the task says why. The deletion
+is the next version of the image's event stream, so a stale event can never revive the image.
 """
 
 from __future__ import annotations
 
 from domain import images, policy
-from shared.contracts import DeleteImage, ImageDeleted
+from shared.contracts import DeleteImage, ImageDeleted, ImageUpdated, TaskStarted
+from shared.db import locks
+from shared.db.catalogue import image_lock_name
 from shared.errors import CommandFailed, Refused
 from shared.handling import CommandContext
+from shared.store import StoreError
+from shared.store.server import ImageServer
+
+#: A removal's hold on its image.
+DELETE_LEASE_SECONDS = 300.0
 
 
-def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
+def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServer | None = None) -> None:
     with ctx.writing() as tx:
         catalogue = tx.catalogue
         # The image and the actor in one round trip; the entry permission (403) still comes first.
@@ -22,12 +32,54 @@ def delete_image(command: DeleteImage, ctx: CommandContext) -> None:
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         policy.require_manage(actor, image.dc_bound)
-        if image.status != images.STATUS_OK:
+        if server is not None:
+            images.require_image_server(server.unavailable(tx.conn))
+        resuming = image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id
+        if image.status != images.STATUS_OK and not resuming:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
         if image.lock_owner not in (None, ctx.task_id):  # another task holds the image's lease
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
-        catalogue.delete_image(image.uuid)
-        version = image.stream_version + 1
         task_dc = image.dc_bound or catalogue.default_datacenter().name
-        tx.finish([ImageDeleted(uuid=image.uuid, name=image.name, version=version)], result=None,
-                  owner=image.owner, dc=task_dc)
+        if server is None:
+            catalogue.delete_image(image.uuid)
+            tx.finish([ImageDeleted(uuid=image.uuid, name=image.name, version=image.stream_version + 1)],
+                      result=None, owner=image.owner, dc=task_dc)
+            return
+        if not resuming:
+            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, DELETE_LEASE_SECONDS)
+            version = image.stream_version + 1
+            catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
+                                    stream_version=version)
+            pending = image.with_changes(status=images.STATUS_PENDING)
+            tx.emit([ImageUpdated(image=images.to_state(pending), version=version, changed=["status"]),
+                     TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
+    ctx.publish_pending()
+    _remove(ctx, image.uuid, server, task_dc)
+
+
+def _remove(ctx: CommandContext, uuid: str, server: ImageServer, task_dc: str) -> None:
+    failure: CommandFailed | None = None
+    try:
+        server.store.delete(uuid)
+    except StoreError as exc:
+        message = f"ERROR: {exc}"
+        failure = CommandFailed({"returncode": 1, "message": message,
+                                 "detail": f"Got bad return code (1). Error: {message}", "code": exc.code},
+                                http_code=400, code=exc.code)
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(uuid, for_update=True)
+        if current is None or current.lock_owner != ctx.task_id:
+            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+        version = current.stream_version + 1
+        locks.release(tx.conn, image_lock_name(uuid), ctx.task_id)
+        if failure is not None:  # the data is still there: so is the image
+            tx.catalogue.update_fields(uuid, {"status": images.STATUS_OK}, changed=current.changed,
+                                       stream_version=version)
+            restored = current.with_changes(status=images.STATUS_OK)
+            tx.fail([ImageUpdated(image=images.to_state(restored), version=version, changed=["status"])], failure,
+                    owner=current.owner, dc=task_dc)
+            return
+        tx.catalogue.delete_image(uuid)
+        tx.finish([ImageDeleted(uuid=uuid, name=current.name, version=version)],
+                  result={"returncode": 0, "message": f"Successfully deleted image {current.name}"},
+                  owner=current.owner, dc=task_dc)

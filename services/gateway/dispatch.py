@@ -259,4 +259,7 @@ def status_body(view: TaskView) -> tuple[int, dict]:
         return 200, envelope(view.task_id, tasks.SUCCESS, view.result)
     if view.status == tasks.FAILURE:
         return view.http_code, envelope(view.task_id, tasks.FAILURE, view.result)
-    return 201, envelope(view.task_id, view.status, None)
+    running = envelope(view.task_id, view.status, None)
+    if view.progress is not None:
+        running["progress"] = view.progress  # an addition of ours: bytes done of total
+    return 201, running

@@ -80,6 +80,8 @@ class TaskView:
     result: Any
     user: str | None
     owner: str | None
+    #: A running task's latest progress (``{"done", "total"}``), if it reports any.
+    progress: Any = None
 
 
 class Queries:
@@ -260,7 +262,7 @@ class Queries:
         with read_transaction(self.engine) as conn:
             row = conn.execute(_TASK, {"task_id": task_id}).first()
             if row is not None:
-                return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner)
+                return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner, row.progress)
             journal = conn.execute(_JOURNALED, {"task_id": task_id}).first()
         if journal is not None:
             return TaskView(task_id, "PENDING", 201, None, journal.user, journal.owner)

@@ -1,23 +1,46 @@
 """Decide an ``image.import``: the checks of reference §5 in order, the manifest, the new image.
 
-Database-level import (no image server): the image is recorded with status OK and its manifest
-active, and bound and attached to its datacenter (deviations #5). The manifest is fetched and
-the file URL probed outside any transaction; the final checks and the insert happen in one.
+Without an image server (database-level import) the image is recorded with status OK and its
+manifest active, and bound and attached to its datacenter (deviations #5). With one, the image
+is recorded PENDING under its lease lock and ``task.started`` goes out (the client gets 201),
+then the file is streamed into the store and verified (``transfer``), and the image becomes OK;
+any failure removes the row and the data (reference §7.3, §7.8). A redelivered import finds its
+own pending image (its lease names this task) and starts the transfer over. The manifest is
+fetched and the file URL probed outside any transaction.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from domain import fields, images, manifest, policy
-from shared.contracts import ImageImported, ImportImage, image_stream
+from services.importer import transfer
+from shared.contracts import ImageDeleted, ImageImported, ImageUpdated, ImportImage, TaskProgress, TaskStarted, image_stream
+from shared.db import locks
+from shared.db.catalogue import image_lock_name
 from shared.db.models import utcnow
 from shared.db.records import ImageRecord
-from shared.errors import Invalid, Refused
+from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
 from shared.net.fetch import FetchError, Fetcher
+from shared.store import StoreError
+from shared.store.server import ImageServer
+
+#: An import's hold on its image; renewed with every progress report, so it lapses only when
+#: the importer died (the next delivery of the command then takes over).
+IMPORT_LEASE_SECONDS = 600.0
 
 
-def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher) -> None:
+def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher, server: ImageServer | None = None,
+                 limits: transfer.Limits | None = None) -> None:
     payload = command.to_payload()
+    if server is not None:
+        with ctx.reading() as catalogue:
+            mine = catalogue.image_by_name(command.name)
+        if mine is not None and mine.status == images.STATUS_PENDING and mine.lock_owner == ctx.task_id:
+            # Our own earlier attempt was interrupted (the importer died or lost its connection).
+            _transfer(ctx, mine, _file_url(payload), fetcher, server, limits)
+            return
     with ctx.reading() as catalogue:
         actor = _check_refusals(catalogue, command.name, payload, ctx)
         if not actor.is_superadmin:
@@ -30,7 +53,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher)
     source = _fetch_manifest(fetcher, values["manifest_url"])
     with ctx.reading() as catalogue:
         _check_uuid_free(catalogue, source["uuid"])
-    file_url = values.get("file_url") or manifest.default_file_url(values["manifest_url"])
+    file_url = _file_url(values)
     try:
         fetcher.get(file_url, max_bytes=manifest.PROBE_BYTES, timeout=manifest.FETCH_TIMEOUT, truncate=True)
     except FetchError as exc:
@@ -53,6 +76,8 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher)
                                      exclude_uuid=None, errors=errors, count_limit=True)
         if errors:
             raise Invalid(errors)
+        if server is not None:
+            images.require_image_server(server.unavailable(tx.conn))
         now = utcnow()
         ostype = manifest.ostype(source)
         size = manifest.size_mb(source)
@@ -67,15 +92,104 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher)
         image = ImageRecord(
             uuid=source["uuid"], name=command.name, alias=alias, version=version, desc=desc,
             owner=(owner or actor.user).username, access=access, size=size, ostype=ostype, deploy=deploy, resize=resize,
-            status=images.STATUS_OK, tags=tags, created=now, changed=now, dc_bound=bound_dc,
-            dcs=[bound_dc] if bound_dc else [], manifest=stored, manifest_active=stored,
+            status=images.STATUS_OK if server is None else images.STATUS_PENDING, tags=tags, created=now,
+            changed=now, dc_bound=bound_dc, dcs=[bound_dc] if bound_dc else [], manifest=stored,
+            manifest_active=stored if server is None else {},
             # A uuid may come back after its image was deleted: its stream goes on from there.
             stream_version=tx.stream_head(image_stream(source["uuid"])) + 1,
         )
         catalogue.insert_image(image)
         task_dc = dc.name if dc else catalogue.default_datacenter().name
-        tx.finish([ImageImported(image=images.to_state(image), version=image.stream_version)],
-                  result=images.public_view(image), owner=image.owner, dc=task_dc)
+        imported = ImageImported(image=images.to_state(image), version=image.stream_version)
+        if server is None:
+            tx.finish([imported], result=images.public_view(image), owner=image.owner, dc=task_dc)
+            return
+        locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, IMPORT_LEASE_SECONDS)
+        tx.emit([imported, TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
+    ctx.publish_pending()  # the client's 201 comes now, not after the download
+    _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits)
+
+
+def _file_url(values: dict) -> str:
+    return values.get("file_url") or manifest.default_file_url(values["manifest_url"])
+
+
+def _task_dc(catalogue, image: ImageRecord) -> str:
+    return image.dc_bound or catalogue.default_datacenter().name
+
+
+def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: Fetcher, server: ImageServer,
+              limits: transfer.Limits | None) -> None:
+    """Move the file into the store, then make the image OK; or undo the import."""
+    assert limits is not None, "an image server needs download limits"
+    with ctx.reading() as catalogue:
+        task_dc = _task_dc(catalogue, image)
+    local = server.serves(file_url)
+
+    def report(done: int, total: int | None) -> None:
+        with ctx.writing() as tx:
+            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, IMPORT_LEASE_SECONDS)
+            tx.emit([TaskProgress(**ctx.task_fields(owner=image.owner, dc=task_dc), done=done, total=total)])
+        ctx.publish_pending()
+
+    try:
+        expected = transfer.Expected.from_manifest(image.manifest)
+        if local:
+            received = transfer.verify_in_place(server.store, image.uuid, expected, report)
+        else:
+            received = transfer.download(fetcher, file_url, server.store, image.uuid, ctx.task_id, expected, limits,
+                                         report)
+        files = [{**image.manifest["files"][0], "sha256": received.sha256}]
+        final_manifest = {**image.manifest, "files": files}
+        try:
+            server.store.write_manifest(image.uuid, final_manifest)
+        except StoreError as exc:
+            raise transfer.TransferFailed(transfer.RC_MANIFEST_WRITE, str(exc), exc.code) from None
+    except transfer.TransferFailed as failure:
+        if not local:  # a local file was there before this import: not ours to remove
+            _discard_data(server, image.uuid)
+        _undo_import(ctx, image, task_dc, CommandFailed(failure.result(), http_code=400, code=failure.code))
+        return
+
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
+        if current is None or current.lock_owner != ctx.task_id:
+            # Our lease lapsed and another task took the image over: it decides, not us.
+            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+        now = utcnow()
+        version = current.stream_version + 1
+        done = current.with_changes(status=images.STATUS_OK, manifest=final_manifest, manifest_active=final_manifest,
+                                    changed=now, lock_owner=None)
+        tx.catalogue.update_fields(image.uuid, {"status": images.STATUS_OK, "manifest": final_manifest,
+                                                "manifest_active": final_manifest}, changed=now, stream_version=version)
+        locks.release(tx.conn, image_lock_name(image.uuid), ctx.task_id)
+        verb = "verified" if local else "imported"
+        message = (f"Successfully {verb} image {image.name} "
+                   f"(transferred {received.size} bytes in {round(received.seconds)} seconds)")
+        tx.finish([ImageUpdated(image=images.to_state(done), version=version, changed=["manifest", "status"])],
+                  result={"returncode": 0, "message": message}, owner=image.owner, dc=task_dc)
+
+
+def _discard_data(server: ImageServer, uuid: str) -> None:
+    try:
+        server.store.delete(uuid)
+    except StoreError as exc:  # the row goes anyway; the next import of this uuid starts clean
+        from shared.logging import get_logger
+
+        get_logger(__name__).warning("import.discard_failed", uuid=uuid, error=str(exc))
+
+
+def _undo_import(ctx: CommandContext, image: ImageRecord, task_dc: str, failure: CommandFailed) -> None:
+    """The original's rollback of a failed import: the image row is removed (its attachments
+    with it), and the task fails with esimg's result."""
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
+        events = []
+        if current is not None and current.lock_owner == ctx.task_id:
+            tx.catalogue.delete_image(image.uuid)
+            locks.release(tx.conn, image_lock_name(image.uuid), ctx.task_id)
+            events.append(ImageDeleted(uuid=image.uuid, name=image.name, version=current.stream_version + 1))
+        tx.fail(events, failure, owner=image.owner, dc=task_dc)
 
 
 def _check_refusals(catalogue, name: str, payload: dict, ctx: CommandContext) -> policy.Access:
@@ -108,3 +222,19 @@ def _check_uuid_free(catalogue, uuid: str) -> None:
     existing = catalogue.image_by_uuid(uuid)
     if existing is not None:
         raise Invalid({"manifest_url": [manifest.uuid_taken(existing.name)]}, code="uuid_taken")
+
+
+def abandon_import(command: ImportImage, ctx: CommandContext, failure: CommandFailed, *,
+                   server: ImageServer | None = None) -> None:
+    """The import is given up (its retries ran out): remove its pending image and data, if this
+    task created them, and end the task with ``failure``."""
+    with ctx.reading() as catalogue:
+        mine = catalogue.image_by_name(command.name)
+        task_dc = _task_dc(catalogue, mine) if mine is not None else catalogue.default_datacenter().name
+    if mine is None or mine.lock_owner != ctx.task_id:
+        with ctx.writing() as tx:
+            tx.fail([], failure, owner=None, dc=task_dc)
+        return
+    if server is not None and not server.serves(_file_url(command.to_payload())):
+        _discard_data(server, mine.uuid)
+    _undo_import(ctx, mine, task_dc, failure)

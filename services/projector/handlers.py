@@ -18,7 +18,9 @@ from sqlalchemy import Connection, and_, bindparam, delete, literal, select, upd
 
 from domain import images, tasks
 from shared import contracts
-from shared.contracts import Envelope, Event, ImageDeleted, ImageImported, ImageUpdated, TaskEvent, TaskFailed, TaskStarted
+from shared.contracts import (
+    Envelope, Event, ImageDeleted, ImageImported, ImageUpdated, TaskEvent, TaskFailed, TaskProgress, TaskStarted,
+)
 from shared.db import events as store
 from shared.db.dialect import insert_ignore, prepared
 from shared.db.models import ReadImage, ReadStream, ReadTask, utcnow
@@ -38,6 +40,12 @@ _ADVANCE = (
 )
 _READ_POSITION = select(_streams.c.version).where(_streams.c.stream_id == bindparam("s"))
 _SET_POSITION = update(_streams).where(_streams.c.stream_id == bindparam("s")).values(version=bindparam("v"))
+# A running task's latest progress; a late one (after the outcome) changes nothing.
+_SET_PROGRESS = (
+    update(_tasks)
+    .where(_tasks.c.task_id == bindparam("t"), *[_tasks.c.status != literal(state) for state in sorted(tasks.TERMINAL)])
+    .values(progress=bindparam("p", type_=_tasks.c.progress.type))
+)
 
 
 _IMAGE_COLUMNS = ("name", "created", "owner", "dc_bound", "access", "status", "doc", "dcs", "version")
@@ -65,6 +73,9 @@ def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str,
     already applied, so a task outcome that follows its image event in the same batch needs no
     read of the stream position."""
     applied = {} if applied is None else applied
+    if isinstance(event, TaskProgress):
+        conn.execute(_SET_PROGRESS, {"t": event.task_id, "p": {"done": event.done, "total": event.total}})
+        return None  # informative: nobody waits for it
     if isinstance(event, TaskEvent):
         return _apply_task(conn, event, applied, envelope.reply_to)
     if event.stream_position() is not None:

@@ -1,22 +1,32 @@
 """Decide an ``image.update`` (reference §3.4): a partial update, checked in the order of §5.
 
-Database-level update, in one transaction that holds the image row: validate the supplied fields
-against it, refuse while another task holds the image's lease lock, write the changed columns,
-record the new state.
+In one transaction that holds the image row: validate the supplied fields against it, refuse
+while another task holds the image's lease lock, write the changed columns, record the new
+state. With an image server, a change of the manifest's attributes is long-running (reference
+§7.5): the image is marked PENDING under its lease and ``task.started`` goes out (201), the
+rebuilt manifest is written to the store, and only then are the attributes saved and the image
+OK again; if the store write fails nothing was changed, so nothing needs restoring.
 """
 
 from __future__ import annotations
 
 from domain import fields, images, manifest, policy
-from shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
+from shared.contracts import AttachImage, DetachImage, ImageUpdated, TaskStarted, UpdateImage
+from shared.db import locks
+from shared.db.catalogue import image_lock_name
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
+from shared.store import StoreError
+from shared.store.server import ImageServer
+
+#: A manifest rewrite's hold on its image (a store write takes seconds at most).
+UPDATE_LEASE_SECONDS = 300.0
 
 _ATTRIBUTES = ("alias", "version", "owner", "access", "desc", "resize", "deploy", "tags")
 
 
-def update_image(command: UpdateImage, ctx: CommandContext) -> None:
+def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServer | None = None) -> None:
     payload = command.to_payload()
     with ctx.writing() as tx:
         catalogue = tx.catalogue
@@ -44,27 +54,88 @@ def update_image(command: UpdateImage, ctx: CommandContext) -> None:
                                          exclude_uuid=image.uuid, errors=errors, count_limit=False)
         if errors:
             raise Invalid(fields.order_errors(errors))
-        if image.status != images.STATUS_OK:
+        rewrites_manifest = server is not None and bool(manifest.MANIFEST_ATTRIBUTES.intersection(changed))
+        if rewrites_manifest:
+            images.require_image_server(server.unavailable(tx.conn))  # type: ignore[union-attr]
+        resuming = image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id
+        if image.status != images.STATUS_OK and not resuming:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
         if held:
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
-
-        updated = image
-        events = []
-        if changed:
-            now = utcnow()
-            columns = {k: changes[k] for k in changed}
-            updated = image.with_changes(**columns, changed=now)
-            if manifest.MANIFEST_ATTRIBUTES.intersection(changed):
-                # Database-level update: the rebuilt manifest is active at once (reference §7.8).
-                rebuilt = manifest.for_image(updated)
-                columns.update(manifest=rebuilt, manifest_active=rebuilt)
-                updated = updated.with_changes(manifest=rebuilt, manifest_active=rebuilt)
+        if not rewrites_manifest:
+            _save(tx, image, {k: changes[k] for k in changed})
+            return
+        task_dc = image.dc_bound or catalogue.default_datacenter().name
+        if not resuming:
+            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, UPDATE_LEASE_SECONDS)
             version = image.stream_version + 1
-            catalogue.update_fields(image.uuid, columns, changed=now, stream_version=version)
-            events.append(ImageUpdated(image=images.to_state(updated), version=version, changed=changed))
-        task_dc = updated.dc_bound or catalogue.default_datacenter().name
-        tx.finish(events, result=images.public_view(updated), owner=updated.owner, dc=task_dc)
+            catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
+                                    stream_version=version)
+            pending = image.with_changes(status=images.STATUS_PENDING)
+            tx.emit([ImageUpdated(image=images.to_state(pending), version=version, changed=["status"]),
+                     TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
+    ctx.publish_pending()
+    _rewrite_manifest(ctx, image.uuid, {k: changes[k] for k in changed}, server, task_dc)  # type: ignore[arg-type]
+
+
+def _save(tx, image, columns: dict) -> None:
+    """The database-level update: the changed columns, the manifest rebuilt and active at once
+    (reference §7.8), one event, the task's result the updated image."""
+    updated = image
+    events = []
+    if columns:
+        now = utcnow()
+        updated = image.with_changes(**columns, changed=now)
+        if manifest.MANIFEST_ATTRIBUTES.intersection(columns):
+            rebuilt = manifest.for_image(updated)
+            columns.update(manifest=rebuilt, manifest_active=rebuilt)
+            updated = updated.with_changes(manifest=rebuilt, manifest_active=rebuilt)
+        version = image.stream_version + 1
+        tx.catalogue.update_fields(image.uuid, columns, changed=now, stream_version=version)
+        events.append(ImageUpdated(image=images.to_state(updated), version=version,
+                                   changed=sorted(k for k in columns if k not in ("manifest", "manifest_active"))))
+    # The task is placed in the image's datacenter as it is after the change.
+    tx.finish(events, result=images.public_view(updated), owner=updated.owner,
+              dc=updated.dc_bound or tx.catalogue.default_datacenter().name)
+
+
+def _rewrite_manifest(ctx: CommandContext, uuid: str, columns: dict, server: ImageServer, task_dc: str) -> None:
+    """Write the rebuilt manifest to the store, then save the attributes and make the image OK
+    again (or only OK again, with the task failed, when the store refused the write)."""
+    with ctx.reading() as catalogue:
+        image = catalogue.image_by_uuid(uuid)
+    if image is None or image.lock_owner != ctx.task_id:
+        raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+    updated = image.with_changes(**columns)
+    rebuilt = manifest.for_image(updated)
+    failure: CommandFailed | None = None
+    try:
+        server.store.write_manifest(uuid, rebuilt)
+    except StoreError as exc:
+        message = f"ERROR: {exc}"
+        failure = CommandFailed({"returncode": 9, "message": message,
+                                 "detail": f"Got bad return code (9). Error: {message}", "code": exc.code},
+                                http_code=400, code=exc.code)
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(uuid, for_update=True)
+        if current is None or current.lock_owner != ctx.task_id:
+            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+        now = utcnow()
+        version = current.stream_version + 1
+        locks.release(tx.conn, image_lock_name(uuid), ctx.task_id)
+        if failure is not None:
+            restored = current.with_changes(status=images.STATUS_OK)
+            tx.catalogue.update_fields(uuid, {"status": images.STATUS_OK}, changed=current.changed,
+                                       stream_version=version)
+            tx.fail([ImageUpdated(image=images.to_state(restored), version=version, changed=["status"])], failure,
+                    owner=current.owner, dc=task_dc)
+            return
+        saved = {**columns, "manifest": rebuilt, "manifest_active": rebuilt, "status": images.STATUS_OK}
+        done = current.with_changes(**saved, changed=now)
+        tx.catalogue.update_fields(uuid, saved, changed=now, stream_version=version)
+        tx.finish([ImageUpdated(image=images.to_state(done), version=version, changed=sorted(saved))],
+                  result={"returncode": 0, "message": f"Successfully updated image {current.name}"},
+                  owner=done.owner, dc=task_dc)
 
 
 def attach_image(command: AttachImage, ctx: CommandContext) -> None:

@@ -17,6 +17,7 @@ from shared.contracts.events import (
     ImageUpdated,
     TaskEvent,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     TaskSucceeded,
     image_stream,
@@ -35,6 +36,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ImageUpdated,
         ImageDeleted,
         TaskStarted,
+        TaskProgress,
         TaskSucceeded,
         TaskFailed,
     )
@@ -79,6 +81,6 @@ __all__ = [
     "UNSET", "Message", "Command", "Event", "Envelope", "Actor", "SCHEMA_VERSION", "MESSAGE_TYPES",
     "COMMAND_TYPES", "EVENT_TYPES", "TERMINAL_TASK_EVENTS", "ImportImage", "UpdateImage", "DeleteImage",
     "AttachImage", "DetachImage",
-    "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskSucceeded", "TaskFailed",
+    "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskProgress", "TaskSucceeded", "TaskFailed",
     "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
 ]

@@ -81,6 +81,16 @@ class TaskStarted(TaskEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TaskProgress(TaskEvent):
+    """A running task's progress (an import's bytes transferred), a few per second at most.
+    ``total`` is None when unknown. Only informative: readers may drop any of them."""
+
+    TYPE: ClassVar[str] = "task.progress"
+    done: int
+    total: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskSucceeded(TaskEvent):
     TYPE: ClassVar[str] = "task.succeeded"
     http_code: int = 200

@@ -210,7 +210,8 @@ class UrlPolicy:
 
 
 class Fetcher:
-    """GET a URL under a ``UrlPolicy``; returns the body (at most ``max_bytes``)."""
+    """GET a URL under a ``UrlPolicy``: the body of a small document (``get``), or a large file
+    streamed to a sink (``download``)."""
 
     def __init__(self, policy: UrlPolicy, *, max_redirects: int = 3, transport: httpx.BaseTransport | None = None):
         self.policy = policy
@@ -220,28 +221,70 @@ class Fetcher:
     def get(self, url: str, *, max_bytes: int, timeout: float, truncate: bool = False) -> bytes:
         """Fetch ``url``. With ``truncate`` the body is cut at ``max_bytes`` (a probe); without it
         a longer body is an error ("Response is too large"). Raises FetchError."""
-        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        size = 0
+
+        def collect(chunk: bytes) -> bool:
+            nonlocal size
+            chunks.append(chunk)
+            size += len(chunk)
+            return not (truncate and size > max_bytes)
+
+        self._fetch(url, collect, max_bytes=None if truncate else max_bytes, timeout=httpx.Timeout(timeout),
+                    total=timeout, chunk_size=None)
+        return b"".join(chunks)[:max_bytes]
+
+    def download(self, url: str, sink: Callable[[bytes], None], *, max_bytes: int, connect_timeout: float,
+                 idle_timeout: float, total_timeout: float, chunk_size: int = 1 << 20) -> int:
+        """Stream ``url``'s body into ``sink`` chunk by chunk; returns the number of bytes.
+
+        Bounded by ``max_bytes`` (a declared Content-Length above it is refused before the body
+        is read), by ``connect_timeout``, by ``idle_timeout`` between two reads and by
+        ``total_timeout`` overall. Raises FetchError; whatever ``sink`` raises propagates.
+        """
+        total = 0
+
+        def forward(chunk: bytes) -> bool:
+            nonlocal total
+            sink(chunk)
+            total += len(chunk)
+            return True
+
+        timeout = httpx.Timeout(connect=connect_timeout, read=idle_timeout, write=idle_timeout, pool=connect_timeout)
+        self._fetch(url, forward, max_bytes=max_bytes, timeout=timeout, total=total_timeout, chunk_size=chunk_size)
+        return total
+
+    def _fetch(self, url: str, on_chunk: Callable[[bytes], bool], *, max_bytes: int | None, timeout: httpx.Timeout,
+               total: float, chunk_size: int | None) -> None:
+        """Follow redirects (each re-checked) to the final answer and feed its body to
+        ``on_chunk`` until it returns False or the body ends."""
+        deadline = time.monotonic() + total
         current = url
         with httpx.Client(verify=True, trust_env=False, follow_redirects=False, transport=self._transport,
-                          timeout=httpx.Timeout(timeout)) as client:
+                          timeout=timeout) as client:
             for _hop in range(self._max_redirects + 1):
                 scheme, host, port, address = self.policy.resolve(current, timeout=deadline - time.monotonic())
-                response_url, status, location, body = self._get_once(
-                    client, current, scheme, host, port, address, max_bytes, truncate, deadline)
-                if status in _REDIRECTS and location:
-                    target = urljoin(current, location)
-                    if scheme == "https" and urlsplit(target).scheme.lower() == "http":
-                        raise FetchError("redirect from https to http refused", "redirect_not_allowed")
-                    current = target
-                    continue
-                if status >= 400:
-                    kind = "Client" if status < 500 else "Server"
-                    raise FetchError(f"{status} {kind} Error: {_reason(status)} for url: {current}", "http_error")
-                return body
+                response = self._send(client, current, scheme, host, port, address, deadline, timeout)
+                try:
+                    status = response.status_code
+                    if status in _REDIRECTS and response.headers.get("location"):
+                        target = urljoin(current, response.headers["location"])
+                        if scheme == "https" and urlsplit(target).scheme.lower() == "http":
+                            raise FetchError("redirect from https to http refused", "redirect_not_allowed")
+                        current = target
+                        continue
+                    if status >= 400:
+                        kind = "Client" if status < 500 else "Server"
+                        raise FetchError(f"{status} {kind} Error: {_reason(status)} for url: {current}", "http_error")
+                    self._read_body(response, on_chunk, max_bytes, deadline, chunk_size)
+                    return
+                finally:
+                    response.close()
         raise FetchError(f"Exceeded {self._max_redirects} redirects.", "too_many_redirects")
 
-    def _get_once(self, client: httpx.Client, url: str, scheme: str, host: str, port: int, address: str,
-                  max_bytes: int, truncate: bool, deadline: float):
+    def _send(self, client: httpx.Client, url: str, scheme: str, host: str, port: int, address: str,
+              deadline: float, timeout: httpx.Timeout) -> httpx.Response:
+        """Send the GET to the checked ``address`` (never a second lookup), naming ``host``."""
         parts = urlsplit(url)
         pinned_host = f"[{address}]" if ":" in address else address
         pinned = urlunsplit((scheme, f"{pinned_host}:{port}", parts.path or "/", parts.query, ""))
@@ -252,46 +295,47 @@ class Fetcher:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError("timed out", "timeout")
+        bounded = httpx.Timeout(connect=min(timeout.connect or remaining, remaining),
+                                read=min(timeout.read or remaining, remaining),
+                                write=min(timeout.write or remaining, remaining),
+                                pool=min(timeout.pool or remaining, remaining))
         request = client.build_request(
             "GET", pinned, headers={"Host": host_header, "Accept-Encoding": "identity", "User-Agent": "imagesvc"},
-            extensions=extensions, timeout=httpx.Timeout(remaining),
+            extensions=extensions, timeout=bounded,
         )
         try:
-            response = client.send(request, stream=True)
+            return client.send(request, stream=True)
         except httpx.TimeoutException:
             raise FetchError("timed out", "timeout") from None
         except httpx.ConnectError as exc:
             raise FetchError(_connect_text(exc), "connection_error") from None
         except httpx.HTTPError as exc:
             raise FetchError(str(exc) or type(exc).__name__, "connection_error") from None
+
+    @staticmethod
+    def _read_body(response: httpx.Response, on_chunk: Callable[[bytes], bool], max_bytes: int | None,
+                   deadline: float, chunk_size: int | None) -> None:
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Never decoded: a compressed body could expand without bound (deviations #6).
+            raise FetchError(f"Content-Encoding {encoding!r} is not accepted", "encoding_not_allowed")
+        declared = response.headers.get("content-length")
+        if max_bytes is not None and declared and declared.isdigit() and int(declared) > max_bytes:
+            raise FetchError("Response is too large", "too_large")
+        size = 0
         try:
-            if response.status_code in _REDIRECTS or response.status_code >= 400:
-                return url, response.status_code, response.headers.get("location"), b""
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise FetchError(f"Content-Encoding {encoding!r} is not accepted", "encoding_not_allowed")
-            declared = response.headers.get("content-length")
-            if not truncate and declared and declared.isdigit() and int(declared) > max_bytes:
-                raise FetchError("Response is too large", "too_large")
-            chunks: list[bytes] = []
-            size = 0
-            try:
-                for chunk in response.iter_raw():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > max_bytes:
-                        if truncate:
-                            break
-                        raise FetchError("Response is too large", "too_large")
-                    if time.monotonic() > deadline:
-                        raise FetchError("timed out", "timeout")
-            except httpx.TimeoutException:
-                raise FetchError("timed out", "timeout") from None
-            except httpx.HTTPError as exc:
-                raise FetchError(str(exc) or type(exc).__name__, "connection_error") from None
-            return url, response.status_code, None, b"".join(chunks)[:max_bytes]
-        finally:
-            response.close()
+            for chunk in response.iter_raw(chunk_size):
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise FetchError("Response is too large", "too_large")
+                if time.monotonic() > deadline:
+                    raise FetchError("timed out", "timeout")
+                if not on_chunk(chunk):
+                    return
+        except httpx.TimeoutException:
+            raise FetchError("timed out", "timeout") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(str(exc) or type(exc).__name__, "connection_error") from None
 
 
 def _reason(status: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import threading
 import time
@@ -19,6 +20,10 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     #: Seconds to wait before answering (a slow repository).
     delay: float = 0.0
+    #: Send the body in 64 KiB pieces this many seconds apart (a slow download).
+    pace: float = 0.0
+    #: Stop sending after this many bytes of the body and hold the connection (a stalled download).
+    stall_after: int | None = None
 
 
 class Origin:
@@ -28,6 +33,8 @@ class Origin:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: list[str] = []
+        #: Set on close: releases the connections of stalled routes.
+        self.stalled = threading.Event()
         origin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -43,7 +50,17 @@ class Origin:
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(route.body)
+                body = route.body if route.stall_after is None else route.body[:route.stall_after]
+                if route.pace:
+                    for start in range(0, len(body), 65536):
+                        self.wfile.write(body[start:start + 65536])
+                        self.wfile.flush()
+                        time.sleep(route.pace)  # the origin's behaviour under test
+                else:
+                    self.wfile.write(body)
+                if route.stall_after is not None:
+                    self.wfile.flush()
+                    origin.stalled.wait(120)  # hold the connection open, sending nothing
 
             def log_message(self, *_args: Any) -> None:
                 pass
@@ -56,8 +73,9 @@ class Origin:
         self._thread.start()
 
     def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str] | None = None,
-              delay: float = 0.0) -> str:
-        self.routes[path] = Route(status, body.encode() if isinstance(body, str) else body, headers or {}, delay)
+              delay: float = 0.0, pace: float = 0.0, stall_after: int | None = None) -> str:
+        self.routes[path] = Route(status, body.encode() if isinstance(body, str) else body, headers or {}, delay,
+                                  pace, stall_after)
         return self.base + path
 
     def add_manifest(self, manifest: dict[str, Any] | None = None, *, delay: float = 0.0,
@@ -70,7 +88,21 @@ class Origin:
         self.route(path + "/file", b"\x00" * 64)
         return self.base + path, data
 
+    def add_image(self, content: bytes, *, sha1: str | None = None, size: int | None = None,
+                  file_headers: dict[str, str] | None = None, pace: float = 0.0, stall_after: int | None = None,
+                  **overrides: Any) -> tuple[str, dict[str, Any]]:
+        """Serve a manifest whose ``files[0]`` describes ``content`` (unless ``sha1``/``size``
+        say otherwise) and the file itself; returns (manifest URL, manifest)."""
+        files = [{"sha1": sha1 or hashlib.sha1(content).hexdigest(), "size": len(content) if size is None else size,
+                  "compression": "none"}]
+        url, data = self.add_manifest(files=files, **overrides)
+        self.route(f"/images/{data['uuid']}/file", content, headers={"Content-Type": "application/octet-stream",
+                                                                      **(file_headers or {})},
+                   pace=pace, stall_after=stall_after)
+        return url, data
+
     def close(self) -> None:
+        self.stalled.set()
         self._server.shutdown()
         self._server.server_close()
 

@@ -1,0 +1,217 @@
+"""Moving an image file into the store: streamed, verified while it streams, published whole.
+
+The original ran ``esimg import`` (curl into the image directory, then sha1sum); a failure is
+reported with esimg's return codes and ``ERROR:`` messages (reference §9.2), plus a stable
+``code`` (deviations #9). The file is written under a partial name, hashed (sha1 checked against
+the manifest, sha256 recorded) by a second thread while the next chunk is read, and only
+committed (fsync + rename) when size and checksum match; on any failure it is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from shared.net.fetch import FetchError, Fetcher
+from shared.store import ImageStore, StoreError
+
+#: esimg's return codes (reference §9.2).
+RC_MANIFEST, RC_STORE, RC_FILE, RC_MANIFEST_WRITE, RC_SPACE = 2, 7, 8, 9, 10
+#: Free space esimg wanted beyond the file itself.
+SPACE_MARGIN = 512 * 1024
+#: Chunks in flight between the reading and the hashing/writing thread (bounds the memory).
+_QUEUE_CHUNKS = 8
+
+Progress = Callable[[int, "int | None"], None]
+
+
+class TransferFailed(Exception):
+    """The import cannot complete; ``result()`` is the task's FAILURE result."""
+
+    def __init__(self, returncode: int, message: str, code: str):
+        super().__init__(message)
+        self.returncode = returncode
+        self.message = f"ERROR: {message}"
+        self.code = code
+
+    def result(self) -> dict[str, Any]:
+        return {"returncode": self.returncode, "message": self.message,
+                "detail": f"Got bad return code ({self.returncode}). Error: {self.message}", "code": self.code}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the manifest promises about the file (``files[0]``)."""
+
+    size: int
+    sha1: str
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "Expected":
+        files = manifest.get("files")
+        first = files[0] if isinstance(files, list) and files and isinstance(files[0], dict) else {}
+        size, sha1 = first.get("size"), first.get("sha1")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise TransferFailed(RC_MANIFEST, "Image manifest has no valid file size (files.0.size)", "manifest_invalid")
+        if not isinstance(sha1, str) or len(sha1) != 40 or any(c not in "0123456789abcdef" for c in sha1.lower()):
+            raise TransferFailed(RC_MANIFEST, "Image manifest has no valid file checksum (files.0.sha1)",
+                                 "manifest_invalid")
+        return cls(size=size, sha1=sha1.lower())
+
+
+@dataclass(frozen=True)
+class Received:
+    size: int
+    sha1: str
+    sha256: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    connect_timeout: float
+    idle_timeout: float
+    total_timeout: float
+
+
+class _Digest:
+    """sha1 + sha256 + the partial file, fed from a queue by one thread (hashlib and os.write
+    release the GIL, so this overlaps with reading the next chunk)."""
+
+    def __init__(self, write: Callable[[bytes], None] | None):
+        self.sha1 = hashlib.sha1()
+        self.sha256 = hashlib.sha256()
+        self._write = write
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="import-digest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self.error is not None:
+                continue  # drain, so the producer never blocks on a dead consumer
+            try:
+                self.sha1.update(chunk)
+                self.sha256.update(chunk)
+                if self._write is not None:
+                    self._write(chunk)
+            except BaseException as exc:  # noqa: BLE001 - reported to the producer
+                self.error = exc
+
+    def feed(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _Meter:
+    """Counts bytes and reports progress at most once per ``interval`` seconds."""
+
+    def __init__(self, total: int | None, report: Progress, interval: float = 1.0):
+        self.done = 0
+        self._total = total
+        self._report = report
+        self._interval = interval
+        self._next = time.monotonic() + interval
+
+    def add(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            self._report(self.done, self._total)
+
+
+def _verify(expected: Expected, size: int, sha1: str) -> None:
+    if size != expected.size:
+        raise TransferFailed(RC_FILE, f"Image file size mismatch ({expected.size} != {size})", "size_mismatch")
+    if sha1 != expected.sha1:
+        raise TransferFailed(RC_FILE, f"Image file checksum mismatch ({expected.sha1} != {sha1})", "checksum_mismatch")
+
+
+def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: str, expected: Expected,
+             limits: Limits, progress: Progress) -> Received:
+    """Stream ``url`` into the store as the file of ``uuid``; committed only if it matches
+    ``expected``. Raises TransferFailed (nothing left behind)."""
+    if expected.size > limits.max_bytes:
+        raise TransferFailed(RC_FILE, f"Image file is too large ({expected.size} > {limits.max_bytes} bytes)",
+                             "too_large")
+    free = store.free_bytes()
+    if free is not None and free < expected.size + SPACE_MARGIN:
+        raise TransferFailed(RC_SPACE, "Not enough free space in the image store", "no_space")
+    store.discard_partials(uuid)  # what an interrupted earlier attempt left
+    started = time.monotonic()
+    try:
+        upload = store.upload(uuid, attempt)
+    except StoreError as exc:
+        raise TransferFailed(RC_STORE, str(exc), exc.code) from None
+    committed = False
+    try:
+        digest = _Digest(upload.write)
+        meter = _Meter(expected.size, progress)
+
+        def sink(chunk: bytes) -> None:
+            digest.feed(chunk)
+            meter.add(len(chunk))
+
+        try:
+            # More bytes than the manifest promised can only end in a mismatch: stop there.
+            fetcher.download(url, sink, max_bytes=expected.size, connect_timeout=limits.connect_timeout,
+                             idle_timeout=limits.idle_timeout, total_timeout=limits.total_timeout)
+        except FetchError as exc:
+            if exc.code == "too_large":
+                raise TransferFailed(RC_FILE, f"Image file size mismatch ({expected.size} != more)",
+                                     "size_mismatch") from None
+            raise TransferFailed(RC_FILE, f"Image file download failed ({exc})", exc.code) from None
+        finally:
+            digest.close()
+        _verify(expected, meter.done, digest.sha1.hexdigest())
+        try:
+            upload.commit()
+        except OSError as exc:
+            raise TransferFailed(RC_STORE, f"Cannot store the image file ({exc.strerror or exc})",
+                                 "store_write_failed") from None
+        committed = True
+        return Received(meter.done, digest.sha1.hexdigest(), digest.sha256.hexdigest(), time.monotonic() - started)
+    except OSError as exc:  # the partial file could not be written
+        raise TransferFailed(RC_STORE, f"Cannot write the image file ({exc.strerror or exc})",
+                             "store_write_failed") from None
+    finally:
+        if not committed:
+            upload.abort()
+
+
+def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: Progress) -> Received:
+    """"Import from the local image server" (reference §7.3, ``esimg update -c``): the file is
+    already in the store; check it instead of downloading it."""
+    started = time.monotonic()
+    try:
+        handle = store.open_file(uuid)
+    except (FileNotFoundError, StoreError):
+        raise TransferFailed(RC_MANIFEST, "Image file does not exist on the image server", "file_missing") from None
+    digest = _Digest(None)
+    meter = _Meter(expected.size, progress)
+    try:
+        with handle:
+            while chunk := handle.read(1 << 20):
+                digest.feed(chunk)
+                meter.add(len(chunk))
+    finally:
+        digest.close()
+    _verify(expected, meter.done, digest.sha1.hexdigest())
+    return Received(meter.done, digest.sha1.hexdigest(), digest.sha256.hexdigest(), time.monotonic() - started)
