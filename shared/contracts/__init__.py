@@ -15,6 +15,8 @@ from shared.contracts.events import (
     ImageDeleted,
     ImageImported,
     ImageUpdated,
+    NodeRemoved,
+    NodeUpdated,
     TaskEvent,
     TaskFailed,
     TaskStarted,
@@ -37,6 +39,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         TaskStarted,
         TaskSucceeded,
         TaskFailed,
+        NodeUpdated,
+        NodeRemoved,
     )
 }
 
@@ -80,5 +84,5 @@ __all__ = [
     "COMMAND_TYPES", "EVENT_TYPES", "TERMINAL_TASK_EVENTS", "ImportImage", "UpdateImage", "DeleteImage",
     "AttachImage", "DetachImage",
     "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskSucceeded", "TaskFailed",
-    "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
+    "NodeUpdated", "NodeRemoved", "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
 ]
