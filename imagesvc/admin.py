@@ -1,7 +1,8 @@
-"""``imagesvc admin ...``: accounts, datacenters and roles, straight in the database.
+"""``imagesvc admin ...``: accounts, datacenters, roles and compute nodes, straight in the database.
 
 Scriptable: a command that creates an API key prints it alone on the last line; ``list``
-commands print one JSON object per line; a failure prints one line on stderr and exits 1.
+commands print one JSON object per line; a failure prints one line on stderr and exits 1 (2 for
+an argument that could never be stored, as for argparse's own refusals).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from shared.config import Settings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the ``user``, ``dc`` and ``role`` (alias ``group``) command groups."""
+    """Add the ``user``, ``dc``, ``role`` (alias ``group``) and ``node`` command groups."""
     user = commands.add_parser("user", help="users and their API keys").add_subparsers(dest="what", required=True)
     create = user.add_parser("create", help="create a user; prints its API key last")
     create.add_argument("username")
@@ -63,6 +64,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         sub.add_argument(other)
         sub.set_defaults(func=func)
     roles.add_parser("list", help="all roles with their users and datacenters").set_defaults(func=_role_list)
+
+    node = commands.add_parser("node", help="compute nodes (also kept up to date by node.* events)")
+    nodes = node.add_subparsers(dest="what", required=True)
+    change = nodes.add_parser("set", help="record a node's state as of now")
+    change.add_argument("hostname")
+    change.add_argument("--status", required=True,
+                        help="online (the only operational one), maintenance, unreachable, unlicensed, ...")
+    change.add_argument("--uuid", help="the node's uuid")
+    change.add_argument("--address", help="the node's address")
+    change.set_defaults(func=_node_set)
+    nodes.add_parser("list", help="all nodes").set_defaults(func=_node_list)
+    remove = nodes.add_parser("remove", help="remove a node from the inventory")
+    remove.add_argument("hostname")
+    remove.set_defaults(func=_node_remove)
 
 
 @contextlib.contextmanager
@@ -225,6 +240,71 @@ def _role_list(_args: argparse.Namespace) -> int:
     from shared.db import accounts
 
     return _run(lambda conn: _print_lines(accounts.list_roles(conn)))
+
+
+# --- compute nodes -----------------------------------------------------------------------------
+
+
+def _node_set(args: argparse.Namespace) -> int:
+    from shared.db import nodes
+    from shared.db.models import utcnow
+
+    record = nodes.NodeRecord(hostname=args.hostname, status=args.status, uuid=args.uuid, address=args.address,
+                              changed_at=utcnow())
+    try:
+        nodes.check(record)
+    except ValueError as exc:
+        return _bad_argument(str(exc))
+
+    def write(conn) -> None:
+        if not nodes.put(conn, record):
+            raise ValueError(_newer_fact(args.hostname))
+        operational = "operational" if record.operational else "not operational"
+        print(f"node {args.hostname!r} is {args.status} ({operational})")
+        if args.status not in nodes.KNOWN_STATUSES:
+            print(f"imagesvc: note: {args.status!r} is not one of {', '.join(nodes.KNOWN_STATUSES)}",
+                  file=sys.stderr)
+
+    return _run(write)
+
+
+def _node_list(_args: argparse.Namespace) -> int:
+    from shared.db import nodes
+
+    def show(conn) -> None:
+        _print_lines([{"hostname": n.hostname, "status": n.status, "uuid": n.uuid, "address": n.address,
+                       "changed_at": n.changed_at.isoformat().replace("+00:00", "Z")} for n in nodes.list_all(conn)])
+
+    return _run(show)
+
+
+def _node_remove(args: argparse.Namespace) -> int:
+    from shared.contracts.events import node_hostname_problem
+    from shared.db import accounts, nodes
+    from shared.db.models import utcnow
+
+    problem = node_hostname_problem(args.hostname)
+    if problem:
+        return _bad_argument(problem)
+
+    def delete(conn) -> None:
+        if nodes.get(conn, args.hostname) is None:
+            raise accounts.NotFound(f"no node {args.hostname!r}")
+        if not nodes.remove(conn, args.hostname, utcnow()):
+            raise ValueError(_newer_fact(args.hostname))
+        print(f"removed node {args.hostname!r}")
+
+    return _run(delete)
+
+
+def _newer_fact(hostname: str) -> str:
+    return (f"a fact about node {hostname!r} newer than this machine's clock is stored (its source's clock is "
+            "ahead?); nothing changed")
+
+
+def _bad_argument(problem: str) -> int:
+    print(f"imagesvc: {problem}", file=sys.stderr)
+    return 2
 
 
 def _print_lines(rows: list[dict]) -> None:

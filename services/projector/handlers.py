@@ -9,6 +9,10 @@ read-your-writes.
 
 The common case costs two statements per event: advancing the stream position (which also
 row-locks it) and writing the change.
+
+Node events (published by other systems) are not read model: they go to the ``nodes`` table
+through ``shared.db.nodes``, where the newest ``changed_at`` per hostname wins, which makes them
+idempotent and order-safe too. ``rebuild`` leaves that table alone.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from sqlalchemy import Connection, and_, bindparam, delete, literal, select, upd
 from domain import images, tasks
 from shared import contracts
 from shared.contracts import (
-    Envelope, Event, ImageDeleted, ImageImported, ImageUpdated, TaskEvent, TaskFailed, TaskProgress, TaskStarted,
+    Envelope, Event, ImageDeleted, ImageImported, ImageUpdated, NodeRemoved, NodeUpdated, TaskEvent, TaskFailed,
+    TaskProgress, TaskStarted,
 )
 from shared.db import events as store
+from shared.db import nodes
 from shared.db.dialect import insert_ignore, prepared
 from shared.db.models import ReadImage, ReadStream, ReadTask, utcnow
 from shared.errors import OutOfOrder
 from shared.handling import Notification
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 _images = ReadImage.__table__
 _streams = ReadStream.__table__
@@ -76,6 +85,9 @@ def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str,
     if isinstance(event, TaskProgress):
         conn.execute(_SET_PROGRESS, {"t": event.task_id, "p": {"done": event.done, "total": event.total}})
         return None  # informative: nobody waits for it
+    if isinstance(event, (NodeUpdated, NodeRemoved)):
+        _apply_node(conn, event)
+        return None
     if isinstance(event, TaskEvent):
         return _apply_task(conn, event, applied, envelope.reply_to)
     if event.stream_position() is not None:
@@ -83,6 +95,18 @@ def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str,
         stream_id, version = event.stream_position()  # type: ignore[misc]
         applied[stream_id] = max(version, applied.get(stream_id, 0))
     return None
+
+
+def _apply_node(conn: Connection, event: NodeUpdated | NodeRemoved) -> None:
+    if isinstance(event, NodeUpdated):
+        record = nodes.NodeRecord(hostname=event.hostname, status=event.status, uuid=event.uuid or None,
+                                  address=event.address or None, changed_at=event.changed_time)
+        # applied=False is normal, not an error: a redelivery, or a fact older than the stored one.
+        log.info("node.updated", hostname=event.hostname, status=event.status, changed_at=event.changed_at,
+                 applied=nodes.put(conn, record))
+    else:
+        log.info("node.removed", hostname=event.hostname, changed_at=event.changed_at,
+                 applied=nodes.remove(conn, event.hostname, event.changed_time))
 
 
 def _apply_in_order(conn: Connection, event: Event) -> None:
@@ -186,7 +210,8 @@ def rebuild(conn: Connection, *, batch: int = 1000) -> int:
     """Drop the read model and replay the whole event store into it, in commit order.
 
     Run with the projector stopped (a live projector would race the replay). The gateway's
-    journal is not part of the read model and is left alone. Returns the number of events replayed.
+    journal and the compute nodes (``nodes``: other systems' facts, never in the event store) are
+    not part of the read model and are left alone. Returns the number of events replayed.
     """
     for table in (_images, _tasks, _streams):
         conn.execute(delete(table))

@@ -15,6 +15,8 @@ from shared.contracts.events import (
     ImageDeleted,
     ImageImported,
     ImageUpdated,
+    NodeRemoved,
+    NodeUpdated,
     TaskEvent,
     TaskFailed,
     TaskProgress,
@@ -39,6 +41,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         TaskProgress,
         TaskSucceeded,
         TaskFailed,
+        NodeUpdated,
+        NodeRemoved,
     )
 }
 
@@ -81,6 +85,6 @@ __all__ = [
     "UNSET", "Message", "Command", "Event", "Envelope", "Actor", "SCHEMA_VERSION", "MESSAGE_TYPES",
     "COMMAND_TYPES", "EVENT_TYPES", "TERMINAL_TASK_EVENTS", "ImportImage", "UpdateImage", "DeleteImage",
     "AttachImage", "DetachImage",
-    "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskProgress", "TaskSucceeded", "TaskFailed",
-    "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
+    "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskProgress", "TaskSucceeded",
+    "TaskFailed", "NodeUpdated", "NodeRemoved", "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
 ]

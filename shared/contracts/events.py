@@ -5,14 +5,21 @@ uuid, never reused, not even after a delete and re-import), so a subscriber can 
 deduplicate them without asking anyone. Task events tell how a command ended; a task's terminal
 event names the image stream version it produced (``stream``/``stream_version``), so a reader can
 wait for that image state before it trusts the task's outcome.
+
+Node events come from other systems (whatever watches the compute nodes): the state of a node as
+its source saw it at ``changed_at``. They have no stream position; readers keep the newest
+``changed_at`` per hostname instead.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from shared.contracts.base import Message
+from shared.contracts.base import UNSET, Message
+from shared.errors import PoisonMessage
 
 
 class Event(Message):
@@ -108,3 +115,120 @@ class TaskFailed(TaskEvent):
 
 
 TERMINAL_TASK_EVENTS = frozenset({TaskSucceeded.TYPE, TaskFailed.TYPE})
+
+
+# --- compute nodes ------------------------------------------------------------------------------
+
+#: Storable lengths of a node's fields (the ``nodes`` table's columns).
+NODE_HOSTNAME_MAX = 255
+NODE_STATUS_MAX = 32
+NODE_ADDRESS_MAX = 255
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# Statuses are stored as given (an unknown one is simply not operational), but must be a word.
+_STATUS = re.compile(r"[A-Za-z0-9._-]+\Z")
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\Z")
+_ADDRESS = re.compile(r"[^\s\x00]+\Z")
+
+
+def node_hostname_problem(hostname: object) -> str | None:
+    """Why ``hostname`` cannot name a node, or None."""
+    if not isinstance(hostname, str) or not hostname:
+        return "hostname must be a non-empty string"
+    if len(hostname) > NODE_HOSTNAME_MAX:
+        return f"hostname must be at most {NODE_HOSTNAME_MAX} characters"
+    if not _HOSTNAME.match(hostname):
+        return "hostname may hold letters, digits and . _ - only, starting with a letter or digit"
+    return None
+
+
+def node_problem(*, hostname: object, status: object, uuid: object = None, address: object = None) -> str | None:
+    """Why these node fields could not be stored, or None. The one rule for events and the CLI."""
+    problem = node_hostname_problem(hostname)
+    if problem:
+        return problem
+    if not isinstance(status, str) or not status:
+        return "status must be a non-empty string"
+    if len(status) > NODE_STATUS_MAX or not _STATUS.match(status):
+        return f"status must be at most {NODE_STATUS_MAX} letters, digits and . _ -"
+    if uuid is not None and (not isinstance(uuid, str) or not _UUID.match(uuid)):
+        return "uuid must be null or a UUID (8-4-4-4-12 hexadecimal digits)"
+    if address is not None and (not isinstance(address, str) or len(address) > NODE_ADDRESS_MAX
+                                or not _ADDRESS.match(address)):
+        return f"address must be null or at most {NODE_ADDRESS_MAX} characters without spaces"
+    return None
+
+
+def parse_node_time(value: object) -> datetime:
+    """An ISO-8601 timestamp with its timezone (``Z`` or an offset) as an aware UTC datetime.
+
+    Raises ValueError otherwise: a time without a zone cannot be ordered against other sources'.
+    """
+    if not isinstance(value, str):
+        raise ValueError("changed_at must be an ISO-8601 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"changed_at {value[:64]!r} is not an ISO-8601 timestamp") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError(f"changed_at {value[:64]!r} has no timezone")
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # the first or last day of year 1 or 9999, shifted out of range
+        raise ValueError(f"changed_at {value[:64]!r} is out of range") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeUpdated(Event):
+    """A compute node's whole state as its source saw it at ``changed_at`` (an absent ``uuid`` or
+    ``address`` is unknown, and stored as null). Raises PoisonMessage for fields that could not be
+    stored."""
+
+    TYPE: ClassVar[str] = "node.updated"
+    hostname: str
+    status: str
+    changed_at: str
+    uuid: str | None = UNSET
+    address: str | None = UNSET
+
+    def __post_init__(self) -> None:
+        _refuse(self.TYPE, node_problem(hostname=self.hostname, status=self.status, uuid=_given(self.uuid),
+                                        address=_given(self.address)) or _time_problem(self.changed_at))
+
+    @property
+    def changed_time(self) -> datetime:
+        return parse_node_time(self.changed_at)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeRemoved(Event):
+    """A compute node left the inventory at ``changed_at``. Raises PoisonMessage for a hostname that
+    could not be stored or an unreadable time."""
+
+    TYPE: ClassVar[str] = "node.removed"
+    hostname: str
+    changed_at: str
+
+    def __post_init__(self) -> None:
+        _refuse(self.TYPE, node_hostname_problem(self.hostname) or _time_problem(self.changed_at))
+
+    @property
+    def changed_time(self) -> datetime:
+        return parse_node_time(self.changed_at)
+
+
+def _given(value: Any) -> Any:
+    return None if value is UNSET else value
+
+
+def _time_problem(changed_at: object) -> str | None:
+    try:
+        parse_node_time(changed_at)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _refuse(event_type: str, problem: str | None) -> None:
+    if problem is not None:
+        raise PoisonMessage(f"{event_type}: {problem}")

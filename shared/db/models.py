@@ -252,7 +252,9 @@ class Node(Base):
 
     hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
     uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    #: online, maintenance, unreachable, unlicensed, ... (only ``online`` is operational)
+    #: online, maintenance, unreachable, unlicensed, ... (only ``online`` is operational). Empty
+    #: for a removed node, whose row stays so that an older fact cannot revive it: read the table
+    #: through ``shared.db.nodes``, which leaves such rows out.
     status: Mapped[str] = mapped_column(String(32))
     address: Mapped[str | None] = mapped_column(String(255), nullable=True)
     #: When the fact was true at its source: an older fact never overwrites a newer one.

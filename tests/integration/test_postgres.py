@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from shared.contracts import Envelope, encode, new_message_id
-from shared.db import events, locks, migrate
+from shared.db import events, locks, migrate, nodes
 from shared.db.accounts import create_user
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import make_engine, read_transaction, single_statement, translate_db_errors, write_transaction
@@ -621,3 +621,54 @@ def test_real_errors_are_not_translated(engine):
         with write_transaction(engine) as conn:
             conn.execute(insert(_dcs).values(name="main", is_default=False, created_at=utcnow()))
 
+
+
+# --- compute nodes -----------------------------------------------------------------------------
+
+
+def _node(hostname: str, status: str, at: datetime) -> "nodes.NodeRecord":
+    return nodes.NodeRecord(hostname=hostname, status=status, uuid=None, address=None, changed_at=at)
+
+
+def _node_now(engine, hostname: str) -> "nodes.NodeRecord | None":
+    with read_transaction(engine) as conn:
+        return nodes.get(conn, hostname)
+
+
+def test_node_facts_are_ordered_by_instant_on_postgres(engine):
+    hostname, start = unique("cn"), datetime(2026, 11, 27, 10, tzinfo=timezone.utc)
+    with write_transaction(engine) as conn:
+        assert nodes.put(conn, _node(hostname, "online", start)) is True
+        # 11:30+01:00 is 10:30 UTC: newer than 10:00 UTC, older than 10:45 UTC.
+        assert nodes.put(conn, _node(hostname, "maintenance",
+                                     datetime(2026, 11, 27, 11, 30, tzinfo=timezone(timedelta(hours=1))))) is True
+        assert nodes.put(conn, _node(hostname, "unreachable", start)) is False
+        assert nodes.remove(conn, hostname, start + timedelta(minutes=45)) is True
+        assert nodes.put(conn, _node(hostname, "online", start + timedelta(minutes=44))) is False
+    assert _node_now(engine, hostname) is None
+    with write_transaction(engine) as conn:
+        assert nodes.put(conn, _node(hostname, "online", start + timedelta(minutes=46))) is True
+    assert _node_now(engine, hostname).changed_at == start + timedelta(minutes=46)
+
+
+def test_concurrent_facts_about_one_node_leave_the_newest(engine):
+    """Writers of one hostname race (a new row, then an existing one): whatever the commit order,
+    the newest fact is what stays, and it reports that it changed something."""
+    start = datetime(2026, 11, 27, 10, tzinfo=timezone.utc)
+    for newest_is_removal in (False, True):
+        hostname = unique("cn")
+
+        def write(index: int) -> bool:
+            # Index 7 is the newest fact; in the second round the odd indexes (7 too) are removals.
+            at = start + timedelta(seconds=index)
+            with write_transaction(engine) as conn:
+                if newest_is_removal and index % 2 == 1:
+                    return nodes.remove(conn, hostname, at)
+                return nodes.put(conn, _node(hostname, f"status-{index}", at))
+
+        results = race(8, write)
+        if newest_is_removal:
+            assert _node_now(engine, hostname) is None
+        else:
+            assert results[7] is True
+            assert _node_now(engine, hostname).status == "status-7"

@@ -128,3 +128,95 @@ def test_admin_commands_refuse_names_that_could_not_be_used_and_keep_a_superadmi
     assert main(["admin", "dc", "list"]) == 0
     assert [line for line in capsys.readouterr().out.splitlines() if '"name"' in line] == [
         '{"access": 3, "image_limit": null, "is_default": true, "name": "main", "owner": null}']
+
+
+def _node_lines(capsys) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_admin_node_set_list_remove(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'nodes.db'}")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["admin", "node", "list"]) == 0
+    assert _node_lines(capsys) == []
+
+    uuid = "2f0c7c3e-1111-2222-3333-444455556666"
+    assert main(["admin", "node", "set", "cn2", "--status", "online", "--uuid", uuid, "--address", "10.0.0.2"]) == 0
+    assert main(["admin", "node", "set", "cn1", "--status", "maintenance"]) == 0
+    out = capsys.readouterr().out
+    assert "'cn2' is online (operational)" in out and "'cn1' is maintenance (not operational)" in out
+    assert main(["admin", "node", "list"]) == 0
+    listed = _node_lines(capsys)
+    assert [{k: v for k, v in n.items() if k != "changed_at"} for n in listed] == [
+        {"hostname": "cn1", "status": "maintenance", "uuid": None, "address": None},
+        {"hostname": "cn2", "status": "online", "uuid": uuid, "address": "10.0.0.2"}]
+    assert all(n["changed_at"].endswith("Z") for n in listed)
+
+    assert main(["admin", "node", "set", "cn1", "--status", "online"]) == 0  # a later fact replaces the state
+    assert main(["admin", "node", "remove", "cn2"]) == 0
+    capsys.readouterr()
+    assert main(["admin", "node", "list"]) == 0
+    assert [(n["hostname"], n["status"]) for n in _node_lines(capsys)] == [("cn1", "online")]
+
+    assert main(["admin", "node", "remove", "cn2"]) == 1
+    assert capsys.readouterr().err.strip() == "imagesvc: no node 'cn2'"
+
+
+def test_admin_node_set_stores_an_unknown_status_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'nodes.db'}")
+    assert main(["db", "upgrade"]) == 0
+    assert main(["admin", "node", "set", "cn1", "--status", "rebooting"]) == 0
+    assert "'rebooting' is not one of online, maintenance" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments", [
+    ["set", "", "--status", "online"],
+    ["set", "h" * 256, "--status", "online"],
+    ["set", "cn 1", "--status", "online"],
+    ["set", "cn1", "--status", ""],
+    ["set", "cn1", "--status", "s" * 33],
+    ["set", "cn1", "--status", "online", "--uuid", "12"],
+    ["remove", ""],
+    ["remove", "h" * 256],
+])
+def test_admin_node_refuses_what_could_never_be_stored_with_status_2(tmp_path, monkeypatch, capsys, arguments):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'nodes.db'}")
+    assert main(["db", "upgrade"]) == 0
+    capsys.readouterr()
+    assert main(["admin", "node", *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("imagesvc: ") and "\n" not in error
+    assert main(["admin", "node", "list"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_admin_node_set_requires_a_status(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["admin", "node", "set", "cn1"])
+    assert exited.value.code == 2 and "--status" in capsys.readouterr().err
+
+
+def test_admin_node_set_does_not_overwrite_a_fact_from_a_clock_ahead_of_ours(tmp_path, monkeypatch, capsys):
+    from datetime import timedelta
+
+    from shared.db import nodes
+    from shared.db.engine import make_engine, write_transaction
+    from shared.db.models import utcnow
+
+    url = f"sqlite:///{tmp_path / 'nodes.db'}"
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", url)
+    assert main(["db", "upgrade"]) == 0
+    engine = make_engine(url, pool_size=1)
+    with write_transaction(engine) as conn:
+        nodes.put(conn, nodes.NodeRecord("cn1", "online", None, None, utcnow() + timedelta(hours=1)))
+    engine.dispose()
+    capsys.readouterr()
+    assert main(["admin", "node", "set", "cn1", "--status", "maintenance"]) == 1
+    assert main(["admin", "node", "remove", "cn1"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all("newer than this machine's clock" in line for line in errors)
+    assert main(["admin", "node", "list"]) == 0
+    assert [n["status"] for n in _node_lines(capsys)] == ["online"]

@@ -18,6 +18,8 @@ from shared.contracts import (
     ImageImported,
     ImageUpdated,
     ImportImage,
+    NodeRemoved,
+    NodeUpdated,
     TaskFailed,
     TaskProgress,
     TaskStarted,
@@ -58,6 +60,9 @@ SAMPLES = {
                                     http_code=200, result={"name": "centos-7"}),
     "task.failed": TaskFailed(task_id=TASK_ID, command="image.delete", object_name="centos-7", http_code=423,
                               result={"detail": "Task did not acquire lock"}, code="locked"),
+    "node.updated": NodeUpdated(hostname="cn1.example.com", status="maintenance", uuid=UUID, address="10.0.0.5",
+                                changed_at="2026-11-27T10:00:00.5+01:00"),
+    "node.removed": NodeRemoved(hostname="cn1.example.com", changed_at="2026-11-27T10:00:00Z"),
 }
 
 
