@@ -2,7 +2,8 @@
 
 ``Infrastructure`` holds what a process shares (engine, topology, publisher, connection
 factory). ``consumer(...)`` builds the runner of one consumer service, ``gateway_app(...)`` the
-ASGI app; ``Embedded`` runs them all in one process (threads over ``memory://`` and SQLite).
+ASGI app, ``image_server_app(...)`` the image server's; ``Embedded`` runs them all in one process
+(threads over ``memory://`` and SQLite), ``embedded_app(...)`` serves both apps on one port.
 Nothing here decides anything.
 """
 
@@ -19,6 +20,7 @@ from sqlalchemy import Engine
 
 from services.deleter.handlers import delete_image
 from services.gateway.app import create_app
+from services.image_server import app as image_server_http
 from services.importer.handlers import abandon_import, import_image
 from services.importer.transfer import Limits
 from services.projector import handlers as projection
@@ -33,7 +35,7 @@ from shared.db.engine import make_engine
 from shared.handling import CommandConsumer, EventConsumer
 from shared.net.fetch import Fetcher, UrlPolicy
 from shared.relay import OutboxRelay
-from shared.store import open_store
+from shared.store import ImageStore, open_store
 from shared.store.server import ImageServer
 
 CONSUMERS = ("importer", "updater", "deleter", "projector")
@@ -67,7 +69,7 @@ def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
     return Infrastructure(settings, engine, topology, publisher, connection_for)
 
 
-def image_server(settings: Settings) -> ImageServer | None:
+def configured_image_server(settings: Settings) -> ImageServer | None:
     """The configured image server, or None for database-level operations."""
     store = open_store(settings.image_store)
     if store is None:
@@ -98,7 +100,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                 notify=lambda note: notifier(note.reply_to, note.to_dict()))
         prefetch = max(settings.prefetch, 32)
     else:
-        server = image_server(settings)
+        server = configured_image_server(settings)
         routes = {
             "importer": {"image.import": functools.partial(
                 import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)), server=server,
@@ -142,6 +144,27 @@ def gateway_app_from_env():
     return gateway_app(infrastructure(settings, purpose="gateway"))
 
 
+def image_server_app(store: ImageStore):
+    return image_server_http.create_app(store)
+
+
+def embedded_app(infra: Infrastructure, store: ImageStore | None):
+    """``serve``'s one app: the image server's paths (``/ping``, ``/images...``) go to the image
+    server when there is a store, everything else (``/api``, the lifespan) to the gateway."""
+    gateway = gateway_app(infra)
+    if store is None:
+        return gateway
+    images = image_server_app(store)
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "http" and image_server_http.serves(scope["path"]):
+            await images(scope, receive, send)
+        else:
+            await gateway(scope, receive, send)
+
+    return app
+
+
 class Embedded:
     """Every consumer and the outbox sweeper as threads of this process (the gateway runs beside)."""
 
@@ -169,4 +192,5 @@ class Embedded:
             thread.join(timeout=10)
 
 
-__all__ = ["Infrastructure", "infrastructure", "consumer", "relay", "gateway_app", "Embedded"]
+__all__ = ["Infrastructure", "infrastructure", "consumer", "relay", "gateway_app", "image_server_app", "embedded_app",
+           "Embedded"]

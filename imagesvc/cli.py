@@ -2,6 +2,7 @@
 
     imagesvc serve [--host H] [--port P]       everything in one process (memory:// + SQLite)
     imagesvc gateway [--host H] [--port P] [--workers N]
+    imagesvc image-server [--host H] [--port P]   the image store, read-only, over HTTP (IMGAPI)
     imagesvc worker importer|updater|deleter|projector
     imagesvc db upgrade
     imagesvc admin create-superadmin USERNAME [--new-key]
@@ -22,6 +23,7 @@ from typing import Sequence
 from imagesvc import admin as admin_module
 from shared.config import ConfigError, Settings
 from shared.logging import configure_logging, get_logger
+from shared.store import open_store
 
 log = get_logger("imagesvc")
 
@@ -60,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--port", type=int, default=8000)
     gateway.add_argument("--workers", type=int, default=1)
     gateway.set_defaults(func=_gateway)
+
+    image_server = commands.add_parser("image-server", help="serve the image store read-only over HTTP (IMGAPI)")
+    image_server.add_argument("--host", default="127.0.0.1")
+    image_server.add_argument("--port", type=int, default=8080)
+    image_server.set_defaults(func=_image_server)
 
     worker = commands.add_parser("worker", help="run one consumer service")
     worker.add_argument("service", choices=["importer", "updater", "deleter", "projector"])
@@ -112,9 +119,12 @@ def _serve(args: argparse.Namespace) -> int:
     embedded = bootstrap.Embedded(infra)
     embedded.start()
     embedded.wait_ready()
-    app = bootstrap.gateway_app(infra)
+    store = open_store(settings.image_store)
+    app = bootstrap.embedded_app(infra, store)
     base = f"http://{args.host}:{args.port}/api"
     print(f"imagesvc is running at {base} (database: {settings.database_url}, broker: {settings.broker_url})")
+    if store is not None:
+        print(f"The image server serves {store.location} at http://{args.host}:{args.port}/images")
     print(key_line)
     print(f"Try:  curl -H 'ES-API-KEY: <key>' {base}/image/")
     sys.stdout.flush()
@@ -158,6 +168,24 @@ def _gateway(args: argparse.Namespace) -> int:
     configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
     uvicorn.run("imagesvc.bootstrap:gateway_app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_config=None, access_log=False)
+    return 0
+
+
+def _image_server(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from imagesvc import bootstrap
+
+    settings = _settings()
+    store = open_store(settings.image_store)
+    if store is None:
+        print("imagesvc image-server: no image store is configured (IMAGESVC_IMAGE_STORE=none); "
+              "set IMAGESVC_IMAGE_STORE to the store's directory", file=sys.stderr)
+        return 2
+    configure_logging("image-server", fmt=settings.log_format, level=settings.log_level)
+    log.info("image_server.start", store=store.location, host=args.host, port=args.port)
+    uvicorn.run(bootstrap.image_server_app(store), host=args.host, port=args.port, log_config=None,
+                access_log=False)
     return 0
 
 

@@ -11,6 +11,8 @@ Contract of every store (what the consumers and the image server rely on):
   committed (one rename) or aborted (removed); ``discard_partials(uuid)`` removes whatever an
   interrupted attempt left behind;
 - ``delete`` makes the image disappear at once (one rename), then frees the space;
+- a file's MD5 is computed once per version of the file and cached beside it; a stale cache
+  (the file was replaced) is never used;
 - uuids are checked (canonical, lower-case): no name from a message can reach outside the store.
 """
 

@@ -86,6 +86,14 @@ class ImageStore(Protocol):
     def file_path(self, uuid: str) -> str | None:
         """A local filesystem path of the file (for sendfile), or None if not local."""
 
+    def file_md5(self, uuid: str) -> str | None:
+        """The hex MD5 of the image's file, or None when there is none. Computed at most once per
+        version of the file (a cache that a changed file invalidates), so only the first call
+        after a publication reads the whole file."""
+
+    def cached_file_md5(self, uuid: str) -> str | None:
+        """``file_md5`` if it is known without reading the file, else None (never slow)."""
+
     def delete(self, uuid: str) -> bool:
         """Remove the image (manifest, file, partials). True if there was something to remove."""
 

@@ -4,6 +4,7 @@ Layout (the original image server's, plus two private directories)::
 
     <root>/<uuid>/manifest           the image's manifest (JSON), written last
     <root>/<uuid>/file               the image's file
+    <root>/<uuid>/.file.md5          the file's MD5, cached with the size, mtime and inode it is of
     <root>/.partial/<uuid>.<attempt> files being written (never read by anyone)
     <root>/.trash/<uuid>.<random>    images being removed
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import hashlib
 import re
 import shutil
+import threading
 import uuid as uuidlib
 from typing import Any, BinaryIO, Mapping
 
@@ -24,6 +27,8 @@ from shared.store.base import FileInfo, StoreError, StoreUnavailable, check_uuid
 
 _PARTIAL = ".partial"
 _TRASH = ".trash"
+_MD5_CACHE = ".file.md5"
+_HASH_CHUNK = 4 * 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -84,6 +89,10 @@ class LocalStore:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.location = self.root
+        # One MD5 computation per image at a time in this process: concurrent first downloads of
+        # a multi-GiB file wait for the one computation instead of each reading the whole file.
+        self._md5_locks: dict[str, threading.Lock] = {}
+        self._md5_locks_guard = threading.Lock()
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -152,6 +161,69 @@ class LocalStore:
     def file_path(self, uuid: str) -> str | None:
         path = os.path.join(self.image_dir(uuid), "file")
         return path if os.path.isfile(path) else None
+
+    def cached_file_md5(self, uuid: str) -> str | None:
+        try:
+            stats = os.stat(os.path.join(self.image_dir(uuid), "file"))
+        except FileNotFoundError:
+            return None
+        return self._read_md5_cache(uuid, stats)
+
+    def file_md5(self, uuid: str) -> str | None:
+        known = self.cached_file_md5(uuid)
+        if known is not None:
+            return known
+        with self._md5_lock(uuid):
+            known = self.cached_file_md5(uuid)
+            if known is not None:
+                return known
+            try:
+                handle = self.open_file(uuid)
+            except FileNotFoundError:
+                return None
+            with handle:
+                # Hash through the open descriptor and key the cache by *its* identity: a file
+                # replaced meanwhile is a different inode, so the cache never describes it.
+                stats = os.fstat(handle.fileno())
+                digest = hashlib.md5(usedforsecurity=False)
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+            hexdigest = digest.hexdigest()
+            self._write_md5_cache(uuid, stats, hexdigest)
+            return hexdigest
+
+    def _md5_lock(self, uuid: str) -> threading.Lock:
+        with self._md5_locks_guard:
+            return self._md5_locks.setdefault(check_uuid(uuid), threading.Lock())
+
+    @staticmethod
+    def _md5_key(stats: os.stat_result) -> dict[str, int]:
+        return {"size": stats.st_size, "mtime_ns": stats.st_mtime_ns, "inode": stats.st_ino}
+
+    def _read_md5_cache(self, uuid: str, stats: os.stat_result) -> str | None:
+        try:
+            with open(os.path.join(self.image_dir(uuid), _MD5_CACHE), "rb") as handle:
+                cached = json.loads(handle.read())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(cached, dict) or cached.get("file") != self._md5_key(stats):
+            return None
+        md5 = cached.get("md5")
+        return md5 if isinstance(md5, str) and re.fullmatch(r"[0-9a-f]{32}", md5) else None
+
+    def _write_md5_cache(self, uuid: str, stats: os.stat_result, md5: str) -> None:
+        """Best effort: the cache only saves work, so a store we cannot write still serves."""
+        directory = self.image_dir(uuid)
+        temporary = os.path.join(directory, f"{_MD5_CACHE}.{uuidlib.uuid4().hex}")
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(json.dumps({"file": self._md5_key(stats), "md5": md5}).encode())
+            os.replace(temporary, os.path.join(directory, _MD5_CACHE))
+        except OSError:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
 
     # --- manifests -----------------------------------------------------------------------------
 

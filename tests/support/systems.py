@@ -1,6 +1,7 @@
 """Start imagesvc the way users do (its own command, in subprocesses) and stop it cleanly.
 
 ``start_embedded``: ``imagesvc serve`` (memory:// + SQLite, one process).
+``start_image_server``: ``imagesvc image-server`` over a store directory (no broker, no database).
 ``start_distributed``: ``imagesvc db upgrade``, ``admin create-superadmin``, two gateways and one
 process per consumer service on RabbitMQ + PostgreSQL, under a random topology prefix and a
 fresh database.
@@ -114,11 +115,12 @@ class System:
             cleanup()
 
 
-def _wait_http(url: str, process: subprocess.Popen, log) -> None:
+def _wait_http(probe_url: str, process: subprocess.Popen, log) -> None:
+    """Until ``probe_url`` answers 200 (fails with the process's log if the process ends)."""
     def up() -> None:
         assert process.poll() is None, log()[-3000:]
         try:
-            assert httpx.get(url + "/openapi.json", timeout=2).status_code == 200
+            assert httpx.get(probe_url, timeout=2).status_code == 200
         except httpx.HTTPError as exc:
             raise AssertionError(str(exc)) from None
 
@@ -132,8 +134,22 @@ def start_embedded(workdir: Path, extra_env: dict[str, str] | None = None) -> Sy
     system = System("embedded", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}/api"])
     process = system.spawn("serve", "serve", "--port", str(port))
     try:
-        _wait_http(system.url, process, lambda: system.log("serve"))
+        _wait_http(system.url + "/openapi.json", process, lambda: system.log("serve"))
         system.api_key = (workdir / "var" / "admin.key").read_text().strip()
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+def start_image_server(workdir: Path, store: Path) -> System:
+    """``imagesvc image-server`` serving ``store``; ``url`` is its root (no ``/api``)."""
+    port = free_port()
+    env = _base_env({"IMAGESVC_IMAGE_STORE": str(store)})
+    system = System("image-server", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}"])
+    process = system.spawn("image-server", "image-server", "--port", str(port))
+    try:
+        _wait_http(system.url + "/ping", process, lambda: system.log("image-server"))
     except BaseException:
         system.stop()
         raise
@@ -162,7 +178,8 @@ def start_distributed(workdir: Path, *, broker_url: str, postgres_admin_url: str
         system.api_key = created.stdout.strip().splitlines()[-1]
         for index, port in enumerate(ports):
             process = system.spawn(f"gateway{index}", "gateway", "--port", str(port))
-            _wait_http(system.gateway_urls[index], process, lambda i=index: system.log(f"gateway{i}"))
+            _wait_http(system.gateway_urls[index] + "/openapi.json", process,
+                       lambda i=index: system.log(f"gateway{i}"))
         for service in CONSUMERS:
             system.start_worker(service)
     except BaseException:

@@ -152,7 +152,7 @@ def violations(rule_name: str) -> list[Import]:
 def test_the_packages_and_services_exist():
     for package in PACKAGES:
         assert (ROOT / package / "__init__.py").exists(), package
-    assert {"gateway", "importer", "updater", "deleter", "projector"} <= set(SERVICES)
+    assert {"gateway", "image_server", "importer", "updater", "deleter", "projector"} <= set(SERVICES)
 
 
 def test_import_collector_sees_plain_from_and_nested_imports(tmp_path, monkeypatch):

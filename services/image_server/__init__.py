@@ -1,0 +1,1 @@
+"""The image server: the image store, read-only, over IMGAPI-style HTTP (reference §9.3)."""
