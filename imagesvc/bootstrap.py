@@ -17,9 +17,11 @@ from typing import Callable
 from kombu import Connection
 from sqlalchemy import Engine
 
+from domain.repositories import local_repository
 from services.deleter.handlers import delete_image
 from services.gateway.app import create_app
 from services.importer.handlers import import_image
+from services.importer.repositories import refresh_repositories
 from services.projector import handlers as projection
 from services.updater.handlers import attach_image, detach_image, update_image
 from shared.broker.connection import broker_identity, connect
@@ -82,9 +84,14 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                 notify=lambda note: notifier(note.reply_to, note.to_dict()))
         prefetch = max(settings.prefetch, 32)
     else:
+        fetcher = Fetcher(UrlPolicy(settings.fetch_allow))
         routes = {
-            "importer": {"image.import": functools.partial(
-                import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)))},
+            "importer": {
+                "image.import": functools.partial(import_image, fetcher=fetcher),
+                "imagestore.refresh": functools.partial(
+                    refresh_repositories, fetcher=fetcher, configured=settings.repositories(),
+                    local=local_repository(settings.image_server_url)),
+            },
             "updater": {"image.update": update_image, "image.attach": attach_image, "image.detach": detach_image},
             "deleter": {"image.delete": delete_image},
         }[service]
