@@ -136,15 +136,16 @@ def check_import_shape(payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict
     values, errors = fields.validate(payload, fields.IMPORT_FIELDS)
     if "manifest_url" not in payload:
         errors["manifest_url"] = [fields.REQUIRED]
-    name_errors = _name_errors(payload.get("name"))
-    if name_errors:
-        errors["name"] = name_errors
+    invalid_name = name_errors(payload.get("name"))
+    if invalid_name:
+        errors["name"] = invalid_name
     if not errors and values.get("dc_bound", True) and "dc" not in values:
         errors.update(dc=[DC_REQUIRED], dc_bound=[DC_REQUIRED])
     return values, fields.order_errors(errors)
 
 
-def _name_errors(name: Any) -> list[str]:
+def name_errors(name: Any) -> list[str]:
+    """The messages of an invalid image name of ``POST /image/<name>/``; [] for a valid one."""
     try:
         fields.image_name(name)
     except fields.FieldError as exc:

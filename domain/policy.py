@@ -50,6 +50,9 @@ class Access:
     def is_image_import_admin(self, dc: str) -> bool:
         return self.is_superadmin or IMAGE_IMPORT_ADMIN in self._held(dc)
 
+    def is_image_import_admin_somewhere(self) -> bool:
+        return self.is_superadmin or any(IMAGE_IMPORT_ADMIN in held for held in self.grants.permissions.values())
+
     def image_admin_dcs(self) -> frozenset[str]:
         """The datacenters where the user is ImageAdmin (``request.dcs`` of the original); for a
         SuperAdmin use ``list_scope``, which means "all"."""
@@ -74,6 +77,14 @@ def access_for(catalogue: Catalogue, user: UserRecord) -> Access:
 def require_image_admin_somewhere(access: Access | None) -> Access:
     """The entry permission of the ``/image`` endpoints (``IsAnyDcImageAdmin``). Raises Refused(403)."""
     if access is None or not is_usable(access.user) or not (access.is_superadmin or access.image_admin_dcs()):
+        raise Refused(403, PERMISSION_DENIED, code="forbidden")
+    return access
+
+
+def require_image_import_admin_somewhere(access: Access | None) -> Access:
+    """The entry permission of the ``/imagestore`` endpoints (``IsAnyDcImageImportAdmin``): a
+    SuperAdmin, or ImageImportAdmin in any datacenter. Raises Refused(403 ``Permission denied``)."""
+    if access is None or not is_usable(access.user) or not access.is_image_import_admin_somewhere():
         raise Refused(403, PERMISSION_DENIED, code="forbidden")
     return access
 
@@ -120,6 +131,14 @@ def actor_access(catalogue: Catalogue, actor: Actor | None, user: UserRecord | N
     if not is_usable(user):
         raise Refused(403, PERMISSION_DENIED, code="forbidden")
     return require_image_admin_somewhere(access_for(catalogue, user))  # type: ignore[arg-type]
+
+
+def actor_import_access(catalogue: Catalogue, actor: Actor | None) -> Access:
+    """As ``actor_access``, up to the ``/imagestore`` entry permission. Raises Refused(403)."""
+    user = catalogue.user(actor.user) if actor is not None else None
+    if not is_usable(user):
+        raise Refused(403, PERMISSION_DENIED, code="forbidden")
+    return require_image_import_admin_somewhere(access_for(catalogue, user))  # type: ignore[arg-type]
 
 
 def actor_name(actor: Actor | None) -> str | None:

@@ -18,10 +18,12 @@ from typing import Callable
 from kombu import Connection
 from sqlalchemy import Engine
 
+from domain.repositories import local_repository
 from services.deleter.handlers import delete_image
 from services.gateway.app import create_app
 from services.image_server import app as image_server_http
 from services.importer.handlers import abandon_import, import_image
+from services.importer.repositories import refresh_repositories
 from services.importer.transfer import Limits
 from services.projector import handlers as projection
 from services.updater.handlers import attach_image, detach_image, update_image
@@ -101,10 +103,15 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
         prefetch = max(settings.prefetch, 32)
     else:
         server = configured_image_server(settings)
+        fetcher = Fetcher(UrlPolicy(settings.fetch_allow))
         routes = {
-            "importer": {"image.import": functools.partial(
-                import_image, fetcher=Fetcher(UrlPolicy(settings.fetch_allow)), server=server,
-                limits=download_limits(settings))},
+            "importer": {
+                "image.import": functools.partial(import_image, fetcher=fetcher, server=server,
+                                                  limits=download_limits(settings)),
+                "imagestore.refresh": functools.partial(
+                    refresh_repositories, fetcher=fetcher, configured=settings.repositories(),
+                    local=local_repository(settings.image_server_url)),
+            },
             "updater": {"image.update": functools.partial(update_image, server=server), "image.attach": attach_image,
                         "image.detach": detach_image},
             "deleter": {"image.delete": functools.partial(delete_image, server=server)},

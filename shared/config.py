@@ -170,8 +170,14 @@ class Settings:
             name, url = name.strip(), url.strip()
             if not sep or not name or not url.lower().startswith(("http://", "https://")):
                 raise ValueError(f"expected name=http(s)://url, got {entry!r}")
+            if not _REPOSITORY_NAME.match(name):
+                # It names the repository in URLs (/api/imagestore/<name>/) and in the database.
+                raise ValueError(f"repository name {name!r}: use at most 64 of A-Z a-z 0-9 . _ -")
             found[name] = url
         return dict(sorted(found.items()))
+
+
+_REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 def _parse(annotation: str, raw: str) -> object:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from domain.repositories import local_repository
 from services.gateway import openapi
 from services.gateway.auth import Authenticator
 from services.gateway.dispatch import Dispatcher, TaskWaiter
@@ -29,6 +30,7 @@ from services.gateway.http import (
 )
 from services.gateway.queries import Queries
 from services.gateway.administration import AdministrationRoutes
+from services.gateway.imagestore import ImageStoreRoutes
 from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
 from services.gateway.throttle import throttle_for
 from shared.broker.connection import broker_identity
@@ -83,6 +85,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
                             broker_user=identity.own if identity else None)
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
                          max_body_bytes=settings.max_body_bytes)
+    imagestore = ImageStoreRoutes(images=images, configured=settings.repositories(),
+                                  local=local_repository(settings.image_server_url))
     task_routes = TaskRoutes(queries=queries, auth=auth)
     administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
@@ -101,6 +105,13 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_show_image, ["GET"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_attach, ["POST"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_detach, ["DELETE"]),
+        *_routes("/api/imagestore", imagestore.list_repositories, ["GET"]),
+        *_routes("/api/imagestore", imagestore.refresh_all, ["PUT"]),
+        *_routes("/api/imagestore/{name:imagename}", imagestore.show_repository, ["GET"]),
+        *_routes("/api/imagestore/{name:imagename}", imagestore.refresh_one, ["PUT"]),
+        *_routes("/api/imagestore/{name:imagename}/image", imagestore.list_images, ["GET"]),
+        *_routes("/api/imagestore/{name:imagename}/image/{uuid}", imagestore.show_image, ["GET"]),
+        *_routes("/api/imagestore/{name:imagename}/image/{uuid}", imagestore.import_image, ["POST"]),
         *_routes("/api/accounts/user", administration.list_users, ["GET"]),
         *_routes("/api/accounts/user/{username}", administration.show_user, ["GET"]),
         *_routes("/api/accounts/user/{username}", administration.create_user, ["POST"]),

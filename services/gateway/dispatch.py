@@ -170,8 +170,9 @@ class Dispatcher:
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
-        return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "")), actor.user, owner,
-                          actor.dc)
+        # ``or ""``: a command whose name is optional and left out (UNSET) names no object.
+        return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "") or ""), actor.user,
+                          owner, actor.dc)
 
     async def answer(self, request: Request, ticket: Ticket, submission: Submission) -> Response:
         """(Event loop.) Wait for the task's first decisive state, then answer by the rule."""

@@ -217,6 +217,64 @@ def document() -> dict[str, Any]:
                 },
             },
             **_administration(),
+            **_imagestore(),
+        },
+    }
+
+
+def _imagestore() -> dict[str, Any]:
+    """Remote image repositories (services/gateway/imagestore.py), for SuperAdmins and ImageImportAdmins."""
+    ok = _json(_ref("TaskEnvelope"), "SUCCESS")
+    flags = [{"name": "full", "in": "query", "schema": _BOOL}, {"name": "extended", "in": "query", "schema": _BOOL}]
+    repository = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}}
+    uuid = {"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+    refresh_answers = {
+        "200": _json(_ref("TaskEnvelope"), "SUCCESS: the repository objects (name, url, last_update, image_count, "
+                                           "error)"),
+        "201": _json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/"),
+        "400": _json(_ref("TaskEnvelope"), "FAILURE: a repository could not be refreshed (its error is recorded)"),
+        "403": _AUTH_FAILED,
+        "423": _detail("Task is already running"),
+        "503": _detail("The broker or the database is unavailable; retry later"),
+    }
+    return {
+        "/api/imagestore/": {
+            "get": {"operationId": "imagestore_list",
+                    "summary": "Repository names; full/extended: their objects (the local one for SuperAdmins)",
+                    "parameters": flags, "responses": {"200": ok, "403": _AUTH_FAILED}},
+            "put": {"operationId": "imagestore_refresh_all", "summary": "Download every repository's image list",
+                    "responses": refresh_answers},
+        },
+        "/api/imagestore/{name}/": {
+            "parameters": [repository],
+            "get": {"operationId": "imagestore_show", "summary": "One repository",
+                    "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail("ImageStore not found")}},
+            "put": {"operationId": "imagestore_refresh", "summary": "Download one repository's image list",
+                    "responses": {**refresh_answers, "404": _detail("ImageStore not found")}},
+        },
+        "/api/imagestore/{name}/image/": {
+            "parameters": [repository],
+            "get": {"operationId": "imagestore_image_list",
+                    "summary": "Image uuids of the last refresh, newest first; full/extended: image objects",
+                    "parameters": flags,
+                    "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail("ImageStore not found")}},
+        },
+        "/api/imagestore/{name}/image/{uuid}/": {
+            "parameters": [repository, uuid],
+            "get": {"operationId": "imagestore_image_show", "summary": "One image of the last refresh",
+                    "responses": {"200": ok, "403": _AUTH_FAILED,
+                                  "404": _detail("ImageStore not found / Image not found")}},
+            "post": {"operationId": "imagestore_image_import",
+                     "summary": "Import a repository image: POST /api/image/{name}/ with the repository's manifest "
+                                "URL; name defaults to the manifest's",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "properties": {
+                             "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": 32},
+                             "dc": {"type": "string"}, **_IMAGE_FIELDS}}}}},
+                     "responses": {**_TASK_ANSWERS, "404": _detail("ImageStore not found / Image not found / "
+                                                                   "Datacenter not found"),
+                                   "406": _detail("Image already exists (its uuid or name)")}},
         },
     }
 

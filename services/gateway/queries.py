@@ -15,10 +15,11 @@ import orjson
 from sqlalchemy import Engine, bindparam, insert, select
 
 from shared.db import accounts
+from shared.db import repositories as stored_repositories
 from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.engine import read_transaction, single_statement, write_transaction
 from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
-from shared.db.records import DatacenterRecord, Grants, UserRecord
+from shared.db.records import DatacenterRecord, Grants, RepositoryRecord, UserRecord
 
 _users = User.__table__
 _dcs = Datacenter.__table__
@@ -40,6 +41,7 @@ _IMAGE_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images
 # A command's pre-checks need everything but the (large) public document.
 _IMAGE_FACTS_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
                               _images.c.dcs).where(_images.c.name == bindparam("name"))
+_IMAGE_UUID_TAKEN = select(_images.c.uuid).where(_images.c.uuid == bindparam("uuid"))
 _TASK = select(_tasks).where(_tasks.c.task_id == bindparam("task_id"))
 _JOURNALED = select(_journal).where(_journal.c.task_id == bindparam("task_id"))
 _JOURNAL = insert(_journal)
@@ -255,6 +257,19 @@ class Queries:
         if extended:
             return [with_dcs(row[0].encode(), row[1].encode()) for row in rows]
         return [row[0].encode() for row in rows]
+
+    def image_uuid_taken(self, uuid: str) -> bool:
+        if not storable(uuid, 36):
+            return False
+        with single_statement(self.engine) as conn:
+            return conn.execute(_IMAGE_UUID_TAKEN, {"uuid": uuid}).first() is not None
+
+    # --- remote repositories -------------------------------------------------------------------
+
+    def repositories(self, names: Collection[str], *, with_images: bool = False) -> dict[str, RepositoryRecord]:
+        """The stored state of these repositories (the ones never refreshed are missing)."""
+        with read_transaction(self.engine) as conn:
+            return stored_repositories.load(conn, names, with_images=with_images)
 
     # --- tasks ---------------------------------------------------------------------------------
 

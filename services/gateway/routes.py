@@ -91,7 +91,8 @@ class ImageRoutes:
         """The entry permission of the /image endpoints (403 ``Permission denied``)."""
         return policy.require_image_admin_somewhere(await access_of(self.auth, self.queries, request))
 
-    async def _default_dc(self, request: Request) -> DatacenterRecord:
+    async def enter_default_dc(self, request: Request) -> DatacenterRecord:
+        """Make the default datacenter the request's (its ``es_dc`` and task ids name it)."""
         dc = self.queries.cached_default_datacenter() or await in_thread(self.queries.default_datacenter)
         _enter(request, dc)
         return dc
@@ -100,7 +101,7 @@ class ImageRoutes:
 
     async def list_images(self, request: Request) -> Response:
         access = await self._admin(request)
-        await self._default_dc(request)
+        await self.enter_default_dc(request)
         order = parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
         full = query_flag(request, "full") or extended
@@ -118,7 +119,7 @@ class ImageRoutes:
 
     async def show(self, request: Request) -> Response:
         access = await self._admin(request)
-        await self._default_dc(request)
+        await self.enter_default_dc(request)
         parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
         image = await in_thread(functools.partial(self._existing_in_its_dc, request,
@@ -138,13 +139,13 @@ class ImageRoutes:
     # much CPU as the work it carries).
 
     async def create(self, request: Request) -> Response:
-        return await self._command(request, self._prepare_import)
+        return await self.run_command(request, self._prepare_import)
 
     async def update(self, request: Request) -> Response:
-        return await self._command(request, self._prepare_update)
+        return await self.run_command(request, self._prepare_update)
 
     async def delete(self, request: Request) -> Response:
-        return await self._command(request, self._prepare_delete)
+        return await self.run_command(request, self._prepare_delete)
 
     async def _superadmin(self, request: Request) -> policy.Access:
         """Attaching and detaching: the URL's datacenter first (404 if invisible to the user), then
@@ -154,9 +155,12 @@ class ImageRoutes:
         policy.require_superadmin(access)
         return access
 
-    async def _command(self, request: Request, prepare, entry=None) -> Response:
+    async def run_command(self, request: Request, prepare, entry=None) -> Response:
+        """Answer a command request: ``entry`` (default: the /image entry permission) decides who
+        may ask, ``prepare(request, access, data)`` checks the request and returns (command, owner,
+        datacenter of the task), then the command is published and answered by the answer rule."""
         access = await (entry or self._admin)(request)
-        await self._default_dc(request)
+        await self.enter_default_dc(request)
         data = await self._body(request)
         ticket = self.dispatcher.ticket()
         try:
@@ -180,7 +184,10 @@ class ImageRoutes:
         return submission
 
     def _prepare_import(self, request: Request, access: policy.Access, data: dict[str, Any]):
-        name = request.path_params["name"]
+        return self.prepare_import_named(request, access, data, request.path_params["name"])
+
+    def prepare_import_named(self, request: Request, access: policy.Access, data: dict[str, Any], name: str):
+        """The checks and the command of ``POST /image/<name>/`` (``prepare`` of ``run_command``)."""
         if self.queries.image(name, document=False) is not None:
             raise ApiError(406, images.IMAGE_EXISTS)
         dc = self.queries.default_datacenter()
@@ -253,10 +260,10 @@ class ImageRoutes:
         return raw_json_response(request, head + image.encoded(extended=query_flag(request, "extended")) + b"}")
 
     async def dc_attach(self, request: Request) -> Response:
-        return await self._command(request, self._prepare_attach, entry=self._superadmin)
+        return await self.run_command(request, self._prepare_attach, entry=self._superadmin)
 
     async def dc_detach(self, request: Request) -> Response:
-        return await self._command(request, self._prepare_detach, entry=self._superadmin)
+        return await self.run_command(request, self._prepare_detach, entry=self._superadmin)
 
     def _prepare_attach(self, request: Request, access: policy.Access, data: dict[str, Any]):
         dc = self._visible_dc(request.path_params["dc"], access)

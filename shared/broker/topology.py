@@ -26,7 +26,7 @@ from kombu import Exchange, Queue, binding
 
 #: Which command types each consumer service owns.
 COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
-    "importer": ("image.import",),
+    "importer": ("image.import", "imagestore.refresh"),
     "updater": ("image.update", "image.attach", "image.detach"),
     "deleter": ("image.delete",),
 }

@@ -7,7 +7,15 @@ round-trip tests and ``docs/messages.md`` checks pick it up from here.
 from __future__ import annotations
 
 from shared.contracts.base import UNSET, Message
-from shared.contracts.commands import AttachImage, Command, DeleteImage, DetachImage, ImportImage, UpdateImage
+from shared.contracts.commands import (
+    AttachImage,
+    Command,
+    DeleteImage,
+    DetachImage,
+    ImportImage,
+    RefreshImageRepositories,
+    UpdateImage,
+)
 from shared.contracts.envelope import SCHEMA_VERSION, Actor, Envelope, decode, encode, new_message_id
 from shared.contracts.events import (
     TERMINAL_TASK_EVENTS,
@@ -34,6 +42,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         DeleteImage,
         AttachImage,
         DetachImage,
+        RefreshImageRepositories,
         ImageImported,
         ImageUpdated,
         ImageDeleted,
@@ -84,7 +93,7 @@ def wrap(message: Message, *, correlation_id: str, causation_id: str | None = No
 __all__ = [
     "UNSET", "Message", "Command", "Event", "Envelope", "Actor", "SCHEMA_VERSION", "MESSAGE_TYPES",
     "COMMAND_TYPES", "EVENT_TYPES", "TERMINAL_TASK_EVENTS", "ImportImage", "UpdateImage", "DeleteImage",
-    "AttachImage", "DetachImage",
+    "AttachImage", "DetachImage", "RefreshImageRepositories",
     "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskProgress", "TaskSucceeded",
     "TaskFailed", "NodeUpdated", "NodeRemoved", "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
 ]

@@ -80,3 +80,18 @@ class DetachImage(Command):
     TYPE: ClassVar[str] = "image.detach"
     name: str
     dc: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefreshImageRepositories(Command):
+    """Download the image lists of remote repositories (``PUT /api/imagestore/[<name>/]``).
+
+    ``repositories``: name -> URL of each repository to refresh, as the submitter's configuration
+    names them (the consumer refreshes only repositories its own configuration names with the same
+    URL). ``name``: set when one repository was asked for by name; the task's result is then that
+    repository's object instead of a list.
+    """
+
+    TYPE: ClassVar[str] = "imagestore.refresh"
+    repositories: dict[str, Any]
+    name: str = UNSET

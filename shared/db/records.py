@@ -72,3 +72,16 @@ class Grants:
 
     permissions: Mapping[str, frozenset[str]] = field(default_factory=dict)
     owned: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RepositoryRecord:
+    """A remote image repository's last refresh: when, how many images, the error of the last
+    attempt (None when it succeeded), and the listed manifests newest first (None when not loaded)."""
+
+    name: str
+    url: str
+    last_update: datetime | None
+    image_count: int
+    error: str | None
+    images: list[dict[str, Any]] | None = None

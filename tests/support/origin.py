@@ -101,6 +101,15 @@ class Origin:
                    pace=pace, stall_after=stall_after)
         return url, data
 
+    def add_repository(self, prefix: str, manifests: list[dict[str, Any]]) -> str:
+        """Serve an IMGAPI repository under ``prefix`` (e.g. ``/repo-a/``): ``<prefix>images`` lists
+        ``manifests``, each also served as by ``add_manifest``; returns the repository URL."""
+        self.route(prefix + "images", orjson.dumps(manifests))
+        for manifest in manifests:
+            self.route(f"{prefix}images/{manifest['uuid']}", orjson.dumps(manifest))
+            self.route(f"{prefix}images/{manifest['uuid']}/file", b"\x00" * 64)
+        return self.base + prefix
+
     def close(self) -> None:
         self.stalled.set()
         self._server.shutdown()

@@ -149,6 +149,9 @@ def test_repositories_are_name_url_pairs():
     assert settings.repositories() == {"a": "http://a.test", "b": "https://b.test/"}
     with pytest.raises(ConfigError, match="IMAGESVC_IMAGE_REPOSITORIES"):
         Settings.from_env({"IMAGESVC_IMAGE_REPOSITORIES": "nourl"})
+    for bad_name in ("a b=https://x.test", "a/b=https://x.test", "r" * 65 + "=https://x.test"):
+        with pytest.raises(ConfigError, match="repository name"):
+            Settings.from_env({"IMAGESVC_IMAGE_REPOSITORIES": bad_name})
 
 
 def test_overrides_are_validated_too():

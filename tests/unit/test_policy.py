@@ -78,3 +78,20 @@ def test_who_reads_a_task():
     assert not policy.may_read_task(admin, "dc2", user_id=1, owner_id=1)
     assert policy.may_read_task(access(), "dc2", user_id=USER.id, owner_id=1)
     assert policy.may_read_task(access(), "dc2", user_id=1, owner_id=USER.id)
+
+
+@pytest.mark.parametrize("subject, admitted", [
+    (None, False),
+    (access(), False),
+    (access({"dc1": ["admin", "image_admin"]}), False),  # ImageAdmin is not enough
+    (access({"dc2": ["image_import_admin"]}), True),  # ImageImportAdmin anywhere, even without Admin
+    (access({"dc2": ["image_import_admin"]}, is_active=False), False),
+    (access(is_superadmin=True), True),
+])
+def test_the_imagestore_entry_permission(subject, admitted):
+    if admitted:
+        assert policy.require_image_import_admin_somewhere(subject) is subject
+        return
+    with pytest.raises(Refused) as refused:
+        policy.require_image_import_admin_somewhere(subject)
+    assert (refused.value.http_code, refused.value.detail) == (403, "Permission denied")
