@@ -24,7 +24,7 @@ RC_MANIFEST, RC_STORE, RC_FILE, RC_MANIFEST_WRITE, RC_SPACE = 2, 7, 8, 9, 10
 #: Free space esimg wanted beyond the file itself.
 SPACE_MARGIN = 512 * 1024
 #: Chunks in flight between the reading and the hashing/writing thread (bounds the memory).
-_QUEUE_CHUNKS = 8
+_QUEUE_CHUNKS = 4
 
 Progress = Callable[[int, "int | None"], None]
 
