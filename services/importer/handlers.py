@@ -54,10 +54,13 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
     with ctx.reading() as catalogue:
         _check_uuid_free(catalogue, source["uuid"])
     file_url = _file_url(values)
-    try:
-        fetcher.get(file_url, max_bytes=manifest.PROBE_BYTES, timeout=manifest.FETCH_TIMEOUT, truncate=True)
-    except FetchError as exc:
-        raise Invalid({"file_url": [manifest.file_unreachable(str(exc))]}, code=exc.code) from None
+    if server is not None and server.serves(file_url):
+        _check_local_file(server, source["uuid"], file_url)
+    else:
+        try:
+            fetcher.get(file_url, max_bytes=manifest.PROBE_BYTES, timeout=manifest.FETCH_TIMEOUT, truncate=True)
+        except FetchError as exc:
+            raise Invalid({"file_url": [manifest.file_unreachable(str(exc))]}, code=exc.code) from None
 
     # Stage 2: the manifest's values stand in for the keys the request left out.
     offered = {k: v for k, v in manifest.import_defaults(source).items() if k not in payload}
@@ -112,6 +115,20 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
 
 def _file_url(values: dict) -> str:
     return values.get("file_url") or manifest.default_file_url(values["manifest_url"])
+
+
+def _check_local_file(server: ImageServer, uuid: str, file_url: str) -> None:
+    """The probe of a file URL on this image server: the file is looked for in the store, not over
+    HTTP, since the image server publishes only images that have a manifest, and a file placed by
+    hand has none yet (reference §7.3). A missing file is refused as the original's probe of its
+    image server refused it: 404 under ``file_url``."""
+    try:
+        found = server.store.file_info(uuid)
+    except (StoreError, OSError):
+        found = None
+    if found is None:
+        raise Invalid({"file_url": [manifest.file_unreachable(f"404 Client Error: Not Found for url: {file_url}")]},
+                      code="http_error")
 
 
 def _task_dc(catalogue, image: ImageRecord) -> str:

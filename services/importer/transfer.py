@@ -204,6 +204,9 @@ def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: 
         handle = store.open_file(uuid)
     except (FileNotFoundError, StoreError):
         raise TransferFailed(RC_MANIFEST, "Image file does not exist on the image server", "file_missing") from None
+    except OSError as exc:
+        raise TransferFailed(RC_STORE, f"Cannot read the image file ({exc.strerror or exc})",
+                             "store_read_failed") from None
     digest = _Digest(None)
     meter = _Meter(expected.size, progress)
     try:
@@ -211,6 +214,9 @@ def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: 
             while chunk := handle.read(1 << 20):
                 digest.feed(chunk)
                 meter.add(len(chunk))
+    except OSError as exc:  # not a readable file (a directory, an I/O error): trying again cannot help
+        raise TransferFailed(RC_STORE, f"Cannot read the image file ({exc.strerror or exc})",
+                             "store_read_failed") from None
     finally:
         digest.close()
     _verify(expected, meter.done, digest.sha1.hexdigest())

@@ -28,9 +28,10 @@ class Route:
 
 class Origin:
     """``add_manifest(...)`` publishes ``/images/<uuid>`` and ``/images/<uuid>/file``; ``route(...)``
-    serves anything else. Records every path requested (``hits``)."""
+    serves anything else. Records every path requested (``hits``). ``host``: the loopback address
+    it listens on (another one than 127.0.0.1 makes a sentinel that an allow-list does not admit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
         self.hits: list[str] = []
         #: Set on close: releases the connections of stalled routes.
@@ -65,10 +66,10 @@ class Origin:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
