@@ -10,6 +10,7 @@ from shared.contracts.base import UNSET, Message
 from shared.contracts.commands import (
     AttachImage,
     Command,
+    CreateImageFromSnapshot,
     DeleteImage,
     DetachImage,
     ImportImage,
@@ -43,6 +44,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         AttachImage,
         DetachImage,
         RefreshImageRepositories,
+        CreateImageFromSnapshot,
         ImageImported,
         ImageUpdated,
         ImageDeleted,
@@ -93,7 +95,7 @@ def wrap(message: Message, *, correlation_id: str, causation_id: str | None = No
 __all__ = [
     "UNSET", "Message", "Command", "Event", "Envelope", "Actor", "SCHEMA_VERSION", "MESSAGE_TYPES",
     "COMMAND_TYPES", "EVENT_TYPES", "TERMINAL_TASK_EVENTS", "ImportImage", "UpdateImage", "DeleteImage",
-    "AttachImage", "DetachImage", "RefreshImageRepositories",
+    "AttachImage", "DetachImage", "RefreshImageRepositories", "CreateImageFromSnapshot",
     "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskProgress", "TaskSucceeded",
     "TaskFailed", "NodeUpdated", "NodeRemoved", "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
 ]

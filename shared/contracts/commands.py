@@ -95,3 +95,26 @@ class RefreshImageRepositories(Command):
     TYPE: ClassVar[str] = "imagestore.refresh"
     repositories: dict[str, Any]
     name: str = UNSET
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateImageFromSnapshot(Command):
+    """Create an image from a VM disk snapshot (``POST /api/vm/<vm>/snapshot/<snapname>/image/<name>/``).
+
+    Addressed to the node that runs the VM (its agent exports the snapshot into the image store):
+    published on the commands exchange with the node's routing key. ``vm`` is the VM's uuid.
+    """
+
+    TYPE: ClassVar[str] = "image.snapshot"
+    name: str
+    vm: str
+    snapshot: str
+    disk_id: int = 1
+    alias: Any = UNSET
+    version: Any = UNSET
+    owner: Any = UNSET
+    access: Any = UNSET
+    desc: Any = UNSET
+    resize: Any = UNSET
+    deploy: Any = UNSET
+    tags: Any = UNSET
