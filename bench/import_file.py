@@ -51,9 +51,9 @@ def log(message: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def make_file(path: Path, size: int) -> str:
-    """A file of ``size`` bytes (a random block repeated); returns its sha1."""
-    block = os.urandom(min(BLOCK, size))
+def make_file(path: Path, size: int, block: bytes | None = None) -> str:
+    """A file of ``size`` bytes, ``block`` (default: a random one) repeated; returns its sha1."""
+    block = block or os.urandom(min(BLOCK, size))
     digest = hashlib.sha1()
     with open(path, "wb") as handle:
         left = size
@@ -195,6 +195,33 @@ def imagesvc_round(system, origin: FileOrigin, size: int, sha1: str, store: Path
     return {"seconds": finished - accepted, "importer_peak_rss_mib": sampler.peak}
 
 
+def throughput_and_rss_rows(size: int, best_ours: float, best_base: float, peak: float, idle: float, *,
+                             throughput: str, rss: str, target: float) -> list[tuple]:
+    """The two rows of a file benchmark's table: throughput (best rounds) and peak RSS."""
+    ratio = best_base / best_ours
+    return [
+        (throughput, size / best_ours / 2**20, size / best_base / 2**20, ratio, f">= {target:.2f}", ratio >= target),
+        (rss, peak, idle, None, f"< {RSS_TARGET_MIB}", peak < RSS_TARGET_MIB),
+    ]
+
+
+def print_table(rows: list[tuple], heading: str) -> None:
+    print()
+    print(f"{heading:42} | {'imagesvc':>9} | {'baseline':>9} | {'ratio':>5} | {'target':>7} | pass")
+    for figure, ours_v, base_v, r, target, ok in rows:
+        print(f"{figure:42} | {ours_v:9.1f} | {base_v:9.1f} | {r if r is None else round(r, 2)!s:>5} | {target:>7} | "
+              f"{'PASS' if ok else 'FAIL'}")
+
+
+def write_results(results: dict[str, Any], kind: str) -> None:
+    """Keep the figures in ``bench/results/<kind>-<timestamp>.json`` (git-ignored)."""
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    target = out / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    target.write_text(json.dumps(results, indent=2))
+    print(f"figures written to {target.relative_to(ROOT)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -237,23 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     best_ours = min(r["seconds"] for r in results["rounds"])
     peak = max(r["importer_peak_rss_mib"] for r in results["rounds"])
     ratio = best_base / best_ours
-    rows = [
-        ("import throughput, MiB/s (best round)", size / best_ours / 2**20, size / best_base / 2**20, ratio,
-         f">= {THROUGHPUT_TARGET:.2f}", ratio >= THROUGHPUT_TARGET),
-        ("importer peak RSS during imports, MiB", peak, idle_rss, None, f"< {RSS_TARGET_MIB}", peak < RSS_TARGET_MIB),
-    ]
-    print()
-    print(f"{'figure':42} | {'imagesvc':>9} | {'baseline':>9} | {'ratio':>5} | {'target':>7} | pass")
-    for figure, ours_v, base_v, r, target, ok in rows:
-        print(f"{figure:42} | {ours_v:9.1f} | {base_v:9.1f} | {r if r is None else round(r, 2)!s:>5} | {target:>7} | "
-              f"{'PASS' if ok else 'FAIL'}")
+    rows = throughput_and_rss_rows(size, best_ours, best_base, peak, idle_rss, target=THROUGHPUT_TARGET,
+                                   throughput="import throughput, MiB/s (best round)",
+                                   rss="importer peak RSS during imports, MiB")
+    print_table(rows, "figure")
     print("(baseline of the RSS row: the importer's resident memory before any import)")
     results.update(best_baseline_s=best_base, best_imagesvc_s=best_ours, ratio=ratio, importer_peak_rss_mib=peak)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    target = out / f"import-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    target.write_text(json.dumps(results, indent=2))
-    print(f"figures written to {target.relative_to(ROOT)}")
+    write_results(results, "import")
     return 0
 
 

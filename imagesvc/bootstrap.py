@@ -1,9 +1,10 @@
 """The composition root: the one place that wires services to infrastructure.
 
 ``Infrastructure`` holds what a process shares (engine, topology, publisher, connection
-factory). ``consumer(...)`` builds the runner of one consumer service, ``gateway_app(...)`` the
-ASGI app, ``image_server_app(...)`` the image server's; ``Embedded`` runs them all in one process
-(threads over ``memory://`` and SQLite), ``embedded_app(...)`` serves both apps on one port.
+factory). ``consumer(...)`` builds the runner of one consumer service, ``node_agent(...)`` that of
+one compute node's agent, ``gateway_app(...)`` the ASGI app, ``image_server_app(...)`` the image
+server's; ``Embedded`` runs them all in one process (threads over ``memory://`` and SQLite; the
+node agent of ``IMAGESVC_LOCAL_NODE`` when set), ``embedded_app(...)`` serves both apps on one port.
 Nothing here decides anything.
 """
 
@@ -32,15 +33,19 @@ from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
 from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology, build_topology
-from shared.config import Settings
+from shared.config import ConfigError, Settings
 from shared.db.engine import make_engine
-from shared.handling import CommandConsumer, EventConsumer
+from shared.handling import CommandConsumer, CommandHandler, EventConsumer
 from shared.net.fetch import Fetcher, UrlPolicy
 from shared.relay import OutboxRelay
+from shared.snapshots import SnapshotDriver, open_driver
 from shared.store import ImageStore, open_store
 from shared.store.server import ImageServer
 
 CONSUMERS = ("importer", "updater", "deleter", "projector")
+#: A node agent's exports are CPU-bound (gzip): at most this many at once per node; further
+#: commands wait in the node's queue, where a restart of the agent does not lose them.
+NODE_AGENT_CONCURRENCY = 2
 
 
 @dataclass
@@ -137,6 +142,53 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
     )
 
 
+def snapshot_driver(settings: Settings) -> SnapshotDriver:
+    """The snapshot driver the settings name (``IMAGESVC_SNAPSHOT_DRIVER``); raises ConfigError
+    when it cannot be built (the file driver without ``IMAGESVC_SNAPSHOT_DIR``)."""
+    try:
+        return open_driver(settings.snapshot_driver, directory=settings.snapshot_dir,
+                           zfs_command=settings.zfs_command, zfs_dataset=settings.zfs_dataset)
+    except ValueError as exc:
+        raise ConfigError(f"IMAGESVC_SNAPSHOT_DRIVER={settings.snapshot_driver}: {exc}") from None
+
+
+def node_agent_routes(settings: Settings, driver: SnapshotDriver, store: ImageStore) -> dict[str, CommandHandler]:
+    """The node agent's handlers by command type: the types of ``topology.NODE_COMMAND_TYPES``
+    (its queue is bound with exactly those). Empty until the first node command exists; a handler
+    exports with ``services.node_agent.export.export_snapshot(driver, ..., store, ...,
+    level=settings.snapshot_gzip_level)``."""
+    return {}
+
+
+def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
+    """The runner of the node agent of ``hostname``: consumes ``<prefix>node.<hostname>.commands``
+    (declared with its dead-letter queue on every connect). Raises ConfigError without an image
+    store or a usable snapshot driver, ValueError for a hostname that cannot name a node."""
+    settings = infra.settings
+    store = open_store(settings.image_store)
+    if store is None:
+        raise ConfigError("IMAGESVC_IMAGE_STORE: a node agent exports into the image store; set its directory")
+    driver = snapshot_driver(settings)
+    topology = infra.topology.for_node(hostname)
+    identity = broker_identity(settings)
+    handler = CommandConsumer(name="node-agent", engine=infra.engine, relay=outbox or relay(infra),
+                              routes=node_agent_routes(settings, driver, store), check_first=True,
+                              trusted_publishers=identity.services if identity else None)
+    return ConsumerRunner(
+        name=f"node-agent-{hostname}",
+        connect=lambda: infra.connect("node-agent"),
+        queue=topology.node_queues[hostname],
+        topology=topology,
+        handler=handler,
+        publisher=infra.publisher,
+        prefetch=NODE_AGENT_CONCURRENCY,
+        threads=NODE_AGENT_CONCURRENCY,
+        max_attempts=settings.max_attempts,
+        backoff=settings.retry_backoff,
+        identity=identity,
+    )
+
+
 def gateway_app(infra: Infrastructure):
     return create_app(infra.settings, engine=infra.engine, publisher=infra.publisher, topology=infra.topology,
                       connect=lambda: infra.connect("gateway-notifications"))
@@ -173,12 +225,15 @@ def embedded_app(infra: Infrastructure, store: ImageStore | None):
 
 
 class Embedded:
-    """Every consumer and the outbox sweeper as threads of this process (the gateway runs beside)."""
+    """Every consumer, the outbox sweeper and, with ``IMAGESVC_LOCAL_NODE``, that node's agent as
+    threads of this process (the gateway runs beside)."""
 
     def __init__(self, infra: Infrastructure):
         self.infra = infra
         self.relay = relay(infra)
         self.runners = [consumer(infra, name, self.relay) for name in CONSUMERS]
+        if infra.settings.local_node:
+            self.runners.append(node_agent(infra, infra.settings.local_node, self.relay))
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -199,5 +254,5 @@ class Embedded:
             thread.join(timeout=10)
 
 
-__all__ = ["Infrastructure", "infrastructure", "consumer", "relay", "gateway_app", "image_server_app", "embedded_app",
-           "Embedded"]
+__all__ = ["Infrastructure", "infrastructure", "consumer", "node_agent", "node_agent_routes", "snapshot_driver", "relay",
+           "gateway_app", "image_server_app", "embedded_app", "Embedded"]

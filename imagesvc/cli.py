@@ -4,6 +4,7 @@
     imagesvc gateway [--host H] [--port P] [--workers N]
     imagesvc image-server [--host H] [--port P]   the image store, read-only, over HTTP (IMGAPI)
     imagesvc worker importer|updater|deleter|projector
+    imagesvc node-agent --node HOSTNAME           the agent of one compute node (VM disk snapshots)
     imagesvc db upgrade
     imagesvc admin create-superadmin USERNAME [--new-key]
     imagesvc admin user|dc|role|node ...        accounts, datacenters, roles, compute nodes (see imagesvc.admin)
@@ -71,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run one consumer service")
     worker.add_argument("service", choices=["importer", "updater", "deleter", "projector"])
     worker.set_defaults(func=_worker)
+
+    agent = commands.add_parser("node-agent", help="run the agent of one compute node (reads its VM disk snapshots)")
+    agent.add_argument("--node", required=True, help="the node's hostname (its queue: node.<hostname>.commands)")
+    agent.set_defaults(func=_node_agent)
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -207,6 +212,40 @@ def _worker(args: argparse.Namespace) -> int:
     if args.service != "projector":
         threading.Thread(target=outbox.run, name="relay", daemon=True).start()
     log.info("worker.start", service=args.service, broker=_redact(settings.broker_url))
+    try:
+        runner.run()
+    finally:
+        infra.close()
+    return 0
+
+
+def _node_agent(args: argparse.Namespace) -> int:
+    from imagesvc import bootstrap
+    from shared.broker.topology import node_queue_name
+
+    settings = _settings()
+    try:
+        queue = node_queue_name(args.node, settings.topology_prefix)
+    except ValueError as exc:
+        print(f"imagesvc node-agent: --node: {exc}", file=sys.stderr)
+        return 2
+    configure_logging("node-agent", fmt=settings.log_format, level=settings.log_level)
+    infra = bootstrap.infrastructure(settings, purpose="node-agent")
+    try:
+        outbox = bootstrap.relay(infra)
+        runner = bootstrap.node_agent(infra, args.node, outbox)
+    except BaseException:
+        infra.close()
+        raise
+
+    def stop(_signum, _frame) -> None:
+        runner.stop()
+        outbox.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    threading.Thread(target=outbox.run, name="relay", daemon=True).start()
+    log.info("node_agent.start", node=args.node, queue=queue, store=settings.image_store, snapshots=settings.snapshot_driver, broker=_redact(settings.broker_url))
     try:
         runner.run()
     finally:

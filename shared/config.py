@@ -82,6 +82,23 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     #: Database connections per process.
     db_pool_size: int = 10
+    #: How a node agent reads VM disk snapshots: ``file`` (read-only files under
+    #: ``snapshot_dir``, ``<dir>/<vm uuid>/disk-<id>@<snapname>``) or ``zfs`` (``zfs send``; not
+    #: tested against ZFS here). See ``shared.snapshots``.
+    snapshot_driver: str = "file"
+    #: The file driver's directory. The embedded mode's default is ``<data_dir>/vms``; elsewhere a
+    #: node agent with the file driver needs it set.
+    snapshot_dir: str = ""
+    #: gzip level of exported snapshots, 1-9 (6: esimg's 9 costs 75 % more CPU for 0.25 % smaller
+    #: files on disk-like data; see services/node_agent/export.py).
+    snapshot_gzip_level: int = 6
+    #: The zfs driver: the command (a path, or a wrapper that adds privileges) and the dataset of
+    #: a VM disk, with ``{vm_uuid}``, ``{disk_id}`` (from 1) and ``{disk_index}`` (from 0).
+    zfs_command: str = "zfs"
+    zfs_dataset: str = "zones/{vm_uuid}-disk{disk_index}"
+    #: ``serve`` only: the hostname of the compute node this process stands for; its node agent
+    #: then runs as a thread too (snapshot images in the embedded mode). Empty: no node agent.
+    local_node: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, embedded: bool = False, **overrides: object) -> "Settings":
@@ -102,6 +119,8 @@ class Settings:
                 defaults["database_url"] = "sqlite:///" + os.path.abspath(os.path.join(base.data_dir, "imagesvc.db"))
             if "IMAGESVC_IMAGE_STORE" not in environ:
                 defaults["image_store"] = os.path.abspath(os.path.join(base.data_dir, "images"))
+            if "IMAGESVC_SNAPSHOT_DIR" not in environ:
+                defaults["snapshot_dir"] = os.path.abspath(os.path.join(base.data_dir, "vms"))
             return cls.from_env(environ, **{**defaults, **overrides})
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
@@ -151,6 +170,24 @@ class Settings:
             raise ConfigError("IMAGESVC_HEARTBEAT must not be negative (0 switches heartbeats off)")
         if self.max_body_bytes < 1024:
             raise ConfigError("IMAGESVC_MAX_BODY_BYTES must be at least 1024")
+        from shared.snapshots import DRIVERS, check_dataset_template
+
+        if self.snapshot_driver not in DRIVERS:
+            raise ConfigError(f"IMAGESVC_SNAPSHOT_DRIVER must be one of {', '.join(DRIVERS)}")
+        if not 1 <= self.snapshot_gzip_level <= 9:
+            raise ConfigError("IMAGESVC_SNAPSHOT_GZIP_LEVEL must be 1 to 9")
+        if not self.zfs_command.strip():
+            raise ConfigError("IMAGESVC_ZFS_COMMAND must not be empty")
+        try:
+            check_dataset_template(self.zfs_dataset)
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_ZFS_DATASET: {exc}") from None
+        if self.local_node:
+            from shared.contracts.events import node_hostname_problem
+
+            problem = node_hostname_problem(self.local_node)
+            if problem:
+                raise ConfigError(f"IMAGESVC_LOCAL_NODE: {problem}")
         from shared.net.fetch import parse_allow_list
 
         try:

@@ -10,37 +10,17 @@ committed (fsync + rename) when size and checksum match; on any failure it is re
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from shared.net.fetch import FetchError, Fetcher
 from shared.store import ImageStore, StoreError
+from shared.store.transfer import (RC_FILE, RC_MANIFEST, RC_MANIFEST_WRITE, RC_SPACE, RC_STORE, SPACE_MARGIN,
+                                   ChunkWorker, Progress, ProgressMeter, TransferFailed)
 
-#: esimg's return codes (reference §9.2).
-RC_MANIFEST, RC_STORE, RC_FILE, RC_MANIFEST_WRITE, RC_SPACE = 2, 7, 8, 9, 10
-#: Free space esimg wanted beyond the file itself.
-SPACE_MARGIN = 512 * 1024
-#: Chunks in flight between the reading and the hashing/writing thread (bounds the memory).
-_QUEUE_CHUNKS = 4
-
-Progress = Callable[[int, "int | None"], None]
-
-
-class TransferFailed(Exception):
-    """The import cannot complete; ``result()`` is the task's FAILURE result."""
-
-    def __init__(self, returncode: int, message: str, code: str):
-        super().__init__(message)
-        self.returncode = returncode
-        self.message = f"ERROR: {message}"
-        self.code = code
-
-    def result(self) -> dict[str, Any]:
-        return {"returncode": self.returncode, "message": self.message,
-                "detail": f"Got bad return code ({self.returncode}). Error: {self.message}", "code": self.code}
+__all__ = ["Expected", "Limits", "Progress", "RC_FILE", "RC_MANIFEST", "RC_MANIFEST_WRITE", "RC_SPACE", "RC_STORE",
+           "Received", "SPACE_MARGIN", "TransferFailed", "download", "verify_in_place"]
 
 
 @dataclass(frozen=True)
@@ -80,61 +60,26 @@ class Limits:
 
 
 class _Digest:
-    """sha1 + sha256 + the partial file, fed from a queue by one thread (hashlib and os.write
+    """sha1 + sha256 + the partial file, fed through a ``ChunkWorker`` (hashlib and os.write
     release the GIL, so this overlaps with reading the next chunk)."""
 
     def __init__(self, write: Callable[[bytes], None] | None):
         self.sha1 = hashlib.sha1()
         self.sha256 = hashlib.sha256()
         self._write = write
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="import-digest", daemon=True)
-        self._thread.start()
+        self._worker = ChunkWorker(self._consume, name="import-digest")
 
-    def _run(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                return
-            if self.error is not None:
-                continue  # drain, so the producer never blocks on a dead consumer
-            try:
-                self.sha1.update(chunk)
-                self.sha256.update(chunk)
-                if self._write is not None:
-                    self._write(chunk)
-            except BaseException as exc:  # noqa: BLE001 - reported to the producer
-                self.error = exc
+    def _consume(self, chunk: bytes) -> None:
+        self.sha1.update(chunk)
+        self.sha256.update(chunk)
+        if self._write is not None:
+            self._write(chunk)
 
     def feed(self, chunk: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put(chunk)
+        self._worker.feed(chunk)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-class _Meter:
-    """Counts bytes and reports progress at most once per ``interval`` seconds."""
-
-    def __init__(self, total: int | None, report: Progress, interval: float = 1.0):
-        self.done = 0
-        self._total = total
-        self._report = report
-        self._interval = interval
-        self._next = time.monotonic() + interval
-
-    def add(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self._interval
-            self._report(self.done, self._total)
+        self._worker.close()
 
 
 def _verify(expected: Expected, size: int, sha1: str) -> None:
@@ -163,7 +108,7 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
     committed = False
     try:
         digest = _Digest(upload.write)
-        meter = _Meter(expected.size, progress)
+        meter = ProgressMeter(expected.size, progress)
 
         def sink(chunk: bytes) -> None:
             digest.feed(chunk)
@@ -208,7 +153,7 @@ def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: 
         raise TransferFailed(RC_STORE, f"Cannot read the image file ({exc.strerror or exc})",
                              "store_read_failed") from None
     digest = _Digest(None)
-    meter = _Meter(expected.size, progress)
+    meter = ProgressMeter(expected.size, progress)
     try:
         with handle:
             while chunk := handle.read(1 << 20):

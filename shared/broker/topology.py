@@ -4,6 +4,13 @@ Names (``<prefix>`` is empty in production, random in tests):
 
 - ``<prefix>imagesvc.commands`` (direct, durable): commands, routing key = command type.
   Queues ``<prefix><service>.commands`` bound with the types that service owns.
+- Node agents: queue ``<prefix>node.<hostname>.commands`` per compute node, on the same commands
+  exchange, bound with ``node_routing_key(type, hostname)`` = ``<type>@<hostname>`` for each type
+  in ``NODE_COMMAND_TYPES`` (``@`` can be in neither a command type nor a hostname, so no key
+  addresses two nodes). A command published with that key reaches that node's agent only; an
+  unknown node (no queue yet) makes the publish unroutable. Node queues are not part of
+  ``all_queues()``: each agent declares its own (``Topology.for_node``), as may a publisher that
+  wants commands to wait for an agent that has not started yet.
 - ``<prefix>imagesvc.events`` (topic, durable): events, routing key = event type.
   Queue ``<prefix>projector.events`` bound with ``#``; subscribers bind their own queues.
 - ``<prefix>imagesvc.dlx`` (direct, durable): dead letters; each work queue has
@@ -20,9 +27,11 @@ queue with different arguments fails (PRECONDITION_FAILED): change a queue's typ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kombu import Exchange, Queue, binding
+
+from shared.contracts.events import node_hostname_problem
 
 #: Which command types each consumer service owns.
 COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
@@ -30,6 +39,12 @@ COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
     "updater": ("image.update", "image.attach", "image.detach"),
     "deleter": ("image.delete",),
 }
+
+#: Command types a node agent handles, each routed to one node (``node_routing_key``).
+NODE_COMMAND_TYPES: tuple[str, ...] = ()
+
+#: RabbitMQ's limit on a queue name, in bytes.
+_QUEUE_NAME_MAX = 255
 
 #: Broker-side delivery limit: a message that keeps crashing its consumer is dead-lettered.
 #: (Our own retries republish a fresh copy, so this counts only deliveries that were never
@@ -48,6 +63,8 @@ class Topology:
     command_queues: dict[str, Queue] = field(default_factory=dict)
     projector_queue: Queue | None = None
     dead_letter_queues: dict[str, Queue] = field(default_factory=dict)
+    #: Node agents' queues this process declares (``for_node``), by hostname.
+    node_queues: dict[str, Queue] = field(default_factory=dict)
 
     def work_queue(self, service: str) -> Queue:
         """The queue a consumer service consumes (``projector`` or a command service)."""
@@ -60,7 +77,23 @@ class Topology:
         return f"{queue_name}.dlq"
 
     def all_queues(self) -> list[Queue]:
-        return [*self.command_queues.values(), self.projector_queue, *self.dead_letter_queues.values()]  # type: ignore[list-item]
+        return [*self.command_queues.values(), self.projector_queue, *self.node_queues.values(),  # type: ignore[list-item]
+                *self.dead_letter_queues.values()]
+
+    def node_queue(self, hostname: str, command_types: tuple[str, ...] = NODE_COMMAND_TYPES) -> Queue:
+        """The work queue of the node agent of ``hostname``, bound with ``node_routing_key(t, hostname)``
+        for each of ``command_types``. Raises ValueError for a hostname that cannot name a node."""
+        name = node_queue_name(hostname, self.prefix)
+        return _work_queue(name, [binding(self.commands, routing_key=node_routing_key(t, hostname))
+                                  for t in command_types], self.dlx, self.quorum)
+
+    def for_node(self, hostname: str, command_types: tuple[str, ...] = NODE_COMMAND_TYPES) -> "Topology":
+        """This topology plus the queue of ``hostname``'s node agent and its dead-letter queue
+        (what that agent declares, and consumes from ``node_queues[hostname]``)."""
+        queue = self.node_queue(hostname, command_types)
+        return replace(self, node_queues={**self.node_queues, hostname: queue},
+                       dead_letter_queues={**self.dead_letter_queues,
+                                           queue.name: _dead_letter_queue(queue.name, self.dlx, self.quorum)})
 
     def declare(self, channel) -> None:
         """Declare every exchange, queue and binding (idempotent; fails fast on a mismatch)."""
@@ -68,6 +101,43 @@ class Topology:
             exchange(channel).declare()
         for queue in self.all_queues():
             queue(channel).declare()
+
+
+def node_routing_key(command_type: str, hostname: str) -> str:
+    """The routing key that delivers a command of ``command_type`` to the node agent of
+    ``hostname`` (publish it on the commands exchange)."""
+    return f"{command_type}@{hostname}"
+
+
+def node_queue_name(hostname: str, prefix: str = "") -> str:
+    """``<prefix>node.<hostname>.commands``; raises ValueError for a hostname that cannot name a
+    node or would make the queue's name (or its ``.dlq``) longer than RabbitMQ allows."""
+    problem = node_hostname_problem(hostname)
+    if problem:
+        raise ValueError(problem)
+    name = f"{prefix}node.{hostname}.commands"
+    if len(f"{name}.dlq".encode()) > _QUEUE_NAME_MAX:
+        raise ValueError(f"hostname is too long for a queue name ({len(hostname)} characters)")
+    return name
+
+
+def _work_queue(name: str, bindings: list[binding], dlx: Exchange, quorum: bool) -> Queue:
+    arguments = None
+    if quorum:
+        arguments = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": BROKER_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": dlx.name,
+            "x-dead-letter-routing-key": f"{name}.dlq",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return Queue(name, bindings=bindings, durable=True, queue_arguments=arguments)
+
+
+def _dead_letter_queue(name: str, dlx: Exchange, quorum: bool) -> Queue:
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    return Queue(f"{name}.dlq", exchange=dlx, routing_key=f"{name}.dlq", durable=True, queue_arguments=arguments)
 
 
 def build_topology(prefix: str = "", *, quorum: bool = True) -> Topology:
@@ -78,29 +148,13 @@ def build_topology(prefix: str = "", *, quorum: bool = True) -> Topology:
     # (Renamed from the fanout "imagesvc.notifications": an exchange cannot change type in place.)
     notifications = Exchange(f"{prefix}imagesvc.task-notifications", type="direct", durable=False, delivery_mode=1)
 
-    def work_queue(name: str, bindings: list[binding]) -> Queue:
-        arguments = None
-        if quorum:
-            arguments = {
-                "x-queue-type": "quorum",
-                "x-delivery-limit": BROKER_DELIVERY_LIMIT,
-                "x-dead-letter-exchange": dlx.name,
-                "x-dead-letter-routing-key": f"{name}.dlq",
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            }
-        return Queue(name, bindings=bindings, durable=True, queue_arguments=arguments)
-
-    def dead_letter_queue(name: str) -> Queue:
-        arguments = {"x-queue-type": "quorum"} if quorum else None
-        return Queue(f"{name}.dlq", exchange=dlx, routing_key=f"{name}.dlq", durable=True, queue_arguments=arguments)
-
     command_queues = {
-        service: work_queue(f"{prefix}{service}.commands", [binding(commands, routing_key=t) for t in types])
+        service: _work_queue(f"{prefix}{service}.commands", [binding(commands, routing_key=t) for t in types], dlx,
+                             quorum)
         for service, types in COMMAND_ROUTES.items()
     }
-    projector_queue = work_queue(f"{prefix}projector.events", [binding(events, routing_key="#")])
-    dead_letters = {q.name: dead_letter_queue(q.name) for q in [*command_queues.values(), projector_queue]}
+    projector_queue = _work_queue(f"{prefix}projector.events", [binding(events, routing_key="#")], dlx, quorum)
+    dead_letters = {q.name: _dead_letter_queue(q.name, dlx, quorum) for q in [*command_queues.values(), projector_queue]}
     return Topology(
         prefix=prefix,
         quorum=quorum,

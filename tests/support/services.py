@@ -75,13 +75,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def delete_queues(broker_url: str, prefix: str) -> None:
-    """Remove a test run's queues and exchanges (by its topology prefix)."""
+def delete_queues(broker_url: str, prefix: str, nodes: tuple[str, ...] = ()) -> None:
+    """Remove a test run's queues and exchanges (by its topology prefix), with the queues of the
+    node agents of ``nodes``."""
     from kombu import Connection
 
     from shared.broker.topology import build_topology
 
     topology = build_topology(prefix)
+    for hostname in nodes:
+        topology = topology.for_node(hostname)
     with Connection(broker_url, connect_timeout=3) as conn:
         channel = conn.channel()
         for queue in topology.all_queues():

@@ -220,3 +220,17 @@ def test_admin_node_set_does_not_overwrite_a_fact_from_a_clock_ahead_of_ours(tmp
     assert len(errors) == 2 and all("newer than this machine's clock" in line for line in errors)
     assert main(["admin", "node", "list"]) == 0
     assert [n["status"] for n in _node_lines(capsys)] == ["online"]
+
+
+@pytest.mark.parametrize("hostname", ["bad host", "x" * 250])
+def test_node_agent_refuses_a_hostname_that_cannot_name_a_node_queue(hostname, capsys):
+    assert main(["node-agent", "--node", hostname]) == 2
+    assert "--node" in capsys.readouterr().err
+
+
+def test_node_agent_refuses_to_start_without_an_image_store(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path}/x.db")
+    monkeypatch.setenv("IMAGESVC_BROKER_URL", "memory://")
+    monkeypatch.setenv("IMAGESVC_IMAGE_STORE", "none")
+    assert main(["node-agent", "--node", "cn1"]) == 2
+    assert "IMAGESVC_IMAGE_STORE" in capsys.readouterr().err

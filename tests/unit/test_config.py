@@ -174,3 +174,39 @@ def test_embedded_broker_only_for_memory_urls():
 def test_malformed_fetch_allow_entries_raise_config_error_naming_the_variable(value):
     with pytest.raises(ConfigError, match="IMAGESVC_FETCH_ALLOW"):
         Settings.from_env({"IMAGESVC_FETCH_ALLOW": value})
+
+
+def test_the_node_agents_settings_are_read_and_checked(tmp_path):
+    defaults = Settings()
+    assert (defaults.snapshot_driver, defaults.snapshot_dir, defaults.snapshot_gzip_level) == ("file", "", 6)
+    assert (defaults.zfs_command, defaults.zfs_dataset, defaults.local_node) == (
+        "zfs", "zones/{vm_uuid}-disk{disk_index}", "")
+    settings = Settings.from_env({
+        "IMAGESVC_SNAPSHOT_DRIVER": "zfs",
+        "IMAGESVC_SNAPSHOT_DIR": "/srv/vms",
+        "IMAGESVC_SNAPSHOT_GZIP_LEVEL": "9",
+        "IMAGESVC_ZFS_COMMAND": "/usr/sbin/zfs",
+        "IMAGESVC_ZFS_DATASET": "tank/{vm_uuid}/disk{disk_id}",
+        "IMAGESVC_LOCAL_NODE": "cn1.example.com",
+    })
+    assert (settings.snapshot_driver, settings.snapshot_dir, settings.snapshot_gzip_level) == ("zfs", "/srv/vms", 9)
+    assert (settings.zfs_command, settings.zfs_dataset) == ("/usr/sbin/zfs", "tank/{vm_uuid}/disk{disk_id}")
+    assert settings.local_node == "cn1.example.com"
+    embedded = Settings.from_env({"IMAGESVC_DATA_DIR": str(tmp_path)}, embedded=True)
+    assert embedded.snapshot_dir == str(tmp_path / "vms")
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("IMAGESVC_SNAPSHOT_DRIVER", "lvm"),
+    ("IMAGESVC_SNAPSHOT_GZIP_LEVEL", "0"),
+    ("IMAGESVC_SNAPSHOT_GZIP_LEVEL", "10"),
+    ("IMAGESVC_SNAPSHOT_GZIP_LEVEL", "best"),
+    ("IMAGESVC_ZFS_COMMAND", " "),
+    ("IMAGESVC_ZFS_DATASET", "zones/{uuid}"),
+    ("IMAGESVC_ZFS_DATASET", "zones/{vm_uuid}@snap"),
+    ("IMAGESVC_LOCAL_NODE", "bad host"),
+])
+def test_bad_node_agent_settings_raise_config_error_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    assert variable in str(caught.value)
