@@ -26,6 +26,7 @@ NO_PERMISSION = "You do not have permission to perform this action."
 LOCK_NOT_ACQUIRED = "Task did not acquire lock"
 IMAGE_SERVER_NOT_AVAILABLE = "Image server is not available"
 NODE_NOT_OPERATIONAL = "Node is not operational"
+IMAGE_USED_BY_VMS = "Image is used by some VMs"
 
 # Validation messages (reference §3.3.1).
 DC_REQUIRED = (

@@ -1,4 +1,4 @@
-"""``imagesvc admin ...``: accounts, datacenters, roles and compute nodes, straight in the database.
+"""``imagesvc admin ...``: accounts, datacenters, roles, compute nodes and VMs, straight in the database.
 
 Scriptable: a command that creates an API key prints it alone on the last line; ``list``
 commands print one JSON object per line; a failure prints one line on stderr and exits 1 (2 for
@@ -18,7 +18,7 @@ from shared.config import Settings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add the ``user``, ``dc``, ``role`` (alias ``group``) and ``node`` command groups."""
+    """Add the ``user``, ``dc``, ``role`` (alias ``group``), ``node`` and ``vm`` command groups."""
     user = commands.add_parser("user", help="users and their API keys").add_subparsers(dest="what", required=True)
     create = user.add_parser("create", help="create a user; prints its API key last")
     create.add_argument("username")
@@ -78,6 +78,45 @@ def register(commands: argparse._SubParsersAction) -> None:
     remove = nodes.add_parser("remove", help="remove a node from the inventory")
     remove.add_argument("hostname")
     remove.set_defaults(func=_node_remove)
+    _register_vm(commands)
+
+
+def _register_vm(commands: argparse._SubParsersAction) -> None:
+    vm = commands.add_parser("vm", help="VMs and their disk snapshots (also kept up to date by vm.* events)")
+    vms = vm.add_subparsers(dest="what", required=True)
+    change = vms.add_parser("set", help="record a VM's state as of now")
+    change.add_argument("uuid")
+    change.add_argument("--hostname", required=True)
+    change.add_argument("--dc", required=True, help="the name of the VM's datacenter")
+    change.add_argument("--node", required=True, help="the hostname of the compute node it is on")
+    change.add_argument("--status", required=True,
+                        help="running, stopped, stopping, frozen (the operational ones), pending, notcreated, ...")
+    change.add_argument("--ostype", required=True, type=int, help="1 Linux, 2 SunOS, 3 BSD, 4 Windows, "
+                                                                  "5 SunOS zone, 6 Linux zone")
+    change.add_argument("--disk", action="append", default=[], metavar="ID:SIZE[:IMAGE_UUID]",
+                        help="a disk: its id (from 1), size in MiB and the uuid of the image it was made from")
+    change.set_defaults(func=_vm_set)
+    vms.add_parser("list", help="all VMs").set_defaults(func=_vm_list)
+    remove = vms.add_parser("remove", help="remove a VM (and its snapshots) from the inventory")
+    remove.add_argument("uuid")
+    remove.set_defaults(func=_vm_remove)
+
+    snapshot = vms.add_parser("snapshot", help="VM disk snapshots").add_subparsers(dest="snapshot_what",
+                                                                                    required=True)
+    change = snapshot.add_parser("set", help="record a snapshot's state as of now")
+    change.add_argument("vm", help="the VM's uuid or hostname")
+    change.add_argument("name")
+    change.add_argument("--disk", required=True, type=int, help="the id of the VM's disk")
+    change.add_argument("--status", default="ok", help="ok (the usable one, the default), pending, lost, ...")
+    change.set_defaults(func=_snapshot_set)
+    listing = snapshot.add_parser("list", help="all snapshots, or one VM's")
+    listing.add_argument("vm", nargs="?", help="the VM's uuid or hostname")
+    listing.set_defaults(func=_snapshot_list)
+    remove = snapshot.add_parser("remove", help="remove a snapshot")
+    remove.add_argument("vm", help="the VM's uuid or hostname")
+    remove.add_argument("name")
+    remove.add_argument("--disk", required=True, type=int, help="the id of the VM's disk")
+    remove.set_defaults(func=_snapshot_remove)
 
 
 @contextlib.contextmanager
@@ -297,8 +336,144 @@ def _node_remove(args: argparse.Namespace) -> int:
     return _run(delete)
 
 
-def _newer_fact(hostname: str) -> str:
-    return (f"a fact about node {hostname!r} newer than this machine's clock is stored (its source's clock is "
+# --- VMs and their snapshots ---------------------------------------------------------------------
+
+
+def _vm_set(args: argparse.Namespace) -> int:
+    from shared.db import vms
+    from shared.db.models import utcnow
+
+    try:
+        disks = tuple(_disk(text) for text in args.disk)
+        record = vms.VmRecord(uuid=args.uuid, hostname=args.hostname, dc=args.dc, node=args.node, status=args.status,
+                              ostype=args.ostype, disks=disks, changed_at=utcnow())
+        vms.check_vm(record)
+    except ValueError as exc:
+        return _bad_argument(str(exc))
+
+    def write(conn) -> None:
+        if not vms.put_vm(conn, record):
+            raise ValueError(_newer_fact(args.uuid, "VM"))
+        stored = vms.get_vm(conn, args.uuid)
+        print(f"VM {args.uuid.lower()!r} ({stored.hostname if stored else args.hostname}) is {args.status} "
+              f"in {args.dc} on {args.node}")
+        if stored is not None and stored.hostname != args.hostname:
+            print(f"imagesvc: note: another VM holds the hostname {args.hostname!r} by a newer fact; this one is "
+                  f"listed under its uuid until a newer fact about it", file=sys.stderr)
+        if args.status not in vms.VM_OPERATIONAL_STATUSES:
+            print(f"imagesvc: note: {args.status!r} is not one of {', '.join(vms.VM_OPERATIONAL_STATUSES)} "
+                  "(no image can be made from its snapshots)", file=sys.stderr)
+
+    return _run(write)
+
+
+def _disk(text: str):
+    """``ID:SIZE[:IMAGE_UUID]`` as a Disk. Raises ValueError with a sentence."""
+    from shared.db.vms import Disk
+
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(part.strip().isdigit() for part in parts[:2]):
+        raise ValueError(f"--disk {text!r}: expected ID:SIZE[:IMAGE_UUID] (integers, the size in MiB)")
+    image_uuid = parts[2] if len(parts) == 3 and parts[2] else None
+    return Disk(disk_id=int(parts[0]), size=int(parts[1]), image_uuid=image_uuid)
+
+
+def _vm_list(_args: argparse.Namespace) -> int:
+    from shared.db import vms
+
+    def show(conn) -> None:
+        _print_lines([{"uuid": vm.uuid, "hostname": vm.hostname, "dc": vm.dc, "node": vm.node, "status": vm.status,
+                       "ostype": vm.ostype, "changed_at": _time(vm.changed_at),
+                       "disks": [{"disk_id": d.disk_id, "size": d.size, "image_uuid": d.image_uuid}
+                                 for d in vm.disks]} for vm in vms.list_vms(conn)])
+
+    return _run(show)
+
+
+def _vm_remove(args: argparse.Namespace) -> int:
+    from shared.contracts.events import vm_uuid_problem
+    from shared.db import accounts, vms
+    from shared.db.models import utcnow
+
+    problem = vm_uuid_problem(args.uuid)
+    if problem:
+        return _bad_argument(problem)
+
+    def delete(conn) -> None:
+        if vms.get_vm(conn, args.uuid) is None:
+            raise accounts.NotFound(f"no VM {args.uuid!r}")
+        if not vms.remove_vm(conn, args.uuid, utcnow()):
+            raise ValueError(_newer_fact(args.uuid, "VM"))
+        print(f"removed VM {args.uuid.lower()!r}")
+
+    return _run(delete)
+
+
+def _existing_vm(conn, key: str):
+    """The live VM with this uuid or hostname. Raises NotFound."""
+    from shared.db import accounts, vms
+
+    vm = vms.get_vm(conn, key)
+    if vm is None:
+        raise accounts.NotFound(f"no VM {key!r}")
+    return vm
+
+
+def _snapshot_set(args: argparse.Namespace) -> int:
+    from shared.contracts.events import snapshot_name_problem, status_problem
+    from shared.db import vms
+    from shared.db.models import utcnow
+
+    problem = ("disk must be at least 1" if args.disk < 1 else None) or snapshot_name_problem(args.name) \
+        or status_problem(args.status)
+    if problem:
+        return _bad_argument(problem)
+
+    def write(conn) -> None:
+        vm = _existing_vm(conn, args.vm)
+        if vm.disk(args.disk) is None:
+            raise ValueError(f"VM {vm.hostname!r} has no disk {args.disk}")
+        record = vms.SnapshotRecord(vm_uuid=vm.uuid, disk_id=args.disk, name=args.name, status=args.status,
+                                    changed_at=utcnow())
+        if not vms.put_snapshot(conn, record):
+            raise ValueError(_newer_fact(f"{vm.hostname}/disk {args.disk}/{args.name}", "snapshot"))
+        print(f"snapshot {args.name!r} of VM {vm.hostname!r} disk {args.disk} is {args.status}")
+
+    return _run(write)
+
+
+def _snapshot_list(args: argparse.Namespace) -> int:
+    from shared.db import vms
+
+    def show(conn) -> None:
+        snapshots = vms.list_snapshots(conn, _existing_vm(conn, args.vm).uuid if args.vm else None)
+        _print_lines([{"vm_uuid": s.vm_uuid, "disk_id": s.disk_id, "name": s.name, "status": s.status,
+                       "changed_at": _time(s.changed_at)} for s in snapshots])
+
+    return _run(show)
+
+
+def _snapshot_remove(args: argparse.Namespace) -> int:
+    from shared.db import accounts, vms
+    from shared.db.models import utcnow
+
+    def delete(conn) -> None:
+        vm = _existing_vm(conn, args.vm)
+        if vms.get_snapshot(conn, vm.uuid, args.disk, args.name) is None:
+            raise accounts.NotFound(f"no snapshot {args.name!r} on disk {args.disk} of VM {vm.hostname!r}")
+        if not vms.remove_snapshot(conn, vm.uuid, args.disk, args.name, utcnow()):
+            raise ValueError(_newer_fact(f"{vm.hostname}/disk {args.disk}/{args.name}", "snapshot"))
+        print(f"removed snapshot {args.name!r} of VM {vm.hostname!r} disk {args.disk}")
+
+    return _run(delete)
+
+
+def _time(value) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _newer_fact(key: str, kind: str = "node") -> str:
+    return (f"a fact about {kind} {key!r} newer than this machine's clock is stored (its source's clock is "
             "ahead?); nothing changed")
 
 

@@ -7,7 +7,7 @@
     imagesvc node-agent --node HOSTNAME           the agent of one compute node (VM disk snapshots)
     imagesvc db upgrade
     imagesvc admin create-superadmin USERNAME [--new-key]
-    imagesvc admin user|dc|role|node ...        accounts, datacenters, roles, compute nodes (see imagesvc.admin)
+    imagesvc admin user|dc|role|node|vm ...     accounts, datacenters, roles, compute nodes, VMs (see imagesvc.admin)
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "rebuild", help="drop the read model and replay every stored event into it (stop the projector first)"
     ).set_defaults(func=_projector_rebuild)
 
-    admin = commands.add_parser("admin", help="accounts, datacenters, roles and compute nodes")
+    admin = commands.add_parser("admin", help="accounts, datacenters, roles, compute nodes and VMs")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     superadmin = admin_commands.add_parser("create-superadmin", help="create a SuperAdmin; prints its API key last")
     superadmin.add_argument("username")

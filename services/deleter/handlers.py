@@ -1,5 +1,9 @@
 """Decide an ``image.delete`` (reference §3.5): refusals in the order of §5, then the removal.
 
+An image that a live VM in one of its attached datacenters was made from is not deleted (428
+``Image is used by some VMs``, after 404/403 and before the image server's 428/423 and 417): the
+VMs are other systems' facts, kept in ``vms`` by the projector (``shared.db.vms``).
+
 Database-level delete: one transaction that holds the image row; refused while another task
 holds the image's lease lock. With an image server the data goes first, then the record
 (deviations #11): the image is marked PENDING under its lease and ``task.started`` goes out
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 from domain import images, policy
 from shared.contracts import DeleteImage, ImageDeleted, ImageUpdated, TaskStarted
-from shared.db import locks
+from shared.db import locks, vms
 from shared.db.catalogue import image_lock_name
 from shared.errors import CommandFailed, Refused
 from shared.handling import CommandContext
@@ -32,9 +36,12 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServ
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         policy.require_manage(actor, image.dc_bound)
+        resuming = image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id
+        # A resumed removal was decided already: refusing it now would leave the image PENDING.
+        if not resuming and vms.vms_using_image(tx.conn, image.uuid, image.dcs):
+            raise Refused(428, images.IMAGE_USED_BY_VMS, code="image_used_by_vms")
         if server is not None:
             images.require_image_server(server.unavailable(tx.conn))
-        resuming = image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id
         if image.status != images.STATUS_OK and not resuming:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
         if image.lock_owner not in (None, ctx.task_id):  # another task holds the image's lease

@@ -101,6 +101,7 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/image/{name:imagename}", images.create, ["POST"]),
         *_routes("/api/image/{name:imagename}", images.update, ["PUT"]),
         *_routes("/api/image/{name:imagename}", images.delete, ["DELETE"]),
+        *_routes("/api/image/{name:imagename}/vm", images.vms, ["GET"]),
         *_routes("/api/dc/{dc}/image", images.dc_list_images, ["GET"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_show_image, ["GET"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_attach, ["POST"]),

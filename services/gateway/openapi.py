@@ -145,7 +145,26 @@ def document() -> dict[str, Any]:
                 "delete": {
                     "operationId": "image_delete",
                     "summary": "Delete a server disk image",
-                    "responses": _TASK_ANSWERS,
+                    "responses": {**_TASK_ANSWERS, "428": _detail(
+                        "Image is used by some VMs (in a datacenter it is attached to) / Image server is not "
+                        "available")},
+                },
+            },
+            "/api/image/{name}/vm/": {
+                "parameters": [_NAME],
+                "get": {
+                    "operationId": "image_vm_list",
+                    "summary": "VMs using an image in the datacenters it is attached to: hostnames, or with "
+                               "full/extended objects {hostname, uuid, dc, node, status, ostype, disks}",
+                    "parameters": [
+                        {"name": "full", "in": "query", "schema": _BOOL},
+                        {"name": "extended", "in": "query", "schema": _BOOL},
+                        {"name": "order_by", "in": "query", "schema": {"type": "string", "enum": ["hostname",
+                                                                                              "-hostname"]}},
+                    ],
+                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "400": _json(
+                        _ref("TaskEnvelope"), "Invalid flag"), "403": _AUTH_FAILED,
+                        "404": _detail("Image not found"), "412": _detail("Invalid order_by")},
                 },
             },
             "/api/dc/{dc}/image/": {

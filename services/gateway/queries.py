@@ -16,6 +16,7 @@ from sqlalchemy import Engine, bindparam, insert, select
 
 from shared.db import accounts
 from shared.db import repositories as stored_repositories
+from shared.db import vms as inventory
 from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.engine import read_transaction, single_statement, write_transaction
 from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
@@ -263,6 +264,12 @@ class Queries:
             return False
         with single_statement(self.engine) as conn:
             return conn.execute(_IMAGE_UUID_TAKEN, {"uuid": uuid}).first() is not None
+
+    def vms_using_image(self, image_uuid: str, dcs: Collection[str]) -> list[inventory.VmRecord]:
+        """The live VMs in ``dcs`` with a disk made from the image, by hostname (other systems'
+        facts, read as they are now: never cached)."""
+        with read_transaction(self.engine) as conn:
+            return inventory.vms_using_image(conn, image_uuid, dcs)
 
     # --- remote repositories -------------------------------------------------------------------
 

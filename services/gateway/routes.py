@@ -29,6 +29,7 @@ from services.gateway.queries import ORDER_FIELDS, Queries
 from services.gateway.throttle import NoThrottle, Throttle
 from shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
 from shared.db.records import DatacenterRecord, UserRecord
+from shared.db.vms import VmRecord
 from shared.db.models import utcnow
 from shared.keys import check_password, hash_password, key_digest, new_api_key
 from shared.net.fetch import FetchError, UrlPolicy
@@ -37,6 +38,8 @@ HIDDEN_FROM_LISTS = (fields.ACCESS_INTERNAL,)
 #: A datacenter's image list also leaves out deleted images (reference §3.8), and sorts by name only.
 HIDDEN_FROM_DC_LISTS = (fields.ACCESS_DELETED, fields.ACCESS_INTERNAL)
 DC_ORDER_FIELDS = ("name",)
+#: ``GET /image/<name>/vm/`` sorts by hostname only (reference §3.7).
+VM_ORDER_FIELDS = ("hostname",)
 
 
 def parse_order_by(raw: Any, fields: Sequence[str] = tuple(ORDER_FIELDS)) -> list[tuple[str, bool]]:
@@ -127,6 +130,24 @@ class ImageRoutes:
         policy.require_manage(access, image.dc_bound)
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
         return raw_json_response(request, head + image.encoded(extended=extended) + b"}")
+
+    # --- GET /image/<name>/vm/ (reference §3.7) -----------------------------------------------
+
+    async def vms(self, request: Request) -> Response:
+        """The live VMs using the image in any datacenter it is attached to: their hostnames, or
+        with ``full``/``extended`` their objects (``vm_object``). Checks as ``show``: 412, 404, 403."""
+        access = await self._admin(request)
+        await self.enter_default_dc(request)
+        raw_order = request.query_params.get("order_by")
+        order = parse_order_by(raw_order, VM_ORDER_FIELDS) if raw_order else [("hostname", False)]
+        full = query_flag(request, "full") or query_flag(request, "extended")
+        image = await in_thread(self._existing_in_its_dc, request, request.path_params["name"])
+        policy.require_manage(access, image.dc_bound)
+        found = await in_thread(self.queries.vms_using_image, image.uuid, image.attached)
+        if order[0][1]:
+            found = found[::-1]  # hostnames are unique among live VMs: no ties to keep stable
+        result = [vm_object(vm) for vm in found] if full else [vm.hostname for vm in found]
+        return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": result})
 
     async def _body(self, request: Request) -> dict[str, Any]:
         data = await read_json_body(request, self.max_body_bytes)
@@ -316,6 +337,13 @@ class ImageRoutes:
         """An existing image's tasks belong to its bound DC, a global image's to the default DC."""
         dc = self.queries.datacenter(dc_bound) if dc_bound else None
         return dc or self.queries.default_datacenter()
+
+
+def vm_object(vm: VmRecord) -> dict[str, Any]:
+    """A VM of ``GET /image/<name>/vm/?full=true``: where it runs and its disks."""
+    return {"hostname": vm.hostname, "uuid": vm.uuid, "dc": vm.dc, "node": vm.node, "status": vm.status,
+            "ostype": vm.ostype, "disks": [{"disk_id": d.disk_id, "size": d.size, "image_uuid": d.image_uuid}
+                                           for d in vm.disks]}
 
 
 class TaskRoutes:

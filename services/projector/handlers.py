@@ -12,7 +12,8 @@ row-locks it) and writing the change.
 
 Node events (published by other systems) are not read model: they go to the ``nodes`` table
 through ``shared.db.nodes``, where the newest ``changed_at`` per hostname wins, which makes them
-idempotent and order-safe too. ``rebuild`` leaves that table alone.
+idempotent and order-safe too. VM and VM snapshot events go to ``vms`` / ``vm_snapshots``
+through ``shared.db.vms`` by the same rule. ``rebuild`` leaves those tables alone.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from domain import images, tasks
 from shared import contracts
 from shared.contracts import (
     Envelope, Event, ImageDeleted, ImageImported, ImageUpdated, NodeRemoved, NodeUpdated, TaskEvent, TaskFailed,
-    TaskProgress, TaskStarted,
+    TaskProgress, TaskStarted, VmRemoved, VmSnapshotRemoved, VmSnapshotUpdated, VmUpdated,
 )
 from shared.db import events as store
-from shared.db import nodes
+from shared.db import nodes, vms
 from shared.db.dialect import insert_ignore, prepared
 from shared.db.models import ReadImage, ReadStream, ReadTask, utcnow
 from shared.errors import OutOfOrder
@@ -76,6 +77,10 @@ def _upsert_task(insert):
     ).returning(_tasks.c.task_id)
 
 
+#: Other systems' facts about VMs: applied to ``vms`` / ``vm_snapshots``, newest ``changed_at`` wins.
+_INVENTORY_EVENTS = (VmUpdated, VmRemoved, VmSnapshotUpdated, VmSnapshotRemoved)
+
+
 def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str, int] | None = None
           ) -> Notification | None:
     """Apply one event. ``applied`` (stream -> version) remembers what this transaction has
@@ -87,6 +92,9 @@ def apply(conn: Connection, envelope: Envelope, event: Event, applied: dict[str,
         return None  # informative: nobody waits for it
     if isinstance(event, (NodeUpdated, NodeRemoved)):
         _apply_node(conn, event)
+        return None
+    if isinstance(event, _INVENTORY_EVENTS):
+        _apply_vm(conn, event)
         return None
     if isinstance(event, TaskEvent):
         return _apply_task(conn, event, applied, envelope.reply_to)
@@ -107,6 +115,29 @@ def _apply_node(conn: Connection, event: NodeUpdated | NodeRemoved) -> None:
     else:
         log.info("node.removed", hostname=event.hostname, changed_at=event.changed_at,
                  applied=nodes.remove(conn, event.hostname, event.changed_time))
+
+
+def _apply_vm(conn: Connection, event: VmUpdated | VmRemoved | VmSnapshotUpdated | VmSnapshotRemoved) -> None:
+    # applied=False is normal, not an error: a redelivery, or a fact older than the stored one.
+    if isinstance(event, VmUpdated):
+        disks = tuple(vms.Disk(disk_id=d["disk_id"], size=d["size"], image_uuid=d.get("image_uuid"))
+                      for d in event.disks)
+        record = vms.VmRecord(uuid=event.uuid, hostname=event.hostname, dc=event.dc, node=event.node,
+                              status=event.status, ostype=event.ostype, disks=disks, changed_at=event.changed_time)
+        log.info("vm.updated", uuid=event.uuid, hostname=event.hostname, status=event.status,
+                 changed_at=event.changed_at, applied=vms.put_vm(conn, record))
+    elif isinstance(event, VmRemoved):
+        log.info("vm.removed", uuid=event.uuid, changed_at=event.changed_at,
+                 applied=vms.remove_vm(conn, event.uuid, event.changed_time))
+    elif isinstance(event, VmSnapshotUpdated):
+        snapshot = vms.SnapshotRecord(vm_uuid=event.vm_uuid, disk_id=event.disk_id, name=event.name,
+                                      status=event.status, changed_at=event.changed_time)
+        log.info("vm.snapshot.updated", vm_uuid=event.vm_uuid, disk_id=event.disk_id, name=event.name,
+                 status=event.status, changed_at=event.changed_at, applied=vms.put_snapshot(conn, snapshot))
+    else:
+        log.info("vm.snapshot.removed", vm_uuid=event.vm_uuid, disk_id=event.disk_id, name=event.name,
+                 changed_at=event.changed_at,
+                 applied=vms.remove_snapshot(conn, event.vm_uuid, event.disk_id, event.name, event.changed_time))
 
 
 def _apply_in_order(conn: Connection, event: Event) -> None:
@@ -210,8 +241,8 @@ def rebuild(conn: Connection, *, batch: int = 1000) -> int:
     """Drop the read model and replay the whole event store into it, in commit order.
 
     Run with the projector stopped (a live projector would race the replay). The gateway's
-    journal and the compute nodes (``nodes``: other systems' facts, never in the event store) are
-    not part of the read model and are left alone. Returns the number of events replayed.
+    journal and the inventory (``nodes``, ``vms``, ``vm_snapshots``: other systems' facts, never in
+    the event store) are not part of the read model and are left alone. Returns the number of events replayed.
     """
     for table in (_images, _tasks, _streams):
         conn.execute(delete(table))

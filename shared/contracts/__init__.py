@@ -31,6 +31,10 @@ from shared.contracts.events import (
     TaskProgress,
     TaskStarted,
     TaskSucceeded,
+    VmRemoved,
+    VmSnapshotRemoved,
+    VmSnapshotUpdated,
+    VmUpdated,
     image_stream,
 )
 from shared.errors import PoisonMessage
@@ -54,6 +58,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         TaskFailed,
         NodeUpdated,
         NodeRemoved,
+        VmUpdated,
+        VmRemoved,
+        VmSnapshotUpdated,
+        VmSnapshotRemoved,
     )
 }
 
@@ -97,5 +105,6 @@ __all__ = [
     "COMMAND_TYPES", "EVENT_TYPES", "TERMINAL_TASK_EVENTS", "ImportImage", "UpdateImage", "DeleteImage",
     "AttachImage", "DetachImage", "RefreshImageRepositories", "CreateImageFromSnapshot",
     "ImageImported", "ImageUpdated", "ImageDeleted", "TaskEvent", "TaskStarted", "TaskProgress", "TaskSucceeded",
-    "TaskFailed", "NodeUpdated", "NodeRemoved", "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
+    "TaskFailed", "NodeUpdated", "NodeRemoved", "VmUpdated", "VmRemoved",
+    "VmSnapshotUpdated", "VmSnapshotRemoved", "image_stream", "encode", "decode", "parse", "wrap", "new_message_id",
 ]

@@ -92,6 +92,7 @@ _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int,
     "dict[str, Any]": dict,
     "list[str]": list,
+    "list[dict[str, Any]]": list,
     "str | None": (str, type(None)),
     "int | None": (int, type(None)),
     "dict[str, Any] | None": (dict, type(None)),

@@ -8,7 +8,8 @@ wait for that image state before it trusts the task's outcome.
 
 Node events come from other systems (whatever watches the compute nodes): the state of a node as
 its source saw it at ``changed_at``. They have no stream position; readers keep the newest
-``changed_at`` per hostname instead.
+``changed_at`` per hostname instead. VM and VM snapshot events (from the compute management
+system) work the same way, keyed by the VM's uuid and by (VM uuid, disk id, snapshot name).
 """
 
 from __future__ import annotations
@@ -178,8 +179,18 @@ def parse_node_time(value: object) -> datetime:
         raise ValueError(f"changed_at {value[:64]!r} is out of range") from None
 
 
+class SourceTimed:
+    """An inventory fact: ``changed_at`` is when it was true at its source (validated on parse)."""
+
+    changed_at: str
+
+    @property
+    def changed_time(self) -> datetime:
+        return parse_node_time(self.changed_at)
+
+
 @dataclass(frozen=True, kw_only=True)
-class NodeUpdated(Event):
+class NodeUpdated(SourceTimed, Event):
     """A compute node's whole state as its source saw it at ``changed_at`` (an absent ``uuid`` or
     ``address`` is unknown, and stored as null). Raises PoisonMessage for fields that could not be
     stored."""
@@ -195,13 +206,9 @@ class NodeUpdated(Event):
         _refuse(self.TYPE, node_problem(hostname=self.hostname, status=self.status, uuid=_given(self.uuid),
                                         address=_given(self.address)) or _time_problem(self.changed_at))
 
-    @property
-    def changed_time(self) -> datetime:
-        return parse_node_time(self.changed_at)
-
 
 @dataclass(frozen=True, kw_only=True)
-class NodeRemoved(Event):
+class NodeRemoved(SourceTimed, Event):
     """A compute node left the inventory at ``changed_at``. Raises PoisonMessage for a hostname that
     could not be stored or an unreadable time."""
 
@@ -211,10 +218,6 @@ class NodeRemoved(Event):
 
     def __post_init__(self) -> None:
         _refuse(self.TYPE, node_hostname_problem(self.hostname) or _time_problem(self.changed_at))
-
-    @property
-    def changed_time(self) -> datetime:
-        return parse_node_time(self.changed_at)
 
 
 def _given(value: Any) -> Any:
@@ -232,3 +235,191 @@ def _time_problem(changed_at: object) -> str | None:
 def _refuse(event_type: str, problem: str | None) -> None:
     if problem is not None:
         raise PoisonMessage(f"{event_type}: {problem}")
+
+
+# --- VMs and their disk snapshots ----------------------------------------------------------------
+
+#: Storable lengths of a VM's and a snapshot's fields (the ``vms`` / ``vm_snapshots`` columns).
+VM_DC_MAX = 16
+VM_STATUS_MAX = 32
+SNAPSHOT_NAME_MAX = 64
+#: Danube Cloud's ostypes: LINUX=1, SUNOS=2, BSD=3, WINDOWS=4, SUNOS_ZONE=5, LINUX_ZONE=6.
+VM_OSTYPES = range(1, 7)
+
+_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+def is_uuid(value: object) -> bool:
+    """A canonical UUID (8-4-4-4-12 hexadecimal digits, either case)."""
+    return isinstance(value, str) and _UUID.match(value) is not None
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def vm_uuid_problem(uuid: object, field: str = "uuid") -> str | None:
+    return None if is_uuid(uuid) else f"{field} must be a UUID (8-4-4-4-12 hexadecimal digits)"
+
+
+def vm_hostname_problem(hostname: object) -> str | None:
+    """Why ``hostname`` cannot name a VM, or None. A UUID is refused: ``get_vm`` reads a UUID as
+    the VM's uuid, so a VM so named could never be found by its hostname."""
+    problem = node_hostname_problem(hostname)
+    if problem is None and is_uuid(hostname):
+        return "hostname must not be a UUID"
+    return problem
+
+
+def disk_problem(disk_id: object, size: object, image_uuid: object) -> str | None:
+    """Why these disk fields could not be stored, or None."""
+    if not _int(disk_id) or disk_id < 1:  # type: ignore[operator]
+        return "disk_id must be an integer of at least 1"
+    if not _int(size) or size < 0:  # type: ignore[operator]
+        return f"disk {disk_id}: size must be a non-negative integer (MiB)"
+    if image_uuid is not None and not is_uuid(image_uuid):
+        return f"disk {disk_id}: image_uuid must be null or a UUID"
+    return None
+
+
+def vm_problem(*, uuid: object, hostname: object, dc: object, node: object, status: object, ostype: object,
+               disks: object) -> str | None:
+    """Why these VM fields could not be stored, or None. The one rule for events and the CLI.
+    ``disks``: a list of ``(disk_id, size, image_uuid)`` triples."""
+    problem = vm_uuid_problem(uuid) or vm_hostname_problem(hostname)
+    if problem:
+        return problem
+    if not isinstance(dc, str) or not dc or len(dc) > VM_DC_MAX:
+        return f"dc must be a datacenter name of 1 to {VM_DC_MAX} characters"
+    problem = node_hostname_problem(node)
+    if problem:
+        return "node: " + problem
+    problem = status_problem(status)
+    if problem:
+        return problem
+    if not _int(ostype) or ostype not in VM_OSTYPES:
+        return f"ostype must be an integer from {VM_OSTYPES.start} to {VM_OSTYPES.stop - 1}"
+    if not isinstance(disks, (list, tuple)):
+        return "disks must be a list"
+    seen: set[object] = set()
+    for disk in disks:
+        problem = disk_problem(*disk)
+        if problem:
+            return problem
+        if disk[0] in seen:
+            return f"disk_id {disk[0]} is given twice"
+        seen.add(disk[0])
+    return None
+
+
+def snapshot_key_problem(vm_uuid: object, disk_id: object, name: object) -> str | None:
+    """Why this key cannot name a VM disk snapshot, or None."""
+    problem = vm_uuid_problem(vm_uuid, "vm_uuid")
+    if problem:
+        return problem
+    if not _int(disk_id) or disk_id < 1:  # type: ignore[operator]
+        return "disk_id must be an integer of at least 1"
+    return snapshot_name_problem(name)
+
+
+def snapshot_name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not name or len(name) > SNAPSHOT_NAME_MAX or not _SNAPSHOT_NAME.match(name):
+        return (f"name must be 1 to {SNAPSHOT_NAME_MAX} letters, digits and . _ -, "
+                "starting with a letter or digit")
+    return None
+
+
+def snapshot_problem(*, vm_uuid: object, disk_id: object, name: object, status: object) -> str | None:
+    return snapshot_key_problem(vm_uuid, disk_id, name) or status_problem(status)
+
+
+def status_problem(status: object) -> str | None:
+    if not isinstance(status, str) or not status:
+        return "status must be a non-empty string"
+    if len(status) > VM_STATUS_MAX or not _STATUS.match(status):
+        return f"status must be at most {VM_STATUS_MAX} letters, digits and . _ -"
+    return None
+
+
+def _disk_triples(disks: object) -> object:
+    """The wire's disk objects as ``(disk_id, size, image_uuid)`` triples (anything else as is,
+    for ``vm_problem`` to name)."""
+    if not isinstance(disks, list):
+        return disks
+    triples = []
+    for disk in disks:
+        if not isinstance(disk, dict) or "disk_id" not in disk or "size" not in disk:
+            return "disks must be objects with disk_id and size (and optionally image_uuid)"
+        triples.append((disk["disk_id"], disk["size"], disk.get("image_uuid")))
+    return triples
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmUpdated(SourceTimed, Event):
+    """A VM's whole state as its source saw it at ``changed_at``: where it runs (``dc``, ``node``),
+    its ``status`` and its ``disks`` (``[{"disk_id", "size" (MiB), "image_uuid" (null: no image)}]``).
+    Raises PoisonMessage for fields that could not be stored."""
+
+    TYPE: ClassVar[str] = "vm.updated"
+    uuid: str
+    hostname: str
+    dc: str
+    node: str
+    status: str
+    ostype: int
+    disks: list[dict[str, Any]]
+    changed_at: str
+
+    def __post_init__(self) -> None:
+        triples = _disk_triples(self.disks)
+        if isinstance(triples, str):
+            _refuse(self.TYPE, triples)
+        _refuse(self.TYPE, vm_problem(uuid=self.uuid, hostname=self.hostname, dc=self.dc, node=self.node,
+                                      status=self.status, ostype=self.ostype, disks=triples)
+                or _time_problem(self.changed_at))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmRemoved(SourceTimed, Event):
+    """A VM left the inventory at ``changed_at`` (its snapshots with it). Raises PoisonMessage for
+    a uuid that is not one or an unreadable time."""
+
+    TYPE: ClassVar[str] = "vm.removed"
+    uuid: str
+    changed_at: str
+
+    def __post_init__(self) -> None:
+        _refuse(self.TYPE, vm_uuid_problem(self.uuid) or _time_problem(self.changed_at))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmSnapshotUpdated(SourceTimed, Event):
+    """A VM disk snapshot's state at ``changed_at`` (``ok`` is the usable one). Raises
+    PoisonMessage for fields that could not be stored."""
+
+    TYPE: ClassVar[str] = "vm.snapshot.updated"
+    vm_uuid: str
+    disk_id: int
+    name: str
+    status: str
+    changed_at: str
+
+    def __post_init__(self) -> None:
+        _refuse(self.TYPE, snapshot_problem(vm_uuid=self.vm_uuid, disk_id=self.disk_id, name=self.name,
+                                            status=self.status) or _time_problem(self.changed_at))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VmSnapshotRemoved(SourceTimed, Event):
+    """A VM disk snapshot was deleted at ``changed_at``. Raises PoisonMessage for a key that could
+    not be stored or an unreadable time."""
+
+    TYPE: ClassVar[str] = "vm.snapshot.removed"
+    vm_uuid: str
+    disk_id: int
+    name: str
+    changed_at: str
+
+    def __post_init__(self) -> None:
+        _refuse(self.TYPE, snapshot_key_problem(self.vm_uuid, self.disk_id, self.name)
+                or _time_problem(self.changed_at))

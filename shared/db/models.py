@@ -261,6 +261,52 @@ class Node(Base):
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: A row of ``vms`` / ``vm_snapshots`` that records a removal (a tombstone) has an empty status.
+_LIVE = text("status <> ''")
+
+
+class Vm(Base):
+    """A VM (reference §2.1 ``is_used_by_vms``, §3.6, §3.7), as the last ``vm.*`` event or
+    ``imagesvc admin vm`` described it. Not part of the read model: other systems own these facts.
+    Read and write it through ``shared.db.vms``, which leaves removed VMs (tombstones) out."""
+
+    __tablename__ = "vms"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: Unique among live VMs; a tombstone's (and a VM whose name a newer fact took) is its uuid.
+    hostname: Mapped[str] = mapped_column(String(255))
+    #: The datacenter's name (not a foreign key: the facts may name a datacenter before it exists here).
+    dc: Mapped[str] = mapped_column(String(16))
+    #: The compute node's hostname.
+    node: Mapped[str] = mapped_column(String(255))
+    #: running, stopped, stopping, frozen (the operational ones), ...; empty for a removed VM.
+    status: Mapped[str] = mapped_column(String(32))
+    ostype: Mapped[int] = mapped_column(SmallInteger)
+    #: ``[{"disk_id": 1, "size": 10240, "image_uuid": "..." | null}, ...]``
+    disks: Mapped[Any] = mapped_column(JSON)
+    #: When the fact was true at its source: an older fact never overwrites a newer one.
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("uq_vms_live_hostname", "hostname", unique=True, sqlite_where=_LIVE, postgresql_where=_LIVE),
+        Index("ix_vms_dc", "dc"),
+    )
+
+
+class VmSnapshot(Base):
+    """A VM disk snapshot, as the last ``vm.snapshot.*`` event or ``imagesvc admin vm snapshot``
+    described it (tombstones as in ``vms``)."""
+
+    __tablename__ = "vm_snapshots"
+
+    vm_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    disk_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ok (usable), pending, ...; empty for a removed snapshot.
+    status: Mapped[str] = mapped_column(String(32))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ImageRepository(Base):
     """A remote image repository's last refresh (reference §2.3, §3.8): the original cached it."""
 

@@ -61,7 +61,7 @@ def check(record: NodeRecord) -> None:
                            address=record.address)
     if problem:
         raise ValueError(problem)
-    _check_time(record.changed_at)
+    check_time(record.changed_at)
 
 
 def get(conn: Connection, hostname: str) -> NodeRecord | None:
@@ -98,7 +98,7 @@ def remove(conn: Connection, hostname: str, changed_at: datetime) -> bool:
     problem = node_hostname_problem(hostname)
     if problem:
         raise ValueError(problem)
-    _check_time(changed_at)
+    check_time(changed_at)
     # Make sure there is a row to lock, so concurrent writers of this hostname queue up behind us.
     insert_ignore(conn, _nodes, {"hostname": hostname, "status": _REMOVED, "uuid": None, "address": None,
                                  "changed_at": _NEVER})
@@ -119,6 +119,8 @@ def _newer_fact_wins(insert):
     ).returning(_nodes.c.hostname)
 
 
-def _check_time(changed_at: object) -> None:
+def check_time(changed_at: object) -> None:
+    """Raise ValueError unless ``changed_at`` is a timezone-aware datetime (facts from several
+    sources are ordered by instant)."""
     if not isinstance(changed_at, datetime) or changed_at.tzinfo is None or changed_at.utcoffset() is None:
         raise ValueError("changed_at must be a datetime with a timezone")

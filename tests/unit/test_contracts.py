@@ -8,6 +8,10 @@ import pytest
 from shared import contracts
 from shared.contracts import (
     MESSAGE_TYPES,
+    VmRemoved,
+    VmSnapshotRemoved,
+    VmSnapshotUpdated,
+    VmUpdated,
     UNSET,
     Actor,
     AttachImage,
@@ -69,6 +73,15 @@ SAMPLES = {
     "node.updated": NodeUpdated(hostname="cn1.example.com", status="maintenance", uuid=UUID, address="10.0.0.5",
                                 changed_at="2026-11-27T10:00:00.5+01:00"),
     "node.removed": NodeRemoved(hostname="cn1.example.com", changed_at="2026-11-27T10:00:00Z"),
+    "vm.updated": VmUpdated(uuid=UUID, hostname="web01.example.com", dc="main", node="cn1.example.com",
+                            status="running", ostype=1, changed_at="2026-11-27T10:00:00Z",
+                            disks=[{"disk_id": 1, "size": 10240, "image_uuid": UUID},
+                                   {"disk_id": 2, "size": 2048, "image_uuid": None}]),
+    "vm.removed": VmRemoved(uuid=UUID, changed_at="2026-11-27T10:00:00Z"),
+    "vm.snapshot.updated": VmSnapshotUpdated(vm_uuid=UUID, disk_id=1, name="daily-1", status="ok",
+                                             changed_at="2026-11-27T10:00:00Z"),
+    "vm.snapshot.removed": VmSnapshotRemoved(vm_uuid=UUID, disk_id=1, name="daily-1",
+                                             changed_at="2026-11-27T10:00:00Z"),
 }
 
 
