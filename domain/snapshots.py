@@ -76,10 +76,11 @@ def parse_disk_id(raw: Any) -> int | None:
 
 
 def check(inventory: Inventory, *, access: policy.Access, request_dc: str, vm_ref: str, snapname: str, name: str,
-          data: Mapping[str, Any]) -> Plan:
+          data: Mapping[str, Any], users: images.Users | None = None) -> Plan:
     """Run every check of the snapshot-image command in the reference's order; returns the plan
-    or raises Refused / Invalid with the original's code and message. Object-level field checks
-    that need the catalogue (owner exists, alias taken) are the caller's, after this returns."""
+    or raises Refused / Invalid with the original's code and message. With ``users`` a named
+    owner must exist (a 400 with the fields); the alias check, which needs the catalogue, is the
+    caller's, after this returns."""
     if not access.is_image_admin(request_dc):
         raise Refused(403, images.PERMISSION_DENIED, code="forbidden")
     vm = inventory.vm(vm_ref)
@@ -101,6 +102,8 @@ def check(inventory: Inventory, *, access: policy.Access, request_dc: str, vm_re
     invalid_name = images.name_errors(name)
     if invalid_name:
         errors["name"] = invalid_name
+    if users is not None:
+        images.check_owner(users, values, errors)
     if errors:
         raise Invalid(fields.order_errors(errors))
     images.require_image_server(inventory.image_server_unavailable())

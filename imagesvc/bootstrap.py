@@ -26,6 +26,7 @@ from services.image_server import app as image_server_http
 from services.importer.handlers import abandon_import, import_image
 from services.importer.repositories import refresh_repositories
 from services.importer.transfer import Limits
+from services.node_agent.handlers import abandon_snapshot_image, create_image_from_snapshot
 from services.projector import handlers as projection
 from services.updater.handlers import attach_image, detach_image, update_image
 from shared.broker.connection import broker_identity, connect
@@ -152,12 +153,12 @@ def snapshot_driver(settings: Settings) -> SnapshotDriver:
         raise ConfigError(f"IMAGESVC_SNAPSHOT_DRIVER={settings.snapshot_driver}: {exc}") from None
 
 
-def node_agent_routes(settings: Settings, driver: SnapshotDriver, store: ImageStore) -> dict[str, CommandHandler]:
+def node_agent_routes(settings: Settings, driver: SnapshotDriver, hostname: str) -> dict[str, CommandHandler]:
     """The node agent's handlers by command type: the types of ``topology.NODE_COMMAND_TYPES``
-    (its queue is bound with exactly those). Empty until the first node command exists; a handler
-    exports with ``services.node_agent.export.export_snapshot(driver, ..., store, ...,
-    level=settings.snapshot_gzip_level)``."""
-    return {}
+    (its queue is bound with exactly those)."""
+    return {"image.snapshot": functools.partial(create_image_from_snapshot, node=hostname, driver=driver,
+                                                server=configured_image_server(settings),
+                                                level=settings.snapshot_gzip_level)}
 
 
 def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
@@ -165,15 +166,16 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
     (declared with its dead-letter queue on every connect). Raises ConfigError without an image
     store or a usable snapshot driver, ValueError for a hostname that cannot name a node."""
     settings = infra.settings
-    store = open_store(settings.image_store)
-    if store is None:
+    if open_store(settings.image_store) is None:
         raise ConfigError("IMAGESVC_IMAGE_STORE: a node agent exports into the image store; set its directory")
     driver = snapshot_driver(settings)
     topology = infra.topology.for_node(hostname)
     identity = broker_identity(settings)
     handler = CommandConsumer(name="node-agent", engine=infra.engine, relay=outbox or relay(infra),
-                              routes=node_agent_routes(settings, driver, store), check_first=True,
-                              trusted_publishers=identity.services if identity else None)
+                              routes=node_agent_routes(settings, driver, hostname), check_first=True,
+                              trusted_publishers=identity.services if identity else None,
+                              compensations={"image.snapshot": functools.partial(
+                                  abandon_snapshot_image, server=configured_image_server(settings))})
     return ConsumerRunner(
         name=f"node-agent-{hostname}",
         connect=lambda: infra.connect("node-agent"),

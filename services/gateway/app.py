@@ -31,12 +31,14 @@ from services.gateway.http import (
 from services.gateway.queries import Queries
 from services.gateway.administration import AdministrationRoutes
 from services.gateway.imagestore import ImageStoreRoutes
+from services.gateway.snapshots import SnapshotRoutes
 from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
 from services.gateway.throttle import throttle_for
 from shared.broker.connection import broker_identity
 from shared.broker.notifications import NotificationListener
 from shared.broker.topology import Topology
 from shared.config import Settings
+from shared.store import open_store
 from shared.errors import CommandFailed
 from shared.net.fetch import UrlPolicy
 
@@ -80,13 +82,26 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
     listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
     identity = broker_identity(settings)
+    declared_nodes: set[str] = set()
+
+    def declare_node_queue(hostname: str) -> None:
+        """Declare the queue of ``hostname``'s node agent (once per process), so commands for a
+        node whose agent has not started yet wait for it."""
+        if hostname in declared_nodes:
+            return
+        with connect() as connection:
+            topology.for_node(hostname).declare(connection.default_channel)
+        declared_nodes.add(hostname)
+
     dispatcher = Dispatcher(queries=queries, publisher=publisher, topology=topology, waiter=waiter,
                             answer_window=settings.answer_window, reply_to=listener.address,
-                            broker_user=identity.own if identity else None)
+                            broker_user=identity.own if identity else None, declare_node_queue=declare_node_queue)
     images = ImageRoutes(queries=queries, auth=auth, dispatcher=dispatcher, url_policy=UrlPolicy(settings.fetch_allow),
                          max_body_bytes=settings.max_body_bytes)
     imagestore = ImageStoreRoutes(images=images, configured=settings.repositories(),
                                   local=local_repository(settings.image_server_url))
+    snapshot_routes = SnapshotRoutes(images=images, store=open_store(settings.image_store),
+                                     image_server_node=settings.image_server_node)
     task_routes = TaskRoutes(queries=queries, auth=auth)
     administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
@@ -102,6 +117,7 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/image/{name:imagename}", images.update, ["PUT"]),
         *_routes("/api/image/{name:imagename}", images.delete, ["DELETE"]),
         *_routes("/api/image/{name:imagename}/vm", images.vms, ["GET"]),
+        *_routes("/api/vm/{vm}/snapshot/{snapname}/image/{name:imagename}", snapshot_routes.create_image, ["POST"]),
         *_routes("/api/dc/{dc}/image", images.dc_list_images, ["GET"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_show_image, ["GET"]),
         *_routes("/api/dc/{dc}/image/{name:imagename}", images.dc_attach, ["POST"]),

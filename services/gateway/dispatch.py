@@ -27,7 +27,8 @@ from services.gateway.http import ApiError, envelope, json_bytes, json_response
 from services.gateway.queries import Queries, TaskView
 from shared import contracts
 from shared.contracts import Actor, Command
-from shared.errors import PublishFailed, Transient
+from shared.broker.topology import node_routing_key
+from shared.errors import PublishFailed, Transient, Unroutable
 from shared.logging import get_logger
 
 log = get_logger("gateway.dispatch")
@@ -139,7 +140,9 @@ class Ticket:
 
 class Dispatcher:
     def __init__(self, *, queries: Queries, publisher, topology, waiter: TaskWaiter, answer_window: float,
-                 reply_to: str | None = None, broker_user: str | None = None):
+                 reply_to: str | None = None, broker_user: str | None = None,
+                 declare_node_queue: Callable[[str], None] | None = None):
+        self._declare_node_queue = declare_node_queue
         self._queries = queries
         self._broker_user = broker_user
         self._reply_to = reply_to
@@ -156,17 +159,32 @@ class Dispatcher:
     def release(self, ticket: Ticket) -> None:
         self._waiter.unregister(ticket.key, ticket.event)
 
-    def submit(self, command: Command, *, task_id: str, actor: Actor, owner: str | None) -> Submission:
-        """(Thread pool.) Publish the command and wait for the broker's confirm.
+    def submit(self, command: Command, *, task_id: str, actor: Actor, owner: str | None,
+               node: str | None = None) -> Submission:
+        """(Thread pool.) Publish the command (to the agent of ``node`` when given) and wait for
+        the broker's confirm.
 
         Raises ApiError(503) when the broker does not confirm: then nothing was promised.
         """
         envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor, reply_to=self._reply_to)
-        try:
+        routing_key = node_routing_key(command.TYPE, node) if node else command.TYPE
+
+        def publish() -> None:
             self._publisher.publish(
-                exchange=self._topology.commands.name, routing_key=command.TYPE, body=contracts.encode(envelope_),
+                exchange=self._topology.commands.name, routing_key=routing_key, body=contracts.encode(envelope_),
                 message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id,
                 user_id=self._broker_user)  # RabbitMQ vouches for it: the consumers trust the actor
+
+        try:
+            try:
+                publish()
+            except Unroutable:
+                if not node or self._declare_node_queue is None:
+                    raise
+                # The node's agent has never run: its queue is declared now, so the command
+                # waits there for the agent instead of being lost (it was returned, not routed).
+                self._declare_node_queue(node)
+                publish()
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None

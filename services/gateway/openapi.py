@@ -167,6 +167,31 @@ def document() -> dict[str, Any]:
                         "404": _detail("Image not found"), "412": _detail("Invalid order_by")},
                 },
             },
+            "/api/vm/{vm}/snapshot/{snapname}/image/{name}/": {
+                "parameters": [
+                    {"name": "vm", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "the VM's hostname or uuid"},
+                    {"name": "snapname", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _NAME,
+                ],
+                "post": {
+                    "operationId": "image_snapshot",
+                    "summary": "Create a server disk image from a VM disk snapshot (exported by the VM's node "
+                               "agent into the image store; bound to the VM's datacenter)",
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"disk_id": {"type": "integer", "minimum": 1, "default": 1},
+                                       "dc": {"type": "string"},
+                                       **{k: v for k, v in _IMAGE_FIELDS.items() if k != "dc_bound"}},
+                    }}}},
+                    "responses": {**_TASK_ANSWERS,
+                                  "404": _detail("VM not found / Snapshot not found / Datacenter not found"),
+                                  "406": _detail("Image already exists"), "412": _detail("Invalid disk_id"),
+                                  "417": _detail("VM snapshot status is not OK"),
+                                  "423": _detail("Node is not operational / VM is not operational"),
+                                  "428": _detail("Image server is not available")},
+                },
+            },
             "/api/dc/{dc}/image/": {
                 "parameters": [_DC],
                 "get": {

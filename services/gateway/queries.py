@@ -16,6 +16,7 @@ from sqlalchemy import Engine, bindparam, insert, select
 
 from shared.db import accounts
 from shared.db import repositories as stored_repositories
+from shared.db import locks, nodes
 from shared.db import vms as inventory
 from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.engine import read_transaction, single_statement, write_transaction
@@ -264,6 +265,26 @@ class Queries:
             return False
         with single_statement(self.engine) as conn:
             return conn.execute(_IMAGE_UUID_TAKEN, {"uuid": uuid}).first() is not None
+
+    # --- the snapshot-image pre-checks (reference §3.6) --------------------------------------
+
+    def vm(self, hostname_or_uuid: str) -> inventory.VmRecord | None:
+        with single_statement(self.engine) as conn:
+            return inventory.get_vm(conn, hostname_or_uuid)
+
+    def node_operational(self, hostname: str) -> bool:
+        with single_statement(self.engine) as conn:
+            found = nodes.get(conn, hostname)
+        return found is not None and found.operational
+
+    def snapshot(self, vm_uuid: str, disk_id: int, name: str) -> inventory.SnapshotRecord | None:
+        with single_statement(self.engine) as conn:
+            return inventory.get_snapshot(conn, vm_uuid, disk_id, name)
+
+    def lock_holder(self, name: str) -> str | None:
+        with single_statement(self.engine) as conn:
+            found = locks.holder(conn, name)
+        return found.owner if found else None
 
     def vms_using_image(self, image_uuid: str, dcs: Collection[str]) -> list[inventory.VmRecord]:
         """The live VMs in ``dcs`` with a disk made from the image, by hostname (other systems'

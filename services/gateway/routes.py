@@ -194,12 +194,12 @@ class ImageRoutes:
     def _prepare_and_submit(self, prepare, request: Request, access: policy.Access, data: dict[str, Any], ticket):
         """(Thread pool.) Check, build the command and publish it; returns the submission."""
         user = access.user
-        command, owner, dc = prepare(request, access, data)
+        command, owner, dc, *node = prepare(request, access, data)  # a 4th item: the node to address
         _enter(request, dc)
         task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
         request.state.task_id = task_id
         submission = self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
-                                            owner=owner.username)
+                                            owner=owner.username, node=node[0] if node else None)
         request.state.message_id = submission.message_id
         request.state.accepted_at = time.perf_counter()
         return submission

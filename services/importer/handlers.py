@@ -13,22 +13,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from domain import fields, images, manifest, policy
+from domain import creation, fields, images, manifest, policy
 from services.importer import transfer
-from shared.contracts import ImageDeleted, ImageImported, ImageUpdated, ImportImage, TaskProgress, TaskStarted, image_stream
-from shared.db import locks
-from shared.db.catalogue import image_lock_name
+from shared.contracts import ImageImported, ImportImage, TaskStarted, image_stream
 from shared.db.models import utcnow
 from shared.db.records import ImageRecord
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
+from shared.logging import get_logger
 from shared.net.fetch import FetchError, Fetcher
 from shared.store import StoreError
 from shared.store.server import ImageServer
 
-#: An import's hold on its image; renewed with every progress report, so it lapses only when
-#: the importer died (the next delivery of the command then takes over).
-IMPORT_LEASE_SECONDS = 600.0
+log = get_logger(__name__)
 
 
 def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher, server: ImageServer | None = None,
@@ -107,7 +104,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
         if server is None:
             tx.finish([imported], result=images.public_view(image), owner=image.owner, dc=task_dc)
             return
-        locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, IMPORT_LEASE_SECONDS)
+        tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id, creation.CREATION_LEASE_SECONDS)
         tx.emit([imported, TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
     ctx.publish_pending()  # the client's 201 comes now, not after the download
     _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits)
@@ -142,13 +139,7 @@ def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: F
     with ctx.reading() as catalogue:
         task_dc = _task_dc(catalogue, image)
     local = server.serves(file_url)
-
-    def report(done: int, total: int | None) -> None:
-        with ctx.writing() as tx:
-            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, IMPORT_LEASE_SECONDS)
-            tx.emit([TaskProgress(**ctx.task_fields(owner=image.owner, dc=task_dc), done=done, total=total)])
-        ctx.publish_pending()
-
+    report = creation.progress_reporter(ctx, image, task_dc)
     try:
         expected = transfer.Expected.from_manifest(image.manifest)
         if local:
@@ -165,48 +156,19 @@ def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: F
     except transfer.TransferFailed as failure:
         if not local:  # a local file was there before this import: not ours to remove
             _discard_data(server, image.uuid)
-        _undo_import(ctx, image, task_dc, CommandFailed(failure.result(), http_code=400, code=failure.code))
+        creation.undo(ctx, image, creation.failure_of(failure.result(), failure.code), task_dc=task_dc)
         return
-
-    with ctx.writing() as tx:
-        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
-        if current is None or current.lock_owner != ctx.task_id:
-            # Our lease lapsed and another task took the image over: it decides, not us.
-            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
-        now = utcnow()
-        version = current.stream_version + 1
-        done = current.with_changes(status=images.STATUS_OK, manifest=final_manifest, manifest_active=final_manifest,
-                                    changed=now, lock_owner=None)
-        tx.catalogue.update_fields(image.uuid, {"status": images.STATUS_OK, "manifest": final_manifest,
-                                                "manifest_active": final_manifest}, changed=now, stream_version=version)
-        locks.release(tx.conn, image_lock_name(image.uuid), ctx.task_id)
-        verb = "verified" if local else "imported"
-        message = (f"Successfully {verb} image {image.name} "
-                   f"(transferred {received.size} bytes in {round(received.seconds)} seconds)")
-        tx.finish([ImageUpdated(image=images.to_state(done), version=version, changed=["manifest", "status"])],
-                  result={"returncode": 0, "message": message}, owner=image.owner, dc=task_dc)
+    verb = "verified" if local else "imported"
+    creation.complete(ctx, image, final_manifest, task_dc=task_dc,
+                      message=(f"Successfully {verb} image {image.name} "
+                               f"(transferred {received.size} bytes in {round(received.seconds)} seconds)"))
 
 
 def _discard_data(server: ImageServer, uuid: str) -> None:
     try:
         server.store.delete(uuid)
     except StoreError as exc:  # the row goes anyway; the next import of this uuid starts clean
-        from shared.logging import get_logger
-
-        get_logger(__name__).warning("import.discard_failed", uuid=uuid, error=str(exc))
-
-
-def _undo_import(ctx: CommandContext, image: ImageRecord, task_dc: str, failure: CommandFailed) -> None:
-    """The original's rollback of a failed import: the image row is removed (its attachments
-    with it), and the task fails with esimg's result."""
-    with ctx.writing() as tx:
-        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
-        events = []
-        if current is not None and current.lock_owner == ctx.task_id:
-            tx.catalogue.delete_image(image.uuid)
-            locks.release(tx.conn, image_lock_name(image.uuid), ctx.task_id)
-            events.append(ImageDeleted(uuid=image.uuid, name=image.name, version=current.stream_version + 1))
-        tx.fail(events, failure, owner=image.owner, dc=task_dc)
+        log.warning("import.discard_failed", uuid=uuid, error=str(exc))
 
 
 def _check_refusals(catalogue, name: str, payload: dict, ctx: CommandContext) -> policy.Access:
@@ -254,4 +216,4 @@ def abandon_import(command: ImportImage, ctx: CommandContext, failure: CommandFa
         return
     if server is not None and not server.serves(_file_url(command.to_payload())):
         _discard_data(server, mine.uuid)
-    _undo_import(ctx, mine, task_dc, failure)
+    creation.undo(ctx, mine, failure, task_dc=task_dc)

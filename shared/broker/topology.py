@@ -41,7 +41,7 @@ COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 #: Command types a node agent handles, each routed to one node (``node_routing_key``).
-NODE_COMMAND_TYPES: tuple[str, ...] = ()
+NODE_COMMAND_TYPES: tuple[str, ...] = ("image.snapshot",)
 
 #: RabbitMQ's limit on a queue name, in bytes.
 _QUEUE_NAME_MAX = 255

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import JSON, Connection, bindparam, delete, func, insert, literal, select, update
 
-from shared.db import accounts
+from shared.db import accounts, locks
 from shared.db.models import Datacenter, Image, ImageDatacenter, Lock, User, utcnow
 from shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
 
@@ -243,6 +243,26 @@ class SqlCatalogue:
             "changed": image.changed,
             "stream_version": image.stream_version,
         }
+
+    # --- leases (``shared.db.locks``) ------------------------------------------------------------
+
+    @staticmethod
+    def image_lock(uuid: str) -> str:
+        """The name of an image's lease lock (``image_lock_name``)."""
+        return image_lock_name(uuid)
+
+    def hold(self, lock: str, owner: str, lease_seconds: float) -> bool:
+        """Take or renew the lease lock ``lock`` for ``owner``; False if another owner holds it."""
+        return locks.acquire(self.conn, lock, owner, lease_seconds)
+
+    def let_go(self, lock: str, owner: str) -> None:
+        """Release ``lock`` if ``owner`` holds it."""
+        locks.release(self.conn, lock, owner)
+
+    def holder(self, lock: str) -> str | None:
+        """The owner of ``lock`` while its lease lasts, else None."""
+        found = locks.holder(self.conn, lock)
+        return found.owner if found else None
 
     def attachments(self, uuid: str) -> set[str]:
         """The datacenters the image is attached to, read now (not the snapshot of an earlier

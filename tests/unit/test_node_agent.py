@@ -80,7 +80,7 @@ def test_a_command_published_for_a_node_reaches_that_nodes_queue_only():
 
 
 def test_the_route_table_handles_exactly_the_types_the_node_queue_is_bound_with(tmp_path):
-    routes = bootstrap.node_agent_routes(Settings(), FileSnapshotDriver(str(tmp_path)), LocalStore(str(tmp_path)))
+    routes = bootstrap.node_agent_routes(Settings(image_store=str(tmp_path)), FileSnapshotDriver(str(tmp_path)), "cn1")
     assert sorted(routes) == sorted(NODE_COMMAND_TYPES)
 
 

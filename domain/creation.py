@@ -1,0 +1,75 @@
+"""A long-running image creation (an import that downloads, an image from a snapshot): the image
+is recorded PENDING under its lease lock, its file is produced into the image store, then the
+image becomes OK, or is removed (reference §7.8). The steps every such command shares.
+
+``tx`` is a handler's ``Transaction`` (``tx.catalogue``, ``tx.finish``, ``tx.fail``, ``tx.emit``),
+``ctx`` its ``CommandContext``; duck-typed, so this module needs no database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+from domain import images
+from shared.contracts import ImageDeleted, ImageUpdated, TaskProgress
+from shared.db.records import ImageRecord
+from shared.errors import CommandFailed
+
+#: The lease of an image being created; renewed with every progress report, so it lapses only
+#: when its consumer died (the command's next delivery then takes over).
+CREATION_LEASE_SECONDS = 600.0
+
+
+def progress_reporter(ctx, image: ImageRecord, task_dc: str, extra_locks: Iterable[str] = ()
+                      ) -> Callable[[int, "int | None"], None]:
+    """``report(done, total)``: renews the image's (and ``extra_locks``') leases and publishes a
+    ``task.progress`` at once."""
+    def report(done: int, total: int | None) -> None:
+        with ctx.writing() as tx:
+            for lock in (tx.catalogue.image_lock(image.uuid), *extra_locks):
+                tx.catalogue.hold(lock, ctx.task_id, CREATION_LEASE_SECONDS)
+            tx.emit([TaskProgress(**ctx.task_fields(owner=image.owner, dc=task_dc), done=done, total=total)])
+        ctx.publish_pending()
+
+    return report
+
+
+def complete(ctx, image: ImageRecord, final_manifest: dict[str, Any], *, task_dc: str, message: str,
+             extra_locks: Iterable[str] = ()) -> None:
+    """The file is in the store: the image becomes OK with ``final_manifest`` active, the leases
+    go, and the task succeeds with esimg's result ``{"returncode": 0, "message": ...}``."""
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
+        if current is None or current.lock_owner != ctx.task_id:
+            # Our lease lapsed and another task took the image over: it decides, not us.
+            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+        now = datetime.now(timezone.utc)
+        version = current.stream_version + 1
+        done = current.with_changes(status=images.STATUS_OK, manifest=final_manifest, manifest_active=final_manifest,
+                                    changed=now, lock_owner=None)
+        tx.catalogue.update_fields(image.uuid, {"status": images.STATUS_OK, "manifest": final_manifest,
+                                                "manifest_active": final_manifest}, changed=now, stream_version=version)
+        for lock in (tx.catalogue.image_lock(image.uuid), *extra_locks):
+            tx.catalogue.let_go(lock, ctx.task_id)
+        tx.finish([ImageUpdated(image=images.to_state(done), version=version, changed=["manifest", "status"])],
+                  result={"returncode": 0, "message": message}, owner=image.owner, dc=task_dc)
+
+
+def undo(ctx, image: ImageRecord, failure: CommandFailed, *, task_dc: str, extra_locks: Iterable[str] = ()) -> None:
+    """The original's rollback of a failed creation: the image row is removed (its attachments
+    with it) if this task still holds it, the leases go, and the task fails with ``failure``."""
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
+        events = []
+        if current is not None and current.lock_owner == ctx.task_id:
+            tx.catalogue.delete_image(image.uuid)
+            events.append(ImageDeleted(uuid=image.uuid, name=image.name, version=current.stream_version + 1))
+        for lock in (tx.catalogue.image_lock(image.uuid), *extra_locks):
+            tx.catalogue.let_go(lock, ctx.task_id)
+        tx.fail(events, failure, owner=image.owner, dc=task_dc)
+
+
+def failure_of(returncode_result: dict[str, Any], code: str) -> CommandFailed:
+    """A task failure carrying esimg's result (the original answers such a FAILURE with 400)."""
+    return CommandFailed(returncode_result, http_code=400, code=code)
