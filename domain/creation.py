@@ -30,8 +30,12 @@ def progress_reporter(ctx, image: ImageRecord, task_dc: str, extra_locks: Iterab
 
     def report(done: int, total: int | None) -> None:
         with ctx.writing() as tx:
-            for lock in (tx.catalogue.image_lock(image.uuid), *extra_locks):
-                tx.catalogue.hold(lock, ctx.task_id, lease)
+            if not tx.catalogue.renew(tx.catalogue.image_lock(image.uuid), ctx.task_id, lease):
+                # The lease lapsed and the sweeper (or another task) took the image over: this
+                # work is no longer ours. Stop it (the transfer removes its partial file).
+                raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="lease_lost")
+            for lock in extra_locks:
+                tx.catalogue.renew(lock, ctx.task_id, lease)
             tx.emit([TaskProgress(**ctx.task_fields(owner=image.owner, dc=task_dc), done=done, total=total)])
         ctx.publish_pending()
 

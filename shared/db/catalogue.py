@@ -255,6 +255,10 @@ class SqlCatalogue:
         """Take or renew the lease lock ``lock`` for ``owner``; False if another owner holds it."""
         return locks.acquire(self.conn, lock, owner, lease_seconds)
 
+    def renew(self, lock: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease on ``lock`` only if ``owner`` still holds it."""
+        return locks.renew(self.conn, lock, owner, lease_seconds)
+
     def let_go(self, lock: str, owner: str) -> None:
         """Release ``lock`` if ``owner`` holds it."""
         locks.release(self.conn, lock, owner)

@@ -37,6 +37,18 @@ def acquire(conn: Connection, name: str, owner: str, lease_seconds: float, *, no
     return conn.execute(stmt).first() is not None
 
 
+def renew(conn: Connection, name: str, owner: str, lease_seconds: float, *, now: datetime | None = None) -> bool:
+    """Extend ``owner``'s lease on ``name`` if ``owner`` still holds it (never takes a free lock:
+    a lease that lapsed and was taken over, or cleared by the sweeper, stays lost). True if
+    renewed."""
+    now = now or utcnow()
+    result = conn.execute(
+        update(_locks).where(_locks.c.name == name, _locks.c.owner == owner)
+        .values(expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1
+
+
 def release(conn: Connection, name: str, owner: str) -> bool:
     """Drop the lock if ``owner`` holds it. True if a row was removed."""
     result = conn.execute(delete(_locks).where(_locks.c.name == name, _locks.c.owner == owner))
