@@ -19,6 +19,10 @@ Policy, for each delivery, by what the handler returns or raises:
                              handler (``on_give_up``) so the task still ends.
 ==========================  ===============================================================
 
+A delivery that arrives with more than ``max_attempts`` deliveries behind it (the broker's
+``x-delivery-count``: earlier handlers died with it, e.g. a crash loop) is not handled again:
+the handler's ``on_exhausted`` acks it if it was handled already, else it is given up as above.
+
 Never ``requeue=True`` (a hot loop) and never ack a failure silently. Retries and dead letters
 are done by this code, not by broker features, so the in-memory transport (which has neither
 TTL nor dead-lettering) runs exactly the same path; on RabbitMQ the quorum queues' delivery
@@ -335,6 +339,13 @@ class ConsumerRunner:
     def _work(self, epoch: int, message, delivery: Delivery) -> None:
         self._bind_log_fields(delivery)
         started = time.perf_counter()
+        if delivery.attempt > self._max_attempts:
+            # The earlier deliveries got no verdict: the process died with them (a crash loop,
+            # or crashes while they waited in its prefetch). The broker counted them and would
+            # dead-letter the next return without a terminal event; decide now instead.
+            self._finish(epoch, message, delivery, self._exhausted(delivery), 0.0)
+            self._worker_done()
+            return
         try:
             disposition = self._handler(delivery)
         except Transient as exc:
@@ -355,6 +366,20 @@ class ConsumerRunner:
                  duration_ms=duration_ms)
         structlog.contextvars.clear_contextvars()
         self._done.put((epoch, message, delivery, disposition))
+
+    def _exhausted(self, delivery: Delivery) -> Disposition:
+        """A delivery beyond ``max_attempts`` whose predecessors got no verdict: the handler's
+        ``on_exhausted`` decides (a copy of a message already handled is a duplicate to ack),
+        else it is given up and dead-lettered."""
+        reason = f"gave up after {delivery.attempt - 1} deliveries without a verdict (crash loop)"
+        decide = getattr(self._handler, "on_exhausted", None)
+        if decide is not None:
+            try:
+                return decide(delivery, reason)
+            except Exception as exc:  # noqa: BLE001 - then give up as for any last attempt
+                log.error("message.exhausted_check_failed", error=repr(exc))
+        self._give_up(delivery, reason)
+        return Disposition.dead_letter(reason)
 
     def _give_up(self, delivery: Delivery, reason: str) -> None:
         try:
