@@ -13,8 +13,9 @@ Policy, for each delivery, by what the handler returns or raises:
 ==========================  ===============================================================
 ``Disposition.ack()``        ack.
 ``Disposition.dead_letter``  publish the message to ``<queue>.dlq`` (confirmed), then ack.
-``Disposition.retry``        after a delay, republish a copy to the same queue with
-/ any exception              ``x-imagesvc-attempt`` + 1 (confirmed), then ack; once
+``Disposition.retry``        after a delay (``outage_backoff`` for ``Transient``: the
+/ any exception              database is unreachable), republish a copy to the same queue with
+                             ``x-imagesvc-attempt`` + 1 (confirmed), then ack; once
                              ``max_attempts`` is reached, dead-letter instead and tell the
                              handler (``on_give_up``) so the task still ends.
 ==========================  ===============================================================
@@ -156,7 +157,8 @@ class ConsumerRunner:
     def __init__(self, *, name: str, connect: Callable[[], Connection], queue: KombuQueue, topology: Topology,
                  handler: Handler, publisher, prefetch: int = 8, threads: int = 4, max_attempts: int = 5,
                  backoff: Sequence[float] = (0.5, 2.0, 5.0, 10.0), idle_timeout: float = 0.2,
-                 drain_seconds: float = 10.0, identity: BrokerIdentity | None = None):
+                 drain_seconds: float = 10.0, identity: BrokerIdentity | None = None,
+                 outage_backoff: Sequence[float] | None = None):
         self.name = name
         self._identity = identity
         self._connect = connect
@@ -167,6 +169,8 @@ class ConsumerRunner:
         self._prefetch = prefetch
         self._max_attempts = max_attempts
         self._backoff = tuple(backoff)
+        #: For ``Transient`` failures (the database unreachable): None means ``backoff``.
+        self._outage_backoff = tuple(outage_backoff) if outage_backoff else None
         self._idle_timeout = idle_timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-worker")
         self._threads = threads
@@ -349,7 +353,10 @@ class ConsumerRunner:
         try:
             disposition = self._handler(delivery)
         except Transient as exc:
-            disposition = Disposition.retry(f"transient: {exc}")
+            delay = None
+            if self._outage_backoff:
+                delay = self._outage_backoff[min(delivery.attempt - 1, len(self._outage_backoff) - 1)]
+            disposition = Disposition.retry(f"transient: {exc}", delay=delay)
         except Exception as exc:  # noqa: BLE001 - unexpected errors are retried, then dead-lettered
             log.exception("message.handler_error", error=repr(exc))
             disposition = Disposition.retry(f"error: {exc!r}")

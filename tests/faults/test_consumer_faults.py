@@ -33,6 +33,9 @@ from tests.support.tap import CommandCounter, EventTap, _parameters, publish
 pytestmark = [pytest.mark.e2e, pytest.mark.rabbitmq, pytest.mark.postgres]
 
 TERMINAL = ("task.succeeded", "task.failed")
+#: D1's database outage: the plan's 20 s, which the default outage backoff (1, 5, 10, 10 s:
+#: the fifth attempt at 26 s) outlives without dead-lettering.
+OUTAGE_SECONDS = 20
 
 
 # --- harness ---------------------------------------------------------------------------------
@@ -471,7 +474,7 @@ def test_d1a_postgres_outage_under_consumers(on_private_pg, private_pg, origin):
     down_at = time.time()
     for envelope in envelopes:
         send(system, envelope)  # in flight while the database is gone
-    time.sleep(15)  # the outage itself
+    time.sleep(OUTAGE_SECONDS)  # the outage itself
     up_at = time.time()  # from here on the server may be accepting commits
     private_pg.start()
     eventually(lambda: all_ended_once(system, envelopes), timeout=60, interval=0.3)
@@ -491,7 +494,7 @@ def test_d1a_postgres_outage_under_consumers(on_private_pg, private_pg, origin):
     assert all(system.processes[p].poll() is None for p in ("updater", "projector", "importer", "deleter"))
     retries = len([r for r in handled if r["outcome"] == "retry"])
     deepest = max(r["attempt"] for r in handled)
-    print(f"D1a: outage 15 s, {retries} retries (deepest attempt {deepest} of 5), 0 dead letters, "
+    print(f"D1a: outage {OUTAGE_SECONDS} s, {retries} retries (deepest attempt {deepest} of 5), 0 dead letters, "
           f"all 40 terminal {recovered:.1f} s after restart")
 
 
