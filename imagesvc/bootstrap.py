@@ -149,6 +149,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
         threads=settings.worker_threads,
         max_attempts=settings.max_attempts,
         backoff=settings.retry_backoff,
+        outage_backoff=settings.outage_backoff,
         identity=identity,
     )
 
@@ -198,6 +199,7 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
         threads=NODE_AGENT_CONCURRENCY,
         max_attempts=settings.max_attempts,
         backoff=settings.retry_backoff,
+        outage_backoff=settings.outage_backoff,
         identity=identity,
     )
 

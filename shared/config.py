@@ -44,6 +44,10 @@ class Settings:
     max_attempts: int = 5
     #: Delay before each retry, in seconds (the last value repeats).
     retry_backoff: tuple[float, ...] = (0.5, 2.0, 5.0, 10.0)
+    #: Delay before each retry of a message whose handler found the database unreachable
+    #: (``Transient``), in seconds (the last value repeats). Longer than ``retry_backoff`` so that
+    #: ``max_attempts`` outlive a database outage of about their sum (26 s) without dead-lettering.
+    outage_backoff: tuple[float, ...] = (1.0, 5.0, 10.0, 10.0)
     #: Operator allow-list for fetches: host names, IP addresses or CIDRs, each with an optional
     #: ``:port`` (deviations #6).
     fetch_allow: tuple[str, ...] = ()
@@ -153,6 +157,8 @@ class Settings:
             raise ConfigError("IMAGESVC_MAX_ATTEMPTS must be at least 1")
         if not self.retry_backoff:
             raise ConfigError("IMAGESVC_RETRY_BACKOFF needs at least one delay")
+        if not self.outage_backoff:
+            raise ConfigError("IMAGESVC_OUTAGE_BACKOFF needs at least one delay")
         try:
             parse_rate(self.throttle)
         except ValueError as exc:

@@ -28,6 +28,7 @@ import structlog
 from shared import contracts
 from shared.broker.consumer import Delivery, Disposition
 from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
+from shared.crash import crash_point
 from shared.db import events as store
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
@@ -226,6 +227,7 @@ class CommandConsumer:
                 return self._not_twice(envelope)
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
         self._relay.publish(ctx.outbox)
+        crash_point("after_commit_before_ack")
         return Disposition.ack()
 
     def _may_act(self, delivery: Delivery, envelope: Envelope) -> bool:
@@ -286,6 +288,23 @@ class CommandConsumer:
         except (Duplicate, store.TaskAlreadyEnded):
             return
         self._relay.publish(rows)
+
+    def on_exhausted(self, delivery: Delivery, reason: str) -> Disposition:
+        """The message comes back after ``max_attempts`` deliveries that ended with their process
+        (shared.broker.consumer). If one of them committed its outcome before dying (a crash
+        between commit and ack), this is a duplicate: ack it. Otherwise the task ends in failure
+        and the message is dead-lettered, rather than handled into yet another crash."""
+        try:
+            envelope = contracts.decode(delivery.body)
+        except PoisonMessage as poison:
+            self._fail_poison(poison, delivery)
+            return Disposition.dead_letter(poison.reason)
+        with read_transaction(self._engine) as conn:
+            handled = store.was_handled(conn, envelope.id)
+        if handled:
+            return self._duplicate(envelope)
+        self.on_give_up(delivery, reason)
+        return Disposition.dead_letter(reason)
 
     def on_give_up(self, delivery: Delivery, reason: str) -> None:
         """Retries exhausted: end the task in failure (500), so no accepted command hangs forever."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from shared.broker.publisher import Outgoing
 from shared.broker.topology import Topology
+from shared.crash import crash_point
 from shared.db import events as store
 from shared.db.engine import read_transaction, relax_durability, write_transaction
 from shared.db.models import utcnow
@@ -65,6 +66,7 @@ class OutboxRelay:
             ids, self._to_mark = self._to_mark, []
         if not ids:
             return
+        crash_point("relay_after_confirm_before_mark")  # confirmed by the broker, not yet marked
         try:
             with write_transaction(self._engine) as conn:
                 relax_durability(conn)  # a lost mark only means a harmless republish

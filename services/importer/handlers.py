@@ -16,6 +16,7 @@ from dataclasses import replace
 from domain import creation, fields, images, manifest, policy
 from services.importer import transfer
 from shared.contracts import ImageImported, ImportImage, TaskStarted, image_stream
+from shared.crash import crash_point
 from shared.db.models import utcnow
 from shared.db.records import ImageRecord
 from shared.errors import CommandFailed, Invalid, Refused
@@ -148,12 +149,14 @@ def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: F
         else:
             received = transfer.download(fetcher, file_url, server.store, image.uuid, ctx.task_id, expected, limits,
                                          report)
+        crash_point("after_download")
         files = [{**image.manifest["files"][0], "sha256": received.sha256}]
         final_manifest = {**image.manifest, "files": files}
         try:
             server.store.write_manifest(image.uuid, final_manifest)
         except StoreError as exc:
             raise transfer.TransferFailed(transfer.RC_MANIFEST_WRITE, str(exc), exc.code) from None
+        crash_point("after_store")
     except transfer.TransferFailed as failure:
         if not local:  # a local file was there before this import: not ours to remove
             _discard_data(server, image.uuid)

@@ -13,11 +13,16 @@ Policy, for each delivery, by what the handler returns or raises:
 ==========================  ===============================================================
 ``Disposition.ack()``        ack.
 ``Disposition.dead_letter``  publish the message to ``<queue>.dlq`` (confirmed), then ack.
-``Disposition.retry``        after a delay, republish a copy to the same queue with
-/ any exception              ``x-imagesvc-attempt`` + 1 (confirmed), then ack; once
+``Disposition.retry``        after a delay (``outage_backoff`` for ``Transient``: the
+/ any exception              database is unreachable), republish a copy to the same queue with
+                             ``x-imagesvc-attempt`` + 1 (confirmed), then ack; once
                              ``max_attempts`` is reached, dead-letter instead and tell the
                              handler (``on_give_up``) so the task still ends.
 ==========================  ===============================================================
+
+A delivery that arrives with more than ``max_attempts`` deliveries behind it (the broker's
+``x-delivery-count``: earlier handlers died with it, e.g. a crash loop) is not handled again:
+the handler's ``on_exhausted`` acks it if it was handled already, else it is given up as above.
 
 Never ``requeue=True`` (a hot loop) and never ack a failure silently. Retries and dead letters
 are done by this code, not by broker features, so the in-memory transport (which has neither
@@ -152,7 +157,8 @@ class ConsumerRunner:
     def __init__(self, *, name: str, connect: Callable[[], Connection], queue: KombuQueue, topology: Topology,
                  handler: Handler, publisher, prefetch: int = 8, threads: int = 4, max_attempts: int = 5,
                  backoff: Sequence[float] = (0.5, 2.0, 5.0, 10.0), idle_timeout: float = 0.2,
-                 drain_seconds: float = 10.0, identity: BrokerIdentity | None = None):
+                 drain_seconds: float = 10.0, identity: BrokerIdentity | None = None,
+                 outage_backoff: Sequence[float] | None = None):
         self.name = name
         self._identity = identity
         self._connect = connect
@@ -163,6 +169,8 @@ class ConsumerRunner:
         self._prefetch = prefetch
         self._max_attempts = max_attempts
         self._backoff = tuple(backoff)
+        #: For ``Transient`` failures (the database unreachable): None means ``backoff``.
+        self._outage_backoff = tuple(outage_backoff) if outage_backoff else None
         self._idle_timeout = idle_timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-worker")
         self._threads = threads
@@ -335,10 +343,20 @@ class ConsumerRunner:
     def _work(self, epoch: int, message, delivery: Delivery) -> None:
         self._bind_log_fields(delivery)
         started = time.perf_counter()
+        if delivery.attempt > self._max_attempts:
+            # The earlier deliveries got no verdict: the process died with them (a crash loop,
+            # or crashes while they waited in its prefetch). The broker counted them and would
+            # dead-letter the next return without a terminal event; decide now instead.
+            self._finish(epoch, message, delivery, self._exhausted(delivery), 0.0)
+            self._worker_done()
+            return
         try:
             disposition = self._handler(delivery)
         except Transient as exc:
-            disposition = Disposition.retry(f"transient: {exc}")
+            delay = None
+            if self._outage_backoff:
+                delay = self._outage_backoff[min(delivery.attempt - 1, len(self._outage_backoff) - 1)]
+            disposition = Disposition.retry(f"transient: {exc}", delay=delay)
         except Exception as exc:  # noqa: BLE001 - unexpected errors are retried, then dead-lettered
             log.exception("message.handler_error", error=repr(exc))
             disposition = Disposition.retry(f"error: {exc!r}")
@@ -355,6 +373,20 @@ class ConsumerRunner:
                  duration_ms=duration_ms)
         structlog.contextvars.clear_contextvars()
         self._done.put((epoch, message, delivery, disposition))
+
+    def _exhausted(self, delivery: Delivery) -> Disposition:
+        """A delivery beyond ``max_attempts`` whose predecessors got no verdict: the handler's
+        ``on_exhausted`` decides (a copy of a message already handled is a duplicate to ack),
+        else it is given up and dead-lettered."""
+        reason = f"gave up after {delivery.attempt - 1} deliveries without a verdict (crash loop)"
+        decide = getattr(self._handler, "on_exhausted", None)
+        if decide is not None:
+            try:
+                return decide(delivery, reason)
+            except Exception as exc:  # noqa: BLE001 - then give up as for any last attempt
+                log.error("message.exhausted_check_failed", error=repr(exc))
+        self._give_up(delivery, reason)
+        return Disposition.dead_letter(reason)
 
     def _give_up(self, delivery: Delivery, reason: str) -> None:
         try:
