@@ -47,6 +47,10 @@ _LIST_PARAMETERS = [
 ]
 _DC = {"name": "dc", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 16}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": 'Optional: the ETag of GET /api/image/{name}/ ("v<version>") or *. The change is '
+                            "made only if the image still has that version, else 412 Precondition failed "
+                            "(an addition to the original API)."}
 _TASK_ANSWERS = {
     "200": _json(_ref("TaskEnvelope"), "SUCCESS: the consumer finished within the answer window"),
     "201": _json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/"),
@@ -127,7 +131,10 @@ def document() -> dict[str, Any]:
                     "operationId": "image_show",
                     "summary": "Show a server disk image",
                     "parameters": [{"name": "extended", "in": "query", "schema": _BOOL}],
-                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "403": _AUTH_FAILED,
+                    "responses": {"200": {**_json(_ref("TaskEnvelope"), "SUCCESS"), "headers": {"ETag": {
+                        "description": 'The image\'s version, "v<n>": send it back in If-Match to change only '
+                                       "this version", "schema": {"type": "string"}}}},
+                                  "403": _AUTH_FAILED,
                                   "404": _detail("Image not found"), "412": _detail("Invalid order_by")},
                 },
                 "post": {
@@ -139,13 +146,16 @@ def document() -> dict[str, Any]:
                 "put": {
                     "operationId": "image_update",
                     "summary": "Update a server disk image",
+                    "parameters": [_IF_MATCH],
                     "requestBody": {"content": {"application/json": {"schema": _ref("UpdateImage")}}},
-                    "responses": _TASK_ANSWERS,
+                    "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)")},
                 },
                 "delete": {
                     "operationId": "image_delete",
                     "summary": "Delete a server disk image",
-                    "responses": {**_TASK_ANSWERS, "428": _detail(
+                    "parameters": [_IF_MATCH],
+                    "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)"),
+                                  "428": _detail(
                         "Image is used by some VMs (in a datacenter it is attached to) / Image server is not "
                         "available")},
                 },
