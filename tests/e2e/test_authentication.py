@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
-
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import create_engine, select
 
 from services.gateway import openapi
 from shared.db.models import AuthToken, User
 from shared.keys import key_digest
-from tests.e2e.conftest import database_url, submitted_commands
+from tests.e2e.conftest import database_url, expire_token, submitted_commands
 from tests.e2e.test_bad_input import broker_commands  # noqa: F401 - the fixture, shared
 from tests.support.polling import eventually
 
@@ -58,12 +56,7 @@ def accounts(system, origin):
         login = client.post("/accounts/login/", json={"username": username, "password": PASSWORD})
         assert login.status_code == 200, login.text
         token = login.json()["token"]
-    engine = create_engine(database_url(system))
-    tokens = AuthToken.__table__
-    with engine.begin() as conn:
-        conn.execute(update(tokens).where(tokens.c.digest == key_digest(token)).values(
-            expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
-    engine.dispose()
+    expire_token(system, token)
     image = f"authn-{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=system.url, headers={"ES-API-KEY": current}, timeout=30) as client:
         imported = client.post(f"/image/{image}/", json={"manifest_url": origin.add_manifest()[0], "dc": "main"})
