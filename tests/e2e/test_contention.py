@@ -23,6 +23,7 @@ from shared.db.catalogue import image_lock_name
 from shared.db.models import Image, Lock, StoredEvent
 from tests.e2e.conftest import database_url
 from tests.support.polling import eventually
+from tests.support.systems import start_embedded
 
 pytestmark = pytest.mark.e2e
 
@@ -190,3 +191,31 @@ class TestImportContention:
             assert rows == (0 if deleted == 200 else 1)
             with system.client() as client:
                 assert client.get(f"/image/{image_name}/").status_code == (404 if rows == 0 else 200)
+
+
+@pytest.fixture(scope="module")
+def store_system(tmp_path_factory):
+    """The embedded system with an image store: an import streams the file and holds a PENDING
+    image meanwhile."""
+    store = tmp_path_factory.mktemp("store")
+    started = start_embedded(tmp_path_factory.mktemp("embedded-store"), {"IMAGESVC_IMAGE_STORE": str(store)})
+    started.store = store
+    yield started
+    started.stop()
+
+
+def test_ten_imports_of_one_name_into_an_image_store(store_system, origin, name):
+    # Each request names a different manifest (uuid), so only the name makes them collide.
+    manifests = [origin.add_image(b"disk image " * 1000, pace=0.001) for _ in range(IMPORTERS)]
+    requests = [(lambda client, url=url: client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"}))
+                for url, _ in manifests]
+    outcomes = all_at_once(store_system, requests)
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [200] + [406] * (IMPORTERS - 1), codes
+    assert write_side(store_system, name)[:2] == (1, 0)
+    with store_system.client() as client:
+        kept = client.get(f"/image/{name}/").json()["result"]["uuid"]
+    stored = {path.name for path in store_system.store.rglob("*")}
+    losers = {manifest["uuid"] for _, manifest in manifests} - {kept}
+    assert not any(uuid in entry for uuid in losers for entry in stored), "a refused import left data behind"
+    assert any(kept in entry for entry in stored)
