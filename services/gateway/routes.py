@@ -58,6 +58,13 @@ def parse_order_by(raw: Any, fields: Sequence[str] = tuple(ORDER_FIELDS)) -> lis
     return order
 
 
+def wants_objects(request: Request) -> bool:
+    """``full`` or ``extended``: list objects rather than names. Both flags are checked, so a
+    malformed one is a 400 even when the other is set (deviations #1: strict booleans)."""
+    full, extended = query_flag(request, "full"), query_flag(request, "extended")
+    return full or extended
+
+
 def _expected_version(request: Request, image) -> dict[str, int]:
     """The ``expected_version`` of a change asked with ``If-Match`` (none without the header or
     with ``*``). A version older than the projected one is refused here (412, nothing sent): the
@@ -157,7 +164,7 @@ class ImageRoutes:
         await self.enter_default_dc(request)
         raw_order = request.query_params.get("order_by")
         order = parse_order_by(raw_order, VM_ORDER_FIELDS) if raw_order else [("hostname", False)]
-        full = query_flag(request, "full") or query_flag(request, "extended")
+        full = wants_objects(request)
         image = await in_thread(self._existing_in_its_dc, request, request.path_params["name"])
         policy.require_manage(access, image.dc_bound)
         found = await in_thread(self.queries.vms_using_image, image.uuid, image.attached)

@@ -13,12 +13,11 @@ replaces some user's key (``PUT /api/accounts/user/<name>/apikeys/``) cannot loc
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -32,10 +31,11 @@ from schemathesis.specs.openapi.checks import (
 
 from services.gateway import openapi
 from tests.support.systems import start_embedded
+from tests.support.tier import scaled
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES = 500 if os.environ.get("IMAGESVC_TIER") == "nightly" else 50
+EXAMPLES = scaled(ci=50, nightly=500)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           negative_data_rejection, ignored_auth]
 
@@ -63,7 +63,9 @@ _rejection.expected_statuses = [*_rejection.expected_statuses, "412", "413"]
 DESCRIPTION.config.generation.update(allow_extra_parameters=False)
 # A header value with a control character is refused by the HTTP server (uvicorn) with its own
 # plain-text 400 before any application code runs: a refusal, but not the API's to describe.
-DESCRIPTION.config.generation.update(exclude_header_characters="".join(map(chr, range(32))) + "\x7f")
+# Generation avoids them where it can, and ``conforms`` drops the cases that still carry one.
+CONTROL_CHARACTERS = frozenset(map(chr, [*range(32), 127]))
+DESCRIPTION.config.generation.update(exclude_header_characters="".join(sorted(CONTROL_CHARACTERS)))
 
 
 def test_the_served_description_is_the_one_fuzzed(fuzzed_system):
@@ -82,6 +84,7 @@ def test_every_operation_conforms_to_its_description(operation, fuzzed_system):
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck),
               phases=[Phase.explicit, Phase.generate, Phase.shrink])
     def conforms(case) -> None:
+        assume(not any(CONTROL_CHARACTERS.intersection(str(value)) for value in (case.headers or {}).values()))
         case.call_and_validate(base_url=origin, headers=headers, checks=CHECKS, timeout=30)
 
     conforms()
