@@ -27,6 +27,8 @@ LOCK_NOT_ACQUIRED = "Task did not acquire lock"
 IMAGE_SERVER_NOT_AVAILABLE = "Image server is not available"
 NODE_NOT_OPERATIONAL = "Node is not operational"
 IMAGE_USED_BY_VMS = "Image is used by some VMs"
+#: ``If-Match`` named a version the image no longer (or never) had (an addition: deviations).
+PRECONDITION_FAILED = "Precondition failed"
 
 # Validation messages (reference §3.3.1).
 DC_REQUIRED = (
@@ -124,6 +126,31 @@ class Catalogue(Protocol):
 
 
 # --- rules shared by the gateway (early refusal) and the consumers (the decision) ---------------
+
+
+def etag(stream_version: int) -> str:
+    """The image's entity tag: its event stream's version, which every change raises by one."""
+    return f'"v{stream_version}"'
+
+
+def expected_version_of(if_match: str) -> int | None:
+    """The version an ``If-Match`` header asks for: None for ``*`` (any current image). Raises
+    Refused(412) for anything that cannot match an image's tag (a weak tag never matches under
+    If-Match's strong comparison; a list must name exactly one version)."""
+    value = if_match.strip()
+    if value == "*":
+        return None
+    if len(value) >= 4 and value[0] == value[-1] == '"' and value[1] == "v" and value[2:-1].isascii() \
+            and value[2:-1].isdigit() and len(value) <= 24:
+        return int(value[2:-1])
+    raise Refused(412, PRECONDITION_FAILED, code="precondition_failed")
+
+
+def check_expected_version(expected: Any, current: int) -> None:
+    """Refuse (412) a change made against a version the image no longer has. ``expected`` is
+    UNSET/None when the client did not ask for the check."""
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != current:
+        raise Refused(412, PRECONDITION_FAILED, code="precondition_failed")
 
 
 def check_import_shape(payload: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:

@@ -38,6 +38,8 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServ
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         policy.require_manage(actor, image.dc_bound)
         resuming = image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id
+        if not resuming:  # under the row lock: of N deletes sent against one version one passes
+            images.check_expected_version(command.expected_version, image.stream_version)
         # A resumed removal was decided already: refusing it now would leave the image PENDING.
         if not resuming and vms.vms_using_image(tx.conn, image.uuid, image.dcs):
             raise Refused(428, images.IMAGE_USED_BY_VMS, code="image_used_by_vms")

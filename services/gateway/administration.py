@@ -20,7 +20,7 @@ from services.gateway.auth import Authenticator
 from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, envelope, json_response, read_json_body
 from services.gateway.queries import Queries
-from services.gateway.routes import access_of, query_flag
+from services.gateway.routes import access_of, wants_objects
 from shared.db import accounts
 from shared.keys import hash_password, new_api_key
 
@@ -41,7 +41,7 @@ class AdministrationRoutes:
         return json_response(request, envelope(dummy_task_id_for(request), "SUCCESS", result), status)
 
     def _listed(self, request: Request, rows: list[dict], key: str) -> Response:
-        full = query_flag(request, "full") or query_flag(request, "extended")
+        full = wants_objects(request)
         return self._answer(request, rows if full else [row[key] for row in rows])
 
     def _one(self, request: Request, kind: str, rows: list[dict], key: str, value: str) -> Response:

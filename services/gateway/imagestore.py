@@ -16,7 +16,7 @@ from starlette.responses import Response
 from domain import fields, images, policy, repositories
 from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, json_response
-from services.gateway.routes import ImageRoutes, access_of, query_flag
+from services.gateway.routes import ImageRoutes, access_of, wants_objects
 from shared.contracts import RefreshImageRepositories
 from shared.db.catalogue import storable
 
@@ -54,7 +54,7 @@ class ImageStoreRoutes:
     async def list_repositories(self, request: Request) -> Response:
         access = await self._entry(request)
         visible = self._visible(access)
-        if not (query_flag(request, "full") or query_flag(request, "extended")):
+        if not wants_objects(request):
             return self._success(request, list(visible))
         states = await in_thread(self.queries.repositories, list(visible))
         return self._success(request, [repositories.repository_object(name, url, states.get(name))
@@ -94,7 +94,7 @@ class ImageStoreRoutes:
 
     async def list_images(self, request: Request) -> Response:
         access = await self._entry(request)
-        full = query_flag(request, "full") or query_flag(request, "extended")
+        full = wants_objects(request)
         url, stored = await in_thread(self._stored_images, access, request.path_params["name"])
         if full:
             return self._success(request, [repositories.image_object(entry, url) for entry in stored])

@@ -28,12 +28,20 @@ def _detail(description: str) -> dict[str, Any]:
 
 
 _AUTH_FAILED = _detail("Forbidden: missing or invalid credentials, or no permission")
+#: Text fields take a number as its text, as the original's (Django REST framework's CharField).
+_USERNAME = {"type": ["string", "number"]}
+
+
+def _text(max_length: int) -> dict[str, Any]:
+    return {"anyOf": [{**_SAFE, "maxLength": max_length}, {"type": "number"}]}
+
+
 _IMAGE_FIELDS: dict[str, Any] = {
-    "alias": {**_SAFE, "maxLength": 32},
+    "alias": _text(32),
     "access": {"oneOf": [{"type": "integer", "enum": list(fields.ACCESS_CHOICES)}, {"type": "string"}]},
-    "owner": {"type": "string"},
-    "desc": {**_SAFE, "maxLength": 128},
-    "version": {**_SAFE, "maxLength": 16},
+    "owner": _USERNAME,
+    "desc": _text(128),
+    "version": _text(16),
     "resize": _BOOL,
     "deploy": _BOOL,
     "tags": {"oneOf": [{"type": "array", "items": {"type": "string", "pattern": "^[ :/A-Za-z0-9_-]+$"}},
@@ -47,14 +55,25 @@ _LIST_PARAMETERS = [
 ]
 _DC = {"name": "dc", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 16}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}}
+#: A request body that is not a JSON object is refused by the parser with ``{"detail": "JSON parse
+#: error - ..."}`` (as the original's); field errors come in the task envelope.
+_BAD_REQUEST = _json({"anyOf": [_ref("TaskEnvelope"), _ref("Detail")]},
+                     "FAILURE: validation errors by field (task envelope), or a body that is not a JSON object "
+                     "(detail)")
+_BAD_FLAG = _json(_ref("TaskEnvelope"), "FAILURE: a flag that is not a boolean")
+_BODY_REFUSED = {"413": _detail("Request body too large"), "415": _detail("Unsupported media type")}
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": 'Optional: the ETag of GET /api/image/{name}/ ("v<version>") or *. The change is '
+                            "made only if the image still has that version, else 412 Precondition failed "
+                            "(an addition to the original API)."}
 _TASK_ANSWERS = {
     "200": _json(_ref("TaskEnvelope"), "SUCCESS: the consumer finished within the answer window"),
     "201": _json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/"),
-    "400": _json(_ref("TaskEnvelope"), "FAILURE: validation errors by field"),
+    "400": _BAD_REQUEST,
     "403": _AUTH_FAILED,
     "404": _detail("Image not found / Datacenter not found"),
     "412": _detail("Invalid order_by"),
-    "415": _detail("Unsupported media type"),
+    **_BODY_REFUSED,
     "417": _detail("Image status is not OK"),
     "503": _detail("The broker or the database is unavailable; retry later"),
 }
@@ -127,7 +146,10 @@ def document() -> dict[str, Any]:
                     "operationId": "image_show",
                     "summary": "Show a server disk image",
                     "parameters": [{"name": "extended", "in": "query", "schema": _BOOL}],
-                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "403": _AUTH_FAILED,
+                    "responses": {"200": {**_json(_ref("TaskEnvelope"), "SUCCESS"), "headers": {"ETag": {
+                        "description": 'The image\'s version, "v<n>": send it back in If-Match to change only '
+                                       "this version", "schema": {"type": "string"}}}},
+                                  "400": _BAD_FLAG, "403": _AUTH_FAILED,
                                   "404": _detail("Image not found"), "412": _detail("Invalid order_by")},
                 },
                 "post": {
@@ -139,13 +161,16 @@ def document() -> dict[str, Any]:
                 "put": {
                     "operationId": "image_update",
                     "summary": "Update a server disk image",
+                    "parameters": [_IF_MATCH],
                     "requestBody": {"content": {"application/json": {"schema": _ref("UpdateImage")}}},
-                    "responses": _TASK_ANSWERS,
+                    "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)")},
                 },
                 "delete": {
                     "operationId": "image_delete",
                     "summary": "Delete a server disk image",
-                    "responses": {**_TASK_ANSWERS, "428": _detail(
+                    "parameters": [_IF_MATCH],
+                    "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)"),
+                                  "428": _detail(
                         "Image is used by some VMs (in a datacenter it is attached to) / Image server is not "
                         "available")},
                 },
@@ -286,7 +311,7 @@ def _imagestore() -> dict[str, Any]:
         "/api/imagestore/": {
             "get": {"operationId": "imagestore_list",
                     "summary": "Repository names; full/extended: their objects (the local one for SuperAdmins)",
-                    "parameters": flags, "responses": {"200": ok, "403": _AUTH_FAILED}},
+                    "parameters": flags, "responses": {"200": ok, "400": _BAD_FLAG, "403": _AUTH_FAILED}},
             "put": {"operationId": "imagestore_refresh_all", "summary": "Download every repository's image list",
                     "responses": refresh_answers},
         },
@@ -302,7 +327,8 @@ def _imagestore() -> dict[str, Any]:
             "get": {"operationId": "imagestore_image_list",
                     "summary": "Image uuids of the last refresh, newest first; full/extended: image objects",
                     "parameters": flags,
-                    "responses": {"200": ok, "403": _AUTH_FAILED, "404": _detail("ImageStore not found")}},
+                    "responses": {"200": ok, "400": _BAD_FLAG, "403": _AUTH_FAILED,
+                                  "404": _detail("ImageStore not found")}},
         },
         "/api/imagestore/{name}/image/{uuid}/": {
             "parameters": [repository, uuid],
@@ -327,7 +353,7 @@ def _administration() -> dict[str, Any]:
     """The SuperAdmin account administration routes (services/gateway/administration.py)."""
     ok = _json(_ref("TaskEnvelope"), "SUCCESS")
     listed = {"parameters": [{"name": "full", "in": "query", "schema": _BOOL}],
-              "responses": {"200": ok, "403": _AUTH_FAILED}}
+              "responses": {"200": ok, "400": _BAD_FLAG, "403": _AUTH_FAILED}}
 
     def path(name: str) -> dict[str, Any]:
         return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -340,9 +366,8 @@ def _administration() -> dict[str, Any]:
             "post": {"operationId": f"{kind}_create", "summary": f"Create a {kind} (SuperAdmin)",
                      "requestBody": {"content": {"application/json": {"schema": {
                          "type": "object", "properties": create_body}}}},
-                     "responses": {"201": _json(_ref("TaskEnvelope"), "Created"), "400": _json(
-                         _ref("TaskEnvelope"), "Invalid fields"), "403": _AUTH_FAILED,
-                         "406": _detail(f"{kind} already exists")}},
+                     "responses": {"201": _json(_ref("TaskEnvelope"), "Created"), "400": _BAD_REQUEST,
+                                   "403": _AUTH_FAILED, "406": _detail(f"{kind} already exists"), **_BODY_REFUSED}},
         }
 
     names = {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]}
@@ -363,7 +388,7 @@ def _administration() -> dict[str, Any]:
         "/api/accounts/group/": {"get": {"operationId": "group_list", "summary": "Groups (roles)", **listed}},
         "/api/accounts/group/{name}/": one("group", {"permissions": names, "users": names}, "name"),
         "/api/dc/": {"get": {"operationId": "dc_list", "summary": "Datacenters (SuperAdmin)", **listed}},
-        "/api/dc/{dc}/": one("dc", {"owner": {"type": "string"}, "access": {"type": "integer", "enum": [1, 3]}},
+        "/api/dc/{dc}/": one("dc", {"owner": _USERNAME, "access": {"type": "integer", "enum": [1, 3]}},
                              "dc"),
         "/api/dc/{dc}/group/": {"parameters": [path("dc")],
                                 "get": {"operationId": "dc_group_list", "summary": "Groups attached to a datacenter",

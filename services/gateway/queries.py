@@ -39,10 +39,10 @@ _DC_BY_NAME = select(_dcs).where(_dcs.c.name == bindparam("name"))
 _DEFAULT_DC = select(_dcs).where(_dcs.c.is_default.is_(True))
 _DC_BY_ID = select(_dcs).where(_dcs.c.id == bindparam("id"))
 _IMAGE_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
-                        _images.c.doc, _images.c.dcs).where(_images.c.name == bindparam("name"))
+                        _images.c.doc, _images.c.dcs, _images.c.version).where(_images.c.name == bindparam("name"))
 # A command's pre-checks need everything but the (large) public document.
 _IMAGE_FACTS_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _images.c.dc_bound, _images.c.status,
-                              _images.c.dcs).where(_images.c.name == bindparam("name"))
+                              _images.c.dcs, _images.c.version).where(_images.c.name == bindparam("name"))
 _IMAGE_UUID_TAKEN = select(_images.c.uuid).where(_images.c.uuid == bindparam("uuid"))
 _TASK = select(_tasks).where(_tasks.c.task_id == bindparam("task_id"))
 _JOURNALED = select(_journal).where(_journal.c.task_id == bindparam("task_id"))
@@ -61,6 +61,8 @@ class ImageView:
     status: int
     doc: bytes
     dcs: bytes
+    #: The image's event stream version as projected (its ``ETag``); 0 when unknown.
+    version: int = 0
 
     @property
     def attached(self) -> list[str]:
@@ -239,7 +241,7 @@ class Queries:
         if row is None:
             return None
         return ImageView(row.uuid, row.name, row.owner, row.dc_bound, row.status,
-                         row.doc.encode() if document else b"", row.dcs.encode())
+                         row.doc.encode() if document else b"", row.dcs.encode(), row.version)
 
     def image_names(self, order: Sequence[tuple[str, bool]], *, exclude_access: Sequence[int],
                     bound_to: Collection[str] | None = None, attached_to: str | None = None) -> list[str]:

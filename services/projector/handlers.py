@@ -31,7 +31,7 @@ from shared.db import events as store
 from shared.db import nodes, vms
 from shared.db.dialect import insert_ignore, prepared
 from shared.db.models import ReadImage, ReadStream, ReadTask, utcnow
-from shared.errors import OutOfOrder
+from shared.errors import OutOfOrder, PoisonMessage
 from shared.handling import Notification
 from shared.logging import get_logger
 
@@ -170,7 +170,13 @@ def _catch_up(conn: Connection, stream_id: str, position: int, up_to: int) -> in
     """Apply the stream's stored events after ``position`` up to ``up_to``; returns the new position."""
     caught_up = position
     for body in store.stream_events(conn, stream_id, after=position, up_to=up_to):
-        missing = contracts.parse(contracts.decode(body))
+        try:
+            missing = contracts.parse(contracts.decode(body))
+        except PoisonMessage as unreadable:
+            # A stored version this projector cannot read (a newer producer's schema or type):
+            # the stream parks before it, never skipping it, until an upgraded projector can.
+            log.error("projector.stream_parked", stream=stream_id, after=caught_up, reason=unreadable.reason)
+            raise OutOfOrder(f"{stream_id} parked after v{caught_up}: {unreadable.reason}") from None
         _apply_change(conn, missing)  # type: ignore[arg-type]
         caught_up = missing.stream_position()[1]  # type: ignore[union-attr, index]
     if caught_up != position:

@@ -29,6 +29,7 @@ _ATTRIBUTES = ("alias", "version", "owner", "access", "desc", "resize", "deploy"
 def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServer | None = None,
                  lease_seconds: float | None = None) -> None:
     payload = command.to_payload()
+    payload.pop("expected_version", None)  # a precondition, not an attribute
     with ctx.writing() as tx:
         catalogue = tx.catalogue
         # The image and the actor in one round trip; the entry permission (403) still comes first.
@@ -37,6 +38,10 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServ
         if image is None:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="image_not_found")
         policy.require_manage(actor, image.dc_bound)
+        if not (image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id):
+            # Under the row lock, so of N updates sent against one version exactly one passes.
+            # (A resumed task passed it already; its own PENDING marker raised the version since.)
+            images.check_expected_version(command.expected_version, image.stream_version)
         held = image.lock_owner not in (None, ctx.task_id)  # another task holds the image's lease
 
         values, errors = images.check_update_shape(payload)

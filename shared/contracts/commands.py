@@ -52,6 +52,9 @@ class UpdateImage(Command):
     deploy: Any = UNSET
     tags: Any = UNSET
     dc_bound: Any = UNSET
+    #: Optimistic concurrency (``If-Match``): the image's stream version the client last saw;
+    #: the updater refuses with 412 when the image has moved on. Absent: no check.
+    expected_version: int = UNSET
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +63,8 @@ class DeleteImage(Command):
 
     TYPE: ClassVar[str] = "image.delete"
     name: str
+    #: As ``UpdateImage.expected_version``.
+    expected_version: int = UNSET
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,9 +8,12 @@ by the tests of a module, so tests use fresh image names (the ``name`` fixture).
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from datetime import datetime, timedelta, timezone
 
-from shared.db.models import StoredEvent, SubmittedCommand
+from sqlalchemy import create_engine, func, select, update
+
+from shared.db.models import AuthToken, StoredEvent, SubmittedCommand
+from shared.keys import key_digest
 from tests.support.systems import System, start_distributed, start_embedded
 
 
@@ -40,6 +43,18 @@ def database_url(system: System) -> str:
     if system.database_url:
         return system.database_url
     return "sqlite:///" + str(system.workdir / "var" / "imagesvc.db")
+
+
+def expire_token(system: System, token: str) -> None:
+    """Make a login token one that expired a second ago (the clock cannot be moved in a process)."""
+    engine = create_engine(database_url(system))
+    tokens = AuthToken.__table__
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(tokens).where(tokens.c.digest == key_digest(token)).values(
+                expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    finally:
+        engine.dispose()
 
 
 def submitted_commands(system: System) -> int:

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import create_engine, select
 
 from shared.db.models import AuthToken
 from shared.keys import key_digest
-from tests.e2e.conftest import database_url
+from tests.e2e.conftest import database_url, expire_token
 
 pytestmark = pytest.mark.e2e
 
@@ -91,12 +91,7 @@ def test_a_wrong_password_and_a_garbage_token(system, account):
 def test_an_expired_token_counts_as_no_credentials(system, account):
     with anonymous(system) as client:
         token = client.post("/accounts/login/", json={"username": account, "password": "correct horse"}).json()["token"]
-        engine = create_engine(database_url(system))
-        tokens = AuthToken.__table__
-        with engine.begin() as conn:
-            conn.execute(update(tokens).where(tokens.c.digest == key_digest(token)).values(
-                expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
-        engine.dispose()
+        expire_token(system, token)
         from tests.support.polling import eventually
 
         def expired() -> None:  # the gateway may reuse what it resolved for a couple of seconds
