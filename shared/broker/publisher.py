@@ -123,15 +123,17 @@ class _Slot:
     def _on_unblocked(self) -> None:
         self.blocked = None
 
-    def read_pending(self) -> None:
-        """Read frames that already arrived (connection.blocked/unblocked, heartbeats) without waiting."""
+    def read_pending(self) -> bool:
+        """Read frames that already arrived (connection.blocked/unblocked, heartbeats) without
+        waiting; False when there is no open AMQP connection to read."""
         conn = self.connection
         if conn is None or not conn.connected or conn.transport_cls == "memory":
-            return
+            return False
         try:
             conn.drain_events(timeout=0.001)
         except socket.timeout:
             pass
+        return True
 
     @property
     def confirming(self) -> bool:
@@ -158,14 +160,8 @@ class _Slot:
 
     def tick(self) -> None:
         """Keep an idle AMQP connection alive: read pending frames, send a heartbeat if due."""
-        conn = self.connection
-        if conn is None or not conn.connected or conn.transport_cls == "memory":
-            return
-        try:
-            conn.drain_events(timeout=0.01)
-        except socket.timeout:
-            pass
-        conn.heartbeat_check()
+        if self.read_pending():
+            self.connection.heartbeat_check()  # type: ignore[union-attr]
 
 
 class Publisher:
