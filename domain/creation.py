@@ -17,18 +17,21 @@ from shared.db.records import ImageRecord
 from shared.errors import CommandFailed
 
 #: The lease of an image being created; renewed with every progress report, so it lapses only
-#: when its consumer died (the command's next delivery then takes over).
+#: when its consumer died (the command's next delivery then takes over, or, if none comes, the
+#: lease sweeper ends the task). ``IMAGESVC_LEASE_SECONDS`` overrides it.
 CREATION_LEASE_SECONDS = 600.0
 
 
-def progress_reporter(ctx, image: ImageRecord, task_dc: str, extra_locks: Iterable[str] = ()
-                      ) -> Callable[[int, "int | None"], None]:
-    """``report(done, total)``: renews the image's (and ``extra_locks``') leases and publishes a
-    ``task.progress`` at once."""
+def progress_reporter(ctx, image: ImageRecord, task_dc: str, extra_locks: Iterable[str] = (),
+                      lease_seconds: float | None = None) -> Callable[[int, "int | None"], None]:
+    """``report(done, total)``: renews the image's (and ``extra_locks``') leases for
+    ``lease_seconds`` (default ``CREATION_LEASE_SECONDS``) and publishes a ``task.progress`` at once."""
+    lease = lease_seconds or CREATION_LEASE_SECONDS
+
     def report(done: int, total: int | None) -> None:
         with ctx.writing() as tx:
             for lock in (tx.catalogue.image_lock(image.uuid), *extra_locks):
-                tx.catalogue.hold(lock, ctx.task_id, CREATION_LEASE_SECONDS)
+                tx.catalogue.hold(lock, ctx.task_id, lease)
             tx.emit([TaskProgress(**ctx.task_fields(owner=image.owner, dc=task_dc), done=done, total=total)])
         ctx.publish_pending()
 

@@ -28,6 +28,7 @@ from services.importer.repositories import refresh_repositories
 from services.importer.transfer import Limits
 from services.node_agent.handlers import abandon_snapshot_image, create_image_from_snapshot
 from services.projector import handlers as projection
+from services.sweeper.leases import LeaseSweeper
 from services.updater.handlers import attach_image, detach_image, update_image
 from shared.broker.connection import broker_identity, connect
 from shared.broker.consumer import ConsumerRunner
@@ -94,6 +95,13 @@ def relay(infra: Infrastructure) -> OutboxRelay:
     return OutboxRelay(infra.engine, infra.publisher, infra.topology)
 
 
+def lease_sweeper(infra: Infrastructure, outbox: OutboxRelay) -> LeaseSweeper:
+    """The lease sweeper every command-consumer process runs beside its consumer (see
+    docs/architecture.md: any surviving consumer process ends the tasks of a dead one)."""
+    settings = infra.settings
+    return LeaseSweeper(infra.engine, outbox, open_store(settings.image_store), period=settings.sweep_seconds)
+
+
 def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
     """The runner of one consumer service (importer, updater, deleter or projector)."""
     settings = infra.settings
@@ -110,17 +118,19 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
     else:
         server = configured_image_server(settings)
         fetcher = Fetcher(UrlPolicy(settings.fetch_allow))
+        lease = settings.lease_seconds or None
         routes = {
             "importer": {
                 "image.import": functools.partial(import_image, fetcher=fetcher, server=server,
-                                                  limits=download_limits(settings)),
+                                                  limits=download_limits(settings), lease_seconds=lease),
                 "imagestore.refresh": functools.partial(
                     refresh_repositories, fetcher=fetcher, configured=settings.repositories(),
                     local=local_repository(settings.image_server_url)),
             },
-            "updater": {"image.update": functools.partial(update_image, server=server), "image.attach": attach_image,
+            "updater": {"image.update": functools.partial(update_image, server=server, lease_seconds=lease),
+                        "image.attach": attach_image,
                         "image.detach": detach_image},
-            "deleter": {"image.delete": functools.partial(delete_image, server=server)},
+            "deleter": {"image.delete": functools.partial(delete_image, server=server, lease_seconds=lease)},
         }[service]
         handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes,
                                   check_first=service == "importer",
@@ -158,7 +168,8 @@ def node_agent_routes(settings: Settings, driver: SnapshotDriver, hostname: str)
     (its queue is bound with exactly those)."""
     return {"image.snapshot": functools.partial(create_image_from_snapshot, node=hostname, driver=driver,
                                                 server=configured_image_server(settings),
-                                                level=settings.snapshot_gzip_level)}
+                                                level=settings.snapshot_gzip_level,
+                                                lease_seconds=settings.lease_seconds or None)}
 
 
 def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
@@ -227,19 +238,20 @@ def embedded_app(infra: Infrastructure, store: ImageStore | None):
 
 
 class Embedded:
-    """Every consumer, the outbox sweeper and, with ``IMAGESVC_LOCAL_NODE``, that node's agent as
+    """Every consumer, the outbox relay, the lease sweeper and, with ``IMAGESVC_LOCAL_NODE``, that node's agent as
     threads of this process (the gateway runs beside)."""
 
     def __init__(self, infra: Infrastructure):
         self.infra = infra
         self.relay = relay(infra)
+        self.sweeper = lease_sweeper(infra, self.relay)
         self.runners = [consumer(infra, name, self.relay) for name in CONSUMERS]
         if infra.settings.local_node:
             self.runners.append(node_agent(infra, infra.settings.local_node, self.relay))
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        targets = [(r.name, r.run) for r in self.runners] + [("relay", self.relay.run)]
+        targets = [(r.name, r.run) for r in self.runners] + [("relay", self.relay.run), ("sweeper", self.sweeper.run)]
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"embedded-{name}", daemon=True)
             thread.start()
@@ -252,9 +264,11 @@ class Embedded:
         for runner in self.runners:
             runner.stop()
         self.relay.stop()
+        self.sweeper.stop()
         for thread in self._threads:
             thread.join(timeout=10)
 
 
 __all__ = ["Infrastructure", "infrastructure", "consumer", "node_agent", "node_agent_routes", "snapshot_driver", "relay",
+           "lease_sweeper",
            "gateway_app", "image_server_app", "embedded_app", "Embedded"]

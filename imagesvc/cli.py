@@ -8,6 +8,7 @@
     imagesvc db upgrade
     imagesvc admin create-superadmin USERNAME [--new-key]
     imagesvc admin user|dc|role|node|vm ...     accounts, datacenters, roles, compute nodes, VMs (see imagesvc.admin)
+    imagesvc dlq list [QUEUE] | replay QUEUE --id ID|--all | purge QUEUE --yes   dead letters (see imagesvc.dlq)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from imagesvc import admin as admin_module
+from imagesvc import dlq as dlq_module
 from shared.config import ConfigError, Settings
 from shared.logging import configure_logging, get_logger
 from shared.store import open_store
@@ -94,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     superadmin.add_argument("--new-key", action="store_true", help="if the user exists, replace its API key")
     superadmin.set_defaults(func=_create_superadmin)
     admin_module.register(admin_commands)
+    dlq_module.register(commands)
     return parser
 
 
@@ -202,15 +205,19 @@ def _worker(args: argparse.Namespace) -> int:
     infra = bootstrap.infrastructure(settings, purpose=args.service)
     outbox = bootstrap.relay(infra)
     runner = bootstrap.consumer(infra, args.service, outbox)
+    sweeper = bootstrap.lease_sweeper(infra, outbox) if args.service != "projector" else None
 
     def stop(_signum, _frame) -> None:
         runner.stop()
         outbox.stop()
+        if sweeper is not None:
+            sweeper.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if args.service != "projector":
+    if sweeper is not None:
         threading.Thread(target=outbox.run, name="relay", daemon=True).start()
+        threading.Thread(target=sweeper.run, name="lease-sweeper", daemon=True).start()
     log.info("worker.start", service=args.service, broker=_redact(settings.broker_url))
     try:
         runner.run()
@@ -234,6 +241,7 @@ def _node_agent(args: argparse.Namespace) -> int:
     try:
         outbox = bootstrap.relay(infra)
         runner = bootstrap.node_agent(infra, args.node, outbox)
+        sweeper = bootstrap.lease_sweeper(infra, outbox)
     except BaseException:
         infra.close()
         raise
@@ -241,10 +249,12 @@ def _node_agent(args: argparse.Namespace) -> int:
     def stop(_signum, _frame) -> None:
         runner.stop()
         outbox.stop()
+        sweeper.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     threading.Thread(target=outbox.run, name="relay", daemon=True).start()
+    threading.Thread(target=sweeper.run, name="lease-sweeper", daemon=True).start()
     log.info("node_agent.start", node=args.node, queue=queue, store=settings.image_store, snapshots=settings.snapshot_driver, broker=_redact(settings.broker_url))
     try:
         runner.run()

@@ -96,6 +96,13 @@ class Settings:
     #: a VM disk, with ``{vm_uuid}``, ``{disk_id}`` (from 1) and ``{disk_index}`` (from 0).
     zfs_command: str = "zfs"
     zfs_dataset: str = "zones/{vm_uuid}-disk{disk_index}"
+    #: Lease of an image under a long-running command, in seconds (renewed while it works; a
+    #: lease that runs out means its worker died). 0: each command's default (creations 600,
+    #: manifest rewrites and removals 300).
+    lease_seconds: float = 0.0
+    #: Seconds between two runs of the lease sweeper (in every command-consumer process), which
+    #: ends the tasks whose lease ran out (``services.sweeper``).
+    sweep_seconds: float = 30.0
     #: ``serve`` only: the hostname of the compute node this process stands for; its node agent
     #: then runs as a thread too (snapshot images in the embedded mode). Empty: no node agent.
     local_node: str = ""
@@ -182,6 +189,10 @@ class Settings:
             check_dataset_template(self.zfs_dataset)
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_ZFS_DATASET: {exc}") from None
+        if self.lease_seconds < 0:
+            raise ConfigError("IMAGESVC_LEASE_SECONDS must not be negative (0: each command's default)")
+        if self.sweep_seconds <= 0:
+            raise ConfigError("IMAGESVC_SWEEP_SECONDS must be positive")
         if self.local_node:
             from shared.contracts.events import node_hostname_problem
 

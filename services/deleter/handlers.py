@@ -27,7 +27,8 @@ from shared.store.server import ImageServer
 DELETE_LEASE_SECONDS = 300.0
 
 
-def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServer | None = None) -> None:
+def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServer | None = None,
+                 lease_seconds: float | None = None) -> None:
     with ctx.writing() as tx:
         catalogue = tx.catalogue
         # The image and the actor in one round trip; the entry permission (403) still comes first.
@@ -53,7 +54,7 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServ
                       result=None, owner=image.owner, dc=task_dc)
             return
         if not resuming:
-            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, DELETE_LEASE_SECONDS)
+            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, lease_seconds or DELETE_LEASE_SECONDS)
             version = image.stream_version + 1
             catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
                                     stream_version=version)

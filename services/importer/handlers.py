@@ -29,14 +29,14 @@ log = get_logger(__name__)
 
 
 def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher, server: ImageServer | None = None,
-                 limits: transfer.Limits | None = None) -> None:
+                 limits: transfer.Limits | None = None, lease_seconds: float | None = None) -> None:
     payload = command.to_payload()
     if server is not None:
         with ctx.reading() as catalogue:
             mine = catalogue.image_by_name(command.name)
         if mine is not None and mine.status == images.STATUS_PENDING and mine.lock_owner == ctx.task_id:
             # Our own earlier attempt was interrupted (the importer died or lost its connection).
-            _transfer(ctx, mine, _file_url(payload), fetcher, server, limits)
+            _transfer(ctx, mine, _file_url(payload), fetcher, server, limits, lease_seconds)
             return
     with ctx.reading() as catalogue:
         actor = _check_refusals(catalogue, command.name, payload, ctx)
@@ -104,10 +104,11 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
         if server is None:
             tx.finish([imported], result=images.public_view(image), owner=image.owner, dc=task_dc)
             return
-        tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id, creation.CREATION_LEASE_SECONDS)
+        tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id,
+                          lease_seconds or creation.CREATION_LEASE_SECONDS)
         tx.emit([imported, TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
     ctx.publish_pending()  # the client's 201 comes now, not after the download
-    _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits)
+    _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits, lease_seconds)
 
 
 def _file_url(values: dict) -> str:
@@ -133,13 +134,13 @@ def _task_dc(catalogue, image: ImageRecord) -> str:
 
 
 def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: Fetcher, server: ImageServer,
-              limits: transfer.Limits | None) -> None:
+              limits: transfer.Limits | None, lease_seconds: float | None = None) -> None:
     """Move the file into the store, then make the image OK; or undo the import."""
     assert limits is not None, "an image server needs download limits"
     with ctx.reading() as catalogue:
         task_dc = _task_dc(catalogue, image)
     local = server.serves(file_url)
-    report = creation.progress_reporter(ctx, image, task_dc)
+    report = creation.progress_reporter(ctx, image, task_dc, lease_seconds=lease_seconds)
     try:
         expected = transfer.Expected.from_manifest(image.manifest)
         if local:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from domain import formats
 from shared.net.fetch import FetchError, Fetcher
 from shared.store import ImageStore, StoreError
 from shared.store.transfer import (RC_FILE, RC_MANIFEST, RC_MANIFEST_WRITE, RC_SPACE, RC_STORE, SPACE_MARGIN,
@@ -29,6 +30,8 @@ class Expected:
 
     size: int
     sha1: str
+    #: ``files[0].compression`` (gzip, bzip2, xz or none): how to read the content's head.
+    compression: str | None = None
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> "Expected":
@@ -40,7 +43,8 @@ class Expected:
         if not isinstance(sha1, str) or len(sha1) != 40 or any(c not in "0123456789abcdef" for c in sha1.lower()):
             raise TransferFailed(RC_MANIFEST, "Image manifest has no valid file checksum (files.0.sha1)",
                                  "manifest_invalid")
-        return cls(size=size, sha1=sha1.lower())
+        compression = first.get("compression")
+        return cls(size=size, sha1=sha1.lower(), compression=compression if isinstance(compression, str) else None)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,24 @@ def _verify(expected: Expected, size: int, sha1: str) -> None:
         raise TransferFailed(RC_FILE, f"Image file checksum mismatch ({expected.sha1} != {sha1})", "checksum_mismatch")
 
 
+class _FormatCheck:
+    """Refuses a container format (``domain.formats``) as soon as the content's head shows one."""
+
+    def __init__(self, expected: Expected):
+        self._inspector = formats.Inspector(expected.compression)
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._inspector.done:
+            self._inspector.feed(chunk)
+            if self._inspector.done:
+                self.finish()
+
+    def finish(self) -> None:
+        refused = self._inspector.verdict()
+        if refused is not None:
+            raise TransferFailed(RC_FILE, f"Image file format is not allowed ({refused})", "unsafe_image")
+
+
 def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: str, expected: Expected,
              limits: Limits, progress: Progress) -> Received:
     """Stream ``url`` into the store as the file of ``uuid``; committed only if it matches
@@ -109,8 +131,10 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
     try:
         digest = _Digest(upload.write)
         meter = ProgressMeter(expected.size, progress)
+        format_check = _FormatCheck(expected)
 
         def sink(chunk: bytes) -> None:
+            format_check.feed(chunk)
             digest.feed(chunk)
             meter.add(len(chunk))
 
@@ -125,6 +149,7 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
             raise TransferFailed(RC_FILE, f"Image file download failed ({exc})", exc.code) from None
         finally:
             digest.close()
+        format_check.finish()  # a file shorter than the inspected head
         _verify(expected, meter.done, digest.sha1.hexdigest())
         try:
             upload.commit()
@@ -154,9 +179,11 @@ def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: 
                              "store_read_failed") from None
     digest = _Digest(None)
     meter = ProgressMeter(expected.size, progress)
+    format_check = _FormatCheck(expected)
     try:
         with handle:
             while chunk := handle.read(1 << 20):
+                format_check.feed(chunk)
                 digest.feed(chunk)
                 meter.add(len(chunk))
     except OSError as exc:  # not a readable file (a directory, an I/O error): trying again cannot help
@@ -164,5 +191,6 @@ def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: 
                              "store_read_failed") from None
     finally:
         digest.close()
+    format_check.finish()
     _verify(expected, meter.done, digest.sha1.hexdigest())
     return Received(meter.done, digest.sha1.hexdigest(), digest.sha256.hexdigest(), time.monotonic() - started)

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from domain import formats
 from shared.logging import get_logger
 from shared.snapshots import SnapshotDriver, SnapshotError, SnapshotMissing
 from shared.store import ImageStore, StoreError
@@ -37,6 +38,12 @@ READ_CHUNK = 1024 * 1024
 SPACE_SHARE = 0.8
 #: zlib's wbits for a gzip container (header and trailer) around a 32 KiB window.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def _refuse_container(inspector: "formats.Inspector | None") -> None:
+    refused = inspector.verdict() if inspector is not None else None
+    if refused is not None:
+        raise TransferFailed(RC_DATASET, f"Snapshot content format is not allowed ({refused})", "unsafe_image")
 
 
 @dataclass(frozen=True)
@@ -130,13 +137,21 @@ def export_snapshot(driver: SnapshotDriver, snapshot: SnapshotRef, store: ImageS
         writer = ChunkWorker(write, name="export-writer")
         meter = ProgressMeter(total, progress)
         compressor = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+        # A raw disk whose content is a container format (its first bytes the QCOW magic, a VMDK
+        # descriptor...) would be probed as that format wherever the image is written to a disk
+        # (CVE-2026-24708): never made an image (domain.formats).
+        inspector = formats.Inspector("none")
         try:
             while True:
                 try:
                     chunk = stream.read(READ_CHUNK)
                 except (SnapshotError, OSError) as exc:
                     raise _unreadable(exc) from None
+                if not inspector.done and chunk:
+                    inspector.feed(chunk)
+                    _refuse_container(inspector if inspector.done else None)
                 if not chunk:
+                    _refuse_container(inspector)
                     break
                 compressed = compressor.compress(chunk)
                 if compressed:

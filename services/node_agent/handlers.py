@@ -62,12 +62,14 @@ class _Inventory:
 
 
 def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandContext, *, node: str,
-                               driver: SnapshotDriver, server: ImageServer | None, level: int) -> None:
+                               driver: SnapshotDriver, server: ImageServer | None, level: int,
+                               lease_seconds: float | None = None) -> None:
     with ctx.reading() as catalogue:
         mine = catalogue.image_by_name(command.name)
     if server is not None and mine is not None and mine.status == images.STATUS_PENDING \
             and mine.lock_owner == ctx.task_id:
-        _export(ctx, command, mine, node=node, driver=driver, server=server, level=level)  # an interrupted attempt
+        _export(ctx, command, mine, node=node, driver=driver, server=server, level=level,  # an interrupted attempt
+                lease_seconds=lease_seconds)
         return
     payload = command.to_payload()
     with ctx.writing() as tx:
@@ -104,24 +106,25 @@ def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandCon
         )
         catalogue.insert_image(image)
         snapshot_lock = snapshots.snapshot_lock_name(plan.vm.uuid, plan.disk.disk_id, command.snapshot)
-        if not catalogue.hold(snapshot_lock, ctx.task_id, creation.CREATION_LEASE_SECONDS):
+        lease = lease_seconds or creation.CREATION_LEASE_SECONDS
+        if not catalogue.hold(snapshot_lock, ctx.task_id, lease):
             raise Refused(417, snapshots.SNAPSHOT_NOT_OK, code="snapshot_status_not_ok")
-        catalogue.hold(catalogue.image_lock(image_uuid), ctx.task_id, creation.CREATION_LEASE_SECONDS)
+        catalogue.hold(catalogue.image_lock(image_uuid), ctx.task_id, lease)
         tx.emit([ImageImported(image=images.to_state(image), version=image.stream_version),
                  TaskStarted(**ctx.task_fields(owner=image.owner, dc=dc.name))])
     ctx.publish_pending()  # the client's 201 comes now, not after the export
     _export(ctx, command, image.with_changes(lock_owner=ctx.task_id), node=node, driver=driver, server=server,
-            level=level, vm_uuid=plan.vm.uuid, disk_id=plan.disk.disk_id)
+            level=level, vm_uuid=plan.vm.uuid, disk_id=plan.disk.disk_id, lease_seconds=lease_seconds)
 
 
 def _export(ctx: CommandContext, command: CreateImageFromSnapshot, image: ImageRecord, *, node: str,
             driver: SnapshotDriver, server: ImageServer, level: int, vm_uuid: str | None = None,
-            disk_id: int | None = None) -> None:
+            disk_id: int | None = None, lease_seconds: float | None = None) -> None:
     vm_uuid = vm_uuid or command.vm
     disk_id = disk_id or command.disk_id
     snapshot_lock = snapshots.snapshot_lock_name(vm_uuid, disk_id, command.snapshot)
     task_dc = image.dc_bound or ""
-    report = creation.progress_reporter(ctx, image, task_dc, extra_locks=[snapshot_lock])
+    report = creation.progress_reporter(ctx, image, task_dc, extra_locks=[snapshot_lock], lease_seconds=lease_seconds)
     try:
         exported = export_snapshot(driver, SnapshotRef(vm_uuid, disk_id, command.snapshot), server.store, image.uuid,
                                    ctx.task_id, report, level=level)

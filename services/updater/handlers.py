@@ -26,7 +26,8 @@ UPDATE_LEASE_SECONDS = 300.0
 _ATTRIBUTES = ("alias", "version", "owner", "access", "desc", "resize", "deploy", "tags")
 
 
-def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServer | None = None) -> None:
+def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServer | None = None,
+                 lease_seconds: float | None = None) -> None:
     payload = command.to_payload()
     with ctx.writing() as tx:
         catalogue = tx.catalogue
@@ -67,7 +68,7 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServ
             return
         task_dc = image.dc_bound or catalogue.default_datacenter().name
         if not resuming:
-            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, UPDATE_LEASE_SECONDS)
+            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, lease_seconds or UPDATE_LEASE_SECONDS)
             version = image.stream_version + 1
             catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
                                     stream_version=version)

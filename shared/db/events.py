@@ -152,3 +152,22 @@ def all_events(conn: Connection, *, after_id: int = 0, limit: int = 1000) -> lis
 def was_handled(conn: Connection, message_id: str) -> bool:
     """Whether the message already has its terminal task event (committed)."""
     return conn.execute(_HANDLED_BY, {"message_id": message_id}).first() is not None
+
+
+def task_started(conn: Connection, task_id: str) -> tuple[str, bytes] | None:
+    """The ``task.started`` of a long-running task: (the id of the command that started it, the
+    event's envelope), or None."""
+    row = conn.execute(
+        select(_events.c.causation_id, _events.c.body)
+        .where(_events.c.correlation_id == task_id, _events.c.type == "task.started")
+        .order_by(_events.c.id).limit(1)
+    ).first()
+    return (row.causation_id, row.body.encode()) if row else None
+
+
+def task_ended(conn: Connection, task_id: str) -> bool:
+    """Whether the task has its terminal event."""
+    return conn.execute(
+        select(_events.c.id).where(_events.c.correlation_id == task_id,
+                                   _events.c.type.in_(sorted(TERMINAL_TASK_EVENTS))).limit(1)
+    ).first() is not None

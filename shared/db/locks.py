@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy import Connection, bindparam, delete, select, update
 
 from shared.db.dialect import insert_for
 from shared.db.models import Lock, utcnow
@@ -53,3 +53,40 @@ def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockH
     row = conn.execute(_HOLDER, {"name": name, "now": now or utcnow()}).first()
     return LockHolder(owner=row.owner, expires_at=row.expires_at) if row else None
 
+
+
+@dataclass(frozen=True)
+class ExpiredLock:
+    name: str
+    owner: str
+    expires_at: datetime
+
+
+def expired(conn: Connection, prefix: str, *, now: datetime | None = None, limit: int = 100) -> list[ExpiredLock]:
+    """Locks named ``prefix...`` whose lease has run out (oldest first): their holders stopped
+    renewing them."""
+    rows = conn.execute(
+        select(_locks.c.name, _locks.c.owner, _locks.c.expires_at)
+        .where(_locks.c.name.startswith(prefix, autoescape=True), _locks.c.expires_at < (now or utcnow()))
+        .order_by(_locks.c.expires_at).limit(limit)
+    ).all()
+    return [ExpiredLock(r.name, r.owner, r.expires_at) for r in rows]
+
+
+def take_over(conn: Connection, name: str, *, owner: str, new_owner: str, lease_seconds: float,
+              now: datetime | None = None) -> bool:
+    """Give ``name`` to ``new_owner`` if ``owner`` still holds it and its lease has run out, in one
+    conditional statement: a renewal committed first makes this a no-op, and one that comes
+    after finds the lock no longer its holder's (``acquire`` refuses it). True if taken."""
+    now = now or utcnow()
+    result = conn.execute(
+        update(_locks)
+        .where(_locks.c.name == name, _locks.c.owner == owner, _locks.c.expires_at < now)
+        .values(owner=new_owner, acquired_at=now, expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1
+
+
+def owned_by(conn: Connection, owner: str) -> list[str]:
+    """The names of every lock ``owner`` holds (expired or not)."""
+    return list(conn.execute(select(_locks.c.name).where(_locks.c.owner == owner).order_by(_locks.c.name)).scalars())

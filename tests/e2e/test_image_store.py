@@ -217,6 +217,19 @@ def test_the_importer_killed_mid_download_still_ends_the_import_once(system, ori
     assert outcomes == []
 
 
+def test_a_file_that_is_really_a_container_format_is_refused(system, origin, store_dir, name):
+    """Reliability plan S11: a qcow2 (backing_file, data_file) served as a raw image never becomes one."""
+    content = b"QFI\xfb\x00\x00\x00\x03" + os.urandom(128 * 1024)
+    url, manifest = origin.add_image(content)
+    with system.client() as client:
+        status = finished(client, start_import(client, name, url))
+        assert status.status_code == 400
+        result = status.json()["result"]
+        assert (result["code"], result["returncode"]) == ("unsafe_image", 8)
+        assert client.get(f"/image/{name}/").status_code == 404
+    assert leftovers(store_dir, manifest["uuid"]) == []
+
+
 def test_a_store_that_fails_its_health_check_is_428(system, origin, store_dir, name):
     """Last in the module: it takes the store away for a moment."""
     manifest_url, _ = origin.add_image(os.urandom(1024))

@@ -365,6 +365,7 @@ def test_the_read_model_rebuilt_from_the_event_store_equals_the_live_one(world):
     from services.projector.handlers import apply, rebuild
     from shared.db.models import ReadImage, ReadStream, ReadTask
     from shared.handling import EventConsumer
+    from tests.support.projection import project
 
     for index in range(4):
         world.imported(f"img{index}")
@@ -379,12 +380,7 @@ def test_the_read_model_rebuilt_from_the_event_store_equals_the_live_one(world):
     head = order[:5]
     random.Random(7).shuffle(head)
     order[:5] = head
-    for body in order:
-        envelope = contracts.decode(body)
-        delivery = Delivery(body=body, queue="projector.events", headers={}, message_id=envelope.id,
-                            correlation_id=envelope.correlation_id, message_type=envelope.type, user_id=None,
-                            redelivered=False, attempt=1)
-        assert projector(delivery).outcome is Outcome.ACK
+    project(projector, order)
 
     def snapshot():
         with read_transaction(world.engine) as conn:

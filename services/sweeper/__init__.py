@@ -1,0 +1,1 @@
+"""The lease sweeper: ends tasks whose holder died holding an image's lease (``leases``)."""

@@ -1,0 +1,185 @@
+"""End the tasks whose image lease ran out: their consumer died holding it, and their command
+will not come back (the broker dead-lettered it after repeated crashes, or nobody consumes its
+queue any more).
+
+A long-running command (an import or a snapshot image with an image store, an update that
+rewrites the stored manifest, a removal from the store) leaves its image PENDING under the lease
+lock ``image:<uuid>``, owned by its task id and renewed while it works. A lease whose time ran out
+while its image is still PENDING names a task nobody is finishing. For each, the sweeper:
+
+1. takes the lease over (``locks.take_over``: only while it is still expired and still the
+   task's, in one statement under the image's row lock, so a renewal that commits first wins and
+   one that comes later finds the lease gone) and names it ``swept:<task id>``, so a sweeper
+   that dies half way is resumed by the next sweep once that lease runs out too;
+2. repairs the store while it holds the lease (nothing else may touch the image meanwhile): an
+   import's or a snapshot image's data is removed, an update's manifest is written back as the
+   catalogue has it;
+3. in one transaction: a created image is removed (``image.deleted``), an updated or deleted one
+   is OK again (``image.updated``), every lock of the task goes (a snapshot's lease too), and the
+   task fails with ``lease_expired`` (500). The ``task.failed`` is caused by the command that
+   started the task, so the command's inbox sees it handled: a late redelivery or a replay from
+   the dead-letter queue is a duplicate, not a second outcome.
+
+Any number of sweepers may run (one in every command-consumer process): they serialise on the
+image's row lock, and the task's single outcome (``uq_events_task_outcome``) stops a second one.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from domain import images
+from shared import contracts
+from shared.contracts import ImageDeleted, ImageUpdated, TaskFailed
+from shared.db import events as store
+from shared.db import locks
+from shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue
+from shared.db.engine import write_transaction
+from shared.db.models import utcnow
+from shared.logging import get_logger
+from shared.store import ImageStore, StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+log = get_logger(__name__)
+
+#: The owner a sweeper gives a lease it took over: this prefix + the task id.
+SWEPT_PREFIX = "swept:"
+LEASE_EXPIRED = "lease_expired"
+#: The commands whose image is created under the lease (undone by removing the image).
+CREATIONS = frozenset({"image.import", "image.snapshot"})
+#: The commands that change an existing image under the lease (undone by making it OK again).
+CHANGES = frozenset({"image.update", "image.delete"})
+
+
+def lease_expired_failure(command: str) -> dict[str, str]:
+    return {"detail": f"Internal error: the {command} task stopped (its worker died and its lease expired); "
+                      f"nothing was changed, try again"}
+
+
+@dataclass(frozen=True)
+class Swept:
+    """A task the sweeper ended."""
+
+    task_id: str
+    command: str
+    image_uuid: str
+
+
+class LeaseSweeper:
+    """``sweep_once()`` ends what is found now; ``run()`` does so every ``period`` seconds until
+    ``stop()``. ``relay`` publishes the events (the outbox relay's fast path; its own sweep
+    catches what that misses). ``claim_seconds``: how long a sweep may hold a lease it took over."""
+
+    def __init__(self, engine: Engine, relay, store: ImageStore | None, *, period: float = 30.0,
+                 claim_seconds: float = 60.0, batch: int = 50):
+        self._engine = engine
+        self._relay = relay
+        self._store = store
+        self._period = period
+        self._claim_seconds = claim_seconds
+        self._batch = batch
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self.sweep_once()
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive outages
+                log.warning("sweeper.failed", error=repr(exc))
+
+    def sweep_once(self) -> list[Swept]:
+        with write_transaction(self._engine) as conn:
+            candidates = locks.expired(conn, IMAGE_LOCK_PREFIX, limit=self._batch)
+        swept = []
+        for lock in candidates:
+            try:
+                done = self._end(lock)
+            except Exception as exc:  # noqa: BLE001 - one bad lease must not block the others
+                log.warning("sweeper.lease_failed", lock=lock.name, owner=lock.owner, error=repr(exc))
+                continue
+            if done is not None:
+                swept.append(done)
+        return swept
+
+    def _end(self, lock: locks.ExpiredLock) -> Swept | None:
+        uuid = lock.name[len(IMAGE_LOCK_PREFIX):]
+        task_id = lock.owner.removeprefix(SWEPT_PREFIX)
+        claim = SWEPT_PREFIX + task_id
+        # 1. Take the lease over, if it is still expired and the task's (or a dead sweep's).
+        with write_transaction(self._engine) as conn:
+            catalogue = SqlCatalogue(conn)
+            image = catalogue.image_by_uuid(uuid, for_update=True)
+            started = store.task_started(conn, task_id)
+            if image is None or image.status != images.STATUS_PENDING or started is None:
+                # Nothing waits on this lease (its image is gone or settled): only the lock is left.
+                if locks.take_over(conn, lock.name, owner=lock.owner, new_owner=claim, lease_seconds=0):
+                    locks.release(conn, lock.name, claim)
+                    log.info("sweeper.stale_lock_removed", lock=lock.name, owner=lock.owner)
+                return None
+            if not locks.take_over(conn, lock.name, owner=lock.owner, new_owner=claim,
+                                   lease_seconds=self._claim_seconds):
+                return None  # renewed (or taken) in the meantime: its holder is alive
+        command_id, body = started
+        envelope = contracts.decode(body)
+        begun = contracts.parse(envelope)
+        command = begun.command  # type: ignore[attr-defined]
+        log.warning("sweeper.lease_expired", task_id=task_id, command=command, image=uuid, expired_at=str(lock.expires_at))
+        # 2. Repair the store, holding the lease.
+        self._repair_store(command, image)
+        # 3. Settle the image and end the task.
+        with write_transaction(self._engine) as conn:
+            catalogue = SqlCatalogue(conn)
+            current = catalogue.image_by_uuid(uuid, for_update=True)
+            if current is None or current.lock_owner != claim:
+                return None  # another sweeper finished it
+            version = current.stream_version + 1
+            changes = []
+            if command in CREATIONS:
+                catalogue.delete_image(uuid)
+                changes.append(ImageDeleted(uuid=uuid, name=current.name, version=version))
+            else:
+                catalogue.update_fields(uuid, {"status": images.STATUS_OK}, changed=current.changed,
+                                        stream_version=version)
+                restored = current.with_changes(status=images.STATUS_OK, lock_owner=None)
+                changes.append(ImageUpdated(image=images.to_state(restored), version=version, changed=["status"]))
+            locks.release(conn, lock.name, claim)
+            for name in locks.owned_by(conn, task_id):  # a snapshot image's lease on its snapshot
+                locks.release(conn, name, task_id)
+            failed = [] if store.task_ended(conn, task_id) else [TaskFailed(
+                task_id=task_id, command=command, object_name=begun.object_name,  # type: ignore[attr-defined]
+                user=begun.user, owner=begun.owner, dc=begun.dc,  # type: ignore[attr-defined]
+                http_code=500, result=lease_expired_failure(command), code=LEASE_EXPIRED,
+                stream=changes[-1].stream_position()[0], stream_version=version)]
+            wrapped = [(contracts.wrap(event, correlation_id=task_id, causation_id=command_id, actor=envelope.actor,
+                                       reply_to=envelope.reply_to), event.stream_position())
+                       for event in [*changes, *failed]]
+            rows = store.append(conn, wrapped)
+        self._relay.publish(rows)
+        log.warning("sweeper.task_failed", task_id=task_id, command=command, image=uuid, code=LEASE_EXPIRED)
+        return Swept(task_id=task_id, command=command, image_uuid=uuid)
+
+    def _repair_store(self, command: str, image) -> None:
+        if self._store is None:
+            return
+        try:
+            if command == "image.snapshot":
+                self._store.delete(image.uuid)  # a fresh uuid: everything under it is this task's
+            elif command == "image.import":
+                if self._store.manifest(image.uuid) is not None:
+                    self._store.delete(image.uuid)  # the import got as far as writing the manifest
+                else:
+                    # A file without a manifest may have been placed by hand for an in-place
+                    # import (reference §7.3): only the task's partial downloads are its own.
+                    self._store.discard_partials(image.uuid)
+            elif command == "image.update" and image.manifest_active:
+                # The updater writes the store first: put back what the catalogue still has.
+                self._store.write_manifest(image.uuid, image.manifest_active)
+        except StoreError as exc:  # the image is settled anyway; the store keeps a leftover
+            log.warning("sweeper.store_repair_failed", image=image.uuid, command=command, error=str(exc))
