@@ -18,6 +18,7 @@ messages are simply sent.
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import threading
 import time
@@ -129,8 +130,13 @@ class _Slot:
         conn = self.connection
         if conn is None or not conn.connected or conn.transport_cls == "memory":
             return False
+        sock = getattr(getattr(getattr(conn, "_connection", None), "transport", None), "sock", None)
+        if sock is not None and not select.select([sock], [], [], 0)[0]:
+            return True  # nothing arrived: no wait at all on the publish path
         try:
-            conn.drain_events(timeout=0.001)
+            # Something arrived (a heartbeat, connection.blocked, or the broker closing this
+            # connection, which raises here so the caller reconnects before it publishes).
+            conn.drain_events(timeout=0.01)
         except socket.timeout:
             pass
         return True

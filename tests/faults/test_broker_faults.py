@@ -11,6 +11,7 @@ printed with ``-s`` and recorded in docs/reliability.md.
 from __future__ import annotations
 
 import os
+import json
 import threading
 import time
 from collections import Counter
@@ -117,10 +118,26 @@ def accepted_ids(answers: list[Answer]) -> set[str]:
     return {a.task_id for a in answers if a.code in ACCEPTED and a.task_id}
 
 
+#: Task ids that existed when the current row started (the rows share one system: a row judges
+#: only the tasks of its own time).
+_BEFORE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _tasks_before(system):
+    _BEFORE.clear()
+    _BEFORE.update(read_ledger(system.database_url, broker_url=None, prefix=system.prefix).tasks)
+    yield
+
+
+def unexpected(ledger, accepted: set[str]) -> set[str]:
+    return set(ledger.unexpected(accepted)) - _BEFORE
+
+
 def ledger_clean(system: System, accepted: set[str], **options):
     def check():
         ledger = read_ledger(system.database_url, broker_url=system.broker_url, prefix=system.prefix)
-        assert_clean(ledger, accepted, **options)
+        assert_clean(ledger, accepted, known_before=frozenset(_BEFORE), **options)
         return ledger
 
     return check
@@ -195,7 +212,7 @@ def broker_outage_mid_stream(system, origin, broker, *, take_down, bring_up, dow
     first_after = min((a.started + a.seconds for a in answers if a.code in ACCEPTED and a.started >= back),
                       default=None)
     report(row, posts=len(answers), codes=dict(codes), accepted=len(accepted), lost=len(ledger.lost(accepted)),
-           doubled=len(ledger.doubled(accepted)), unexpected=len(ledger.unexpected(accepted)),
+           doubled=len(ledger.doubled(accepted)), unexpected=len(unexpected(ledger, accepted)),
            slowest_503_s=round(slowest_503, 2),
            first_accept_after_restart_s=None if first_after is None else round(first_after - back, 2),
            ledger_clean_after_restart_s=round(recovered, 1))
@@ -239,12 +256,12 @@ def test_r3_publish_confirm_lost(system, origin, broker):
         ledger = eventually(ledger_clean(system, accepted, allow_unexpected=True), timeout=60, interval=0.5)
         # A 503 is "unknown outcome": its command may have run, but then exactly once, and only
         # for a name that was answered 503; nothing accepted is missing (checked above).
-        for task_id in ledger.unexpected(accepted):
+        for task_id in unexpected(ledger, accepted):
             record = ledger.tasks[task_id]
             assert record.image_names <= refused_names and len(record.terminal) == 1, record
         report("R3", posts=len(answers), traps_sprung=proxy.traps_sprung, codes=dict(codes), accepted=len(accepted),
                lost=len(ledger.lost(accepted)), doubled=len(ledger.doubled(accepted)),
-               ran_though_503=len(ledger.unexpected(accepted)),
+               ran_though_503=len(unexpected(ledger, accepted)),
                redelivered_duplicates=system.log("importer").count('"duplicate"'))
     finally:
         respawn(system, ["gateway0"], broker.url)
@@ -276,12 +293,25 @@ def test_r4_broker_down_bounded_retry(system, origin, broker):
         return answer
 
     first = eventually(accepted_again, timeout=30, interval=0.05)
-    to_first_accept = first.started + first.seconds - back
-    assert to_first_accept <= 2.0, f"first accepted POST {to_first_accept:.2f} s after the broker came back"
+    # Accepted = the broker confirmed the command (the gateway logs when, as accepted_ms); the
+    # answer itself may wait for the outcome up to the answer window (consumers reconnecting).
+    to_first_accept = first.started + accepted_after(system, first.task_id) - back
+    assert to_first_accept <= 2.0, f"first command accepted {to_first_accept:.2f} s after the broker came back"
     ledger = eventually(ledger_clean(system, {warm.task_id, first.task_id}), timeout=30, interval=0.5)
     report("R4", posts_while_down=20, codes=dict(Counter(a.code for a in answers)), slowest_503_s=round(slowest, 2),
            threads=f"{before['Threads']}->{after['Threads']}", rss_kib=f"{before['VmRSS']}->{after['VmRSS']}",
            first_accept_after_restart_s=round(to_first_accept, 2), lost=len(ledger.lost({first.task_id})))
+
+
+def accepted_after(system: System, task_id: str) -> float:
+    """Seconds from the start of the request of ``task_id`` to the broker's confirm (the gateway's
+    request line)."""
+    for line in system.log("gateway0").splitlines():
+        if task_id in line and '"accepted_ms"' in line:
+            accepted_ms = json.loads(line).get("accepted_ms")
+            if accepted_ms is not None:
+                return accepted_ms / 1000
+    raise AssertionError(f"no request line with accepted_ms for {task_id}")
 
 
 # --- R5: a resource alarm blocks publishers ------------------------------------------------------
@@ -307,7 +337,7 @@ def test_r5_broker_resource_alarm(system, origin, broker):
 
     first = eventually(accepted_again, timeout=30, interval=0.1)
     ledger = eventually(ledger_clean(system, {first.task_id}, allow_unexpected=True), timeout=30, interval=0.5)
-    ran_anyway = ledger.unexpected({first.task_id})
+    ran_anyway = unexpected(ledger, {first.task_id})
     report("R5", posts_during_alarm=len(answers), codes=dict(codes), slowest_503_s=round(slowest, 2),
            ran_though_503=len(ran_anyway), first_accept_after_restore_s=round(first.started + first.seconds - restored, 2))
     assert not ran_anyway, f"{len(ran_anyway)} commands answered 503 during the alarm ran once it cleared"
