@@ -185,6 +185,12 @@ class Dispatcher:
                 # waits there for the agent instead of being lost (it was returned, not routed).
                 self._declare_node_queue(node)
                 publish()
+        except Unroutable as exc:
+            # No queue is bound for the command (a broken topology): an operator must see it, and
+            # count it apart from a broker that is merely away.
+            log.error("command.unroutable", error=str(exc), task_id=task_id, routing_key=routing_key,
+                      exchange=self._topology.commands.name)
+            raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None

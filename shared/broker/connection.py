@@ -8,6 +8,9 @@ of kombu's one second.
 
 from __future__ import annotations
 
+import socket
+import struct
+
 from kombu import Connection
 
 from shared.config import Settings
@@ -53,9 +56,26 @@ def discard(connection: Connection | None) -> None:
     """
     if connection is None:
         return
+    _abort(connection)
     try:
         connection.collect()
     except Exception:  # noqa: BLE001 - a broken connection may fail to close in any way
+        pass
+
+
+def _abort(connection: Connection) -> None:
+    """Close the TCP socket with an RST first (SO_LINGER 0), so that ``collect`` cannot wait
+    for a channel's close-ok, and so that bytes the broker has not read yet (a publish held back
+    by a resource alarm) are dropped with the connection instead of being routed later: a
+    command we answered 503 must not run anyway."""
+    amqp_connection = getattr(connection, "_connection", None)  # ``.connection`` would connect
+    sock = getattr(getattr(amqp_connection, "transport", None), "sock", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
         pass
 
 

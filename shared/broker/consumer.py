@@ -58,6 +58,8 @@ log = get_logger(__name__)
 
 ATTEMPT_HEADER = "x-imagesvc-attempt"
 #: Without a socket to watch (memory://, TLS): the read timeout while handlers run.
+#: Longest pause between two attempts to reach the broker again.
+RECONNECT_DELAY_MAX = 2.0
 BUSY_POLL_SECONDS = 0.002
 DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
@@ -217,7 +219,8 @@ class ConsumerRunner:
                 log.warning("consumer.connection_lost", consumer=self.name, error=repr(exc), retry_in=reconnect_delay)
                 discard(connection)
                 self._stop.wait(reconnect_delay)
-                reconnect_delay = min(reconnect_delay * 2, 10.0)
+                # Capped low: after a broker restart, work resumes within a couple of seconds.
+                reconnect_delay = min(reconnect_delay * 2, RECONNECT_DELAY_MAX)
             else:
                 discard(connection)
         self.ready.clear()

@@ -92,7 +92,7 @@ class NotificationListener:
                 log.warning("notifications.connection_lost", error=repr(exc), retry_in=delay)
                 discard(connection)
                 self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 2.0)  # back within a couple of seconds of a broker restart
             else:
                 discard(connection)  # the queue is exclusive: it goes with the connection
         self.ready.clear()

@@ -18,6 +18,7 @@ messages are simply sent.
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import threading
 import time
@@ -100,6 +101,8 @@ class _Slot:
         self.connection: Connection | None = None
         self.producer = None
         self.confirms: _Confirms | None = None
+        #: Why the broker blocks this connection's publishes (a resource alarm), or None.
+        self.blocked: str | None = None
 
     def ready(self, timeout: float):
         if self.connection is None:
@@ -108,7 +111,35 @@ class _Slot:
             ensure_connected(self.connection, timeout)
             self.producer = self.connection.Producer()
             self.confirms = None
+            self.blocked = None
+            amqp_connection = getattr(self.connection, "_connection", None)
+            if amqp_connection is not None and hasattr(amqp_connection, "on_blocked"):
+                amqp_connection.on_blocked = self._on_blocked
+                amqp_connection.on_unblocked = self._on_unblocked
         return self.producer
+
+    def _on_blocked(self, reason: str | None = None) -> None:
+        self.blocked = reason or "connection blocked"
+
+    def _on_unblocked(self) -> None:
+        self.blocked = None
+
+    def read_pending(self) -> bool:
+        """Read frames that already arrived (connection.blocked/unblocked, heartbeats) without
+        waiting; False when there is no open AMQP connection to read."""
+        conn = self.connection
+        if conn is None or not conn.connected or conn.transport_cls == "memory":
+            return False
+        sock = getattr(getattr(getattr(conn, "_connection", None), "transport", None), "sock", None)
+        if sock is not None and not select.select([sock], [], [], 0)[0]:
+            return True  # nothing arrived: no wait at all on the publish path
+        try:
+            # Something arrived (a heartbeat, connection.blocked, or the broker closing this
+            # connection, which raises here so the caller reconnects before it publishes).
+            conn.drain_events(timeout=0.01)
+        except socket.timeout:
+            pass
+        return True
 
     @property
     def confirming(self) -> bool:
@@ -135,14 +166,8 @@ class _Slot:
 
     def tick(self) -> None:
         """Keep an idle AMQP connection alive: read pending frames, send a heartbeat if due."""
-        conn = self.connection
-        if conn is None or not conn.connected or conn.transport_cls == "memory":
-            return
-        try:
-            conn.drain_events(timeout=0.01)
-        except socket.timeout:
-            pass
-        conn.heartbeat_check()
+        if self.read_pending():
+            self.connection.heartbeat_check()  # type: ignore[union-attr]
 
 
 class Publisher:
@@ -194,6 +219,10 @@ class Publisher:
                 except Unroutable:
                     slot.reset()
                     raise
+                except Blocked as exc:
+                    # Keep the connection: it hears the broker's connection.unblocked.
+                    last_error = exc
+                    break
                 except PublishFailed as exc:
                     slot.reset()
                     last_error = exc
@@ -220,6 +249,12 @@ class Publisher:
                                  correlation_id=m.correlation_id, type=m.message_type, headers=m.headers, retry=False,
                                  **({"user_id": m.user_id} if m.user_id else {}))
             return
+        slot.read_pending()
+        if slot.blocked:
+            # A resource alarm: a publish now would be held unread by the broker, answered 503
+            # after the timeout, and then routed once the alarm clears (a command run after we
+            # said it was not accepted). Refuse before sending anything.
+            raise Blocked(f"the broker blocks publishing ({slot.blocked})")
         channel = slot.confirm_channel()
         confirms = slot.confirms
         assert confirms is not None
@@ -278,6 +313,10 @@ class Publisher:
                 self._slots.get_nowait().reset()
             except queue.Empty:
                 break
+
+
+class Blocked(PublishFailed):
+    """The broker has told this connection it blocks publishers (a resource alarm)."""
 
 
 def _no_route(exc: Exception) -> bool:
