@@ -12,9 +12,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 from domain import images
-from shared.contracts import ImageDeleted, ImageUpdated, TaskProgress
+from shared.contracts import ImageDeleted, ImageUpdated, TaskProgress, TaskStarted
 from shared.db.records import ImageRecord
 from shared.errors import CommandFailed
+from shared.store import StoreError
+from shared.store.transfer import TransferFailed
 
 #: The lease of an image being created; renewed with every progress report, so it lapses only
 #: when its consumer died (the command's next delivery then takes over, or, if none comes, the
@@ -80,3 +82,44 @@ def undo(ctx, image: ImageRecord, failure: CommandFailed, *, task_dc: str, extra
 def failure_of(returncode_result: dict[str, Any], code: str) -> CommandFailed:
     """A task failure carrying esimg's result (the original answers such a FAILURE with 400)."""
     return CommandFailed(returncode_result, http_code=400, code=code)
+
+
+def store_failure(returncode: int, exc: StoreError) -> CommandFailed:
+    """A task failure for a store operation that failed, with esimg's result and return code."""
+    failure = TransferFailed(returncode, str(exc), exc.code)
+    return failure_of(failure.result(), failure.code)
+
+
+# --- a long-running change of an existing image (a manifest rewrite, a delete with a store) -----
+
+
+def mark_pending(tx, ctx, image: ImageRecord, *, task_dc: str, lease_seconds: float) -> None:
+    """Take the image's lease and record it PENDING (its next stream version), with
+    ``task.started``: the client gets 201 and other commands 417 until the work ends."""
+    tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id, lease_seconds)
+    version = image.stream_version + 1
+    tx.catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
+                               stream_version=version)
+    pending = image.with_changes(status=images.STATUS_PENDING)
+    tx.emit([ImageUpdated(image=images.to_state(pending), version=version, changed=["status"]),
+             TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
+
+
+def held(tx, ctx, uuid: str) -> ImageRecord:
+    """The image under its row lock, provided this task still holds its lease (else another task
+    took it over after the lease lapsed: it decides, not us)."""
+    current = tx.catalogue.image_by_uuid(uuid, for_update=True)
+    if current is None or current.lock_owner != ctx.task_id:
+        raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+    return current
+
+
+def back_to_ok(tx, ctx, current: ImageRecord, failure: CommandFailed, *, task_dc: str) -> None:
+    """The work failed and changed nothing: the image is OK again, its lease goes, the task fails."""
+    version = current.stream_version + 1
+    tx.catalogue.let_go(tx.catalogue.image_lock(current.uuid), ctx.task_id)
+    tx.catalogue.update_fields(current.uuid, {"status": images.STATUS_OK}, changed=current.changed,
+                               stream_version=version)
+    restored = current.with_changes(status=images.STATUS_OK)
+    tx.fail([ImageUpdated(image=images.to_state(restored), version=version, changed=["status"])], failure,
+            owner=current.owner, dc=task_dc)

@@ -14,10 +14,9 @@ is the next version of the image's event stream, so a stale event can never revi
 
 from __future__ import annotations
 
-from domain import images, policy
-from shared.contracts import DeleteImage, ImageDeleted, ImageUpdated, TaskStarted
-from shared.db import locks, vms
-from shared.db.catalogue import image_lock_name
+from domain import creation, images, policy
+from shared.contracts import DeleteImage, ImageDeleted
+from shared.db import vms
 from shared.errors import CommandFailed, Refused
 from shared.handling import CommandContext
 from shared.store import StoreError
@@ -56,13 +55,7 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServ
                       result=None, owner=image.owner, dc=task_dc)
             return
         if not resuming:
-            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, lease_seconds or DELETE_LEASE_SECONDS)
-            version = image.stream_version + 1
-            catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
-                                    stream_version=version)
-            pending = image.with_changes(status=images.STATUS_PENDING)
-            tx.emit([ImageUpdated(image=images.to_state(pending), version=version, changed=["status"]),
-                     TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
+            creation.mark_pending(tx, ctx, image, task_dc=task_dc, lease_seconds=lease_seconds or DELETE_LEASE_SECONDS)
     ctx.publish_pending()
     _remove(ctx, image.uuid, server, task_dc)
 
@@ -72,24 +65,14 @@ def _remove(ctx: CommandContext, uuid: str, server: ImageServer, task_dc: str) -
     try:
         server.store.delete(uuid)
     except StoreError as exc:
-        message = f"ERROR: {exc}"
-        failure = CommandFailed({"returncode": 1, "message": message,
-                                 "detail": f"Got bad return code (1). Error: {message}", "code": exc.code},
-                                http_code=400, code=exc.code)
+        failure = creation.store_failure(1, exc)
     with ctx.writing() as tx:
-        current = tx.catalogue.image_by_uuid(uuid, for_update=True)
-        if current is None or current.lock_owner != ctx.task_id:
-            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
-        version = current.stream_version + 1
-        locks.release(tx.conn, image_lock_name(uuid), ctx.task_id)
+        current = creation.held(tx, ctx, uuid)
         if failure is not None:  # the data is still there: so is the image
-            tx.catalogue.update_fields(uuid, {"status": images.STATUS_OK}, changed=current.changed,
-                                       stream_version=version)
-            restored = current.with_changes(status=images.STATUS_OK)
-            tx.fail([ImageUpdated(image=images.to_state(restored), version=version, changed=["status"])], failure,
-                    owner=current.owner, dc=task_dc)
+            creation.back_to_ok(tx, ctx, current, failure, task_dc=task_dc)
             return
+        tx.catalogue.let_go(tx.catalogue.image_lock(uuid), ctx.task_id)
         tx.catalogue.delete_image(uuid)
-        tx.finish([ImageDeleted(uuid=uuid, name=current.name, version=version)],
+        tx.finish([ImageDeleted(uuid=uuid, name=current.name, version=current.stream_version + 1)],
                   result={"returncode": 0, "message": f"Successfully deleted image {current.name}"},
                   owner=current.owner, dc=task_dc)

@@ -10,10 +10,8 @@ OK again; if the store write fails nothing was changed, so nothing needs restori
 
 from __future__ import annotations
 
-from domain import fields, images, manifest, policy
-from shared.contracts import AttachImage, DetachImage, ImageUpdated, TaskStarted, UpdateImage
-from shared.db import locks
-from shared.db.catalogue import image_lock_name
+from domain import creation, fields, images, manifest, policy
+from shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
@@ -73,13 +71,7 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServ
             return
         task_dc = image.dc_bound or catalogue.default_datacenter().name
         if not resuming:
-            locks.acquire(tx.conn, image_lock_name(image.uuid), ctx.task_id, lease_seconds or UPDATE_LEASE_SECONDS)
-            version = image.stream_version + 1
-            catalogue.update_fields(image.uuid, {"status": images.STATUS_PENDING}, changed=image.changed,
-                                    stream_version=version)
-            pending = image.with_changes(status=images.STATUS_PENDING)
-            tx.emit([ImageUpdated(image=images.to_state(pending), version=version, changed=["status"]),
-                     TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
+            creation.mark_pending(tx, ctx, image, task_dc=task_dc, lease_seconds=lease_seconds or UPDATE_LEASE_SECONDS)
     ctx.publish_pending()
     _rewrite_manifest(ctx, image.uuid, {k: changes[k] for k in changed}, server, task_dc)  # type: ignore[arg-type]
 
@@ -118,24 +110,15 @@ def _rewrite_manifest(ctx: CommandContext, uuid: str, columns: dict, server: Ima
     try:
         server.store.write_manifest(uuid, rebuilt)
     except StoreError as exc:
-        message = f"ERROR: {exc}"
-        failure = CommandFailed({"returncode": 9, "message": message,
-                                 "detail": f"Got bad return code (9). Error: {message}", "code": exc.code},
-                                http_code=400, code=exc.code)
+        failure = creation.store_failure(9, exc)
     with ctx.writing() as tx:
-        current = tx.catalogue.image_by_uuid(uuid, for_update=True)
-        if current is None or current.lock_owner != ctx.task_id:
-            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+        current = creation.held(tx, ctx, uuid)
+        if failure is not None:
+            creation.back_to_ok(tx, ctx, current, failure, task_dc=task_dc)
+            return
         now = utcnow()
         version = current.stream_version + 1
-        locks.release(tx.conn, image_lock_name(uuid), ctx.task_id)
-        if failure is not None:
-            restored = current.with_changes(status=images.STATUS_OK)
-            tx.catalogue.update_fields(uuid, {"status": images.STATUS_OK}, changed=current.changed,
-                                       stream_version=version)
-            tx.fail([ImageUpdated(image=images.to_state(restored), version=version, changed=["status"])], failure,
-                    owner=current.owner, dc=task_dc)
-            return
+        tx.catalogue.let_go(tx.catalogue.image_lock(uuid), ctx.task_id)
         saved = {**columns, "manifest": rebuilt, "manifest_active": rebuilt, "status": images.STATUS_OK}
         done = current.with_changes(**saved, changed=now)
         tx.catalogue.update_fields(uuid, saved, changed=now, stream_version=version)
