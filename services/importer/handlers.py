@@ -69,6 +69,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
 
     with ctx.writing() as tx:
         catalogue = tx.catalogue
+        catalogue.lock_namespace()  # the name, the alias and the DC's limit are checked, then claimed
         actor = _check_refusals(catalogue, command.name, payload, ctx)
         dc = catalogue.datacenter(values["dc"]) if "dc" in values else None
         _check_uuid_free(catalogue, source["uuid"])

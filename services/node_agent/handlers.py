@@ -74,6 +74,7 @@ def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandCon
     payload = command.to_payload()
     with ctx.writing() as tx:
         catalogue = tx.catalogue
+        catalogue.lock_namespace()  # the name, the alias and the DC's limit are checked, then claimed
         access = policy.actor_access(catalogue, ctx.actor)
         request_dc = ctx.actor.dc if ctx.actor and ctx.actor.dc else catalogue.default_datacenter().name
         plan = snapshots.check(_Inventory(tx, server, ctx.task_id), access=access, request_dc=request_dc,

@@ -37,7 +37,6 @@ from shared.db import events as store
 from shared.db import locks
 from shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue
 from shared.db.engine import write_transaction
-from shared.db.models import utcnow
 from shared.logging import get_logger
 from shared.store import ImageStore, StoreError
 

@@ -53,6 +53,7 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServ
                                                 is_superadmin=actor.is_superadmin, errors=errors)
         changed = sorted(k for k, v in changes.items() if getattr(image, k) != v)
         if "alias" in changed or "version" in changed:
+            catalogue.lock_namespace()  # the new alias+version is checked, then claimed
             images.check_alias_and_limit(catalogue, alias=changes.get("alias", image.alias),
                                          version=changes.get("version", image.version), bound_dc=None,
                                          exclude_uuid=image.uuid, errors=errors, count_limit=False)

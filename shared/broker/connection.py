@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from kombu import Connection
 
 from shared.config import Settings
+
+if TYPE_CHECKING:
+    from shared.broker.consumer import BrokerIdentity
 
 #: The embedded broker's polling interval: latency of an in-process hop, in seconds.
 MEMORY_POLLING_INTERVAL = 0.002
@@ -79,7 +83,7 @@ def _abort(connection: Connection) -> None:
         pass
 
 
-def broker_identity(settings: Settings) -> "BrokerIdentity | None":
+def broker_identity(settings: Settings) -> BrokerIdentity | None:
     """This process's broker user and imagesvc's trusted ones; None on ``memory://``, where the
     broker vouches for nobody (and nobody outside the process can publish)."""
     from shared.broker.consumer import BrokerIdentity

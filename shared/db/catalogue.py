@@ -28,6 +28,11 @@ _DEFAULT_DC: dict[str, tuple[float, DatacenterRecord]] = {}
 _bound = _dcs.alias("bound")
 
 
+#: The key of the transaction-scoped advisory lock that serialises the writers of the image
+#: namespace (PostgreSQL). An arbitrary constant of this module's own.
+_NAMESPACE_LOCK_KEY = 0x696D6E73
+_LOCK_NAMESPACE = select(func.pg_advisory_xact_lock(_NAMESPACE_LOCK_KEY))
+
 #: An image's lease lock (``shared.db.locks``) is named this prefix + the image uuid.
 IMAGE_LOCK_PREFIX = "image:"
 
@@ -150,6 +155,15 @@ class SqlCatalogue:
             lock_owner=row.lock_owner,
             stream_version=row.stream_version,
         ), user
+
+    def lock_namespace(self) -> None:
+        """Make the writers that check and then claim image names, aliases and datacenter image
+        limits take turns until their transactions end, so each one's checks see every claim
+        committed before it, in the order the checks run (PostgreSQL's READ COMMITTED would
+        otherwise let a claim commit between two checks of one writer). Take it before the first
+        check, in a writing transaction; SQLite's writers take turns anyway."""
+        if self.conn.dialect.name == "postgresql":
+            self.conn.execute(_LOCK_NAMESPACE)
 
     def name_exists(self, name: str) -> bool:
         return storable(name, 64) and self.conn.execute(_NAME_EXISTS, {"name": name}).first() is not None

@@ -20,7 +20,6 @@ import hashlib
 import re
 import shutil
 import threading
-import threading
 import uuid as uuidlib
 from typing import Any, BinaryIO, Mapping
 

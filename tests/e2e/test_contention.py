@@ -169,7 +169,7 @@ class TestImportContention:
         requests = [(lambda client: import_image(client, origin, name)) for _ in range(IMPORTERS)]
         outcomes = all_at_once(system, requests)
         codes = sorted(code for code, _ in outcomes)
-        assert codes == [200] + [406] * (IMPORTERS - 1), codes
+        assert codes == [200] + [406] * (IMPORTERS - 1), [(code, response.text) for code, response in outcomes]
         for code, response in outcomes:
             if response.status_code == 406:
                 assert response.json() == {"detail": "Image already exists"}

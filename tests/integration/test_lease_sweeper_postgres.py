@@ -14,29 +14,23 @@ from sqlalchemy import select
 
 from domain import images
 from services.sweeper.leases import LeaseSweeper
-from shared.db import accounts, locks, migrate
+from shared.db import accounts, locks
 from shared.db.catalogue import SqlCatalogue, image_lock_name
-from shared.db.engine import make_engine, read_transaction, write_transaction
+from shared.db.engine import read_transaction, write_transaction
 from shared.db.models import StoredEvent
 from tests.support.leases import RecordingRelay, begin
-from tests.support.services import create_database, drop_database
+from tests.support.services import migrated_engine
 from tests.support.tier import scaled
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
-def engine(postgres_admin_url):
-    url = create_database(postgres_admin_url)
-    try:
-        migrate.upgrade(url)
-        engine = make_engine(url, pool_size=12)
+def engine(postgres_admin_url: str):
+    with migrated_engine(postgres_admin_url, pool_size=12) as engine:
         with write_transaction(engine) as conn:
             accounts.create_user(conn, "admin", api_key=None, is_superadmin=True)
         yield engine
-        engine.dispose()
-    finally:
-        drop_database(postgres_admin_url, url)
 
 
 def task_id() -> str:

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.db import migrate, vms
-from shared.db.engine import make_engine, read_transaction, write_transaction
+from shared.db import vms
+from shared.db.engine import read_transaction, write_transaction
 from shared.db.vms import Disk, SnapshotRecord, VmRecord
 from tests.integration.test_postgres import race
-from tests.support.services import create_database, drop_database
+from tests.support.services import migrated_engine
 
 pytestmark = pytest.mark.postgres
 
@@ -22,14 +22,8 @@ IMAGE = "6f0b3a1e-7c2d-4e5f-8a9b-0c1d2e3f4a5b"
 
 @pytest.fixture(scope="module")
 def engine(postgres_admin_url: str):
-    url = create_database(postgres_admin_url)
-    try:
-        migrate.upgrade(url)
-        engine = make_engine(url, pool_size=20)
+    with migrated_engine(postgres_admin_url, pool_size=20) as engine:
         yield engine
-        engine.dispose()
-    finally:
-        drop_database(postgres_admin_url, url)
 
 
 def vm(uuid_: str, hostname: str, at: datetime, status: str = "running") -> VmRecord:

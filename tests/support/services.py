@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -67,6 +68,25 @@ def drop_database(admin_url: str, url: str) -> None:
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@contextlib.contextmanager
+def migrated_engine(admin_url: str, *, pool_size: int):
+    """An engine on a new database next to ``admin_url``'s, migrated to head; the database is
+    dropped afterwards."""
+    from shared.db import migrate
+    from shared.db.engine import make_engine
+
+    url = create_database(admin_url)
+    try:
+        migrate.upgrade(url)
+        engine = make_engine(url, pool_size=pool_size)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+    finally:
+        drop_database(admin_url, url)
 
 
 def free_port() -> int:
