@@ -273,6 +273,12 @@ class Publisher:
         connection = slot.connection
         assert connection is not None
         while (outcome := confirms.outcome(first, last)) is None:
+            if slot.blocked:
+                # RabbitMQ tells a connection it is blocked when it first publishes during an
+                # alarm, and stops reading it: what we sent is held unread. Not Blocked (which
+                # keeps the connection): the caller resets it, so the held bytes die with it
+                # instead of being routed once the alarm clears, after we answered 503.
+                raise PublishFailed(f"the broker blocked publishing before confirming ({slot.blocked})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PublishFailed(f"no confirm within {self._timeout} s")
