@@ -67,13 +67,28 @@ def discard(connection: Connection | None) -> None:
         pass
 
 
+def amqp_transport(connection: Connection | None):
+    """The py-amqp transport under ``connection``, or None (memory://, never opened, collected).
+
+    Never opens anything: kombu's ``Connection.connection`` and py-amqp's ``Connection.transport``
+    are properties that connect when there is no connection, which on a broker that is down
+    raises out of code that only meant to look (a consumer tidying up after a lost connection
+    died of it)."""
+    amqp_connection = getattr(connection, "_connection", None)
+    return getattr(amqp_connection, "_transport", None)
+
+
+def amqp_socket(connection: Connection | None) -> socket.socket | None:
+    """The socket of ``connection``'s transport, or None; never connects (see ``amqp_transport``)."""
+    return getattr(amqp_transport(connection), "sock", None)
+
+
 def _abort(connection: Connection) -> None:
     """Close the TCP socket with an RST first (SO_LINGER 0), so that ``collect`` cannot wait
     for a channel's close-ok, and so that bytes the broker has not read yet (a publish held back
     by a resource alarm) are dropped with the connection instead of being routed later: a
     command we answered 503 must not run anyway."""
-    amqp_connection = getattr(connection, "_connection", None)  # ``.connection`` would connect
-    sock = getattr(getattr(amqp_connection, "transport", None), "sock", None)
+    sock = amqp_socket(connection)
     if sock is None:
         return
     try:

@@ -49,7 +49,7 @@ import structlog
 from kombu import Connection, Consumer
 from kombu import Queue as KombuQueue
 
-from shared.broker.connection import discard, ensure_connected
+from shared.broker.connection import amqp_transport, discard, ensure_connected
 from shared.broker.topology import Topology
 from shared.errors import PublishFailed, Transient
 from shared.logging import get_logger
@@ -472,7 +472,7 @@ class ConsumerRunner:
 
 def _plain_socket(connection: Connection):
     """The TCP socket of a py-amqp connection, or None (memory://, or TLS, which buffers reads)."""
-    transport = getattr(getattr(connection, "connection", None), "transport", None)
+    transport = amqp_transport(connection)
     if transport is None or type(transport).__name__ != "TCPTransport":
         return None
     return transport.sock

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 from amqp.exceptions import ChannelError as AmqpChannelError
 from kombu import Connection
 
-from shared.broker.connection import discard, ensure_connected
+from shared.broker.connection import amqp_socket, discard, ensure_connected
 from shared.errors import PublishFailed, Unroutable
 from shared.logging import get_logger
 
@@ -130,7 +130,7 @@ class _Slot:
         conn = self.connection
         if conn is None or not conn.connected or conn.transport_cls == "memory":
             return False
-        sock = getattr(getattr(getattr(conn, "_connection", None), "transport", None), "sock", None)
+        sock = amqp_socket(conn)
         if sock is not None and not select.select([sock], [], [], 0)[0]:
             return True  # nothing arrived: no wait at all on the publish path
         try:
