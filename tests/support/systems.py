@@ -80,13 +80,16 @@ class System:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_worker(self, service: str) -> None:
-        marker = self.log(service).count('"consumer.ready"')
-        self.spawn(service, "worker", service)
+    def start_worker(self, service: str, name: str | None = None) -> None:
+        """Start a ``service`` worker process (named ``name``, by default the service: a second
+        consumer of one queue needs a name of its own) and wait until it consumes."""
+        name = name or service
+        marker = self.log(name).count('"consumer.ready"')
+        self.spawn(name, "worker", service)
 
         def ready() -> None:
-            assert self.processes[service].poll() is None, self.log(service)[-2000:]
-            assert self.log(service).count('"consumer.ready"') > marker
+            assert self.processes[name].poll() is None, self.log(name)[-2000:]
+            assert self.log(name).count('"consumer.ready"') > marker
 
         eventually(ready, timeout=30)
 
