@@ -24,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from domain import tasks
 from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError, envelope, json_bytes, json_response
+from services.gateway.idempotency import Identity
 from services.gateway.queries import Queries, TaskView
 from shared import contracts
 from shared.contracts import Actor, Command
@@ -136,6 +137,8 @@ class Ticket:
 
     key: str
     event: asyncio.Event
+    #: The message id a keyed command (``Idempotency-Key``) is published under; None: a new one.
+    message_id: str | None = None
 
 
 class Dispatcher:
@@ -151,22 +154,38 @@ class Dispatcher:
         self._waiter = waiter
         self._window = answer_window
 
-    def ticket(self) -> Ticket:
-        """(Event loop.) Reserve a task key and start listening for it, before the command exists."""
-        key = tasks.new_task_key()
-        return Ticket(key, self._waiter.register(key))
+    def ticket(self, keyed: Identity | None = None) -> Ticket:
+        """(Event loop.) Reserve a task key (``keyed``'s, for a request with an Idempotency-Key)
+        and start listening for it, before the command exists."""
+        key = keyed.task_key if keyed else tasks.new_task_key()
+        return Ticket(key, self._waiter.register(key), keyed.message_id if keyed else None)
+
+    def replay(self, request: Request, message_id: str) -> Response | None:
+        """(Thread pool.) The answer for a keyed command already journaled under ``message_id``:
+        its task's outcome, or 201 PENDING with its task id; None if there is none."""
+        task_id = self._queries.submitted_task(message_id)
+        if task_id is None:
+            return None
+        request.state.task_id = task_id
+        view = self._queries.task(task_id)
+        if view is not None and view.status in tasks.TERMINAL:
+            return answer(request, view)
+        if request.headers.get("es-stream"):
+            return self._stream(request, task_id)
+        return pending(request, task_id)
 
     def release(self, ticket: Ticket) -> None:
         self._waiter.unregister(ticket.key, ticket.event)
 
     def submit(self, command: Command, *, task_id: str, actor: Actor, owner: str | None,
-               node: str | None = None) -> Submission:
-        """(Thread pool.) Publish the command (to the agent of ``node`` when given) and wait for
-        the broker's confirm.
+               node: str | None = None, message_id: str | None = None) -> Submission:
+        """(Thread pool.) Publish the command (to the agent of ``node`` when given; under
+        ``message_id`` when given, else a new one) and wait for the broker's confirm.
 
         Raises ApiError(503) when the broker does not confirm: then nothing was promised.
         """
-        envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor, reply_to=self._reply_to)
+        envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor, reply_to=self._reply_to,
+                                   message_id=message_id)
         routing_key = node_routing_key(command.TYPE, node) if node else command.TYPE
 
         def publish() -> None:
@@ -206,6 +225,8 @@ class Dispatcher:
         finally:
             self.release(ticket)
         if view is not None and view.status in tasks.TERMINAL:
+            if ticket.message_id:
+                await in_thread(self._journal, submission)  # a repeat of the key finds its task
             return answer(request, view)
         # The client will poll: make the task readable before the consumer has reported on it.
         await in_thread(self._journal, submission)

@@ -80,6 +80,27 @@ _TASK_ANSWERS = {
 
 
 def document() -> dict[str, Any]:
+    return _with_idempotency_keys(_document())
+
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Optional: names this command, so that sending it again (a retry) gets the first one's task "
+                   "and answer instead of a second command (an addition to the original API). 400 if malformed.",
+}
+
+
+def _with_idempotency_keys(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that answers with a task (201 PENDING) takes an Idempotency-Key."""
+    for item in doc["paths"].values():
+        for method, operation in item.items():
+            if method in ("post", "put", "delete") and operation.get("responses", {}).get("201") is _TASK_ANSWERS["201"]:
+                operation["parameters"] = [*operation.get("parameters", []), _IDEMPOTENCY_KEY]
+    return doc
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -301,7 +322,7 @@ def _imagestore() -> dict[str, Any]:
     refresh_answers = {
         "200": _json(_ref("TaskEnvelope"), "SUCCESS: the repository objects (name, url, last_update, image_count, "
                                            "error)"),
-        "201": _json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/"),
+        "201": _TASK_ANSWERS["201"],
         "400": _json(_ref("TaskEnvelope"), "FAILURE: a repository could not be refreshed (its error is recorded)"),
         "403": _AUTH_FAILED,
         "423": _detail("Task is already running"),

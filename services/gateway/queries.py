@@ -19,6 +19,7 @@ from shared.db import repositories as stored_repositories
 from shared.db import locks, nodes
 from shared.db import vms as inventory
 from shared.db.catalogue import datacenter_record, storable, user_record
+from shared.db.dialect import insert_ignore
 from shared.db.engine import read_transaction, single_statement, write_transaction
 from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
 from shared.db.records import DatacenterRecord, Grants, RepositoryRecord, UserRecord
@@ -46,7 +47,7 @@ _IMAGE_FACTS_BY_NAME = select(_images.c.uuid, _images.c.name, _images.c.owner, _
 _IMAGE_UUID_TAKEN = select(_images.c.uuid).where(_images.c.uuid == bindparam("uuid"))
 _TASK = select(_tasks).where(_tasks.c.task_id == bindparam("task_id"))
 _JOURNALED = select(_journal).where(_journal.c.task_id == bindparam("task_id"))
-_JOURNAL = insert(_journal)
+_SUBMITTED = select(_journal.c.task_id).where(_journal.c.message_id == bindparam("message_id"))
 
 #: Sortable fields of ``GET /image/`` and their columns.
 ORDER_FIELDS = {"name": _images.c.name, "created": _images.c.created}
@@ -318,11 +319,17 @@ class Queries:
         # One autocommit statement. The gateway's connections do not wait for the WAL flush
         # (see imagesvc.bootstrap): the command itself is durable at the broker, and this row only
         # makes the task readable before a consumer has handled it.
+        # A keyed command repeated (Idempotency-Key) is journaled once: the first row stays.
         with single_statement(self.engine, write=True) as conn:
-            conn.execute(_JOURNAL, {
+            insert_ignore(conn, _journal, {
                 "message_id": message_id, "task_id": task_id, "type": command_type, "object_name": object_name[:64],
                 "user": user, "owner": owner, "dc": dc, "created_at": utcnow(),
             })
+
+    def submitted_task(self, message_id: str) -> str | None:
+        """The task of the journaled command ``message_id``, or None."""
+        with read_transaction(self.engine) as conn:
+            return conn.execute(_SUBMITTED, {"message_id": message_id}).scalar()
 
 
 

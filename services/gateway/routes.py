@@ -16,6 +16,7 @@ from starlette.responses import Response
 from domain import fields, images, manifest, policy, tasks
 from services.gateway.auth import NO_API_ACCESS, Authenticator
 from services.gateway.blocking import in_thread
+from services.gateway import idempotency
 from services.gateway.dispatch import Dispatcher, status_body
 from services.gateway.http import (
     ApiError,
@@ -207,13 +208,35 @@ class ImageRoutes:
         access = await (entry or self._admin)(request)
         await self.enter_default_dc(request)
         data = await self._body(request)
-        ticket = self.dispatcher.ticket()
+        keyed = self._keyed(request, access)
+        if keyed is not None:
+            # A repeat of a journaled command is answered by its task, before any check (the
+            # first request's answer, not a refusal of what the first one did).
+            replayed = await in_thread(self.dispatcher.replay, request, keyed.message_id)
+            if replayed is not None:
+                return replayed
+        ticket = self.dispatcher.ticket(keyed)
         try:
             submission = await in_thread(self._prepare_and_submit, prepare, request, access, data, ticket)
+        except ApiError:
+            self.dispatcher.release(ticket)
+            # A repeat that raced its first request past the look-up above is refused by what
+            # the first one did (an import's 406): answer with the first one's task instead.
+            replayed = keyed and await in_thread(self.dispatcher.replay, request, keyed.message_id)
+            if replayed:
+                return replayed
+            raise
         except BaseException:
             self.dispatcher.release(ticket)
             raise
         return await self.dispatcher.answer(request, ticket, submission)
+
+    @staticmethod
+    def _keyed(request: Request, access: policy.Access) -> idempotency.Identity | None:
+        key = idempotency.requested_key(request)
+        if key is None:
+            return None
+        return idempotency.identity(user_id=access.user.id, method=request.method, path=request.url.path, key=key)
 
     def _prepare_and_submit(self, prepare, request: Request, access: policy.Access, data: dict[str, Any], ticket):
         """(Thread pool.) Check, build the command and publish it; returns the submission."""
@@ -223,7 +246,8 @@ class ImageRoutes:
         task_id = tasks.new_task_id(user_id=user.id, owner_id=owner.id, dc_id=dc.id, key=ticket.key)
         request.state.task_id = task_id
         submission = self.dispatcher.submit(command, task_id=task_id, actor=Actor(user=user.username, dc=dc.name),
-                                            owner=owner.username, node=node[0] if node else None)
+                                            owner=owner.username, node=node[0] if node else None,
+                                            message_id=ticket.message_id)
         request.state.message_id = submission.message_id
         request.state.accepted_at = time.perf_counter()
         return submission
