@@ -88,6 +88,7 @@ def handled_records(system, name: str) -> list[dict]:
     return records
 
 
+@pytest.mark.timeout(scaled(ci=300, nightly=1800))
 def test_c1_importers_killed_mid_download_lose_and_double_nothing(system, origin):
     rng = random.Random(os.environ.get("IMAGESVC_TEST_SEED", "c1"))
     accepted: dict[str, str] = {}  # task id -> image name

@@ -360,12 +360,10 @@ def test_the_read_model_rebuilt_from_the_event_store_equals_the_live_one(world):
     which exercises its gap filling); a rebuild from the store must give the same read model."""
     import random
 
-    from sqlalchemy import select
-
     from services.projector.handlers import apply, rebuild
-    from shared.db.models import ReadImage, ReadStream, ReadTask
     from shared.handling import EventConsumer
     from tests.support.projection import project
+    from tests.support.read_model import read_model
 
     for index in range(4):
         world.imported(f"img{index}")
@@ -384,11 +382,7 @@ def test_the_read_model_rebuilt_from_the_event_store_equals_the_live_one(world):
 
     def snapshot():
         with read_transaction(world.engine) as conn:
-            images = sorted(tuple(r) for r in conn.execute(select(ReadImage.__table__)))
-            streams = sorted(tuple(r) for r in conn.execute(select(ReadStream.__table__)))
-            task_table = ReadTask.__table__
-            task_rows = sorted(tuple(r) for r in conn.execute(select(*[c for c in task_table.c if c.name != "updated_at"])))
-        return images, streams, task_rows
+            return read_model(conn)
 
     live = snapshot()
     assert len(live[0]) == 3 and len(live[2]) == 8
