@@ -48,8 +48,12 @@ _QUEUE_NAME_MAX = 255
 
 #: Broker-side delivery limit: a message that keeps crashing its consumer is dead-lettered.
 #: (Our own retries republish a fresh copy, so this counts only deliveries that were never
-#: settled: a consumer that died or lost its connection holding the message.)
-BROKER_DELIVERY_LIMIT = 5
+#: settled: a consumer that died or lost its connection holding the message.) A net behind the
+#: runner's own count, which decides a delivery with more than ``max_attempts`` (5) returns
+#: behind it, with a terminal event: kept well above it, because a message also counts the
+#: returns it spent unseen in the prefetch of processes that crashed (a crash loop of ten lives
+#: dead-lettered a command that had already succeeded when this was 5).
+BROKER_DELIVERY_LIMIT = 20
 
 
 @dataclass(frozen=True)
