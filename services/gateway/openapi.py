@@ -95,8 +95,15 @@ def _with_idempotency_keys(doc: dict[str, Any]) -> dict[str, Any]:
     """Every operation that answers with a task (201 PENDING) takes an Idempotency-Key."""
     for item in doc["paths"].values():
         for method, operation in item.items():
-            if method in ("post", "put", "delete") and operation.get("responses", {}).get("201") is _TASK_ANSWERS["201"]:
+            if method not in ("post", "put", "delete"):
+                continue
+            responses = operation.get("responses", {})
+            if responses.get("201") is _TASK_ANSWERS["201"]:
                 operation["parameters"] = [*operation.get("parameters", []), _IDEMPOTENCY_KEY]
+                if responses.get("400") is not _BAD_REQUEST:  # a malformed key is 400 {"detail"}
+                    responses["400"] = _json({"anyOf": [responses["400"]["content"]["application/json"]["schema"],
+                                                        _ref("Detail")]},
+                                             responses["400"]["description"] + "; a malformed Idempotency-Key (detail)")
     return doc
 
 
