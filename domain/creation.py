@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from domain import images
 from shared.contracts import ImageDeleted, ImageUpdated, TaskProgress, TaskStarted
 from shared.db.records import ImageRecord
-from shared.errors import CommandFailed
+from shared.errors import CommandFailed, Superseded
 from shared.store import StoreError
 from shared.store.transfer import TransferFailed
 
@@ -24,15 +24,69 @@ from shared.store.transfer import TransferFailed
 CREATION_LEASE_SECONDS = 600.0
 
 
+def take_over(ctx, uuid: str, lease_seconds: float | None = None) -> datetime:
+    """A delivery resuming this task's interrupted creation re-takes the image's lease, under the
+    image's row lock (so no completion of an earlier delivery interleaves): returns the lease's
+    new token, which supersedes the earlier delivery's (``still_ours``). Raises CommandFailed if
+    the task no longer holds the image (the sweeper took it over)."""
+    with ctx.writing() as tx:
+        current = tx.catalogue.image_by_uuid(uuid, for_update=True)
+        if current is None or current.lock_owner != ctx.task_id or current.status != images.STATUS_PENDING:
+            raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+        token = tx.catalogue.hold(tx.catalogue.image_lock(uuid), ctx.task_id,
+                                  lease_seconds or CREATION_LEASE_SECONDS)
+        assert token is not None  # the lease is the task's own
+        return token
+
+
+def still_ours(tx, ctx, uuid: str, since: datetime | None) -> ImageRecord | None:
+    """The image under its row lock, if this task still holds its lease under token ``since``.
+    Raises Superseded when the task holds it under a later token (a redelivery took the work
+    over: it decides), CommandFailed when the task does not hold it at all (the sweeper or
+    another task took it over after the lease lapsed); returns None when the image is gone."""
+    current = tx.catalogue.image_by_uuid(uuid, for_update=True)
+    if current is None:
+        return None
+    if current.lock_owner != ctx.task_id:
+        raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
+    if since is not None:
+        lease = tx.catalogue.lease(tx.catalogue.image_lock(uuid))
+        if lease is None or lease.acquired_at != since:
+            raise Superseded(uuid)
+    return current
+
+
+def owns_data(ctx, uuid: str, since: datetime) -> bool:
+    """Whether what the store holds for the image is still this delivery's to remove after its
+    work failed: only while it holds the image's lease under its token ``since``. Raises
+    Superseded if a later delivery of the command re-took the lease (the data is that one's);
+    False if the lease is gone (another delivery completed the task, or the lease lapsed and the
+    sweeper, which repairs the store itself, takes over)."""
+    with ctx.reading() as catalogue:
+        lease = catalogue.lease(catalogue.image_lock(uuid))
+    if lease is None or lease.owner != ctx.task_id:
+        return False
+    if lease.acquired_at != since:
+        raise Superseded(uuid)
+    return True
+
+
 def progress_reporter(ctx, image: ImageRecord, task_dc: str, extra_locks: Iterable[str] = (),
-                      lease_seconds: float | None = None) -> Callable[[int, "int | None"], None]:
+                      lease_seconds: float | None = None,
+                      since: datetime | None = None) -> Callable[[int, "int | None"], None]:
     """``report(done, total)``: renews the image's (and ``extra_locks``') leases for
-    ``lease_seconds`` (default ``CREATION_LEASE_SECONDS``) and publishes a ``task.progress`` at once."""
+    ``lease_seconds`` (default ``CREATION_LEASE_SECONDS``) and publishes a ``task.progress`` at once.
+    With ``since`` (the lease's token when this delivery took it), raises Superseded once a later
+    delivery of the command has re-taken the lease."""
     lease = lease_seconds or CREATION_LEASE_SECONDS
 
     def report(done: int, total: int | None) -> None:
         with ctx.writing() as tx:
-            if not tx.catalogue.renew(tx.catalogue.image_lock(image.uuid), ctx.task_id, lease):
+            lock = tx.catalogue.image_lock(image.uuid)
+            if not tx.catalogue.renew(lock, ctx.task_id, lease, since=since):
+                holder = tx.catalogue.lease(lock)
+                if holder is not None and holder.owner == ctx.task_id:
+                    raise Superseded(image.uuid)  # a redelivery of the command works on
                 # The lease lapsed and the sweeper (or another task) took the image over: this
                 # work is no longer ours. Stop it (the transfer removes its partial file).
                 raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="lease_lost")
@@ -45,12 +99,13 @@ def progress_reporter(ctx, image: ImageRecord, task_dc: str, extra_locks: Iterab
 
 
 def complete(ctx, image: ImageRecord, final_manifest: dict[str, Any], *, task_dc: str, message: str,
-             extra_locks: Iterable[str] = ()) -> None:
+             extra_locks: Iterable[str] = (), since: datetime | None = None) -> None:
     """The file is in the store: the image becomes OK with ``final_manifest`` active, the leases
-    go, and the task succeeds with esimg's result ``{"returncode": 0, "message": ...}``."""
+    go, and the task succeeds with esimg's result ``{"returncode": 0, "message": ...}``. With
+    ``since``, only while the lease is still under that token (else Superseded)."""
     with ctx.writing() as tx:
-        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
-        if current is None or current.lock_owner != ctx.task_id:
+        current = still_ours(tx, ctx, image.uuid, since)
+        if current is None:
             # Our lease lapsed and another task took the image over: it decides, not us.
             raise CommandFailed(images.LOCK_NOT_ACQUIRED, code="image_locked")
         now = datetime.now(timezone.utc)
@@ -65,11 +120,16 @@ def complete(ctx, image: ImageRecord, final_manifest: dict[str, Any], *, task_dc
                   result={"returncode": 0, "message": message}, owner=image.owner, dc=task_dc)
 
 
-def undo(ctx, image: ImageRecord, failure: CommandFailed, *, task_dc: str, extra_locks: Iterable[str] = ()) -> None:
+def undo(ctx, image: ImageRecord, failure: CommandFailed, *, task_dc: str, extra_locks: Iterable[str] = (),
+         since: datetime | None = None) -> None:
     """The original's rollback of a failed creation: the image row is removed (its attachments
-    with it) if this task still holds it, the leases go, and the task fails with ``failure``."""
+    with it) if this task still holds it, the leases go, and the task fails with ``failure``.
+    With ``since``: raises Superseded, changing nothing, once a later delivery re-took the lease."""
     with ctx.writing() as tx:
-        current = tx.catalogue.image_by_uuid(image.uuid, for_update=True)
+        try:
+            current = still_ours(tx, ctx, image.uuid, since)
+        except CommandFailed:
+            current = None  # taken over by the sweeper or another task: only our leases go
         events = []
         if current is not None and current.lock_owner == ctx.task_id:
             tx.catalogue.delete_image(image.uuid)

@@ -67,7 +67,9 @@ class Settings:
     #: Download timeouts, in seconds: connecting, waiting for the next bytes, the whole file.
     download_connect_timeout: float = 5.0
     download_idle_timeout: float = 30.0
-    download_timeout: float = 6 * 3600.0
+    #: Below RabbitMQ's default consumer timeout (30 min): an import is acknowledged when its
+    #: download ends, and a delivery the broker times out is given out again (reliability C5).
+    download_timeout: float = 25 * 60.0
     #: Remote image repositories (reference §2.3): ``name=url`` pairs, comma-separated.
     image_repositories: tuple[str, ...] = ()
     #: Seconds a gateway process reuses a resolved API key, user or datacenter.

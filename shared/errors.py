@@ -56,6 +56,13 @@ class InvalidData(CommandFailed):
         super().__init__({"detail": detail}, http_code=400)
 
 
+class Superseded(Exception):
+    """Another delivery of the same command took its work over (the broker gave the command out
+    again while this delivery still ran: its consumer's channel closed, a delivery timed out) and
+    re-took its lease (``shared.db.locks.take``). This delivery stops without an outcome: the other
+    one decides the task."""
+
+
 class Transient(Exception):
     """A dependency is temporarily unavailable; the message should be retried later."""
 

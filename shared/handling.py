@@ -32,7 +32,7 @@ from shared.crash import crash_point
 from shared.db import events as store
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
-from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused
+from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -220,6 +220,11 @@ class CommandConsumer:
                 raise RuntimeError(f"handler for {envelope.type} returned without finishing its task")
         except (Duplicate, store.TaskAlreadyEnded):
             return self._not_twice(envelope)
+        except Superseded:
+            # Its delivery came again and the new one works on: this copy is done, like a
+            # duplicate (its channel is usually gone, so the ack is dropped with it anyway).
+            log.warning("command.superseded")
+            return Disposition.ack("superseded")
         except CommandFailed as failure:
             try:
                 ctx.outbox = self._record_failure(envelope, failure)

@@ -11,7 +11,9 @@ fetched and the file URL probed outside any transaction.
 
 from __future__ import annotations
 
+import uuid as uuidlib
 from dataclasses import replace
+from datetime import datetime
 
 from domain import creation, fields, images, manifest, policy
 from services.importer import transfer
@@ -36,8 +38,10 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
         with ctx.reading() as catalogue:
             mine = catalogue.image_by_name(command.name)
         if mine is not None and mine.status == images.STATUS_PENDING and mine.lock_owner == ctx.task_id:
-            # Our own earlier attempt was interrupted (the importer died or lost its connection).
-            _transfer(ctx, mine, _file_url(payload), fetcher, server, limits, lease_seconds)
+            # Our own earlier delivery was interrupted (the importer died or lost its connection;
+            # it may even still be running): this one takes the work over under a new token.
+            token = creation.take_over(ctx, mine.uuid, lease_seconds)
+            _transfer(ctx, mine, _file_url(payload), fetcher, server, limits, lease_seconds, since=token)
             return
     with ctx.reading() as catalogue:
         actor = _check_refusals(catalogue, command.name, payload, ctx)
@@ -106,11 +110,12 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
         if server is None:
             tx.finish([imported], result=images.public_view(image), owner=image.owner, dc=task_dc)
             return
-        tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id,
-                          lease_seconds or creation.CREATION_LEASE_SECONDS)
+        token = tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id,
+                                  lease_seconds or creation.CREATION_LEASE_SECONDS)
         tx.emit([imported, TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
     ctx.publish_pending()  # the client's 201 comes now, not after the download
-    _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits, lease_seconds)
+    _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits, lease_seconds,
+              since=token)
 
 
 def _file_url(values: dict) -> str:
@@ -136,19 +141,24 @@ def _task_dc(catalogue, image: ImageRecord) -> str:
 
 
 def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: Fetcher, server: ImageServer,
-              limits: transfer.Limits | None, lease_seconds: float | None = None) -> None:
-    """Move the file into the store, then make the image OK; or undo the import."""
+              limits: transfer.Limits | None, lease_seconds: float | None = None, *,
+              since: datetime | None = None) -> None:
+    """Move the file into the store, then make the image OK; or undo the import. ``since``: the
+    token of the lease this delivery holds (a later delivery that re-takes it supersedes us)."""
     assert limits is not None, "an image server needs download limits"
     with ctx.reading() as catalogue:
         task_dc = _task_dc(catalogue, image)
     local = server.serves(file_url)
-    report = creation.progress_reporter(ctx, image, task_dc, lease_seconds=lease_seconds)
+    report = creation.progress_reporter(ctx, image, task_dc, lease_seconds=lease_seconds, since=since)
     try:
         expected = transfer.Expected.from_manifest(image.manifest)
         if local:
             received = transfer.verify_in_place(server.store, image.uuid, expected, report)
         else:
-            received = transfer.download(fetcher, file_url, server.store, image.uuid, ctx.task_id, expected, limits,
+            # A partial file of this delivery's own: a superseded delivery still writing must
+            # not write into the file of the one that took over.
+            attempt = f"{ctx.task_id}.{uuidlib.uuid4().hex[:8]}"
+            received = transfer.download(fetcher, file_url, server.store, image.uuid, attempt, expected, limits,
                                          report)
         crash_point("after_download")
         files = [{**image.manifest["files"][0], "sha256": received.sha256}]
@@ -159,12 +169,14 @@ def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: F
             raise transfer.TransferFailed(transfer.RC_MANIFEST_WRITE, str(exc), exc.code) from None
         crash_point("after_store")
     except transfer.TransferFailed as failure:
-        if not local:  # a local file was there before this import: not ours to remove
+        # A local file was there before this import; and once another delivery took the work over
+        # (or the task ended), what the store holds is not ours to remove either.
+        if not local and (since is None or creation.owns_data(ctx, image.uuid, since)):
             _discard_data(server, image.uuid)
-        creation.undo(ctx, image, creation.failure_of(failure.result(), failure.code), task_dc=task_dc)
+        creation.undo(ctx, image, creation.failure_of(failure.result(), failure.code), task_dc=task_dc, since=since)
         return
     verb = "verified" if local else "imported"
-    creation.complete(ctx, image, final_manifest, task_dc=task_dc,
+    creation.complete(ctx, image, final_manifest, task_dc=task_dc, since=since,
                       message=(f"Successfully {verb} image {image.name} "
                                f"(transferred {received.size} bytes in {round(received.seconds)} seconds)"))
 

@@ -12,6 +12,7 @@ names this task) and exports again; a given-up one is undone (``abandon_snapshot
 from __future__ import annotations
 
 import uuid as uuidlib
+from datetime import datetime
 
 from domain import creation, fields, images, manifest, policy, snapshots
 from services.node_agent.export import SnapshotRef, export_snapshot
@@ -68,8 +69,10 @@ def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandCon
         mine = catalogue.image_by_name(command.name)
     if server is not None and mine is not None and mine.status == images.STATUS_PENDING \
             and mine.lock_owner == ctx.task_id:
-        _export(ctx, command, mine, node=node, driver=driver, server=server, level=level,  # an interrupted attempt
-                lease_seconds=lease_seconds)
+        # An earlier delivery was interrupted (it may even still be running): take the work over.
+        token = creation.take_over(ctx, mine.uuid, lease_seconds)
+        _export(ctx, command, mine, node=node, driver=driver, server=server, level=level, lease_seconds=lease_seconds,
+                since=token)
         return
     payload = command.to_payload()
     with ctx.writing() as tx:
@@ -110,36 +113,41 @@ def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandCon
         lease = lease_seconds or creation.CREATION_LEASE_SECONDS
         if not catalogue.hold(snapshot_lock, ctx.task_id, lease):
             raise Refused(417, snapshots.SNAPSHOT_NOT_OK, code="snapshot_status_not_ok")
-        catalogue.hold(catalogue.image_lock(image_uuid), ctx.task_id, lease)
+        token = catalogue.hold(catalogue.image_lock(image_uuid), ctx.task_id, lease)
         tx.emit([ImageImported(image=images.to_state(image), version=image.stream_version),
                  TaskStarted(**ctx.task_fields(owner=image.owner, dc=dc.name))])
     ctx.publish_pending()  # the client's 201 comes now, not after the export
     _export(ctx, command, image.with_changes(lock_owner=ctx.task_id), node=node, driver=driver, server=server,
-            level=level, vm_uuid=plan.vm.uuid, disk_id=plan.disk.disk_id, lease_seconds=lease_seconds)
+            level=level, vm_uuid=plan.vm.uuid, disk_id=plan.disk.disk_id, lease_seconds=lease_seconds, since=token)
 
 
 def _export(ctx: CommandContext, command: CreateImageFromSnapshot, image: ImageRecord, *, node: str,
             driver: SnapshotDriver, server: ImageServer, level: int, vm_uuid: str | None = None,
-            disk_id: int | None = None, lease_seconds: float | None = None) -> None:
+            disk_id: int | None = None, lease_seconds: float | None = None, since: datetime | None = None) -> None:
+    """``since``: the token of the image lease this delivery holds (see ``creation.take_over``)."""
     vm_uuid = vm_uuid or command.vm
     disk_id = disk_id or command.disk_id
     snapshot_lock = snapshots.snapshot_lock_name(vm_uuid, disk_id, command.snapshot)
     task_dc = image.dc_bound or ""
-    report = creation.progress_reporter(ctx, image, task_dc, extra_locks=[snapshot_lock], lease_seconds=lease_seconds)
+    report = creation.progress_reporter(ctx, image, task_dc, extra_locks=[snapshot_lock], lease_seconds=lease_seconds,
+                                        since=since)
     try:
+        # A partial file of this delivery's own (a superseded one may still be writing).
+        attempt = f"{ctx.task_id}.{uuidlib.uuid4().hex[:8]}"
         exported = export_snapshot(driver, SnapshotRef(vm_uuid, disk_id, command.snapshot), server.store, image.uuid,
-                                   ctx.task_id, report, level=level)
+                                   attempt, report, level=level)
         final_manifest = {**image.manifest, "files": [exported.file_description()]}
         try:
             server.store.write_manifest(image.uuid, final_manifest)
         except StoreError as exc:
             raise TransferFailed(RC_MANIFEST_WRITE, str(exc), exc.code) from None
     except TransferFailed as failure:
-        _discard_data(server, image.uuid)
+        if since is None or creation.owns_data(ctx, image.uuid, since):  # else another delivery's data
+            _discard_data(server, image.uuid)
         creation.undo(ctx, image, creation.failure_of(failure.result(), failure.code), task_dc=task_dc,
-                      extra_locks=[snapshot_lock])
+                      extra_locks=[snapshot_lock], since=since)
         return
-    creation.complete(ctx, image, final_manifest, task_dc=task_dc, extra_locks=[snapshot_lock],
+    creation.complete(ctx, image, final_manifest, task_dc=task_dc, extra_locks=[snapshot_lock], since=since,
                       message=(f"Successfully created image {image.name} "
                                f"(transferred {exported.size} bytes in {round(exported.seconds)} seconds)"))
 

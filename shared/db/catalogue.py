@@ -265,13 +265,19 @@ class SqlCatalogue:
         """The name of an image's lease lock (``image_lock_name``)."""
         return image_lock_name(uuid)
 
-    def hold(self, lock: str, owner: str, lease_seconds: float) -> bool:
-        """Take or renew the lease lock ``lock`` for ``owner``; False if another owner holds it."""
-        return locks.acquire(self.conn, lock, owner, lease_seconds)
+    def hold(self, lock: str, owner: str, lease_seconds: float) -> datetime | None:
+        """Take or re-take the lease lock ``lock`` for ``owner``: the lease's new fencing token
+        (``locks.acquire``), or None if another owner holds it."""
+        return locks.take(self.conn, lock, owner, lease_seconds)
 
-    def renew(self, lock: str, owner: str, lease_seconds: float) -> bool:
-        """Extend ``owner``'s lease on ``lock`` only if ``owner`` still holds it."""
-        return locks.renew(self.conn, lock, owner, lease_seconds)
+    def renew(self, lock: str, owner: str, lease_seconds: float, *, since: datetime | None = None) -> bool:
+        """Extend ``owner``'s lease on ``lock`` only if ``owner`` still holds it (and, with
+        ``since``, has not taken it again since that token)."""
+        return locks.renew(self.conn, lock, owner, lease_seconds, since=since)
+
+    def lease(self, lock: str) -> locks.LockHolder | None:
+        """The current holder of ``lock`` and its token while the lease lasts, else None."""
+        return locks.holder(self.conn, lock)
 
     def let_go(self, lock: str, owner: str) -> None:
         """Release ``lock`` if ``owner`` holds it."""

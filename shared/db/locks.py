@@ -22,10 +22,23 @@ _locks = Lock.__table__
 class LockHolder:
     owner: str
     expires_at: datetime
+    #: When this owner last took the lock: the lease's fencing token (see ``acquire``).
+    acquired_at: datetime
 
 
 def acquire(conn: Connection, name: str, owner: str, lease_seconds: float, *, now: datetime | None = None) -> bool:
     """Take ``name`` for ``owner`` until now + lease. True if the caller now holds it."""
+    return take(conn, name, owner, lease_seconds, now=now) is not None
+
+
+def take(conn: Connection, name: str, owner: str, lease_seconds: float, *,
+         now: datetime | None = None) -> datetime | None:
+    """``acquire``, returning the time of this acquisition when the caller now holds the lock,
+    else None.
+
+    The time is the lease's *fencing token*: taking the lock again (the same owner re-entering,
+    e.g. a redelivered command resuming its work) stamps a new one, so work begun under the
+    earlier token can tell, with ``renew(since=...)``, that it has been superseded."""
     now = now or utcnow()
     expires = now + timedelta(seconds=lease_seconds)
     stmt = insert_for(conn, _locks).values(name=name, owner=owner, acquired_at=now, expires_at=expires)
@@ -34,18 +47,19 @@ def acquire(conn: Connection, name: str, owner: str, lease_seconds: float, *, no
         set_={"owner": owner, "acquired_at": now, "expires_at": expires},
         where=(_locks.c.expires_at < now) | (_locks.c.owner == owner),
     ).returning(_locks.c.owner)
-    return conn.execute(stmt).first() is not None
+    return now if conn.execute(stmt).first() is not None else None
 
 
-def renew(conn: Connection, name: str, owner: str, lease_seconds: float, *, now: datetime | None = None) -> bool:
+def renew(conn: Connection, name: str, owner: str, lease_seconds: float, *, since: datetime | None = None,
+          now: datetime | None = None) -> bool:
     """Extend ``owner``'s lease on ``name`` if ``owner`` still holds it (never takes a free lock:
-    a lease that lapsed and was taken over, or cleared by the sweeper, stays lost). True if
-    renewed."""
+    a lease that lapsed and was taken over, or cleared by the sweeper, stays lost) and, with
+    ``since``, still under that token (``acquire``). True if renewed."""
     now = now or utcnow()
-    result = conn.execute(
-        update(_locks).where(_locks.c.name == name, _locks.c.owner == owner)
-        .values(expires_at=now + timedelta(seconds=lease_seconds))
-    )
+    condition = [_locks.c.name == name, _locks.c.owner == owner]
+    if since is not None:
+        condition.append(_locks.c.acquired_at == since)
+    result = conn.execute(update(_locks).where(*condition).values(expires_at=now + timedelta(seconds=lease_seconds)))
     return result.rowcount == 1
 
 
@@ -55,7 +69,7 @@ def release(conn: Connection, name: str, owner: str) -> bool:
     return result.rowcount == 1
 
 
-_HOLDER = select(_locks.c.owner, _locks.c.expires_at).where(
+_HOLDER = select(_locks.c.owner, _locks.c.expires_at, _locks.c.acquired_at).where(
     _locks.c.name == bindparam("name"), _locks.c.expires_at >= bindparam("now", type_=Lock.expires_at.type)
 )
 
@@ -63,7 +77,7 @@ _HOLDER = select(_locks.c.owner, _locks.c.expires_at).where(
 def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockHolder | None:
     """The current, unexpired holder of ``name``, if any."""
     row = conn.execute(_HOLDER, {"name": name, "now": now or utcnow()}).first()
-    return LockHolder(owner=row.owner, expires_at=row.expires_at) if row else None
+    return LockHolder(owner=row.owner, expires_at=row.expires_at, acquired_at=row.acquired_at) if row else None
 
 
 
