@@ -24,6 +24,11 @@ class Route:
     pace: float = 0.0
     #: Stop sending after this many bytes of the body and hold the connection (a stalled download).
     stall_after: int | None = None
+    #: Only the first this many requests are paced (None: all of them): a download that is slow
+    #: once and fast when tried again.
+    paced_requests: int | None = None
+    #: Requests served so far.
+    served: int = 0
 
 
 class Origin:
@@ -52,7 +57,8 @@ class Origin:
                     self.send_header(key, value)
                 self.end_headers()
                 body = route.body if route.stall_after is None else route.body[:route.stall_after]
-                if route.pace:
+                route.served += 1
+                if route.pace and (route.paced_requests is None or route.served <= route.paced_requests):
                     for start in range(0, len(body), 65536):
                         self.wfile.write(body[start:start + 65536])
                         self.wfile.flush()

@@ -39,7 +39,8 @@ def available() -> str | None:
 class PrivateBroker:
     """``start()`` boots the node; ``url`` is its AMQP URL; ``close()`` always leaves nothing running."""
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, *, extra_config: str = "") -> None:
+        """``extra_config``: more lines of ``rabbitmq.conf`` (e.g. ``consumer_timeout = 60000``)."""
         self.dir = Path(base_dir)
         self.node = f"imagesvc-faults-{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
@@ -54,7 +55,7 @@ class PrivateBroker:
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
             # Loopback-only guest is RabbitMQ's default; stated so that a changed default shows here.
-            "loopback_users.guest = true\n")
+            "loopback_users.guest = true\n" + extra_config)
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
         self.env = {
