@@ -135,10 +135,12 @@ def unexpected(ledger, accepted: set[str]) -> set[str]:
     return set(ledger.unexpected(accepted)) - _BEFORE
 
 
-def ledger_clean(system: System, accepted: set[str], **options):
+def ledger_clean(system: System, accepted: set[str], *, before: set[str] | None = None, **options):
+    """A check that the ledger is clean for ``accepted``, judging only tasks not in ``before``
+    (default: those that existed when the row started)."""
     def check():
         ledger = read_ledger(system.database_url, broker_url=system.broker_url, prefix=system.prefix)
-        assert_clean(ledger, accepted, known_before=frozenset(_BEFORE), **options)
+        assert_clean(ledger, accepted, known_before=frozenset(_BEFORE if before is None else before), **options)
         return ledger
 
     return check
@@ -183,7 +185,9 @@ def report(row: str, **figures) -> None:
 
 def broker_outage_mid_stream(system, origin, broker, *, take_down, bring_up, down_for: float, row: str,
                              flowing: int = 12):
-    """The fault strikes once ``flowing`` POSTs of the stream were answered."""
+    """The fault strikes once ``flowing`` POSTs of the stream were answered. Judges only the
+    tasks of this call (a row may call it several times)."""
+    before = set(read_ledger(system.database_url, broker_url=None, prefix=system.prefix).tasks)
     stop = threading.Event()
     answers, workers = post_stream(system, origin, threads=4, pace=0.5, stop=stop)
     try:
@@ -210,12 +214,12 @@ def broker_outage_mid_stream(system, origin, broker, *, take_down, bring_up, dow
     slowest_503 = max(a.seconds for a in answers if a.code == 503)
     assert slowest_503 <= PUBLISH_TIMEOUT, f"a 503 took {slowest_503:.2f} s"
     accepted = accepted_ids(answers)
-    ledger = eventually(ledger_clean(system, accepted), timeout=60, interval=0.5)
+    ledger = eventually(ledger_clean(system, accepted, before=before), timeout=60, interval=0.5)
     recovered = time.monotonic() - back
     first_after = min((a.started + a.seconds for a in answers if a.code in ACCEPTED and a.started >= back),
                       default=None)
     report(row, posts=len(answers), codes=dict(codes), accepted=len(accepted), lost=len(ledger.lost(accepted)),
-           doubled=len(ledger.doubled(accepted)), unexpected=len(unexpected(ledger, accepted)),
+           doubled=len(ledger.doubled(accepted)), unexpected=len(set(ledger.unexpected(accepted)) - before),
            slowest_503_s=round(slowest_503, 2),
            first_accept_after_restart_s=None if first_after is None else round(first_after - back, 2),
            ledger_clean_after_restart_s=round(recovered, 1))

@@ -149,11 +149,17 @@ def test_c1_importers_killed_mid_download_lose_and_double_nothing(system, origin
     trash = store / ".trash"
     assert not trash.is_dir() or not list(trash.iterdir())
 
-    # Each kill's delivery came back counted by the broker.
+    # Each kill interrupted the one delivery its victim held (prefetch 1), which came back counted
+    # by the broker: the attempts beyond the first, over all tasks, add up to the kills (a copy
+    # that was killed again shows in its task's last attempt).
     handled = [record for name in IMPORTERS for record in handled_records(system, name)
                if record.get("task_id") in accepted]
-    again = [record for record in handled if record["attempt"] > 1 and record["redelivered"]]
-    assert len({record["task_id"] for record in again}) >= KILLS, (kills, again)
+    last_attempt: dict[str, int] = {}
+    for record in handled:
+        last_attempt[record["task_id"]] = max(last_attempt.get(record["task_id"], 1), record["attempt"])
+    again = [record for record in handled if record["attempt"] > 1]
+    assert all(record["redelivered"] for record in again), again
+    assert sum(attempt - 1 for attempt in last_attempt.values()) >= KILLS, (kills, again)
     print(f"\nC1: imports={IMPORTS} of {FILE_BYTES >> 20} MiB, kills={kills}, "
           f"redelivered={len(again)}, lost={len(ledger.lost(set(accepted)))}, "
           f"doubled={len(ledger.doubled(set(accepted)))}, images={len(rows)}, partial=0")
