@@ -13,6 +13,7 @@ import pytest
 
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
+from tests.support.origin import Origin
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,11 @@ def engine(sqlite_template, tmp_path):
     db = make_engine(f"sqlite:///{path}", pool_size=4)
     yield db
     db.dispose()
+
+
+@pytest.fixture
+def origin():
+    """A loopback origin of the test's own (the session's is shared): unit tests count its hits."""
+    served = Origin()
+    yield served
+    served.close()

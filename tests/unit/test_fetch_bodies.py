@@ -8,16 +8,8 @@ import gzip
 import pytest
 
 from shared.net.fetch import FetchError, Fetcher, UrlPolicy
-from tests.support.origin import Origin
 
 BOMB = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MiB of zeros in a few KiB
-
-
-@pytest.fixture
-def origin():
-    served = Origin()
-    yield served
-    served.close()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared.net.fetch import FetchError, Fetcher, UrlPolicy
-from tests.support.origin import Origin
 
 NAME = "rebind.example.test"
 
@@ -57,13 +56,6 @@ class RebindingResolver:
     def __call__(self, host: str, port: int) -> list[str]:
         self.calls.append((host, port))
         return self.first if len(self.calls) == 1 else self.later
-
-
-@pytest.fixture
-def origin():
-    served = Origin()
-    yield served
-    served.close()
 
 
 @pytest.fixture
