@@ -52,6 +52,7 @@ from shared.db.engine import make_engine, read_transaction, write_transaction  #
 from shared.db.models import StoredEvent  # noqa: E402
 from shared.handling import CommandConsumer, EventConsumer  # noqa: E402
 from shared.logging import configure_logging  # noqa: E402
+from tests.support.read_model import read_model as rows_of_read_model  # noqa: E402
 
 IMAGES = 250
 BOUND_SECONDS = 60.0
@@ -133,10 +134,7 @@ def project_live(engine) -> None:
 
 def read_model(engine) -> tuple:
     with read_transaction(engine) as conn:
-        images = sorted(tuple(r) for r in conn.execute(text("SELECT uuid, name, doc, dcs, version FROM rm_images")))
-        streams = sorted(tuple(r) for r in conn.execute(text("SELECT stream_id, version FROM rm_streams")))
-        task_rows = sorted(tuple(r) for r in conn.execute(text("SELECT task_id, status, http_code, result FROM rm_tasks")))
-    return images, streams, task_rows
+        return rows_of_read_model(conn)
 
 
 def time_rebuild(engine) -> tuple[float, int]:
