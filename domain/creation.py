@@ -133,7 +133,8 @@ def undo(ctx, image: ImageRecord, failure: CommandFailed, *, task_dc: str, extra
         events = []
         if current is not None and current.lock_owner == ctx.task_id:
             tx.catalogue.delete_image(image.uuid)
-            events.append(ImageDeleted(uuid=image.uuid, name=image.name, version=current.stream_version + 1))
+            events.append(ImageDeleted(uuid=image.uuid, name=image.name, version=current.stream_version + 1,
+                                       dc_bound=image.dc_bound))
         for lock in (tx.catalogue.image_lock(image.uuid), *extra_locks):
             tx.catalogue.let_go(lock, ctx.task_id)
         tx.fail(events, failure, owner=image.owner, dc=task_dc)

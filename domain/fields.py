@@ -131,9 +131,16 @@ def access(value: Any) -> int:
     return number
 
 
+#: At most this many tags per image, each of at most ``TAG_MAX_LENGTH`` characters (the original
+#: has no limit; an image row, its events and every list answer carry all of them).
+TAGS_MAX = 64
+TAG_MAX_LENGTH = 64
+
+
 def tags(value: Any) -> list[str]:
     """A list of tags, or one string: comma-separated when it has a comma (a tag may then hold
-    spaces), else space-separated. Duplicates in a string are dropped."""
+    spaces), else space-separated. Duplicates in a string are dropped. At most ``TAGS_MAX`` tags of
+    at most ``TAG_MAX_LENGTH`` characters."""
     if isinstance(value, str):
         parts = value.split(",") if "," in value else value.split()
         items: list[Any] = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
@@ -143,10 +150,14 @@ def tags(value: Any) -> list[str]:
         return []
     else:
         raise FieldError(INVALID)
+    if len(items) > TAGS_MAX:
+        raise FieldError(f"Ensure this field has no more than {TAGS_MAX} elements.")
     result = []
     for item in items:
         if not isinstance(item, str) or not _TAG_RE.match(item):
             raise FieldError(INVALID)
+        if len(item) > TAG_MAX_LENGTH:
+            raise FieldError(too_long(TAG_MAX_LENGTH, len(item)))
         result.append(item)
     return result
 

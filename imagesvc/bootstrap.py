@@ -34,7 +34,7 @@ from shared.broker.connection import broker_identity, connect
 from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
 from shared.broker.publisher import Publisher
-from shared.broker.topology import Topology, build_topology
+from shared.broker.topology import QueueLimits, Topology, build_topology
 from shared.config import ConfigError, Settings
 from shared.db.engine import make_engine
 from shared.handling import CommandConsumer, CommandHandler, EventConsumer
@@ -68,7 +68,8 @@ def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
     # lost in a database crash without harm); every other process commits durably.
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
                          relaxed_durability=purpose == "gateway", single_statements=purpose == "gateway")
-    topology = build_topology(settings.topology_prefix, quorum=not settings.embedded_broker)
+    topology = build_topology(settings.topology_prefix, quorum=not settings.embedded_broker,
+                              limits=queue_limits(settings))
 
     def connection_for(role: str) -> Connection:
         return connect(settings, f"{purpose}-{role}")
@@ -76,6 +77,10 @@ def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
     publisher = Publisher(lambda: connection_for("publisher"), size=max(4, settings.worker_threads),
                           timeout=settings.publish_timeout, heartbeat=0 if settings.embedded_broker else settings.heartbeat)
     return Infrastructure(settings, engine, topology, publisher, connection_for)
+
+
+def queue_limits(settings: Settings) -> QueueLimits:
+    return QueueLimits(queue=settings.queue_max_length, dead_letters=settings.dead_letter_max_length)
 
 
 def configured_image_server(settings: Settings) -> ImageServer | None:
@@ -92,7 +97,8 @@ def download_limits(settings: Settings) -> Limits:
 
 
 def relay(infra: Infrastructure) -> OutboxRelay:
-    return OutboxRelay(infra.engine, infra.publisher, infra.topology)
+    identity = broker_identity(infra.settings)
+    return OutboxRelay(infra.engine, infra.publisher, infra.topology, user_id=identity.own if identity else None)
 
 
 def lease_sweeper(infra: Infrastructure, outbox: OutboxRelay) -> LeaseSweeper:
@@ -111,9 +117,11 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
         notifier = TaskNotifier(Publisher(lambda: connect(settings, f"{service}-notify"), size=2,
                                           timeout=settings.publish_timeout, confirms=False,
                                           heartbeat=0 if settings.embedded_broker else settings.heartbeat),
-                                infra.topology)
+                                infra.topology, user_id=identity.own if identity else None)
         handler = EventConsumer(name="projector", engine=infra.engine, apply=projection.apply,
-                                notify=lambda note: notifier(note.reply_to, note.to_dict()))
+                                notify=lambda note: notifier(note.reply_to, note.to_dict()),
+                                publishers=identity.publishers() if identity else None,
+                                max_message_bytes=settings.max_message_bytes)
         prefetch = max(settings.prefetch, 32)
     else:
         server = configured_image_server(settings)
@@ -136,7 +144,7 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                   check_first=service == "importer",
                                   trusted_publishers=identity.services if identity else None,
                                   compensations={"image.import": functools.partial(abandon_import, server=server)}
-                                  if service == "importer" else None)
+                                  if service == "importer" else None, max_message_bytes=settings.max_message_bytes)
         prefetch = settings.prefetch
     return ConsumerRunner(
         name=service,
@@ -187,7 +195,8 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
                               routes=node_agent_routes(settings, driver, hostname), check_first=True,
                               trusted_publishers=identity.services if identity else None,
                               compensations={"image.snapshot": functools.partial(
-                                  abandon_snapshot_image, server=configured_image_server(settings))})
+                                  abandon_snapshot_image, server=configured_image_server(settings))},
+                              max_message_bytes=settings.max_message_bytes)
     return ConsumerRunner(
         name=f"node-agent-{hostname}",
         connect=lambda: infra.connect("node-agent"),

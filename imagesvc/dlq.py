@@ -75,6 +75,13 @@ class DeadLetter:
     def message_id(self) -> str | None:
         return self.properties.get("message_id")
 
+    def original_routing_key(self) -> str | None:
+        """The routing key the message was first published with, as the broker recorded it when
+        it dead-lettered the message itself (``x-death``); None for our own dead letters."""
+        deaths = self.headers.get("x-death") or []
+        keys = deaths[0].get("routing-keys") if deaths else None
+        return _text(keys[0]) if keys else None
+
     def origin(self, dead_letter_queue: str) -> str:
         """The queue the message died in."""
         from shared.broker.consumer import ORIGINAL_QUEUE_HEADER
@@ -246,7 +253,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _replay_in(args: argparse.Namespace, settings: Settings) -> int:
     from shared.broker.connection import broker_identity, connect
     from shared.broker.consumer import (ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER,
-                                        PUBLISHED_BY_HEADER)
+                                        PUBLISHED_BY_HEADER, ROUTING_KEY_HEADER, original_routing_key)
     from shared.broker.publisher import Publisher
     from shared.errors import PublishFailed
 
@@ -264,6 +271,13 @@ def _replay_in(args: argparse.Namespace, settings: Settings) -> int:
                        if k not in _DEATH_HEADERS and k not in (DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER)}
             headers[ATTEMPT_HEADER] = 1
             headers[REPLAYED_HEADER] = int(letter.headers.get(REPLAYED_HEADER) or 0) + 1
+            # The replay goes through the default exchange: the original routing key goes with it,
+            # as our own copy's header says or as the broker recorded it (never as received).
+            routing_key = original_routing_key(identity, letter.properties.get("user_id"), letter.headers,
+                                               letter.original_routing_key())
+            headers.pop(ROUTING_KEY_HEADER, None)
+            if routing_key is not None:
+                headers[ROUTING_KEY_HEADER] = routing_key
             user_id = None
             if identity is not None:
                 # Like the runner's own copies: this copy is ours, the original publisher goes with it.

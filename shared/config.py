@@ -78,14 +78,27 @@ class Settings:
     token_seconds: float = 3600.0
     #: Requests per user and window, e.g. ``45/minute`` (the original's rate), or ``off``.
     throttle: str = "off"
-    #: Broker users of imagesvc's own processes, whose commands may act for any user (default:
-    #: the user of ``broker_url``). Any other broker user's commands may act only for the
-    #: imagesvc user of the same name (RabbitMQ vouches for ``user_id``).
-    trusted_broker_users: tuple[str, ...] = ()
+    #: Broker users of imagesvc's own processes (default: the user of ``broker_url``): their
+    #: commands may act for any user, and they alone publish image and task events. Any other
+    #: broker user's commands may act only for the imagesvc user of the same name (RabbitMQ
+    #: vouches for ``user_id``).
+    service_users: tuple[str, ...] = ()
+    #: Broker users (besides the service users) whose ``node.*`` events the projector believes.
+    node_publishers: tuple[str, ...] = ()
+    #: Broker users (besides the service users) whose ``vm.*`` events the projector believes.
+    vm_publishers: tuple[str, ...] = ()
     #: Where the embedded mode keeps its SQLite file (and later the image store).
     data_dir: str = "./var"
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 1024 * 1024
+    #: Largest message a consumer handles, in bytes (a larger one is refused before it is
+    #: decoded). Set RabbitMQ's ``max_message_size`` a little above it (docs/security.md).
+    max_message_bytes: int = 1024 * 1024
+    #: Length limits of the work queues and of the dead-letter queues (RabbitMQ), in messages;
+    #: a publish into a full queue is refused (nacked), never dropped after its confirm. Every
+    #: process must use the same values (a queue cannot be declared with other limits).
+    queue_max_length: int = 100_000
+    dead_letter_max_length: int = 10_000
     #: Database connections per process.
     db_pool_size: int = 10
     #: How a node agent reads VM disk snapshots: ``file`` (read-only files under
@@ -135,6 +148,9 @@ class Settings:
             if "IMAGESVC_SNAPSHOT_DIR" not in environ:
                 defaults["snapshot_dir"] = os.path.abspath(os.path.join(base.data_dir, "vms"))
             return cls.from_env(environ, **{**defaults, **overrides})
+        for old, new in _RENAMED.items():
+            if old in environ:
+                raise ConfigError(f"{old} was renamed {new}: set that instead")
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             var = "IMAGESVC_" + f.name.upper()
@@ -185,6 +201,10 @@ class Settings:
             raise ConfigError("IMAGESVC_HEARTBEAT must not be negative (0 switches heartbeats off)")
         if self.max_body_bytes < 1024:
             raise ConfigError("IMAGESVC_MAX_BODY_BYTES must be at least 1024")
+        if self.max_message_bytes < 64 * 1024:
+            raise ConfigError("IMAGESVC_MAX_MESSAGE_BYTES must be at least 65536")
+        if self.queue_max_length < 1 or self.dead_letter_max_length < 1:
+            raise ConfigError("IMAGESVC_QUEUE_MAX_LENGTH and IMAGESVC_DEAD_LETTER_MAX_LENGTH must be at least 1")
         from shared.snapshots import DRIVERS, check_dataset_template
 
         if self.snapshot_driver not in DRIVERS:
@@ -232,6 +252,9 @@ class Settings:
             found[name] = url
         return dict(sorted(found.items()))
 
+
+#: Variables that were renamed: a process refuses to start with the old name rather than ignore it.
+_RENAMED = {"IMAGESVC_TRUSTED_BROKER_USERS": "IMAGESVC_SERVICE_USERS"}
 
 _REPOSITORY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 

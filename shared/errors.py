@@ -71,6 +71,10 @@ class PublishFailed(Transient):
     """The broker did not confirm a publish within the deadline (or refused it)."""
 
 
+class Nacked(PublishFailed):
+    """The broker refused a publish (nack): on our queues, a full queue (``reject-publish``)."""
+
+
 class Unroutable(PublishFailed):
     """The broker returned a mandatory message: no queue is bound for its routing key."""
 

@@ -13,7 +13,9 @@
 5. publish the new outbox rows (confirmed), then let the runner ack.
 
 ``EventConsumer`` applies events to the read model: the change in one transaction (several
-events at once under load), then the notifications, then the acks.
+events at once under load), then the notifications, then the acks. It accepts an event only if
+it arrived with the routing key its type and payload define and from a broker user allowed to
+publish its family (``shared.contracts.routing``); anything else is dead-lettered, never applied.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ import structlog
 from shared import contracts
 from shared.broker.consumer import Delivery, Disposition
 from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
+from shared.contracts.routing import Publishers, route
 from shared.crash import crash_point
 from shared.db import events as store
+from shared.db import task_owners
+from shared.db.task_owners import TaskTaken
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
 from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
@@ -121,6 +126,8 @@ class CommandContext:
         self.finished = False
         #: The events committed for this message and not yet published.
         self.outbox: list[store.OutboxRow] = []
+        #: Whether a committed transaction bound the task id to this command (``task_owners``).
+        self._bound = False
 
     def task_fields(self, *, owner: str | None, dc: str | None) -> dict[str, Any]:
         """The fields every task event of this command carries."""
@@ -158,8 +165,19 @@ class CommandContext:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Transaction]:
+        """A write transaction. The first one to commit binds the task id to this command, before
+        the handler changes anything: raises TaskTaken (rolling back) if the id is another's."""
         with write_transaction(self.engine) as conn:
+            if not self._bound:
+                bind_task(conn, self.envelope)
             yield Transaction(self, conn)
+        self._bound = True
+
+
+def bind_task(conn: Connection, envelope: Envelope) -> None:
+    """Bind the envelope's task id to it (``shared.db.task_owners``); raises TaskTaken."""
+    task_owners.bind(conn, task_id=envelope.correlation_id, message_id=envelope.id,
+                     actor=envelope.actor.user if envelope.actor else None, command=envelope.type)
 
 
 CommandHandler = Callable[[Command, CommandContext], None]
@@ -175,8 +193,9 @@ class CommandConsumer:
 
     def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
                  check_first: bool = False, trusted_publishers: frozenset[str] | None = None,
-                 compensations: Mapping[str, Compensation] | None = None):
+                 compensations: Mapping[str, Compensation] | None = None, max_message_bytes: int | None = None):
         self.name = name
+        self._max_bytes = max_message_bytes
         self._compensations = dict(compensations or {})
         self._trusted = trusted_publishers
         self._engine = engine
@@ -186,7 +205,7 @@ class CommandConsumer:
 
     def __call__(self, delivery: Delivery) -> Disposition:
         try:
-            envelope = contracts.decode(delivery.body)
+            envelope = contracts.decode(delivery.body, max_bytes=self._max_bytes)
             handler = self._routes.get(envelope.type)
             if handler is None:
                 raise PoisonMessage(f"{self.name} does not handle {envelope.type!r}", message_id=envelope.id,
@@ -207,6 +226,8 @@ class CommandConsumer:
                 self._relay.publish(self._record_failure(unvouched, failure))
             except (Duplicate, store.TaskAlreadyEnded):
                 return self._not_twice(envelope)
+            except TaskTaken as taken:
+                return self._taken(taken)
             return Disposition.ack("actor not trusted")
         if self._check_first:
             with read_transaction(self._engine) as conn:
@@ -220,6 +241,8 @@ class CommandConsumer:
                 raise RuntimeError(f"handler for {envelope.type} returned without finishing its task")
         except (Duplicate, store.TaskAlreadyEnded):
             return self._not_twice(envelope)
+        except TaskTaken as taken:
+            return self._taken(taken)
         except Superseded:
             # Its delivery came again and the new one works on: this copy is done, like a
             # duplicate (its channel is usually gone, so the ack is dropped with it anyway).
@@ -230,6 +253,8 @@ class CommandConsumer:
                 ctx.outbox = self._record_failure(envelope, failure)
             except (Duplicate, store.TaskAlreadyEnded):
                 return self._not_twice(envelope)
+            except TaskTaken as taken:
+                return self._taken(taken)
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
         self._relay.publish(ctx.outbox)
         crash_point("after_commit_before_ack")
@@ -254,6 +279,13 @@ class CommandConsumer:
         log.error("command.task_id_taken", task_id=envelope.correlation_id)
         return Disposition.dead_letter(f"task {envelope.correlation_id} already ended (its id was reused)")
 
+    @staticmethod
+    def _taken(taken: TaskTaken) -> Disposition:
+        """The command claims a task id that belongs to another command (anybody who subscribes
+        to events sees task ids): it gets no outcome, since the only place for one is that task."""
+        log.warning("command.task_taken", task_id=taken.task_id, owner=taken.actor)
+        return Disposition.dead_letter(f"task id {taken.task_id} belongs to another command")
+
     def _duplicate(self, envelope: Envelope) -> Disposition:
         with read_transaction(self._engine) as conn:
             pending = store.unpublished_for_message(conn, envelope.id)
@@ -275,6 +307,7 @@ class CommandConsumer:
         wrapped = contracts.wrap(terminal, correlation_id=envelope.correlation_id, causation_id=envelope.id,
                                  actor=envelope.actor, reply_to=envelope.reply_to)
         with write_transaction(self._engine) as conn:
+            bind_task(conn, envelope)
             return store.append(conn, [(wrapped, None)])
 
     def _fail_poison(self, poison: PoisonMessage, delivery: Delivery) -> None:
@@ -290,8 +323,8 @@ class CommandConsumer:
                                 code="invalid_message")
         try:
             rows = self._record_failure(envelope, failure)
-        except (Duplicate, store.TaskAlreadyEnded):
-            return
+        except (Duplicate, store.TaskAlreadyEnded, TaskTaken):
+            return  # its task is another command's, or has its outcome: nothing to record
         self._relay.publish(rows)
 
     def on_exhausted(self, delivery: Delivery, reason: str) -> Disposition:
@@ -300,7 +333,7 @@ class CommandConsumer:
         between commit and ack), this is a duplicate: ack it. Otherwise the task ends in failure
         and the message is dead-lettered, rather than handled into yet another crash."""
         try:
-            envelope = contracts.decode(delivery.body)
+            envelope = contracts.decode(delivery.body, max_bytes=self._max_bytes)
         except PoisonMessage as poison:
             self._fail_poison(poison, delivery)
             return Disposition.dead_letter(poison.reason)
@@ -314,7 +347,7 @@ class CommandConsumer:
     def on_give_up(self, delivery: Delivery, reason: str) -> None:
         """Retries exhausted: end the task in failure (500), so no accepted command hangs forever."""
         try:
-            envelope = contracts.decode(delivery.body)
+            envelope = contracts.decode(delivery.body, max_bytes=self._max_bytes)
         except PoisonMessage:
             return
         failure = CommandFailed({"detail": "Internal error: the command could not be processed"}, http_code=500,
@@ -327,13 +360,13 @@ class CommandConsumer:
                 if ctx.finished:
                     self._relay.publish(ctx.outbox)
                     return
-            except (Duplicate, store.TaskAlreadyEnded):
+            except (Duplicate, store.TaskAlreadyEnded, TaskTaken):
                 return
             except Exception as exc:  # noqa: BLE001 - the task must still end
                 log.error("command.compensation_failed", error=repr(exc))
         try:
             rows = self._record_failure(envelope, failure)
-        except (Duplicate, store.TaskAlreadyEnded):
+        except (Duplicate, store.TaskAlreadyEnded, TaskTaken):
             return
         self._relay.publish(rows)
 
@@ -371,11 +404,27 @@ class EventConsumer:
 
     batch_size = 64
 
-    def __init__(self, *, name: str, engine: Engine, apply: EventApplier, notify: Callable[[Notification], None]):
+    def __init__(self, *, name: str, engine: Engine, apply: EventApplier, notify: Callable[[Notification], None],
+                 publishers: Publishers | None = None, max_message_bytes: int | None = None):
+        """``publishers``: who may publish which events; None where the broker vouches for nobody
+        (memory://: nobody outside the process can publish, and only the routing key is checked)."""
         self.name = name
         self._engine = engine
         self._apply = apply
         self._notify = notify
+        self._publishers = publishers
+        self._max_bytes = max_message_bytes
+
+    def _refusal(self, delivery: Delivery, envelope: Envelope) -> str | None:
+        """Why this delivery of an event must not be applied, or None. An event is believed for
+        what the broker vouches for (who published it, under which routing key), not for what
+        its body says about itself."""
+        expected = route(envelope.type, envelope.payload).key
+        if delivery.routing_key != expected:
+            return f"{envelope.type} arrived with routing key {delivery.routing_key!r}, not {expected!r}"
+        if self._publishers is not None:
+            return self._publishers.refusal(envelope.type, delivery.publisher)
+        return None
 
     def __call__(self, delivery: Delivery) -> Disposition:
         return self.handle_batch([delivery])[0]
@@ -385,10 +434,16 @@ class EventConsumer:
         decoded: list[tuple[int, Envelope, Event]] = []
         for index, delivery in enumerate(deliveries):
             try:
-                envelope = contracts.decode(delivery.body)
-                event = contracts.parse(envelope)
-                if not isinstance(event, Event):
+                envelope = contracts.decode(delivery.body, max_bytes=self._max_bytes)
+                if envelope.type not in contracts.EVENT_TYPES:
                     raise PoisonMessage(f"{envelope.type!r} is not an event", message_id=envelope.id)
+                refusal = self._refusal(delivery, envelope)
+                if refusal is not None:
+                    log.warning("event.refused", reason=refusal, message_id=envelope.id, type=envelope.type,
+                                routing_key=delivery.routing_key, publisher=delivery.publisher)
+                    verdicts[index] = Disposition.dead_letter(f"event refused: {refusal}")
+                    continue
+                event = contracts.parse(envelope)
                 decoded.append((index, envelope, event))
             except PoisonMessage as poison:
                 log.error("message.poison", reason=poison.reason, message_id=poison.message_id)

@@ -31,9 +31,13 @@ log = get_logger(__name__)
 
 
 class OutboxRelay:
-    def __init__(self, engine: Engine, publisher, topology: Topology, *, grace_seconds: float = 3.0,
-                 sweep_seconds: float = 1.0, mark_seconds: float = 0.1):
+    def __init__(self, engine: Engine, publisher, topology: Topology, *, user_id: str | None = None,
+                 grace_seconds: float = 3.0, sweep_seconds: float = 1.0, mark_seconds: float = 0.1):
+        """``user_id``: this process's broker user, set on every event (RabbitMQ vouches for it,
+        which is how subscribers and the projector know the event is imagesvc's) and recorded as
+        the events' publisher; None on memory://."""
         self._engine = engine
+        self._user_id = user_id
         self._publisher = publisher
         self._topology = topology
         self._grace = grace_seconds
@@ -51,7 +55,9 @@ class OutboxRelay:
         exchange = self._topology.events.name
         try:
             self._publisher.publish_many([
-                Outgoing(exchange, row.type, row.body, row.message_id, row.type, row.correlation_id) for row in rows
+                Outgoing(exchange, row.routing.key, row.body, row.message_id, row.type, row.correlation_id,
+                         headers={"CC": list(row.routing.cc)} if row.routing.cc else {}, user_id=self._user_id)
+                for row in rows
             ])
         except PublishFailed as exc:
             log.warning("relay.publish_failed", error=str(exc), events=len(rows))
@@ -70,7 +76,7 @@ class OutboxRelay:
         try:
             with write_transaction(self._engine) as conn:
                 relax_durability(conn)  # a lost mark only means a harmless republish
-                store.mark_published(conn, ids)
+                store.mark_published(conn, ids, by=self._user_id)
         except Transient as exc:
             log.warning("relay.mark_failed", error=str(exc))
             with self._lock:

@@ -51,7 +51,8 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServ
         task_dc = image.dc_bound or catalogue.default_datacenter().name
         if server is None:
             catalogue.delete_image(image.uuid)
-            tx.finish([ImageDeleted(uuid=image.uuid, name=image.name, version=image.stream_version + 1)],
+            tx.finish([ImageDeleted(uuid=image.uuid, name=image.name, version=image.stream_version + 1,
+                                    dc_bound=image.dc_bound)],
                       result=None, owner=image.owner, dc=task_dc)
             return
         if not resuming:
@@ -73,6 +74,7 @@ def _remove(ctx: CommandContext, uuid: str, server: ImageServer, task_dc: str) -
             return
         tx.catalogue.let_go(tx.catalogue.image_lock(uuid), ctx.task_id)
         tx.catalogue.delete_image(uuid)
-        tx.finish([ImageDeleted(uuid=uuid, name=current.name, version=current.stream_version + 1)],
+        tx.finish([ImageDeleted(uuid=uuid, name=current.name, version=current.stream_version + 1,
+                                dc_bound=current.dc_bound)],
                   result={"returncode": 0, "message": f"Successfully deleted image {current.name}"},
                   owner=current.owner, dc=task_dc)

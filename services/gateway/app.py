@@ -80,8 +80,9 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     auth = Authenticator(queries, throttle)
     listener: NotificationListener | None = None
     waiter = TaskWaiter(queries, listening=lambda: listener is not None and listener.ready.is_set())
-    listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all)
     identity = broker_identity(settings)
+    listener = NotificationListener(lambda: connect(), topology, waiter.notify, on_reconnect=waiter.wake_all,
+                                    services=identity.services if identity else None)
     declared_nodes: set[str] = set()
 
     def declare_node_queue(hostname: str) -> None:

@@ -142,7 +142,7 @@ class LeaseSweeper:
             changes = []
             if command in CREATIONS:
                 catalogue.delete_image(uuid)
-                changes.append(ImageDeleted(uuid=uuid, name=current.name, version=version))
+                changes.append(ImageDeleted(uuid=uuid, name=current.name, version=version, dc_bound=current.dc_bound))
             else:
                 catalogue.update_fields(uuid, {"status": images.STATUS_OK}, changed=current.changed,
                                         stream_version=version)

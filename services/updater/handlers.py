@@ -92,10 +92,17 @@ def _save(tx, image, columns: dict) -> None:
         version = image.stream_version + 1
         tx.catalogue.update_fields(image.uuid, columns, changed=now, stream_version=version)
         events.append(ImageUpdated(image=images.to_state(updated), version=version,
-                                   changed=sorted(k for k in columns if k not in ("manifest", "manifest_active"))))
+                                   changed=sorted(k for k in columns if k not in ("manifest", "manifest_active")),
+                                   **_moved(image, updated)))
     # The task is placed in the image's datacenter as it is after the change.
     tx.finish(events, result=images.public_view(updated), owner=updated.owner,
               dc=updated.dc_bound or tx.catalogue.default_datacenter().name)
+
+
+def _moved(before, after) -> dict:
+    """``previous_dc_bound`` for an event that moves the image out of its datacenter (or out of
+    global): that scope's subscribers are told too (``shared.contracts.routing``)."""
+    return {"previous_dc_bound": before.dc_bound} if before.dc_bound != after.dc_bound else {}
 
 
 def _rewrite_manifest(ctx: CommandContext, uuid: str, columns: dict, server: ImageServer, task_dc: str) -> None:
@@ -123,7 +130,8 @@ def _rewrite_manifest(ctx: CommandContext, uuid: str, columns: dict, server: Ima
         saved = {**columns, "manifest": rebuilt, "manifest_active": rebuilt, "status": images.STATUS_OK}
         done = current.with_changes(**saved, changed=now)
         tx.catalogue.update_fields(uuid, saved, changed=now, stream_version=version)
-        tx.finish([ImageUpdated(image=images.to_state(done), version=version, changed=sorted(saved))],
+        tx.finish([ImageUpdated(image=images.to_state(done), version=version, changed=sorted(saved),
+                                **_moved(current, done))],
                   result={"returncode": 0, "message": f"Successfully updated image {current.name}"},
                   owner=done.owner, dc=task_dc)
 
@@ -164,6 +172,7 @@ def _change_attachment(name: str, dc_name: str, ctx: CommandContext, *, attach: 
         changed = ["dc_bound", "dcs"] if image.dc_bound else ["dcs"]
         # The original's answers: attach shows the image as serialized *before* dc_bound was
         # cleared (reference §13.30), detach shows nothing; the event carries the new state.
-        tx.finish([ImageUpdated(image=images.to_state(updated), version=version, changed=changed)],
+        tx.finish([ImageUpdated(image=images.to_state(updated), version=version, changed=changed,
+                                **_moved(image, updated))],
                   result=images.public_view(image) if attach else None, owner=updated.owner, dc=dc.name,
                   http_code=201 if attach else 200)

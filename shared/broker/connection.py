@@ -99,11 +99,13 @@ def _abort(connection: Connection) -> None:
 
 
 def broker_identity(settings: Settings) -> BrokerIdentity | None:
-    """This process's broker user and imagesvc's trusted ones; None on ``memory://``, where the
-    broker vouches for nobody (and nobody outside the process can publish)."""
+    """This process's broker user, imagesvc's service users and the inventory publishers; None on
+    ``memory://``, where the broker vouches for nobody (and nobody outside the process can publish)."""
     from shared.broker.consumer import BrokerIdentity
 
     if settings.embedded_broker:
         return None
     own = Connection(settings.broker_url).userid or "guest"  # parsing only: no I/O
-    return BrokerIdentity(own=own, services=frozenset(settings.trusted_broker_users or (own,)))
+    return BrokerIdentity(own=own, services=frozenset(settings.service_users or (own,)),
+                          inventory={"node": frozenset(settings.node_publishers),
+                                     "vm": frozenset(settings.vm_publishers)})

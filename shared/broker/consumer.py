@@ -43,7 +43,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import structlog
 from kombu import Connection, Consumer
@@ -51,7 +51,8 @@ from kombu import Queue as KombuQueue
 
 from shared.broker.connection import amqp_transport, discard, ensure_connected
 from shared.broker.topology import Topology
-from shared.errors import PublishFailed, Transient
+from shared.contracts.routing import Publishers
+from shared.errors import Nacked, PublishFailed, Transient
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,6 +66,10 @@ DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
 #: On a copy that imagesvc republished (a retry, a dead letter): who published the original.
 PUBLISHED_BY_HEADER = "x-imagesvc-published-by"
+#: How much of a dead letter that its full queue refused is logged.
+DROPPED_BODY_LOGGED = 2048
+#: On such a copy: the routing key the original was published with.
+ROUTING_KEY_HEADER = "x-imagesvc-routing-key"
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,15 @@ class BrokerIdentity:
     property is not the publishing connection's own user.
 
     ``own``: the broker user this process connects as (its republished copies carry it);
-    ``services``: the broker users of imagesvc's own processes. A copy published by a service
-    carries the original publisher in ``PUBLISHED_BY_HEADER``, which is believed only then.
+    ``services``: the broker users of imagesvc's own processes; ``inventory``: per inventory event
+    family (``node``, ``vm``), the other broker users who may publish it. A copy published by a
+    service carries the original publisher in ``PUBLISHED_BY_HEADER`` and the original routing key
+    in ``ROUTING_KEY_HEADER``, which are believed only then.
     """
 
     own: str
     services: frozenset[str]
+    inventory: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def publisher(self, user_id: str | None, headers: dict[str, Any]) -> str | None:
         """Who published the original message. A service's copy always names it (an empty name:
@@ -86,6 +94,20 @@ class BrokerIdentity:
         if user_id in self.services and PUBLISHED_BY_HEADER in headers:
             return str(headers[PUBLISHED_BY_HEADER]) or None
         return user_id
+
+    def publishers(self) -> Publishers:
+        """Who may publish which events (``shared.contracts.routing``)."""
+        return Publishers(self.services, self.inventory)
+
+
+def original_routing_key(identity: BrokerIdentity | None, user_id: str | None, headers: dict[str, Any],
+                         routing_key: str | None) -> str | None:
+    """The routing key the original message was published with: a copy we republished (a retry, a
+    replayed dead letter) reaches its queue by the queue's name and names the original key in a
+    header, believed only from a service user (or where the broker vouches for nobody, memory://)."""
+    if ROUTING_KEY_HEADER in headers and (identity is None or user_id in identity.services):
+        return str(headers[ROUTING_KEY_HEADER])
+    return routing_key
 
 
 class Outcome(enum.Enum):
@@ -131,6 +153,10 @@ class Delivery:
     #: The broker user that published the original message (``BrokerIdentity.publisher``), or
     #: None where the broker vouches for nobody (``memory://``).
     publisher: str | None = None
+    #: The exchange and routing key the original message was published with
+    #: (``original_routing_key``); None where unknown.
+    exchange: str | None = None
+    routing_key: str | None = None
 
 
 class Handler(Protocol):
@@ -302,6 +328,8 @@ class ConsumerRunner:
             message_type=props.get("type"),
             user_id=props.get("user_id"),
             publisher=self._identity.publisher(props.get("user_id"), headers) if self._identity else None,
+            exchange=info.get("exchange"),
+            routing_key=original_routing_key(self._identity, props.get("user_id"), headers, info.get("routing_key")),
             redelivered=redelivered,
             attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),
         )
@@ -429,12 +457,25 @@ class ConsumerRunner:
             try:
                 self._forward(item.delivery, item.disposition)
             except PublishFailed as exc:
-                log.warning("message.forward_failed", error=repr(exc), message_id=item.delivery.message_id)
-                item.due = now + 1.0
-                heapq.heappush(self._scheduled, item)
-                break
+                if not (isinstance(exc, Nacked) and item.disposition.outcome is Outcome.DEAD_LETTER):
+                    # Not confirmed (a retry's copy into a full work queue, or the broker away):
+                    # the original stays unacked, and the copy is tried again.
+                    log.warning("message.forward_failed", error=repr(exc), message_id=item.delivery.message_id)
+                    item.due = now + 1.0
+                    heapq.heappush(self._scheduled, item)
+                    break
+                # Its dead-letter queue is full (bounded, so junk cannot grow it without end). The
+                # message's task has its outcome already; what the queue could not keep is logged.
+                self._log_dropped(item.delivery, item.disposition)
             item.message.ack()
             self.handled += 1
+
+    @staticmethod
+    def _log_dropped(delivery: Delivery, disposition: Disposition) -> None:
+        log.error("message.dead_letter_dropped", message_id=delivery.message_id, type=delivery.message_type,
+                  task_id=delivery.correlation_id, queue=delivery.queue, publisher=delivery.publisher,
+                  reason=disposition.reason, size=len(delivery.body),
+                  body=delivery.body[:DROPPED_BODY_LOGGED].decode("utf-8", "replace"))
 
     def _schedule(self, delay: float, message, delivery: Delivery, disposition: Disposition) -> None:
         heapq.heappush(
@@ -459,6 +500,9 @@ class ConsumerRunner:
             exchange, routing_key = "", delivery.queue
         user_id = None
         headers.pop(PUBLISHED_BY_HEADER, None)
+        headers.pop(ROUTING_KEY_HEADER, None)  # as received: believed from nobody
+        if delivery.routing_key is not None:
+            headers[ROUTING_KEY_HEADER] = delivery.routing_key
         if self._identity is not None:
             # The copy is ours; who published the original goes with it ("" for nobody).
             user_id = self._identity.own

@@ -27,15 +27,17 @@ log = get_logger(__name__)
 
 
 class TaskNotifier:
-    def __init__(self, publisher, topology: Topology):
+    def __init__(self, publisher, topology: Topology, *, user_id: str | None = None):
+        """``user_id``: this process's broker user (listeners believe only imagesvc's own)."""
         self._publisher = publisher
         self._exchange = topology.notifications.name
+        self._user_id = user_id
 
     def __call__(self, address: str, notification: dict[str, Any]) -> None:
         """Send ``{"task_id", "status", ...}`` to the listener at ``address`` (dropped if it is gone)."""
         self._publisher.publish(
             exchange=self._exchange, routing_key=address, body=orjson.dumps(notification),
-            message_type="task.projected", persistent=False, mandatory=False,
+            message_type="task.projected", persistent=False, mandatory=False, user_id=self._user_id,
         )
 
 
@@ -45,7 +47,10 @@ class NotificationListener:
 
     def __init__(self, connect: Callable[[], Connection], topology: Topology,
                  on_task: Callable[[dict[str, Any]], None],
-                 on_reconnect: Callable[[], None] = lambda: None):
+                 on_reconnect: Callable[[], None] = lambda: None, services: frozenset[str] | None = None):
+        """``services``: imagesvc's service users, the only publishers whose notifications are
+        believed (None where the broker vouches for nobody: memory://)."""
+        self._services = services
         self._connect = connect
         self._topology = topology
         self._on_task = on_task
@@ -98,6 +103,11 @@ class NotificationListener:
         self.ready.clear()
 
     def _deliver(self, message) -> None:
+        publisher = (message.properties or {}).get("user_id")
+        if self._services is not None and publisher not in self._services:
+            # Somebody else's message in our queue would answer a waiting request with its outcome.
+            log.warning("notifications.refused", publisher=publisher)
+            return
         try:
             data = orjson.loads(message.body)
             if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):

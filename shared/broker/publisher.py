@@ -29,7 +29,7 @@ from amqp.exceptions import ChannelError as AmqpChannelError
 from kombu import Connection
 
 from shared.broker.connection import amqp_socket, discard, ensure_connected
-from shared.errors import PublishFailed, Unroutable
+from shared.errors import Nacked, PublishFailed, Unroutable
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -235,7 +235,8 @@ class Publisher:
                 except Exception as exc:  # noqa: BLE001 - any other failure means "not confirmed"
                     slot.reset()
                     last_error = exc
-            raise PublishFailed(f"publish of {len(messages)} message(s) not confirmed: {last_error!r}")
+            failure = Nacked if isinstance(last_error, Nacked) else PublishFailed
+            raise failure(f"publish of {len(messages)} message(s) not confirmed: {last_error!r}")
         finally:
             self._slots.put(slot)
 
@@ -291,7 +292,7 @@ class Publisher:
         if returned:
             raise Unroutable(f"returned by the broker (no queue bound): {sorted(map(str, returned))}")
         if outcome is False:
-            raise PublishFailed("the broker nacked a message")
+            raise Nacked("the broker nacked a message (a full queue refuses publishes)")
 
     def _tick_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):

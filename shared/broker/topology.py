@@ -11,8 +11,15 @@ Names (``<prefix>`` is empty in production, random in tests):
   unknown node (no queue yet) makes the publish unroutable. Node queues are not part of
   ``all_queues()``: each agent declares its own (``Topology.for_node``), as may a publisher that
   wants commands to wait for an agent that has not started yet.
-- ``<prefix>imagesvc.events`` (topic, durable): events, routing key = event type.
-  Queue ``<prefix>projector.events`` bound with ``#``; subscribers bind their own queues.
+- ``<prefix>imagesvc.events`` (topic, durable): imagesvc's own events (image, task), routing key
+  = ``<type>.dc.<datacenter word>`` or ``<type>.global`` (``shared.contracts.routing``); only
+  imagesvc's service users may write to it. Subscribers bind their own queues.
+- ``<prefix>imagesvc.inventory`` (topic, durable): other systems' facts (``node.*``, ``vm.*``),
+  routing key = event type; their publishers write here and nowhere else. (A separate exchange
+  because RabbitMQ checks topic permissions on the routing key only, not on ``CC``/``BCC``
+  headers: a publisher allowed ``node.*`` on the events exchange could copy its messages into any
+  subscriber's queue.)
+  Queue ``<prefix>projector.events`` is bound to both (``#``; ``node.#`` and ``vm.#``).
 - ``<prefix>imagesvc.dlx`` (direct, durable): dead letters; each work queue has
   ``<queue>.dlq`` bound with routing key ``<queue>.dlq``.
 - ``<prefix>imagesvc.task-notifications`` (direct): "the read model has caught up with task X",
@@ -20,8 +27,10 @@ Names (``<prefix>`` is empty in production, random in tests):
   each gateway listening on an exclusive queue; transient.
 
 On RabbitMQ the work queues are quorum queues with a delivery limit and at-least-once
-dead-lettering (the broker's safety net for messages that crash their consumer); on the
-in-memory transport the same names are declared without broker arguments. Redeclaring a
+dead-lettering (the broker's safety net for messages that crash their consumer), and every queue
+has a length limit with ``reject-publish`` overflow: a publish into a full queue is nacked (the
+gateway answers 503, the relay keeps the event in its outbox), never dropped after a confirm. On
+the in-memory transport the same names are declared without broker arguments. Redeclaring a
 queue with different arguments fails (PRECONDITION_FAILED): change a queue's type by renaming it.
 """
 
@@ -32,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from kombu import Exchange, Queue, binding
 
 from shared.contracts.events import node_hostname_problem
+from shared.contracts.routing import INVENTORY_FAMILIES
 
 #: Which command types each consumer service owns.
 COMMAND_ROUTES: dict[str, tuple[str, ...]] = {
@@ -55,6 +65,21 @@ _QUEUE_NAME_MAX = 255
 #: dead-lettered a command that had already succeeded when this was 5).
 BROKER_DELIVERY_LIMIT = 20
 
+#: Default length limits (``IMAGESVC_QUEUE_MAX_LENGTH``, ``IMAGESVC_DEAD_LETTER_MAX_LENGTH``): messages.
+QUEUE_MAX_LENGTH = 100_000
+DEAD_LETTER_MAX_LENGTH = 10_000
+#: Byte limits beside them (a command is a few KiB; messages are at most IMAGESVC_MAX_MESSAGE_BYTES).
+QUEUE_MAX_BYTES = 512 * 1024 * 1024
+DEAD_LETTER_MAX_BYTES = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Length limits of the work queues and of the dead-letter queues (RabbitMQ only)."""
+
+    queue: int = QUEUE_MAX_LENGTH
+    dead_letters: int = DEAD_LETTER_MAX_LENGTH
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -62,8 +87,10 @@ class Topology:
     quorum: bool
     commands: Exchange
     events: Exchange
+    inventory: Exchange
     dlx: Exchange
     notifications: Exchange
+    limits: QueueLimits = QueueLimits()
     command_queues: dict[str, Queue] = field(default_factory=dict)
     projector_queue: Queue | None = None
     dead_letter_queues: dict[str, Queue] = field(default_factory=dict)
@@ -89,7 +116,7 @@ class Topology:
         for each of ``command_types``. Raises ValueError for a hostname that cannot name a node."""
         name = node_queue_name(hostname, self.prefix)
         return _work_queue(name, [binding(self.commands, routing_key=node_routing_key(t, hostname))
-                                  for t in command_types], self.dlx, self.quorum)
+                                  for t in command_types], self.dlx, self.quorum, self.limits)
 
     def for_node(self, hostname: str, command_types: tuple[str, ...] = NODE_COMMAND_TYPES) -> "Topology":
         """This topology plus the queue of ``hostname``'s node agent and its dead-letter queue
@@ -97,11 +124,12 @@ class Topology:
         queue = self.node_queue(hostname, command_types)
         return replace(self, node_queues={**self.node_queues, hostname: queue},
                        dead_letter_queues={**self.dead_letter_queues,
-                                           queue.name: _dead_letter_queue(queue.name, self.dlx, self.quorum)})
+                                           queue.name: _dead_letter_queue(queue.name, self.dlx, self.quorum,
+                                                                          self.limits)})
 
     def declare(self, channel) -> None:
         """Declare every exchange, queue and binding (idempotent; fails fast on a mismatch)."""
-        for exchange in (self.commands, self.events, self.dlx, self.notifications):
+        for exchange in (self.commands, self.events, self.inventory, self.dlx, self.notifications):
             exchange(channel).declare()
         for queue in self.all_queues():
             queue(channel).declare()
@@ -125,7 +153,7 @@ def node_queue_name(hostname: str, prefix: str = "") -> str:
     return name
 
 
-def _work_queue(name: str, bindings: list[binding], dlx: Exchange, quorum: bool) -> Queue:
+def _work_queue(name: str, bindings: list[binding], dlx: Exchange, quorum: bool, limits: QueueLimits) -> Queue:
     arguments = None
     if quorum:
         arguments = {
@@ -135,38 +163,50 @@ def _work_queue(name: str, bindings: list[binding], dlx: Exchange, quorum: bool)
             "x-dead-letter-routing-key": f"{name}.dlq",
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
+            "x-max-length": limits.queue,
+            "x-max-length-bytes": QUEUE_MAX_BYTES,
         }
     return Queue(name, bindings=bindings, durable=True, queue_arguments=arguments)
 
 
-def _dead_letter_queue(name: str, dlx: Exchange, quorum: bool) -> Queue:
-    arguments = {"x-queue-type": "quorum"} if quorum else None
+def _dead_letter_queue(name: str, dlx: Exchange, quorum: bool, limits: QueueLimits) -> Queue:
+    # A full dead-letter queue nacks: the runner logs what it could not keep (shared.broker.consumer).
+    arguments = {"x-queue-type": "quorum", "x-overflow": "reject-publish", "x-max-length": limits.dead_letters,
+                 "x-max-length-bytes": DEAD_LETTER_MAX_BYTES} if quorum else None
     return Queue(f"{name}.dlq", exchange=dlx, routing_key=f"{name}.dlq", durable=True, queue_arguments=arguments)
 
 
-def build_topology(prefix: str = "", *, quorum: bool = True) -> Topology:
+def build_topology(prefix: str = "", *, quorum: bool = True, limits: QueueLimits = QueueLimits()) -> Topology:
     """Build the topology objects (no I/O). ``quorum`` is for RabbitMQ; off for ``memory://``."""
     commands = Exchange(f"{prefix}imagesvc.commands", type="direct", durable=True)
     events = Exchange(f"{prefix}imagesvc.events", type="topic", durable=True)
+    inventory = Exchange(f"{prefix}imagesvc.inventory", type="topic", durable=True)
     dlx = Exchange(f"{prefix}imagesvc.dlx", type="direct", durable=True)
     # (Renamed from the fanout "imagesvc.notifications": an exchange cannot change type in place.)
     notifications = Exchange(f"{prefix}imagesvc.task-notifications", type="direct", durable=False, delivery_mode=1)
 
     command_queues = {
         service: _work_queue(f"{prefix}{service}.commands", [binding(commands, routing_key=t) for t in types], dlx,
-                             quorum)
+                             quorum, limits)
         for service, types in COMMAND_ROUTES.items()
     }
-    projector_queue = _work_queue(f"{prefix}projector.events", [binding(events, routing_key="#")], dlx, quorum)
-    dead_letters = {q.name: _dead_letter_queue(q.name, dlx, quorum) for q in [*command_queues.values(), projector_queue]}
+    projector_queue = _work_queue(
+        f"{prefix}projector.events",
+        [binding(events, routing_key="#"),
+         *[binding(inventory, routing_key=f"{kind}.#") for kind in sorted(INVENTORY_FAMILIES)]],
+        dlx, quorum, limits)
+    dead_letters = {q.name: _dead_letter_queue(q.name, dlx, quorum, limits)
+                    for q in [*command_queues.values(), projector_queue]}
     return Topology(
         prefix=prefix,
         quorum=quorum,
         commands=commands,
         events=events,
+        inventory=inventory,
         dlx=dlx,
         notifications=notifications,
         command_queues=command_queues,
         projector_queue=projector_queue,
         dead_letter_queues=dead_letters,
+        limits=limits,
     )

@@ -86,8 +86,11 @@ def encode(envelope: Envelope) -> bytes:
     return orjson.dumps(envelope.to_dict())
 
 
-def decode(body: bytes | str) -> Envelope:
-    """Parse and check an envelope. Raises PoisonMessage when it is not one we can read."""
+def decode(body: bytes | str, *, max_bytes: int | None = None) -> Envelope:
+    """Parse and check an envelope. Raises PoisonMessage when it is not one we can read, or when
+    it is longer than ``max_bytes`` (checked before anything is parsed)."""
+    if max_bytes is not None and len(body) > max_bytes:
+        raise PoisonMessage(f"message is larger than {max_bytes} bytes ({len(body)})")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -47,10 +47,14 @@ class ImageImported(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ImageUpdated(Event):
+    """``previous_dc_bound``: present only when the change moved the image to another datacenter
+    or out of one (``dc_bound`` changed): the datacenter it was bound to (null: it was global)."""
+
     TYPE: ClassVar[str] = "image.updated"
     image: dict[str, Any]
     version: int
     changed: list[str]
+    previous_dc_bound: str | None = UNSET
 
     def stream_position(self) -> tuple[str, int]:
         return image_stream(self.image["uuid"]), self.version
@@ -58,10 +62,14 @@ class ImageUpdated(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ImageDeleted(Event):
+    """``dc_bound``: the datacenter the image was bound to (null: global); absent from events
+    stored before it was added."""
+
     TYPE: ClassVar[str] = "image.deleted"
     uuid: str
     name: str
     version: int
+    dc_bound: str | None = UNSET
 
     def stream_position(self) -> tuple[str, int]:
         return image_stream(self.uuid), self.version
@@ -243,6 +251,8 @@ def _refuse(event_type: str, problem: str | None) -> None:
 VM_DC_MAX = 16
 VM_STATUS_MAX = 32
 SNAPSHOT_NAME_MAX = 64
+#: Most disks a VM fact may list (a VM's row and every answer listing it carry them all).
+VM_DISKS_MAX = 64
 #: Danube Cloud's ostypes: LINUX=1, SUNOS=2, BSD=3, WINDOWS=4, SUNOS_ZONE=5, LINUX_ZONE=6.
 VM_OSTYPES = range(1, 7)
 
@@ -301,6 +311,8 @@ def vm_problem(*, uuid: object, hostname: object, dc: object, node: object, stat
         return f"ostype must be an integer from {VM_OSTYPES.start} to {VM_OSTYPES.stop - 1}"
     if not isinstance(disks, (list, tuple)):
         return "disks must be a list"
+    if len(disks) > VM_DISKS_MAX:
+        return f"disks must list at most {VM_DISKS_MAX} disks"
     seen: set[object] = set()
     for disk in disks:
         problem = disk_problem(*disk)

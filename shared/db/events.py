@@ -19,7 +19,10 @@ from typing import Iterable, Sequence
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+import orjson
+
 from shared.contracts import TERMINAL_TASK_EVENTS, Envelope, encode
+from shared.contracts.routing import Routing, route
 from shared.db.dialect import violates
 from shared.db.models import StoredEvent, utcnow
 
@@ -50,6 +53,17 @@ class OutboxRow:
     type: str
     correlation_id: str
     body: bytes
+    #: Where the event is published (``shared.contracts.routing``).
+    routing: Routing
+
+
+def _stored_row(row_id: int, message_id: str, event_type: str, correlation_id: str, body: str) -> OutboxRow:
+    """An outbox row read back from the table: its routing computed from its stored body."""
+    try:
+        payload = orjson.loads(body).get("payload") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        payload = {}
+    return OutboxRow(row_id, message_id, event_type, correlation_id, body.encode(), route(event_type, payload))
 
 
 def stream_head(conn: Connection, stream_id: str) -> int:
@@ -72,6 +86,7 @@ def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int]
     """
     now = utcnow()
     values = []
+    envelopes = list(envelopes)
     for envelope, position in envelopes:
         stream_id, version = position if position else (None, None)
         values.append({
@@ -94,8 +109,9 @@ def append(conn: Connection, envelopes: Iterable[tuple[Envelope, tuple[str, int]
         if violates(exc, _TASK_OUTCOME):
             raise TaskAlreadyEnded(values[-1]["correlation_id"]) from None
         raise
-    return [OutboxRow(row_id, v["message_id"], v["type"], v["correlation_id"], v["body"].encode())
-            for row_id, v in zip(ids, values)]
+    return [OutboxRow(row_id, v["message_id"], v["type"], v["correlation_id"], v["body"].encode(),
+                      route(envelope.type, envelope.payload))
+            for row_id, v, (envelope, _) in zip(ids, values, envelopes)]
 
 
 def unpublished(conn: Connection, *, ids: Sequence[int] | None = None, older_than: datetime | None = None,
@@ -109,7 +125,7 @@ def unpublished(conn: Connection, *, ids: Sequence[int] | None = None, older_tha
     if older_than is not None:
         query = query.where(_events.c.created_at < older_than)
     rows = conn.execute(query.order_by(_events.c.id).limit(limit)).all()
-    return [OutboxRow(r.id, r.message_id, r.type, r.correlation_id, r.body.encode()) for r in rows]
+    return [_stored_row(*row) for row in rows]
 
 
 def unpublished_for_message(conn: Connection, causation_id: str) -> list[OutboxRow]:
@@ -119,14 +135,16 @@ def unpublished_for_message(conn: Connection, causation_id: str) -> list[OutboxR
         .where(_events.c.causation_id == causation_id, _events.c.published_at.is_(None))
         .order_by(_events.c.id)
     ).all()
-    return [OutboxRow(r.id, r.message_id, r.type, r.correlation_id, r.body.encode()) for r in rows]
+    return [_stored_row(*row) for row in rows]
 
 
-def mark_published(conn: Connection, ids: Sequence[int]) -> None:
+def mark_published(conn: Connection, ids: Sequence[int], *, by: str | None = None) -> None:
+    """Mark rows the broker confirmed as published, by the broker user ``by`` (None where the
+    broker vouches for nobody: memory://). A row already marked keeps its first mark."""
     if ids:
         conn.execute(
             update(_events).where(and_(_events.c.id.in_(list(ids)), _events.c.published_at.is_(None))).values(
-                published_at=utcnow()
+                published_at=utcnow(), published_by=by
             )
         )
 

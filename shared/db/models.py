@@ -215,6 +215,8 @@ class StoredEvent(Base):
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The broker user that published it (RabbitMQ vouches for it); null on memory:// and before.
+    published_by: Mapped[str | None] = mapped_column(String(150), nullable=True)
 
     __table_args__ = (
         Index("uq_events_stream_version", "stream_id", "stream_version", unique=True),
@@ -322,6 +324,21 @@ class ImageRepository(Base):
 
 
 # --- gateway journal -------------------------------------------------------------------------
+
+
+class TaskOwner(Base):
+    """Which command a task id belongs to: bound by the first command handled under it (its
+    first write), so that no other command can act on the task, end it or take its lease over
+    (``shared.db.task_owners``)."""
+
+    __tablename__ = "task_owners"
+
+    task_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(128))
+    #: The user the command acted for (as the broker vouched for it), and its type.
+    actor: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    command: Mapped[str] = mapped_column(String(64))
+    bound_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class SubmittedCommand(Base):

@@ -105,9 +105,11 @@ class TestMessageContractWithPika:
         assert succeeded["payload"]["result"]["uuid"] == manifest["uuid"]
 
         raw = next(m for m in tap.messages() if m.envelope["id"] == imported["id"])
-        assert raw.routing_key == "image.imported"
+        # Routed by its datacenter, and vouched for by RabbitMQ as published by imagesvc's service user.
+        assert raw.routing_key == "image.imported.dc.main"
         assert (raw.properties.message_id, raw.properties.type, raw.properties.correlation_id) == (
             imported["id"], "image.imported", task_id)
+        assert raw.properties.user_id == (urlsplit(distributed.broker_url).username or "guest")
         assert raw.properties.content_type == "application/json" and raw.properties.delivery_mode == 2
 
         with distributed.client() as client:
@@ -208,7 +210,7 @@ class TestNothingLostNothingDoubled:
         assert len(accepted) == total
 
         def every_task_ended_once():
-            terminal = [e for e in tap.messages() if e.routing_key in ("task.succeeded", "task.failed")]
+            terminal = [e for e in tap.messages() if e.envelope["type"] in ("task.succeeded", "task.failed")]
             ids_by_task: dict[str, set[str]] = {}
             for message in terminal:
                 envelope = message.envelope
@@ -222,7 +224,8 @@ class TestNothingLostNothingDoubled:
         terminal = eventually(every_task_ended_once, timeout=90, interval=0.5)
         # The kill did interrupt work: the restarted importer got deliveries back from the broker.
         assert '"redelivered":true' in distributed.log("importer")
-        assert all(m.routing_key == "task.succeeded" for m in terminal if m.envelope["correlation_id"] in accepted)
+        assert all(m.routing_key == "task.succeeded.dc.main" for m in terminal
+                   if m.envelope["correlation_id"] in accepted)
         stored_terminal = Counter(e["correlation_id"] for e in stored_events(distributed, type="task.succeeded"))
         assert all(stored_terminal[task_id] == 1 for task_id in accepted)
         stored_imports = Counter(e["payload"]["image"]["uuid"] for e in stored_events(distributed, type="image.imported"))

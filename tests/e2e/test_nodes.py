@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -28,13 +29,15 @@ def hostname() -> str:
 
 
 def publish_node_event(system, type_: str, payload: dict) -> dict:
-    """Publish as another system would: imagesvc's envelope, routing key = type, persistent, confirmed."""
+    """Publish as another system would: imagesvc's envelope on the inventory exchange, routing key =
+    type, persistent, confirmed, with the publisher's broker user as ``user_id`` (here the service
+    user, which may publish every family)."""
     message_id = str(uuid.uuid4())
     envelope = {"id": message_id, "type": type_, "schema_version": 1, "time": "2026-11-27T10:00:00Z",
                 "correlation_id": message_id, "causation_id": None, "actor": None, "payload": payload}
-    publish(system.broker_url, f"{system.prefix}imagesvc.events", type_, orjson.dumps(envelope),
+    publish(system.broker_url, f"{system.prefix}imagesvc.inventory", type_, orjson.dumps(envelope),
             content_type="application/json", delivery_mode=2, message_id=message_id, correlation_id=message_id,
-            type=type_)
+            type=type_, user_id=urlsplit(system.broker_url).username or "guest")
     return envelope
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 import httpx
@@ -159,9 +160,9 @@ def test_a_vm_updated_event_published_with_pika_blocks_the_deletion(world, origi
                             "status": "stopped", "ostype": 1, "changed_at": "2026-11-27T10:00:00Z",
                             "disks": [{"disk_id": 1, "size": 10240, "image_uuid": image_uuid}]}}
     system = world.system
-    publish(system.broker_url, f"{system.prefix}imagesvc.events", "vm.updated", orjson.dumps(envelope),
+    publish(system.broker_url, f"{system.prefix}imagesvc.inventory", "vm.updated", orjson.dumps(envelope),
             content_type="application/json", delivery_mode=2, message_id=message_id, correlation_id=message_id,
-            type="vm.updated")
+            type="vm.updated", user_id=urlsplit(system.broker_url).username or "guest")
 
     def listed() -> None:
         with world.client() as root:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from shared import contracts
+import orjson
+
 from shared.broker.consumer import Delivery, Outcome
+from shared.contracts.routing import route
 
 
-def delivery_of(body: bytes, queue: str = "projector.events") -> Delivery:
-    """A first delivery of an event envelope."""
-    envelope = contracts.decode(body)
-    return Delivery(body=body, queue=queue, headers={}, message_id=envelope.id, correlation_id=envelope.correlation_id,
-                    message_type=envelope.type, user_id=None, redelivered=False, attempt=1)
+def delivery_of(body: bytes, queue: str = "projector.events", *, publisher: str | None = None,
+                routing_key: str | None = None) -> Delivery:
+    """A first delivery of an event envelope, under the routing key its type and payload define
+    (unless ``routing_key`` says otherwise), published by ``publisher`` (None: nobody vouched)."""
+    data = orjson.loads(body)  # not contracts.decode: the body may be one the projector refuses
+    payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+    return Delivery(body=body, queue=queue, headers={}, message_id=data.get("id"),
+                    correlation_id=data.get("correlation_id"), message_type=data.get("type"), user_id=publisher,
+                    redelivered=False, attempt=1, publisher=publisher,
+                    routing_key=routing_key or route(str(data.get("type")), payload).key)
 
 
 def project(projector, bodies: Iterable[bytes]) -> None:

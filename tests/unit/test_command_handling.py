@@ -516,7 +516,7 @@ def test_a_command_reusing_a_finished_tasks_id_gets_no_outcome_and_changes_nothi
     first = world.run("updater", UpdateImage(name="victim", desc="first"))
     reused = world.envelope(UpdateImage(name="victim", desc="second"), task_id=first.correlation_id)
     disposition = world.deliver("updater", reused)
-    assert disposition.outcome is Outcome.DEAD_LETTER and "already ended" in disposition.reason
+    assert disposition.outcome is Outcome.DEAD_LETTER and "belongs to another command" in disposition.reason
     assert [e["payload"]["image"]["desc"] for e in world.events(type="image.updated")] == ["first"]
     assert world.outcome(first)["payload"]["http_code"] == 200  # the task still has its one outcome
     # The first command's own redelivery is still a plain duplicate.

@@ -210,3 +210,24 @@ def test_bad_node_agent_settings_raise_config_error_naming_the_variable(variable
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({variable: value})
     assert variable in str(caught.value)
+
+
+def test_the_broker_trust_settings_name_users_per_role():
+    settings = Settings.from_env({"IMAGESVC_SERVICE_USERS": "imagesvc, imagesvc-gw", "IMAGESVC_NODE_PUBLISHERS":
+                                  "nodewatch", "IMAGESVC_VM_PUBLISHERS": "vmbridge,vmbridge2"})
+    assert settings.service_users == ("imagesvc", "imagesvc-gw")
+    assert settings.node_publishers == ("nodewatch",) and settings.vm_publishers == ("vmbridge", "vmbridge2")
+
+
+def test_a_renamed_variable_is_refused_rather_than_ignored():
+    """Ignored, it would silently trust the default service user instead of the configured ones."""
+    with pytest.raises(ConfigError, match="IMAGESVC_TRUSTED_BROKER_USERS was renamed IMAGESVC_SERVICE_USERS"):
+        Settings.from_env({"IMAGESVC_TRUSTED_BROKER_USERS": "imagesvc"})
+
+
+@pytest.mark.parametrize("variable, value", [("IMAGESVC_MAX_MESSAGE_BYTES", "1000"),
+                                             ("IMAGESVC_QUEUE_MAX_LENGTH", "0"),
+                                             ("IMAGESVC_DEAD_LETTER_MAX_LENGTH", "-1")])
+def test_message_and_queue_limits_must_be_usable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: value})

@@ -27,11 +27,13 @@ class Handler:
         self.verdicts = list(verdicts)
         self.attempts: list[int] = []
         self.publishers: list[str | None] = []
+        self.routing_keys: list[str | None] = []
         self.gave_up: list[str] = []
 
     def __call__(self, delivery):
         self.attempts.append(delivery.attempt)
         self.publishers.append(delivery.publisher)
+        self.routing_keys.append(delivery.routing_key)
         verdict = self.verdicts.pop(0) if self.verdicts else Disposition.ack()
         if isinstance(verdict, Exception):
             raise verdict
@@ -47,10 +49,11 @@ def harness():
     publisher = Publisher(lambda: connect(SETTINGS, "test"), size=2, timeout=2)
     runners = []
 
-    def start(handler, max_attempts=3, identity=None):
+    def start(handler, max_attempts=3, identity=None, through=None):
         runner = ConsumerRunner(name="test", connect=lambda: connect(SETTINGS, "runner"),
                                 queue=topology.command_queues["updater"], topology=topology, handler=handler,
-                                publisher=publisher, prefetch=4, threads=2, max_attempts=max_attempts,
+                                publisher=through(publisher, topology) if through else publisher, prefetch=4,
+                                threads=2, max_attempts=max_attempts,
                                 backoff=(0.01, 0.02), idle_timeout=0.05, identity=identity)
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
@@ -184,3 +187,51 @@ def test_a_retried_copy_of_a_message_nobody_vouched_for_stays_unvouched(harness)
     send()  # no user_id: the broker vouches for nobody
     eventually(lambda: _equal(runner.handled, 2))
     assert handler.publishers == [None, None]  # the copy came from "svc", but names nobody
+
+
+def test_a_retried_copy_keeps_the_routing_key_of_the_original(harness):
+    """The copy reaches the queue by its name; consumers that check routing keys still see the original."""
+    start, send, _ = harness
+    handler = Handler([Disposition.retry("busy")])
+    runner = start(handler)
+    send()
+    eventually(lambda: _equal(runner.handled, 2))
+    assert handler.routing_keys == ["image.update", "image.update"]
+
+
+class FullDeadLetterQueue:
+    """The runner's publisher, except that the dead-letter exchange nacks (its queue is full)."""
+
+    def __init__(self, publisher, topology):
+        self._publisher, self._dlx, self.refused = publisher, topology.dlx.name, []
+
+    def publish(self, **message):
+        from shared.errors import Nacked
+
+        if message["exchange"] == self._dlx:
+            self.refused.append(message["message_id"])
+            raise Nacked("the broker nacked a message (a full queue refuses publishes)")
+        self._publisher.publish(**message)
+
+
+def test_a_dead_letter_its_full_queue_refuses_is_logged_whole_enough_and_acked(harness):
+    """Bounded dead-letter queues: junk cannot grow them without end, and what they refuse is
+    logged (the message's task has its outcome already), not retried forever."""
+    start, send, dead_letters = harness
+    stream = io.StringIO()
+    configure_logging("test", fmt="json", stream=stream)
+    publishers = []
+    try:
+        runner = start(Handler([Disposition.dead_letter("poison")]),
+                       through=lambda publisher, topology: publishers.append(
+                           FullDeadLetterQueue(publisher, topology)) or publishers[-1])
+        message_id = send(body=b'{"junk": true}')
+        eventually(lambda: _equal(runner.handled, 1))
+        assert publishers[0].refused == [message_id] and dead_letters() == []
+        dropped = [orjson.loads(line) for line in stream.getvalue().splitlines() if "dead_letter_dropped" in line]
+        assert len(dropped) == 1
+        assert (dropped[0]["message_id"], dropped[0]["reason"], dropped[0]["body"]) == (
+            message_id, "poison", '{"junk": true}')
+        assert dropped[0]["level"] == "error"
+    finally:
+        configure_logging("test", fmt="console")

@@ -364,3 +364,12 @@ def test_image_events_name_their_stream_position():
     assert SAMPLES["image.updated"].stream_position() == (f"image:{UUID}", 2)
     assert SAMPLES["image.deleted"].stream_position() == (f"image:{UUID}", 3)
     assert SAMPLES["task.started"].stream_position() is None
+
+
+def test_decode_refuses_a_message_over_its_size_limit_before_parsing_it():
+    body = orjson.dumps(wire())
+    assert contracts.decode(body, max_bytes=len(body)).id == "msg-1"
+    with pytest.raises(PoisonMessage, match=f"message is larger than {len(body) - 1} bytes"):
+        contracts.decode(body, max_bytes=len(body) - 1)
+    with pytest.raises(PoisonMessage, match="larger than 1024 bytes"):
+        contracts.decode(b"{" * 5000, max_bytes=1024)  # not even looked at

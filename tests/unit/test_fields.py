@@ -355,3 +355,13 @@ def test_order_errors_copies_message_lists():
     ordered = fields.order_errors(errors)
     ordered["alias"].append("b")
     assert errors == {"alias": ["a"]}
+
+
+def test_tags_are_at_most_64_of_at_most_64_characters():
+    """The original has no limit; an image's row, its events and every list answer carry all its tags."""
+    assert fields.tags(["t"] * 64) == ["t"] * 64
+    assert messages_of(fields.tags, ["t"] * 65) == ["Ensure this field has no more than 64 elements."]
+    assert messages_of(fields.tags, ",".join(f"t{i}" for i in range(100_000))) == [
+        "Ensure this field has no more than 64 elements."]
+    assert fields.tags(["x" * 64]) == ["x" * 64]
+    assert messages_of(fields.tags, ["x" * 65]) == ["Ensure this value has at most 64 characters (it has 65)."]

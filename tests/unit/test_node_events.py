@@ -105,8 +105,14 @@ class Projector:
 
     @staticmethod
     def delivery(body: bytes) -> Delivery:
+        try:
+            event_type = orjson.loads(body).get("type")
+        except (orjson.JSONDecodeError, AttributeError):
+            event_type = None
+        # Other systems publish their facts with the event type as routing key.
         return Delivery(body=body, queue="projector.events", headers={}, message_id=None, correlation_id=None,
-                        message_type=None, user_id=None, redelivered=False, attempt=1)
+                        message_type=None, user_id=None, redelivered=False, attempt=1,
+                        routing_key=event_type if isinstance(event_type, str) else None)
 
     def deliver(self, *bodies: bytes) -> list[Outcome]:
         if len(bodies) == 1:

@@ -19,6 +19,7 @@ from shared.db.engine import read_transaction, write_transaction
 from shared.db.models import ReadImage, ReadTask
 from shared.db.records import ImageRecord
 from shared.handling import EventConsumer
+from tests.support.projection import delivery_of
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=timezone.utc)
 
@@ -45,10 +46,7 @@ class Log:
         return envelope
 
     def deliver(self, envelope):
-        body = contracts.encode(envelope)
-        return self.consumer(Delivery(body=body, queue="projector.events", headers={}, message_id=envelope.id,
-                                      correlation_id=envelope.correlation_id, message_type=envelope.type,
-                                      user_id=None, redelivered=False, attempt=1))
+        return self.consumer(delivery_of(contracts.encode(envelope)))
 
     def image(self, uuid_):
         with read_transaction(self.engine) as conn:
@@ -184,9 +182,7 @@ def test_a_name_taken_by_an_image_whose_delete_is_not_projected_yet(log):
 
 
 def _delivery(envelope):
-    return Delivery(body=contracts.encode(envelope), queue="projector.events", headers={}, message_id=envelope.id,
-                    correlation_id=envelope.correlation_id, message_type=envelope.type, user_id=None,
-                    redelivered=False, attempt=1)
+    return delivery_of(contracts.encode(envelope))
 
 
 def test_undecodable_events_are_dead_lettered(log):

@@ -176,3 +176,10 @@ def test_a_read_model_rebuild_leaves_vms_and_snapshots_alone(projector):
         rebuild(conn)
     assert projector.vms() == [("web01.example.com", "running", DISK_RECORDS)]
     assert projector.snapshots() == [("daily", "ok")]
+
+
+def test_a_vm_lists_at_most_64_disks():
+    disks = [{"disk_id": n, "size": 1, "image_uuid": None} for n in range(1, 66)]
+    assert len(parse(updated(disks=disks[:64])).disks) == 64
+    with pytest.raises(PoisonMessage, match="at most 64 disks"):
+        parse(updated(disks=disks))
