@@ -123,6 +123,12 @@ def may_read_task(access: Access, dc: str, *, user_id: int, owner_id: int) -> bo
     return access.is_admin(dc) or access.user.id in (user_id, owner_id)
 
 
+def may_read_recorded_task(access: Access, dc: str | None, *, user: str | None, owner: str | None) -> bool:
+    """``UserTask`` for a task placed by its recorded facts rather than by its id's numbers (a
+    task id a program chose): an Admin of its datacenter, or its user or owner, by name."""
+    return (dc is not None and access.is_admin(dc)) or access.user.username in (user, owner)
+
+
 def actor_access(catalogue: Catalogue, actor: Actor | None, user: UserRecord | None = None) -> Access:
     """The command's actor re-checked against the current accounts and roles, up to the entry
     permission. ``user``: the actor's record if the caller already loaded it. Raises Refused(403)."""

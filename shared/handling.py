@@ -441,7 +441,8 @@ class EventConsumer:
                 if refusal is not None:
                     log.warning("event.refused", reason=refusal, message_id=envelope.id, type=envelope.type,
                                 routing_key=delivery.routing_key, publisher=delivery.publisher)
-                    verdicts[index] = Disposition.dead_letter(f"event refused: {refusal}")
+                    verdicts[index] = Disposition.dead_letter(
+                        f"event refused: {refusal} (published by {delivery.publisher or 'nobody the broker named'})")
                     continue
                 event = contracts.parse(envelope)
                 decoded.append((index, envelope, event))

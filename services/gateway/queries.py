@@ -89,6 +89,8 @@ class TaskView:
     owner: str | None
     #: A running task's latest progress (``{"done", "total"}``), if it reports any.
     progress: Any = None
+    #: The datacenter the task is placed in.
+    dc: str | None = None
 
 
 class Queries:
@@ -308,10 +310,11 @@ class Queries:
         with read_transaction(self.engine) as conn:
             row = conn.execute(_TASK, {"task_id": task_id}).first()
             if row is not None:
-                return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner, row.progress)
+                return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner, row.progress,
+                                row.dc)
             journal = conn.execute(_JOURNALED, {"task_id": task_id}).first()
         if journal is not None:
-            return TaskView(task_id, "PENDING", 201, None, journal.user, journal.owner)
+            return TaskView(task_id, "PENDING", 201, None, journal.user, journal.owner, dc=journal.dc)
         return None
 
     def record_submission(self, *, message_id: str, task_id: str, command_type: str, object_name: str, user: str,

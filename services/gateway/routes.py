@@ -404,17 +404,25 @@ class TaskRoutes:
         access = await access_of(self.auth, self.queries, request)
         task_id = request.path_params["task_id"]
         parts = tasks.parse_task_id(task_id)
-        # The original's UserTask permission: a well-formed id whose datacenter exists, asked for
-        # by an Admin of that datacenter or by the task's user or owner.
-        dc = None if parts is None else await in_thread(self.queries.datacenter_by_id, parts["dc_id"])
-        if dc is None or not policy.may_read_task(access, dc.name, user_id=parts["user_id"],
-                                                  owner_id=parts["owner_id"]):
-            raise ApiError(403, images.PERMISSION_DENIED)
-        if tasks.is_dummy(task_id):
-            raise ApiError(404, tasks.TASK_NOT_FOUND)
-        view = await in_thread(self.queries.task, task_id)
-        if view is None:
-            raise ApiError(404, tasks.TASK_NOT_FOUND)
+        if parts is None:
+            # Not the original's form: a task id a program chose for a command it published itself.
+            # Placed by what its consumer recorded (user, owner, datacenter), with the same rule;
+            # unknown, it is what the original answers for a malformed id.
+            view = await in_thread(self.queries.task, task_id)
+            if view is None or not policy.may_read_recorded_task(access, view.dc, user=view.user, owner=view.owner):
+                raise ApiError(403, images.PERMISSION_DENIED)
+        else:
+            # The original's UserTask permission: a well-formed id whose datacenter exists, asked
+            # for by an Admin of that datacenter or by the task's user or owner.
+            dc = await in_thread(self.queries.datacenter_by_id, parts["dc_id"])
+            if dc is None or not policy.may_read_task(access, dc.name, user_id=parts["user_id"],
+                                                      owner_id=parts["owner_id"]):
+                raise ApiError(403, images.PERMISSION_DENIED)
+            if tasks.is_dummy(task_id):
+                raise ApiError(404, tasks.TASK_NOT_FOUND)
+            view = await in_thread(self.queries.task, task_id)
+            if view is None:
+                raise ApiError(404, tasks.TASK_NOT_FOUND)
         code, body = status_body(view)
         return json_response(request, body, code, {"es_task_id": task_id, "es_task_response": "true"})
 

@@ -160,8 +160,10 @@ def start_image_server(workdir: Path, store: Path) -> System:
 
 
 def start_distributed(workdir: Path, *, broker_url: str, postgres_admin_url: str, gateways: int = 2,
-                      extra_env: dict[str, str] | None = None) -> System:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
+                      extra_env: dict[str, str] | None = None, prefix: str | None = None) -> System:
+    """``prefix``: the topology prefix (default: a random one, so that systems can share a vhost;
+    "" on a virtual host of the test's own, as in production)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}." if prefix is None else prefix
     database_url = create_database(postgres_admin_url)
     env = _base_env({
         "IMAGESVC_DATABASE_URL": database_url,

@@ -33,10 +33,12 @@ def _parameters(url: str) -> pika.URLParameters:
 
 
 class EventTap:
-    def __init__(self, broker_url: str, exchange: str, binding: str = "#"):
+    """``bindings``: one binding key or several (all on ``exchange``)."""
+
+    def __init__(self, broker_url: str, exchange: str, binding: str | tuple[str, ...] = "#"):
         self._params = _parameters(broker_url)
         self._exchange = exchange
-        self._binding = binding
+        self._bindings = (binding,) if isinstance(binding, str) else binding
         self._messages: list[Tapped] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -50,7 +52,8 @@ class EventTap:
         connection = pika.BlockingConnection(self._params)
         channel = connection.channel()
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-        channel.queue_bind(queue, self._exchange, routing_key=self._binding)
+        for binding in self._bindings:
+            channel.queue_bind(queue, self._exchange, routing_key=binding)
 
         def on_message(ch, method, properties, body):
             with self._lock:

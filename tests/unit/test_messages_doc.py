@@ -42,5 +42,5 @@ def test_documented_queues_match_the_topology():
     topology = build_topology("")
     for queue in [*topology.command_queues.values(), topology.projector_queue]:
         assert f"`{queue.name}`" in text
-    for exchange in (topology.commands, topology.events, topology.dlx, topology.notifications):
+    for exchange in (topology.commands, topology.events, topology.inventory, topology.dlx, topology.notifications):
         assert f"`{exchange.name}`" in text
