@@ -19,6 +19,7 @@ from typing import Callable
 from kombu import Connection
 from sqlalchemy import Engine
 
+from domain.creation import CREATION_LEASE_SECONDS
 from domain.repositories import local_repository
 from services.deleter.handlers import delete_image
 from services.gateway.app import create_app
@@ -29,6 +30,7 @@ from services.importer.transfer import Limits
 from services.node_agent.handlers import abandon_snapshot_image, create_image_from_snapshot
 from services.projector import handlers as projection
 from services.sweeper.leases import LeaseSweeper
+from services.sweeper.recovery import Recovered, StartupRecovery
 from services.updater.handlers import attach_image, detach_image, update_image
 from shared.broker.connection import broker_identity, connect
 from shared.broker.consumer import ConsumerRunner
@@ -250,18 +252,41 @@ def embedded_app(infra: Infrastructure, store: ImageStore | None):
 
 class Embedded:
     """Every consumer, the outbox relay, the lease sweeper and, with ``IMAGESVC_LOCAL_NODE``, that node's agent as
-    threads of this process (the gateway runs beside)."""
+    threads of this process (the gateway runs beside). On the in-memory broker, ``start`` first
+    ends or resumes what an earlier process left unfinished (``services.sweeper.recovery``): the
+    caller must make sure that no other process uses the database (``serve`` holds a lock on it)."""
 
     def __init__(self, infra: Infrastructure):
         self.infra = infra
         self.relay = relay(infra)
         self.sweeper = lease_sweeper(infra, self.relay)
         self.runners = [consumer(infra, name, self.relay) for name in CONSUMERS]
-        if infra.settings.local_node:
-            self.runners.append(node_agent(infra, infra.settings.local_node, self.relay))
+        local = infra.settings.local_node
+        if local:
+            self.runners.append(node_agent(infra, local, self.relay))
+        #: Every queue the runners consume, the local node's included.
+        self.topology = infra.topology.for_node(local) if local else infra.topology
         self._threads: list[threading.Thread] = []
 
+    def recover(self) -> Recovered:
+        """End or resume the tasks an earlier process accepted and did not finish. Only before
+        ``start``'s threads run, and only on the in-memory broker (nothing else can then hold a
+        lease or a message)."""
+        if not self.infra.settings.embedded_broker or self._threads:
+            raise RuntimeError("start-up recovery is only safe on the in-memory broker, before the consumers run")
+        topology = self.topology
+        with self.infra.connect("recovery") as connection:
+            topology.declare(connection.default_channel)  # a resumed command waits in its queue
+        consumed = {b.routing_key for queue in [*topology.command_queues.values(), *topology.node_queues.values()]
+                    for b in queue.bindings}
+        settings = self.infra.settings
+        return StartupRecovery(self.infra.engine, self.relay, self.sweeper, open_store(settings.image_store),
+                               self.infra.publisher, exchange=topology.commands.name, consumed=consumed,
+                               lease_seconds=settings.lease_seconds or CREATION_LEASE_SECONDS).run()
+
     def start(self) -> None:
+        if self.infra.settings.embedded_broker:
+            self.recover()
         targets = [(r.name, r.run) for r in self.runners] + [("relay", self.relay.run), ("sweeper", self.sweeper.run)]
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"embedded-{name}", daemon=True)

@@ -20,7 +20,7 @@ import stat
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 from imagesvc import admin as admin_module
 from imagesvc import dlq as dlq_module
@@ -121,6 +121,10 @@ def _serve(args: argparse.Namespace) -> int:
         # The embedded image server answers on serve's own address.
         settings = Settings.from_env(os.environ, embedded=True, image_server_url=f"http://{args.host}:{args.port}")
     configure_logging("imagesvc", fmt=settings.log_format, level=settings.log_level)
+    if settings.embedded_broker:
+        lock = _lock_database(settings)  # held until the process ends
+        if lock is None:
+            return 2
     upgrade(settings.database_url)
     key_line = _first_run_superadmin(settings)
     infra = bootstrap.infrastructure(settings, purpose="embedded")
@@ -142,6 +146,33 @@ def _serve(args: argparse.Namespace) -> int:
         embedded.stop()
         infra.close()
     return 0
+
+
+def _lock_database(settings: Settings) -> IO[str] | None:
+    """Lock ``serve``'s database for as long as this process lives (the kernel lets go when it
+    dies, ``kill -9`` included): the start-up recovery takes every lease and accepted command it
+    finds for abandoned, which holds only while no other ``serve`` works on the same database.
+    The lock is a file beside an SQLite database, else in the data directory. Returns the open
+    lock file (keep it open), or None, having said why, when another process holds the lock."""
+    import fcntl
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(f"{Path(url.database).resolve()}-serve.lock")
+    else:
+        path = Path(settings.data_dir).resolve() / "serve.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        print(f"imagesvc serve: another imagesvc serve is running on this database (it holds {path})",
+              file=sys.stderr)
+        return None
+    return handle
 
 
 def _first_run_superadmin(settings: Settings) -> str:

@@ -129,6 +129,9 @@ class Submission:
     user: str
     owner: str | None
     dc: str | None
+    #: Where and what was published: ``serve`` publishes it again after a crash (docs/architecture.md).
+    routing_key: str
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -187,10 +190,11 @@ class Dispatcher:
         envelope_ = contracts.wrap(command, correlation_id=task_id, actor=actor, reply_to=self._reply_to,
                                    message_id=message_id)
         routing_key = node_routing_key(command.TYPE, node) if node else command.TYPE
+        body = contracts.encode(envelope_)
 
         def publish() -> None:
             self._publisher.publish(
-                exchange=self._topology.commands.name, routing_key=routing_key, body=contracts.encode(envelope_),
+                exchange=self._topology.commands.name, routing_key=routing_key, body=body,
                 message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id,
                 user_id=self._broker_user)  # RabbitMQ vouches for it: the consumers trust the actor
 
@@ -215,7 +219,7 @@ class Dispatcher:
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
         # ``or ""``: a command whose name is optional and left out (UNSET) names no object.
         return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "") or ""), actor.user,
-                          owner, actor.dc)
+                          owner, actor.dc, routing_key, body)
 
     async def answer(self, request: Request, ticket: Ticket, submission: Submission) -> Response:
         """(Event loop.) Wait for the task's first decisive state, then answer by the rule."""
@@ -238,7 +242,8 @@ class Dispatcher:
         try:
             self._queries.record_submission(
                 message_id=submission.message_id, task_id=submission.task_id, command_type=submission.command_type,
-                object_name=submission.object_name, user=submission.user, owner=submission.owner, dc=submission.dc)
+                object_name=submission.object_name, user=submission.user, owner=submission.owner, dc=submission.dc,
+                routing_key=submission.routing_key, body=submission.body)
         except Transient as exc:
             # The command is accepted and durable at the broker; only the status read of a task
             # nobody has reported on yet is affected (404 until a consumer reports).

@@ -318,15 +318,18 @@ class Queries:
         return None
 
     def record_submission(self, *, message_id: str, task_id: str, command_type: str, object_name: str, user: str,
-                          owner: str | None, dc: str | None) -> None:
-        # One autocommit statement. The gateway's connections do not wait for the WAL flush
+                          owner: str | None, dc: str | None, routing_key: str, body: bytes) -> None:
+        # One autocommit statement. A gateway process's connections do not wait for the WAL flush
         # (see imagesvc.bootstrap): the command itself is durable at the broker, and this row only
-        # makes the task readable before a consumer has handled it.
+        # makes the task readable before a consumer has handled it. In ``serve``, whose in-memory
+        # broker keeps nothing, the row is also what start-up recovery publishes again; its
+        # connections wait for the flush.
         # A keyed command repeated (Idempotency-Key) is journaled once: the first row stays.
         with single_statement(self.engine, write=True) as conn:
             insert_ignore(conn, _journal, {
                 "message_id": message_id, "task_id": task_id, "type": command_type, "object_name": object_name[:64],
-                "user": user, "owner": owner, "dc": dc, "created_at": utcnow(),
+                "user": user, "owner": owner, "dc": dc, "created_at": utcnow(), "routing_key": routing_key,
+                "body": body.decode(),
             })
 
     def submitted_task(self, message_id: str) -> str | None:

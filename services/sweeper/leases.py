@@ -48,14 +48,20 @@ log = get_logger(__name__)
 #: The owner a sweeper gives a lease it took over: this prefix + the task id.
 SWEPT_PREFIX = "swept:"
 LEASE_EXPIRED = "lease_expired"
+#: The code of a task ended by ``serve``'s start-up recovery (``services.sweeper.recovery``).
+INTERRUPTED = "interrupted"
+#: Why a swept task stopped, by the code it fails with.
+_STOPPED_BECAUSE = {LEASE_EXPIRED: "its worker died and its lease expired",
+                    INTERRUPTED: "imagesvc serve stopped while it ran"}
 #: The commands whose image is created under the lease (undone by removing the image).
 CREATIONS = frozenset({"image.import", "image.snapshot"})
 #: The commands that change an existing image under the lease (undone by making it OK again).
 CHANGES = frozenset({"image.update", "image.delete"})
 
 
-def lease_expired_failure(command: str) -> dict[str, str]:
-    return {"detail": f"Internal error: the {command} task stopped (its worker died and its lease expired); "
+def stopped_failure(command: str, code: str = LEASE_EXPIRED) -> dict[str, str]:
+    """The result of a task that stopped half way and was undone (``code``: LEASE_EXPIRED or INTERRUPTED)."""
+    return {"detail": f"Internal error: the {command} task stopped ({_STOPPED_BECAUSE[code]}); "
                       f"nothing was changed, try again"}
 
 
@@ -93,13 +99,15 @@ class LeaseSweeper:
             except Exception as exc:  # noqa: BLE001 - the sweeper must outlive outages
                 log.warning("sweeper.failed", error=repr(exc))
 
-    def sweep_once(self) -> list[Swept]:
+    def sweep_once(self, *, code: str = LEASE_EXPIRED, every: bool = False) -> list[Swept]:
+        """End the tasks of the image leases expired now (a batch of them; all with ``every``),
+        failing them with ``code`` (LEASE_EXPIRED, or INTERRUPTED for ``serve``'s start-up recovery)."""
         with write_transaction(self._engine) as conn:
-            candidates = locks.expired(conn, IMAGE_LOCK_PREFIX, limit=self._batch)
+            candidates = locks.expired(conn, IMAGE_LOCK_PREFIX, limit=None if every else self._batch)
         swept = []
         for lock in candidates:
             try:
-                done = self._end(lock)
+                done = self._end(lock, code)
             except Exception as exc:  # noqa: BLE001 - one bad lease must not block the others
                 log.warning("sweeper.lease_failed", lock=lock.name, owner=lock.owner, error=repr(exc))
                 continue
@@ -107,7 +115,7 @@ class LeaseSweeper:
                 swept.append(done)
         return swept
 
-    def _end(self, lock: locks.ExpiredLock) -> Swept | None:
+    def _end(self, lock: locks.ExpiredLock, code: str = LEASE_EXPIRED) -> Swept | None:
         uuid = lock.name[len(IMAGE_LOCK_PREFIX):]
         task_id = lock.owner.removeprefix(SWEPT_PREFIX)
         claim = SWEPT_PREFIX + task_id
@@ -154,14 +162,14 @@ class LeaseSweeper:
             failed = [] if store.task_ended(conn, task_id) else [TaskFailed(
                 task_id=task_id, command=command, object_name=begun.object_name,  # type: ignore[attr-defined]
                 user=begun.user, owner=begun.owner, dc=begun.dc,  # type: ignore[attr-defined]
-                http_code=500, result=lease_expired_failure(command), code=LEASE_EXPIRED,
+                http_code=500, result=stopped_failure(command, code), code=code,
                 stream=changes[-1].stream_position()[0], stream_version=version)]
             wrapped = [(contracts.wrap(event, correlation_id=task_id, causation_id=command_id, actor=envelope.actor,
                                        reply_to=envelope.reply_to), event.stream_position())
                        for event in [*changes, *failed]]
             rows = store.append(conn, wrapped)
         self._relay.publish(rows)
-        log.warning("sweeper.task_failed", task_id=task_id, command=command, image=uuid, code=LEASE_EXPIRED)
+        log.warning("sweeper.task_failed", task_id=task_id, command=command, image=uuid, code=code)
         return Swept(task_id=task_id, command=command, image_uuid=uuid)
 
     def _repair_store(self, command: str, image) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Collection
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
@@ -88,9 +89,10 @@ class ExpiredLock:
     expires_at: datetime
 
 
-def expired(conn: Connection, prefix: str, *, now: datetime | None = None, limit: int = 100) -> list[ExpiredLock]:
-    """Locks named ``prefix...`` whose lease has run out (oldest first): their holders stopped
-    renewing them."""
+def expired(conn: Connection, prefix: str, *, now: datetime | None = None,
+            limit: int | None = 100) -> list[ExpiredLock]:
+    """Locks named ``prefix...`` whose lease has run out (oldest first, at most ``limit``; None:
+    all): their holders stopped renewing them."""
     rows = conn.execute(
         select(_locks.c.name, _locks.c.owner, _locks.c.expires_at)
         .where(_locks.c.name.startswith(prefix, autoescape=True), _locks.c.expires_at < (now or utcnow()))
@@ -111,6 +113,23 @@ def take_over(conn: Connection, name: str, *, owner: str, new_owner: str, lease_
         .values(owner=new_owner, acquired_at=now, expires_at=now + timedelta(seconds=lease_seconds))
     )
     return result.rowcount == 1
+
+
+def restart_leases(conn: Connection, keep: Collection[str], lease_seconds: float, *,
+                   now: datetime | None = None) -> None:
+    """Every lock held by one of ``keep`` runs for ``lease_seconds`` from now; every other one has
+    run out. Only for a caller that knows that no holder is alive (``serve`` starting: nothing but
+    itself can hold a lease of its database) and that ``keep`` are the tasks it goes on with."""
+    now = now or utcnow()
+    kept = list(keep)
+    conn.execute(update(_locks).where(_locks.c.owner.in_(kept)).values(expires_at=now + timedelta(seconds=lease_seconds)))
+    conn.execute(update(_locks).where(_locks.c.owner.notin_(kept), _locks.c.expires_at >= now)
+                 .values(expires_at=now - timedelta(seconds=1)))
+
+
+def owners(conn: Connection) -> set[str]:
+    """The owners of every lock row, held or run out."""
+    return set(conn.execute(select(_locks.c.owner).distinct()).scalars())
 
 
 def owned_by(conn: Connection, owner: str) -> list[str]:

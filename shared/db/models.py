@@ -342,8 +342,11 @@ class TaskOwner(Base):
 
 
 class SubmittedCommand(Base):
-    """Every command the gateway published (written before the publish), so a task is known
-    from the moment it is accepted, even before any consumer has seen it."""
+    """The gateway's command journal: every command it answered 201 (and every command that
+    carried an ``Idempotency-Key``), written once the broker confirmed it, so a task is known from
+    the moment it is answered, even before any consumer has seen it. It keeps the command as it
+    was published (envelope and routing key): ``imagesvc serve`` publishes again, at its next
+    start, the ones whose task has no outcome (its in-memory broker lost them)."""
 
     __tablename__ = "submitted_commands"
 
@@ -355,6 +358,10 @@ class SubmittedCommand(Base):
     owner: Mapped[str | None] = mapped_column(String(150), nullable=True)
     dc: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The routing key and the encoded envelope it was published with (NULL in rows journaled
+    #: before the journal kept them).
+    routing_key: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 # --- read model ------------------------------------------------------------------------------

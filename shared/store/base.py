@@ -72,6 +72,11 @@ class ImageStore(Protocol):
     def discard_partials(self, uuid: str) -> int:
         """Remove every partial file of ``uuid`` (an interrupted attempt's); returns how many."""
 
+    def discard_leftovers(self) -> int:
+        """Remove every partial file and every removal left half done, of any image; returns
+        how many. Only for a caller that knows that nothing writes the store meanwhile (``serve``
+        starting: its store is written by its own threads alone)."""
+
     def write_manifest(self, uuid: str, manifest: Mapping[str, Any]) -> None:
         """Publish ``manifest`` (atomically replacing the previous one)."""
 

@@ -178,6 +178,26 @@ class LocalStore:
                     pass
         return removed
 
+    def discard_leftovers(self) -> int:
+        directories = (os.path.join(self.root, _PARTIAL), os.path.join(self.root, _TRASH))
+        removed = 0
+        for directory in directories:
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                path = os.path.join(directory, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        continue
+                removed += 1
+        return removed
+
     def file_info(self, uuid: str) -> FileInfo | None:
         try:
             stats = os.stat(os.path.join(self.image_dir(uuid), "file"))

@@ -1,6 +1,7 @@
 """Start imagesvc the way users do (its own command, in subprocesses) and stop it cleanly.
 
-``start_embedded``: ``imagesvc serve`` (memory:// + SQLite, one process).
+``start_embedded``: ``imagesvc serve`` (memory:// + SQLite, one process); ``restart_embedded``
+starts it again on the same data (after a kill).
 ``start_image_server``: ``imagesvc image-server`` over a store directory (no broker, no database).
 ``start_distributed``: ``imagesvc db upgrade``, ``admin create-superadmin``, two gateways and one
 process per consumer service on RabbitMQ + PostgreSQL, under a random topology prefix and a
@@ -135,14 +136,22 @@ def start_embedded(workdir: Path, extra_env: dict[str, str] | None = None) -> Sy
     # Database-level operations unless a test configures an image store.
     env = _base_env({"IMAGESVC_DATA_DIR": str(workdir / "var"), "IMAGESVC_IMAGE_STORE": "none", **(extra_env or {})})
     system = System("embedded", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}/api"])
-    process = system.spawn("serve", "serve", "--port", str(port))
     try:
-        _wait_http(system.url + "/openapi.json", process, lambda: system.log("serve"))
+        restart_embedded(system)
         system.api_key = (workdir / "var" / "admin.key").read_text().strip()
     except BaseException:
         system.stop()
         raise
     return system
+
+
+def restart_embedded(system: System, extra_env: dict[str, str] | None = None) -> None:
+    """(Re)start the system's ``imagesvc serve`` on its data directory and port, with ``extra_env``
+    added to its environment from now on; returns once it answers."""
+    system.env.update(extra_env or {})
+    port = httpx.URL(system.url).port
+    process = system.spawn("serve", "serve", "--port", str(port))
+    _wait_http(system.url + "/openapi.json", process, lambda: system.log("serve"))
 
 
 def start_image_server(workdir: Path, store: Path) -> System:

@@ -11,8 +11,10 @@ import uuid
 
 import pytest
 
-from shared.db.engine import make_engine
+from shared.db import accounts
+from shared.db.engine import make_engine, write_transaction
 from shared.db.migrate import upgrade
+from shared.store.local import LocalStore
 from tests.support.origin import Origin
 
 
@@ -38,3 +40,15 @@ def origin():
     served = Origin()
     yield served
     served.close()
+
+
+@pytest.fixture
+def owner(engine):
+    """The SuperAdmin ``admin`` in ``engine``'s database (the owner of the images tests record)."""
+    with write_transaction(engine) as conn:
+        accounts.create_user(conn, "admin", api_key=None, is_superadmin=True)
+
+
+@pytest.fixture
+def image_store(tmp_path) -> LocalStore:
+    return LocalStore(str(tmp_path / "store"))

@@ -8,28 +8,16 @@ from __future__ import annotations
 import uuid as uuidlib
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from domain import images
 from domain.snapshots import snapshot_lock_name
 from services.sweeper.leases import LEASE_EXPIRED, LeaseSweeper
-from shared.db import accounts, locks
+from shared.db import locks
 from shared.db import events as store
 from shared.db.catalogue import SqlCatalogue, image_lock_name
 from shared.db.engine import read_transaction, write_transaction
-from shared.store.local import LocalStore
 from tests.support.leases import TASK, RecordingRelay, begin, task_events
-
-@pytest.fixture
-def owner(engine):
-    with write_transaction(engine) as conn:
-        accounts.create_user(conn, "admin", api_key=None, is_superadmin=True)
-
-
-@pytest.fixture
-def image_store(tmp_path) -> LocalStore:
-    return LocalStore(str(tmp_path / "store"))
 
 
 def image(engine, uuid: str):
