@@ -52,6 +52,7 @@ from shared.db.engine import make_engine, read_transaction, write_transaction  #
 from shared.db.models import StoredEvent  # noqa: E402
 from shared.handling import CommandConsumer, EventConsumer  # noqa: E402
 from shared.logging import configure_logging  # noqa: E402
+from tests.support.projection import delivery_of  # noqa: E402
 from tests.support.read_model import read_model as rows_of_read_model  # noqa: E402
 
 IMAGES = 250
@@ -126,10 +127,7 @@ def project_live(engine) -> None:
             bodies.extend(body for _, body in page)
             after = page[-1][0]
     for body in bodies:
-        delivery = Delivery(body=body.encode() if isinstance(body, str) else body, queue="projector.events",
-                            headers={}, message_id=None, correlation_id=None, message_type=None, user_id=None,
-                            redelivered=False, attempt=1)
-        assert projector(delivery).outcome is Outcome.ACK
+        assert projector(delivery_of(body.encode() if isinstance(body, str) else body)).outcome is Outcome.ACK
 
 
 def read_model(engine) -> tuple:
