@@ -12,7 +12,8 @@ from domain.fields import ACCESS_INTERNAL, ACCESS_DISABLED, ACCESS_PUBLIC
 
 #: Largest manifest the importer reads (the original's 8 KiB cap).
 MANIFEST_MAX_BYTES = 8192
-#: Seconds allowed for the manifest fetch and for the file probe.
+#: Seconds allowed for the manifest fetch and for the file probe, each (the original's; the
+#: importer's is ``IMAGESVC_FETCH_TIMEOUT``).
 FETCH_TIMEOUT = 5.0
 #: Bytes read from the file URL to prove it answers.
 PROBE_BYTES = 32

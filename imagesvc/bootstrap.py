@@ -45,11 +45,16 @@ from shared.relay import OutboxRelay
 from shared.snapshots import SnapshotDriver, open_driver
 from shared.store import ImageStore, open_store
 from shared.store.server import ImageServer
+from shared.user_slots import UserSlots
 
 CONSUMERS = ("importer", "updater", "deleter", "projector")
 #: A node agent's exports are CPU-bound (gzip): at most this many at once per node; further
 #: commands wait in the node's queue, where a restart of the agent does not lose them.
 NODE_AGENT_CONCURRENCY = 2
+#: The commands that hold a worker thread for as long as an origin or a disk makes them last (a
+#: download, an export): each consumer runs only so many of one user's at once
+#: (``IMAGESVC_LONG_COMMANDS_PER_USER``) and defers the rest, so one user cannot take every thread.
+LONG_RUNNING_COMMANDS = ("image.import", "image.snapshot")
 
 
 @dataclass
@@ -98,6 +103,12 @@ def download_limits(settings: Settings) -> Limits:
                   idle_timeout=settings.download_idle_timeout, total_timeout=settings.download_timeout)
 
 
+def user_slots(settings: Settings, threads: int) -> UserSlots:
+    """The cap of a consumer with ``threads`` handler threads: by default half of them, so other
+    users' commands always find a free thread."""
+    return UserSlots(settings.long_commands_per_user or max(1, threads // 2), LONG_RUNNING_COMMANDS)
+
+
 def relay(infra: Infrastructure) -> OutboxRelay:
     identity = broker_identity(infra.settings)
     return OutboxRelay(infra.engine, infra.publisher, infra.topology, user_id=identity.own if identity else None)
@@ -132,7 +143,8 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
         routes = {
             "importer": {
                 "image.import": functools.partial(import_image, fetcher=fetcher, server=server,
-                                                  limits=download_limits(settings), lease_seconds=lease),
+                                                  limits=download_limits(settings), lease_seconds=lease,
+                                                  fetch_timeout=settings.fetch_timeout),
                 "imagestore.refresh": functools.partial(
                     refresh_repositories, fetcher=fetcher, configured=settings.repositories(),
                     local=local_repository(settings.image_server_url)),
@@ -146,7 +158,8 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                   check_first=service == "importer",
                                   trusted_publishers=identity.services if identity else None,
                                   compensations={"image.import": functools.partial(abandon_import, server=server)}
-                                  if service == "importer" else None, max_message_bytes=settings.max_message_bytes)
+                                  if service == "importer" else None, max_message_bytes=settings.max_message_bytes,
+                                  slots=user_slots(settings, settings.worker_threads))
         prefetch = settings.prefetch
     return ConsumerRunner(
         name=service,
@@ -198,7 +211,8 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
                               trusted_publishers=identity.services if identity else None,
                               compensations={"image.snapshot": functools.partial(
                                   abandon_snapshot_image, server=configured_image_server(settings))},
-                              max_message_bytes=settings.max_message_bytes)
+                              max_message_bytes=settings.max_message_bytes,
+                              slots=user_slots(settings, NODE_AGENT_CONCURRENCY))
     return ConsumerRunner(
         name=f"node-agent-{hostname}",
         connect=lambda: infra.connect("node-agent"),

@@ -40,6 +40,10 @@ class Settings:
     prefetch: int = 16
     #: Handler threads per consumer process (they mostly wait for the database).
     worker_threads: int = 8
+    #: Long-running commands (imports, snapshot images) of one user running at once in one
+    #: consumer process; the user's further ones wait their turn in the queue. 0: half the
+    #: process's handler threads, at least 1 (a node agent's: 1).
+    long_commands_per_user: int = 0
     #: Deliveries of one message before it is dead-lettered.
     max_attempts: int = 5
     #: Delay before each retry, in seconds (the last value repeats).
@@ -64,7 +68,11 @@ class Settings:
     image_server_node: str = ""
     #: Largest image file an import accepts, in bytes.
     max_image_bytes: int = 64 * 1024**3
-    #: Download timeouts, in seconds: connecting, waiting for the next bytes, the whole file.
+    #: Wall-clock deadline, in seconds, of an import's manifest fetch and of its file probe, each
+    #: (connecting, the answer's headers and its body).
+    fetch_timeout: float = 5.0
+    #: Download timeouts, in seconds: connecting, waiting for the next bytes, the whole file (a
+    #: wall-clock deadline over connecting, the headers and the body).
     download_connect_timeout: float = 5.0
     download_idle_timeout: float = 30.0
     #: Below RabbitMQ's default consumer timeout (30 min): an import is acknowledged when its
@@ -191,12 +199,16 @@ class Settings:
             raise ConfigError("IMAGESVC_MAX_IMAGE_BYTES must be at least 1")
         if min(self.download_connect_timeout, self.download_idle_timeout, self.download_timeout) <= 0:
             raise ConfigError("IMAGESVC_DOWNLOAD_*_TIMEOUT must be positive")
+        if self.fetch_timeout <= 0:
+            raise ConfigError("IMAGESVC_FETCH_TIMEOUT must be positive")
         try:
             self.repositories()
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_IMAGE_REPOSITORIES: {exc}") from None
         if self.prefetch < 1 or self.worker_threads < 1 or self.db_pool_size < 1:
             raise ConfigError("IMAGESVC_PREFETCH, IMAGESVC_WORKER_THREADS and IMAGESVC_DB_POOL_SIZE must be at least 1")
+        if self.long_commands_per_user < 0:
+            raise ConfigError("IMAGESVC_LONG_COMMANDS_PER_USER must not be negative (0: half the handler threads)")
         if self.heartbeat < 0:
             raise ConfigError("IMAGESVC_HEARTBEAT must not be negative (0 switches heartbeats off)")
         if self.max_body_bytes < 1024:

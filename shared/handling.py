@@ -12,6 +12,9 @@
 4. a ``CommandFailed`` raised by the handler becomes a ``task.failed`` committed on its own;
 5. publish the new outbox rows (confirmed), then let the runner ack.
 
+A long-running command whose user is at the consumer's cap (``UserSlots``) is deferred where
+its handler's long part would begin (``CommandContext.begin_long_work``), having changed nothing.
+
 ``EventConsumer`` applies events to the read model: the change in one transaction (several
 events at once under load), then the notifications, then the acks. It accepts an event only if
 it arrived with the routing key its type and payload define and from a broker user allowed to
@@ -39,6 +42,7 @@ from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
 from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
 from shared.logging import get_logger
+from shared.user_slots import UserAtCap, UserSlots
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -117,12 +121,15 @@ class Transaction:
 class CommandContext:
     """What a command handler knows of its message, and how it opens transactions."""
 
-    def __init__(self, engine: Engine, consumer: str, envelope: Envelope, delivery: Delivery, relay=None):
+    def __init__(self, engine: Engine, consumer: str, envelope: Envelope, delivery: Delivery, relay=None,
+                 slots: UserSlots | None = None):
         self.engine = engine
         self.consumer = consumer
         self.envelope = envelope
         self.delivery = delivery
         self._relay = relay
+        self._slots = slots
+        self._holds_slot = False
         self.finished = False
         #: The events committed for this message and not yet published.
         self.outbox: list[store.OutboxRow] = []
@@ -141,6 +148,26 @@ class CommandContext:
         if self._relay is not None and self.outbox:
             self._relay.publish(self.outbox)
         self.outbox = []
+
+    def begin_long_work(self) -> None:
+        """Mark where the handler's long-running part begins (fetching, downloading, exporting),
+        after its quick checks and refusals. Raises ``UserAtCap`` when the actor already runs as
+        many long-running commands in this consumer as it allows: the handler must have changed
+        nothing yet (raising inside a transaction rolls it back), and the command is deferred."""
+        if self._slots is None or self._holds_slot:
+            return
+        user = self.actor.user if self.actor else None
+        if not self._slots.claim(self.envelope.type, user):
+            raise UserAtCap(user, self._slots.per_user, self._slots.defer_seconds)
+        self._holds_slot = True
+
+    def end_long_work(self) -> None:
+        """Give back the slot ``begin_long_work`` took, if it took one (the consumer calls this
+        however the handler ended)."""
+        if self._holds_slot:
+            assert self._slots is not None
+            self._slots.release(self.envelope.type, self.actor.user if self.actor else None)
+            self._holds_slot = False
 
     @property
     def task_id(self) -> str:
@@ -189,13 +216,16 @@ Compensation = Callable[[Command, CommandContext, CommandFailed], None]
 class CommandConsumer:
     """``check_first``: look the message up in the inbox before calling the handler, for handlers
     whose work before their final transaction is expensive (the importer fetches URLs). Others
-    rely on their final transaction alone (it cannot commit twice), saving a round trip."""
+    rely on their final transaction alone (it cannot commit twice), saving a round trip.
+    ``slots``: the cap on each user's long-running commands running at once here (none: no cap)."""
 
     def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
                  check_first: bool = False, trusted_publishers: frozenset[str] | None = None,
-                 compensations: Mapping[str, Compensation] | None = None, max_message_bytes: int | None = None):
+                 compensations: Mapping[str, Compensation] | None = None, max_message_bytes: int | None = None,
+                 slots: UserSlots | None = None):
         self.name = name
         self._max_bytes = max_message_bytes
+        self._slots = slots
         self._compensations = dict(compensations or {})
         self._trusted = trusted_publishers
         self._engine = engine
@@ -234,7 +264,7 @@ class CommandConsumer:
                 handled = store.was_handled(conn, envelope.id)
             if handled:
                 return self._duplicate(envelope)
-        ctx = CommandContext(self._engine, self.name, envelope, delivery, self._relay)
+        ctx = CommandContext(self._engine, self.name, envelope, delivery, self._relay, self._slots)
         try:
             handler(command, ctx)
             if not ctx.finished:
@@ -248,6 +278,9 @@ class CommandConsumer:
             # duplicate (its channel is usually gone, so the ack is dropped with it anyway).
             log.warning("command.superseded")
             return Disposition.ack("superseded")
+        except UserAtCap as capped:
+            log.info("command.deferred", user=capped.user, cap=capped.cap, delay=capped.delay)
+            return Disposition.defer(str(capped), capped.delay)
         except CommandFailed as failure:
             try:
                 ctx.outbox = self._record_failure(envelope, failure)
@@ -256,6 +289,8 @@ class CommandConsumer:
             except TaskTaken as taken:
                 return self._taken(taken)
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
+        finally:
+            ctx.end_long_work()
         self._relay.publish(ctx.outbox)
         crash_point("after_commit_before_ack")
         return Disposition.ack()

@@ -32,14 +32,18 @@ log = get_logger(__name__)
 
 
 def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher, server: ImageServer | None = None,
-                 limits: transfer.Limits | None = None, lease_seconds: float | None = None) -> None:
+                 limits: transfer.Limits | None = None, lease_seconds: float | None = None,
+                 fetch_timeout: float = manifest.FETCH_TIMEOUT) -> None:
+    """``fetch_timeout``: the wall-clock deadline of the manifest fetch and of the file probe,
+    each; ``limits`` bound the download."""
     payload = command.to_payload()
     if server is not None:
         with ctx.reading() as catalogue:
             mine = catalogue.image_by_name(command.name)
         if mine is not None and mine.status == images.STATUS_PENDING and mine.lock_owner == ctx.task_id:
             # Our own earlier delivery was interrupted (the importer died or lost its connection;
-            # it may even still be running): this one takes the work over under a new token.
+            # it may even still be running): this one takes the work over under a new token. Never
+            # deferred for the user's cap: its image's lease would run out while it waited.
             token = creation.take_over(ctx, mine.uuid, lease_seconds)
             _transfer(ctx, mine, _file_url(payload), fetcher, server, limits, lease_seconds, since=token)
             return
@@ -52,7 +56,10 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
     if errors:
         raise Invalid(errors)
 
-    source = _fetch_manifest(fetcher, values["manifest_url"])
+    # From here on a slow origin holds this thread for up to three deadlines: the refusals above
+    # come at once, whatever the user's other imports.
+    ctx.begin_long_work()
+    source = _fetch_manifest(fetcher, values["manifest_url"], fetch_timeout)
     with ctx.reading() as catalogue:
         _check_uuid_free(catalogue, source["uuid"])
     file_url = _file_url(values)
@@ -60,7 +67,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
         _check_local_file(server, source["uuid"], file_url)
     else:
         try:
-            fetcher.get(file_url, max_bytes=manifest.PROBE_BYTES, timeout=manifest.FETCH_TIMEOUT, truncate=True)
+            fetcher.get(file_url, max_bytes=manifest.PROBE_BYTES, timeout=fetch_timeout, truncate=True)
         except FetchError as exc:
             raise Invalid({"file_url": [manifest.file_unreachable(str(exc))]}, code=exc.code) from None
 
@@ -203,9 +210,9 @@ def _check_refusals(catalogue, name: str, payload: dict, ctx: CommandContext) ->
     return actor
 
 
-def _fetch_manifest(fetcher: Fetcher, url: str) -> dict:
+def _fetch_manifest(fetcher: Fetcher, url: str, timeout: float) -> dict:
     try:
-        raw = fetcher.get(url, max_bytes=manifest.MANIFEST_MAX_BYTES, timeout=manifest.FETCH_TIMEOUT)
+        raw = fetcher.get(url, max_bytes=manifest.MANIFEST_MAX_BYTES, timeout=timeout)
     except FetchError as exc:
         raise Invalid({"manifest_url": [manifest.unreachable(str(exc))]}, code=exc.code) from None
     try:

@@ -70,6 +70,7 @@ def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandCon
     if server is not None and mine is not None and mine.status == images.STATUS_PENDING \
             and mine.lock_owner == ctx.task_id:
         # An earlier delivery was interrupted (it may even still be running): take the work over.
+        # Never deferred for the user's cap: its image's lease would run out while it waited.
         token = creation.take_over(ctx, mine.uuid, lease_seconds)
         _export(ctx, command, mine, node=node, driver=driver, server=server, level=level, lease_seconds=lease_seconds,
                 since=token)
@@ -113,6 +114,9 @@ def create_image_from_snapshot(command: CreateImageFromSnapshot, ctx: CommandCon
         lease = lease_seconds or creation.CREATION_LEASE_SECONDS
         if not catalogue.hold(snapshot_lock, ctx.task_id, lease):
             raise Refused(417, snapshots.SNAPSHOT_NOT_OK, code="snapshot_status_not_ok")
+        # Every refusal came first (a snapshot in use is 417 now, not an image later); a deferred
+        # command rolls this transaction back.
+        ctx.begin_long_work()
         token = catalogue.hold(catalogue.image_lock(image_uuid), ctx.task_id, lease)
         tx.emit([ImageImported(image=images.to_state(image), version=image.stream_version),
                  TaskStarted(**ctx.task_fields(owner=image.owner, dc=dc.name))])

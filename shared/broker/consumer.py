@@ -18,6 +18,9 @@ Policy, for each delivery, by what the handler returns or raises:
                              ``x-imagesvc-attempt`` + 1 (confirmed), then ack; once
                              ``max_attempts`` is reached, dead-letter instead and tell the
                              handler (``on_give_up``) so the task still ends.
+``Disposition.defer``        not handled now (its user is at a cap): after its delay, republish
+                             a copy to the back of the same queue with the same attempt count
+                             (confirmed), then ack; never given up for it.
 ==========================  ===============================================================
 
 A delivery that arrives with more than ``max_attempts`` deliveries behind it (the broker's
@@ -114,13 +117,15 @@ class Outcome(enum.Enum):
     ACK = "ack"
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
+    DEFER = "defer"
 
 
 @dataclass(frozen=True)
 class Disposition:
     outcome: Outcome
     reason: str = ""
-    #: For RETRY: seconds to wait before the copy is republished (None: the runner's backoff).
+    #: For RETRY and DEFER: seconds to wait before the copy is republished (None: the runner's
+    #: backoff).
     delay: float | None = None
 
     @classmethod
@@ -130,6 +135,11 @@ class Disposition:
     @classmethod
     def retry(cls, reason: str, delay: float | None = None) -> "Disposition":
         return cls(Outcome.RETRY, reason, delay)
+
+    @classmethod
+    def defer(cls, reason: str, delay: float) -> "Disposition":
+        """Not handled: handle it later, as if it had not been delivered yet (no attempt used)."""
+        return cls(Outcome.DEFER, reason, delay)
 
     @classmethod
     def dead_letter(cls, reason: str) -> "Disposition":
@@ -484,7 +494,8 @@ class ConsumerRunner:
         )
 
     def _forward(self, delivery: Delivery, disposition: Disposition) -> None:
-        """Republish a retry copy, or the dead letter, with confirms (before the original is acked)."""
+        """Republish a retry or deferred copy, or the dead letter, with confirms (before the
+        original is acked)."""
         headers = {k: v for k, v in delivery.headers.items() if not k.startswith("x-delivery-count")}
         if disposition.outcome is Outcome.DEAD_LETTER:
             headers.update({
@@ -495,7 +506,8 @@ class ConsumerRunner:
             exchange, routing_key = self._topology.dlx.name, self._topology.dead_letter_routing_key(delivery.queue)
             log.error("message.dead_lettered", message_id=delivery.message_id, reason=disposition.reason)
         else:
-            headers[ATTEMPT_HEADER] = delivery.attempt + 1
+            # A deferred message was not attempted: its copy keeps the count.
+            headers[ATTEMPT_HEADER] = delivery.attempt + (disposition.outcome is Outcome.RETRY)
             # The default exchange routes by queue name: the copy reaches this queue only.
             exchange, routing_key = "", delivery.queue
         user_id = None

@@ -9,6 +9,12 @@ re-checked, at most ``max_redirects``, never from https to http; TLS is verified
 original host name; bodies are read raw (no transparent decompression) and capped; connect,
 read and total time are bounded.
 
+The total time is a wall-clock deadline over the whole fetch: the lookup, connecting, the TLS
+handshake, the status line and headers, every redirect and the body. httpx's timeouts are per
+socket operation, so an origin that sends one byte just before each would run out keeps a
+fetch alive for as long as it likes; a watchdog therefore shuts the fetch's sockets down when
+the deadline passes, which makes a read blocked in another thread return at once.
+
 ``IMAGESVC_FETCH_ALLOW`` entries: a host name, an IP address or a CIDR, each optionally with
 ``:port`` (IPv6 as ``[addr]:port``); an entry without a port admits any port.
 """
@@ -32,6 +38,8 @@ _EXTRA_DENIED = [ipaddress.ip_network(n) for n in (
     "::/8", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10",
 )]
 _REDIRECTS = {301, 302, 303, 307, 308}
+#: The name of each fetch's watchdog thread (one per fetch in progress).
+WATCHDOG_THREAD = "fetch-watchdog"
 
 Resolver = Callable[[str, int], Sequence[str]]
 _resolvers: concurrent.futures.ThreadPoolExecutor | None = None
@@ -209,6 +217,61 @@ class UrlPolicy:
         return addresses
 
 
+class _Watchdog:
+    """Shuts down every connection of one fetch once its deadline passes.
+
+    It keeps a duplicate of each connection's socket, taken through httpcore's ``trace``
+    extension as soon as the TCP connection exists (before any TLS handshake, which replaces
+    the socket object): ``shutdown`` acts on the connection whichever descriptor names it. The
+    duplicates are ours, so a descriptor number is never used after it may have been reused.
+    """
+
+    def __init__(self, deadline: float):
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.name = WATCHDOG_THREAD
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict) -> None:
+        """httpcore's ``trace`` callback."""
+        if event != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        try:
+            duplicate = sock.dup()
+        except OSError as exc:
+            raise FetchError(f"cannot watch the connection: {exc.strerror or exc}", "connection_error") from None
+        with self._lock:
+            self._sockets.append(duplicate)
+            if self.fired:
+                _cut(duplicate)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                _cut(sock)
+
+    def close(self) -> None:
+        """Stop watching; returns once the watchdog's thread has ended."""
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = []
+        self._timer.join()
+
+
+def _cut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the connection is gone already
+
+
 class Fetcher:
     """GET a URL under a ``UrlPolicy``: the body of a small document (``get``), or a large file
     streamed to a sink (``download``)."""
@@ -219,8 +282,9 @@ class Fetcher:
         self._transport = transport
 
     def get(self, url: str, *, max_bytes: int, timeout: float, truncate: bool = False) -> bytes:
-        """Fetch ``url``. With ``truncate`` the body is cut at ``max_bytes`` (a probe); without it
-        a longer body is an error ("Response is too large"). Raises FetchError."""
+        """Fetch ``url`` within ``timeout`` seconds overall (a wall-clock deadline). With
+        ``truncate`` the body is cut at ``max_bytes`` (a probe); without it a longer body is an
+        error ("Response is too large"). Raises FetchError."""
         chunks: list[bytes] = []
         size = 0
 
@@ -240,7 +304,8 @@ class Fetcher:
 
         Bounded by ``max_bytes`` (a declared Content-Length above it is refused before the body
         is read), by ``connect_timeout``, by ``idle_timeout`` between two reads and by
-        ``total_timeout`` overall. Raises FetchError; whatever ``sink`` raises propagates.
+        ``total_timeout`` overall (a wall-clock deadline from this call on, whatever the origin
+        sends). Raises FetchError; whatever ``sink`` raises propagates.
         """
         total = 0
 
@@ -257,14 +322,28 @@ class Fetcher:
     def _fetch(self, url: str, on_chunk: Callable[[bytes], bool], *, max_bytes: int | None, timeout: httpx.Timeout,
                total: float, chunk_size: int | None) -> None:
         """Follow redirects (each re-checked) to the final answer and feed its body to
-        ``on_chunk`` until it returns False or the body ends."""
+        ``on_chunk`` until it returns False or the body ends, all within ``total`` seconds."""
         deadline = time.monotonic() + total
+        watchdog = _Watchdog(deadline)
+        try:
+            self._follow(url, on_chunk, max_bytes, timeout, deadline, chunk_size, watchdog)
+        except FetchError:
+            if watchdog.fired:  # whatever the cut connection looked like to httpx
+                raise FetchError("timed out", "timeout") from None
+            raise
+        finally:
+            watchdog.close()
+        if watchdog.fired:  # a body without a length ends at the cut, so it may be incomplete
+            raise FetchError("timed out", "timeout")
+
+    def _follow(self, url: str, on_chunk: Callable[[bytes], bool], max_bytes: int | None, timeout: httpx.Timeout,
+                deadline: float, chunk_size: int | None, watchdog: _Watchdog) -> None:
         current = url
         with httpx.Client(verify=True, trust_env=False, follow_redirects=False, transport=self._transport,
                           timeout=timeout) as client:
             for _hop in range(self._max_redirects + 1):
                 scheme, host, port, address = self.policy.resolve(current, timeout=deadline - time.monotonic())
-                response = self._send(client, current, scheme, host, port, address, deadline, timeout)
+                response = self._send(client, current, scheme, host, port, address, deadline, timeout, watchdog)
                 try:
                     status = response.status_code
                     if status in _REDIRECTS and response.headers.get("location"):
@@ -283,7 +362,7 @@ class Fetcher:
         raise FetchError(f"Exceeded {self._max_redirects} redirects.", "too_many_redirects")
 
     def _send(self, client: httpx.Client, url: str, scheme: str, host: str, port: int, address: str,
-              deadline: float, timeout: httpx.Timeout) -> httpx.Response:
+              deadline: float, timeout: httpx.Timeout, watchdog: _Watchdog) -> httpx.Response:
         """Send the GET to the checked ``address`` (never a second lookup), naming ``host``."""
         parts = urlsplit(url)
         pinned_host = f"[{address}]" if ":" in address else address
@@ -291,7 +370,9 @@ class Fetcher:
         host_header = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
         if ":" in host and not host.startswith("["):
             host_header = f"[{host}]" if port == DEFAULT_PORTS[scheme] else f"[{host}]:{port}"
-        extensions = {"sni_hostname": host} if scheme == "https" else {}
+        extensions: dict = {"trace": watchdog.trace}
+        if scheme == "https":
+            extensions["sni_hostname"] = host
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchError("timed out", "timeout")

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -225,3 +226,53 @@ def test_images_of_two_snapshots_of_one_vm_both_proceed(system, dirs, name):
     with system.client() as client, ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda snap: post(client, vm["hostname"], snap, f"{name}-{snap}"), ["daily", "hourly"]))
         assert [finished(client, answer).status_code for answer in answers] == [200, 200]
+
+
+def test_one_users_images_leave_the_agent_a_thread_for_another_user(system, dirs, name):
+    """The agent has 2 threads and runs 1 long-running command per user (the default cap): a
+    user's image of a second snapshot is deferred until the first one's export has ended, and
+    another user's image, asked for after it, is made before it."""
+    if system.mode != "embedded":
+        pytest.skip("the cap is the consumer's own; one mode shows it (T5 runs the importer's in both)")
+    vm = new_vm(system, dirs, content=os.urandom(96 * 1024 * 1024), snapname="s1")
+    take_snapshot(str(dirs["vms"]), vm["uuid"], 1, "s2")
+    system.admin("vm", "snapshot", "set", vm["uuid"], "s2", "--disk", "1", "--status", "ok")
+    small = new_vm(system, dirs)
+    other_key = system.new_user(f"other-{name}", "--superadmin")
+    deferred_before = system.log("serve").count('"command.deferred"')
+    with system.client() as client, system.client(headers={"ES-API-KEY": other_key}) as other:
+        first = post(client, vm["hostname"], "s1", f"{name}-1").json()["task_id"]
+
+        def exporting():
+            answer = client.get(f"/task/{first}/status/")
+            assert answer.status_code == 201 and answer.json().get("progress", {}).get("done"), answer.text
+
+        eventually(exporting, timeout=60)
+        second = post(client, vm["hostname"], "s2", f"{name}-2").json()["task_id"]
+        eventually(lambda: _more(system.log("serve").count('"command.deferred"'), deferred_before), timeout=30)
+        others = post(other, small["hostname"], small["snapname"], f"{name}-other").json()["task_id"]
+        ended: dict[str, float] = {}
+
+        def all_ended():
+            for task_id, asker in ((first, client), (second, client), (others, other)):
+                if task_id not in ended:
+                    answer = asker.get(f"/task/{task_id}/status/")
+                    if answer.status_code != 201:
+                        assert answer.status_code == 200, answer.text
+                        ended[task_id] = time.monotonic()
+            assert len(ended) == 3, ended
+
+        eventually(all_ended, timeout=180, interval=0.1)
+    assert ended[others] < ended[second]
+    # The second export began only once the first had ended (the agent's log: when each was handled).
+    lines = [json.loads(line) for line in system.log("serve").splitlines() if '"message.handled"' in line]
+    handled = {line["task_id"]: line for line in lines
+               if line["outcome"] == "ack" and line.get("task_id") in (first, second)}
+    first_end = datetime.fromisoformat(handled[first]["timestamp"].replace("Z", "+00:00"))
+    second_start = datetime.fromisoformat(handled[second]["timestamp"].replace("Z", "+00:00")) - timedelta(
+        milliseconds=handled[second]["duration_ms"])
+    assert second_start >= first_end, (second_start, first_end)
+
+
+def _more(actual: int, than: int) -> None:
+    assert actual > than, actual

@@ -531,6 +531,30 @@ def test_consumer_retries_then_dead_letters(rabbitmq_url: str, settings: Setting
     assert ("boom" in reason) if failure == "exception" else reason.endswith("x")
 
 
+def test_consumer_defers_without_using_attempts(rabbitmq_url: str, settings: Settings, topology: Topology,
+                                               publisher: Publisher):
+    """Deferred more often than ``max_attempts`` (copies through the default exchange, each
+    confirmed before the original's ack): every delivery is attempt 1, nothing dead-lettered, and
+    the message handled in the end; the quorum queue's delivery count never grows."""
+    deferrals = 4
+
+    def verdict(_delivery: Delivery) -> Disposition:
+        return Disposition.defer("user at cap", 0.05) if len(handler.calls) <= deferrals else Disposition.ack()
+
+    handler = Recorder(verdict)
+    runner = make_runner(settings, topology, handler, publisher, max_attempts=3, backoff=(0.05,))
+    with running(runner):
+        sent = send(publisher, topology)
+        eventually(lambda: _assert_equal(runner.handled, deferrals + 1), timeout=15)
+    assert ready_count(rabbitmq_url, topology.command_queues["importer"].name) == 0
+    assert ready_count(rabbitmq_url, dlq_of(topology)) == 0
+    assert [d.attempt for d in handler.calls] == [1] * (deferrals + 1)
+    assert not any(d.redelivered for d in handler.calls)
+    assert {(d.message_id, d.correlation_id, d.body) for d in handler.calls} == {
+        (sent["message_id"], sent["correlation_id"], sent["body"])}
+    assert handler.gave_up == []
+
+
 def test_consumer_dead_letters_at_once(rabbitmq_url: str, settings: Settings, topology: Topology,
                                        publisher: Publisher):
     handler = Recorder(lambda _d: Disposition.dead_letter("bad"))

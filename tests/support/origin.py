@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http
 import http.server
+import select
+import socket
+import sys
 import threading
 import time
 import uuid as uuidlib
@@ -17,7 +21,8 @@ import orjson
 class Route:
     status: int = 200
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    #: Added to (or, with None, removed from) the default Content-Length and Content-Type.
+    headers: dict[str, str | None] = field(default_factory=dict)
     #: Seconds to wait before answering (a slow repository).
     delay: float = 0.0
     #: Send the body in 64 KiB pieces this many seconds apart (a slow download).
@@ -27,18 +32,27 @@ class Route:
     #: Only the first this many requests are paced (None: all of them): a download that is slow
     #: once and fast when tried again.
     paced_requests: int | None = None
+    #: Send the status line and the headers one byte every this many seconds (an origin that
+    #: keeps a per-read timeout from ever expiring).
+    trickle: float = 0.0
+    #: The first request trickled: 2 answers the first one (a probe) at once.
+    trickle_from: int = 1
     #: Requests served so far.
     served: int = 0
 
 
 class Origin:
     """``add_manifest(...)`` publishes ``/images/<uuid>`` and ``/images/<uuid>/file``; ``route(...)``
-    serves anything else. Records every path requested (``hits``). ``host``: the loopback address
-    it listens on (another one than 127.0.0.1 makes a sentinel that an allow-list does not admit)."""
+    serves anything else. Records every path requested (``hits``), with its ``time.monotonic()``
+    (``arrivals``), and the requests whose client went away before the answer was sent
+    (``dropped``: noticed at once while a trickled head is sent, at the next write of a body). ``host``: the loopback address it listens on (another one than 127.0.0.1
+    makes a sentinel that an allow-list does not admit)."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
         self.hits: list[str] = []
+        self.arrivals: list[tuple[str, float]] = []
+        self.dropped: list[tuple[str, float]] = []
         #: Set on close: releases the connections of stalled routes.
         self.stalled = threading.Event()
         origin = self
@@ -48,41 +62,80 @@ class Origin:
 
             def do_GET(self) -> None:  # noqa: N802
                 origin.hits.append(self.path)
+                origin.arrivals.append((self.path, time.monotonic()))
                 route = origin.routes.get(self.path.split("?")[0], Route(404, b'{"code":"ResourceNotFound"}'))
                 if route.delay:
                     time.sleep(route.delay)  # the origin's behaviour under test, not a wait in a test
-                self.send_response(route.status)
                 headers = {"Content-Length": str(len(route.body)), "Content-Type": "application/json", **route.headers}
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                body = route.body if route.stall_after is None else route.body[:route.stall_after]
+                headers = {key: value for key, value in headers.items() if value is not None}  # None: left out
                 route.served += 1
-                if route.pace and (route.paced_requests is None or route.served <= route.paced_requests):
-                    for start in range(0, len(body), 65536):
-                        self.wfile.write(body[start:start + 65536])
-                        self.wfile.flush()
-                        time.sleep(route.pace)  # the origin's behaviour under test
+                if route.trickle and route.served >= route.trickle_from:
+                    if not self._trickle_head(route, headers):
+                        return
                 else:
-                    self.wfile.write(body)
+                    self.send_response(route.status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                body = route.body if route.stall_after is None else route.body[:route.stall_after]
+                try:
+                    if route.pace and (route.paced_requests is None or route.served <= route.paced_requests):
+                        for start in range(0, len(body), 65536):
+                            self.wfile.write(body[start:start + 65536])
+                            self.wfile.flush()
+                            time.sleep(route.pace)  # the origin's behaviour under test
+                    else:
+                        self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    origin.dropped.append((self.path, time.monotonic()))
+                    self.close_connection = True
+                    return
                 if route.stall_after is not None:
                     self.wfile.flush()
                     origin.stalled.wait(120)  # hold the connection open, sending nothing
 
+            def _trickle_head(self, route: Route, headers: dict[str, str]) -> bool:
+                """Send the head byte by byte; False when the client closed its end meanwhile
+                (recorded in ``dropped`` when it happens) or the origin is closing."""
+                head = f"HTTP/1.1 {route.status} {http.HTTPStatus(route.status).phrase}\r\n"
+                head += "".join(f"{key}: {value}\r\n" for key, value in headers.items()) + "\r\n"
+                for byte in head.encode():
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        # The origin's pace; a client that closes meanwhile makes the socket readable (EOF).
+                        readable, _, _ = select.select([self.connection], [], [], route.trickle)
+                        gone = bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+                    except OSError:  # reset or broken pipe
+                        gone = True
+                    if gone:
+                        origin.dropped.append((self.path, time.monotonic()))
+                        self.close_connection = True
+                        return False
+                    if origin.stalled.is_set():
+                        return False
+                return True
+
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that left: not news
+                    super().handle_error(request, client_address)
+
+        self._server = Server((host, 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.base = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str] | None = None,
-              delay: float = 0.0, pace: float = 0.0, stall_after: int | None = None) -> str:
+    def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str | None] | None = None,
+              delay: float = 0.0, pace: float = 0.0, stall_after: int | None = None, trickle: float = 0.0,
+              trickle_from: int = 1) -> str:
         self.routes[path] = Route(status, body.encode() if isinstance(body, str) else body, headers or {}, delay,
-                                  pace, stall_after)
+                                  pace, stall_after, trickle=trickle, trickle_from=trickle_from)
         return self.base + path
 
     def add_manifest(self, manifest: dict[str, Any] | None = None, *, delay: float = 0.0,

@@ -25,6 +25,8 @@ def test_empty_environment_gives_the_defaults():
     assert settings.fetch_allow == ()
     assert settings.image_store == "none"
     assert settings.max_body_bytes == 1024 * 1024
+    assert settings.fetch_timeout == 5.0
+    assert settings.long_commands_per_user == 0
 
 
 def test_every_setting_is_read_from_its_imagesvc_variable():
@@ -47,6 +49,8 @@ def test_every_setting_is_read_from_its_imagesvc_variable():
         "IMAGESVC_DATA_DIR": "/srv/imagesvc",
         "IMAGESVC_MAX_BODY_BYTES": "2048",
         "IMAGESVC_DB_POOL_SIZE": "3",
+        "IMAGESVC_FETCH_TIMEOUT": "2.5",
+        "IMAGESVC_LONG_COMMANDS_PER_USER": "3",
     })
     assert settings.broker_url == "amqp://u:p@rabbit:5672/vh"
     assert settings.database_url == "sqlite:///x.db"
@@ -65,6 +69,8 @@ def test_every_setting_is_read_from_its_imagesvc_variable():
     assert settings.data_dir == "/srv/imagesvc"
     assert settings.max_body_bytes == 2048
     assert settings.db_pool_size == 3
+    assert settings.fetch_timeout == 2.5
+    assert settings.long_commands_per_user == 3
 
 
 def test_every_field_is_configurable_by_its_variable():
@@ -103,6 +109,8 @@ def test_overrides_win_over_the_environment():
         ("IMAGESVC_PUBLISH_TIMEOUT", "5s"),
         ("IMAGESVC_RETRY_BACKOFF", "0.5,fast"),
         ("IMAGESVC_MAX_BODY_BYTES", "1MB"),
+        ("IMAGESVC_FETCH_TIMEOUT", "5s"),
+        ("IMAGESVC_LONG_COMMANDS_PER_USER", "half"),
     ],
 )
 def test_unparseable_values_raise_config_error_naming_the_variable(variable, value):
@@ -124,6 +132,8 @@ def test_unparseable_values_raise_config_error_naming_the_variable(variable, val
         ("IMAGESVC_WORKER_THREADS", "0"),
         ("IMAGESVC_IMAGE_STORE", "s3://bucket"),
         ("IMAGESVC_IMAGE_STORE", ""),
+        ("IMAGESVC_FETCH_TIMEOUT", "0"),
+        ("IMAGESVC_LONG_COMMANDS_PER_USER", "-1"),
     ],
 )
 def test_out_of_range_values_raise_config_error_naming_the_variable(variable, value):
@@ -231,3 +241,11 @@ def test_a_renamed_variable_is_refused_rather_than_ignored():
 def test_message_and_queue_limits_must_be_usable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize("threads, setting, cap", [(8, 0, 4), (2, 0, 1), (1, 0, 1), (8, 6, 6)])
+def test_the_cap_on_a_users_long_running_commands_is_half_the_threads_unless_set(threads, setting, cap):
+    from imagesvc.bootstrap import LONG_RUNNING_COMMANDS, user_slots
+
+    slots = user_slots(Settings(long_commands_per_user=setting), threads)
+    assert slots.per_user == cap and slots.command_types == frozenset(LONG_RUNNING_COMMANDS)

@@ -49,11 +49,11 @@ def harness():
     publisher = Publisher(lambda: connect(SETTINGS, "test"), size=2, timeout=2)
     runners = []
 
-    def start(handler, max_attempts=3, identity=None, through=None):
+    def start(handler, max_attempts=3, identity=None, threads=2, prefetch=4, through=None):
         runner = ConsumerRunner(name="test", connect=lambda: connect(SETTINGS, "runner"),
                                 queue=topology.command_queues["updater"], topology=topology, handler=handler,
-                                publisher=through(publisher, topology) if through else publisher, prefetch=4,
-                                threads=2, max_attempts=max_attempts,
+                                publisher=through(publisher, topology) if through else publisher, prefetch=prefetch,
+                                threads=threads, max_attempts=max_attempts,
                                 backoff=(0.01, 0.02), idle_timeout=0.05, identity=identity)
         thread = threading.Thread(target=runner.run, daemon=True)
         thread.start()
@@ -235,3 +235,36 @@ def test_a_dead_letter_its_full_queue_refuses_is_logged_whole_enough_and_acked(h
         assert dropped[0]["level"] == "error"
     finally:
         configure_logging("test", fmt="console")
+
+
+def test_a_deferred_message_comes_back_with_its_attempt_count_and_is_never_given_up(harness):
+    """Deferred more often than ``max_attempts``: still attempt 1, not dead-lettered, then handled."""
+    start, send, dead_letters = harness
+    handler = Handler([Disposition.defer("user at cap", 0.01)] * 4)
+    runner = start(handler, max_attempts=3)
+    send(body=b'{"keep": "me"}')
+    eventually(lambda: _equal(runner.handled, 5))
+    assert handler.attempts == [1] * 5
+    assert dead_letters() == [] and handler.gave_up == []
+
+
+def test_a_deferred_copy_goes_behind_the_messages_already_queued(harness):
+    """A single worker thread: the first message is deferred while the others wait; its copy is
+    handled after them."""
+    start, send, _ = harness
+    order: list[str] = []
+    queued = threading.Event()
+
+    def verdict(delivery):
+        order.append(delivery.message_id)
+        if delivery.message_id == "m1" and order.count("m1") == 1:
+            assert queued.wait(5)  # m2 and m3 are in the queue before m1 is deferred
+            return Disposition.defer("user at cap", 0.0)
+        return Disposition.ack()
+
+    runner = start(verdict, threads=1, prefetch=1)
+    for message_id in ("m1", "m2", "m3"):
+        send(message_id=message_id)
+    queued.set()
+    eventually(lambda: _equal(runner.handled, 4))
+    assert order == ["m1", "m2", "m3", "m1"]

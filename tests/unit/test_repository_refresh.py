@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import orjson
 import pytest
 
+from domain import repositories
 from services.importer.repositories import refresh_repositories
 from shared.contracts import RefreshImageRepositories
 from shared.db import accounts, locks
 from shared.db import repositories as stored
 from shared.db.engine import read_transaction, write_transaction
 from shared.handling import CommandConsumer
-from shared.net.fetch import FetchError
+from shared.net.fetch import FetchError, Fetcher, UrlPolicy
 from tests.unit.test_command_handling import FakeFetcher, RecordingRelay, World
 
 CONFIGURED = {"good": "https://good.test/", "bad": "https://bad.test/"}
@@ -94,3 +96,22 @@ def test_a_held_lock_is_423_before_anything_is_fetched(world):
     outcome = world.outcome(world.run("importer", RefreshImageRepositories(repositories=CONFIGURED)))["payload"]
     assert (outcome["http_code"], outcome["result"]) == (423, {"detail": "Task is already running"})
     assert world.fetcher.calls == []
+
+
+def test_a_repository_trickling_its_answer_fails_at_the_deadline(engine, origin, monkeypatch):
+    """The real fetcher over a loopback socket: the list's status line and headers come one byte
+    every 0.2 s, well inside any per-read timeout; the refresh's deadline ends it."""
+    monkeypatch.setattr(repositories, "FETCH_TIMEOUT", 1.0)
+    with write_transaction(engine) as conn:
+        accounts.create_user(conn, "root", api_key=None, is_superadmin=True)
+    origin.route("/slow/images", b"[]", trickle=0.2)
+    configured = {"slow": origin.base + "/slow/"}
+    handler = functools.partial(refresh_repositories, fetcher=Fetcher(UrlPolicy(["127.0.0.1"])), configured=configured,
+                                local=None)
+    consumer = CommandConsumer(name="importer", engine=engine, relay=RecordingRelay(), routes={"imagestore.refresh": handler})
+    world = World(engine, None, None, {"importer": consumer})
+    started = time.monotonic()
+    envelope = world.run("importer", RefreshImageRepositories(repositories=configured, name="slow"))
+    assert time.monotonic() - started < 1.0 + 1.5
+    outcome = world.outcome(envelope)["payload"]
+    assert (outcome["http_code"], outcome["code"], outcome["result"]["error"]) == (400, "repository_error", "timed out")
