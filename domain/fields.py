@@ -36,7 +36,9 @@ _CONTROL = frozenset(chr(c) for c in range(32)) - {"\t"}
 _UNSAFE_CHARS = set("<>%$&;'\"") | _CONTROL
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 _TAG_RE = re.compile(r"^[ :/A-Za-z0-9_-]+\Z")
-_INT_RE = re.compile(r"^\s*[-+]?\d+\s*\Z")
+#: A whole number as a string: at most 18 digits (no field takes a larger number, and int()
+#: refuses strings of more than 4300 digits).
+_INT_RE = re.compile(r"^\s*[-+]?\d{1,18}\s*\Z")
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
 _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z", re.IGNORECASE)

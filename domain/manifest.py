@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from domain.fields import ACCESS_INTERNAL, ACCESS_DISABLED, ACCESS_PUBLIC
+from domain.fields import ACCESS_INTERNAL, ACCESS_DISABLED, ACCESS_PUBLIC, FieldError, integer
 
 #: Largest manifest the importer reads (the original's 8 KiB cap).
 MANIFEST_MAX_BYTES = 8192
@@ -18,6 +18,9 @@ FETCH_TIMEOUT = 5.0
 #: Bytes read from the file URL to prove it answers.
 PROBE_BYTES = 32
 DEFAULT_SIZE_MB = 1024
+#: Largest ``image_size`` (MiB) a manifest may give: what the image's size column holds (the
+#: original's too: a Django IntegerField).
+MAX_IMAGE_SIZE_MB = 2**31 - 1
 
 OSTYPE_LINUX, OSTYPE_SUNOS, OSTYPE_BSD, OSTYPE_WINDOWS, OSTYPE_SUNOS_ZONE, OSTYPE_LINUX_ZONE = 1, 2, 3, 4, 5, 6
 ZONE_OSTYPES = frozenset({OSTYPE_SUNOS_ZONE, OSTYPE_LINUX_ZONE})
@@ -75,9 +78,12 @@ def parse(raw: bytes) -> dict[str, Any]:
         raise ManifestError(MULTIPLE_FILES)
     size = manifest.get("image_size")
     if size is not None:
-        if isinstance(size, str) and size.strip().isdigit():
-            manifest["image_size"] = size = int(size)  # the original int()s it
-        if isinstance(size, bool) or not isinstance(size, int):
+        if isinstance(size, str):
+            try:
+                manifest["image_size"] = size = integer(size)  # the original int()s it
+            except FieldError:
+                raise ManifestError(INVALID_MANIFEST) from None
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_IMAGE_SIZE_MB:
             raise ManifestError(INVALID_MANIFEST)
     for key, kind in (("description", str), ("tags", dict), ("requirements", dict)):
         if manifest.get(key) is not None and not isinstance(manifest[key], kind):

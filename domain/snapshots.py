@@ -70,8 +70,11 @@ def parse_disk_id(raw: Any) -> int | None:
         return 1
     if isinstance(raw, bool):
         return None
-    if isinstance(raw, str) and raw.strip().isdigit():
-        raw = int(raw.strip())
+    if isinstance(raw, str):
+        try:
+            raw = fields.integer(raw)
+        except fields.FieldError:
+            return None
     return raw if isinstance(raw, int) and raw >= 1 else None
 
 

@@ -111,9 +111,7 @@ def _embedded_settings() -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from imagesvc import bootstrap
+    from imagesvc import bootstrap, edge
     from shared.db.migrate import upgrade
 
     settings = _embedded_settings()
@@ -141,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"Try:  curl -H 'ES-API-KEY: <key>' {base}/image/")
     sys.stdout.flush()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+        edge.run(app, settings=settings, host=args.host, port=args.port)
     finally:
         embedded.stop()
         infra.close()
@@ -201,19 +199,17 @@ def _first_run_superadmin(settings: Settings) -> str:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    import uvicorn
+    from imagesvc import edge
 
     settings = _settings()
     configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
-    uvicorn.run("imagesvc.bootstrap:gateway_app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_config=None, access_log=False)
+    edge.run("imagesvc.bootstrap:gateway_app_from_env", factory=True, workers=args.workers, settings=settings,
+             host=args.host, port=args.port)
     return 0
 
 
 def _image_server(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from imagesvc import bootstrap
+    from imagesvc import bootstrap, edge
 
     settings = _settings()
     store = open_store(settings.image_store)
@@ -223,8 +219,7 @@ def _image_server(args: argparse.Namespace) -> int:
         return 2
     configure_logging("image-server", fmt=settings.log_format, level=settings.log_level)
     log.info("image_server.start", store=store.location, host=args.host, port=args.port)
-    uvicorn.run(bootstrap.image_server_app(store), host=args.host, port=args.port, log_config=None,
-                access_log=False)
+    edge.run(bootstrap.image_server_app(store), settings=settings, host=args.host, port=args.port, image_server=True)
     return 0
 
 

@@ -134,6 +134,29 @@ class Settings:
     #: then runs as a thread too (snapshot images in the embedded mode). Empty: no node agent.
     local_node: str = ""
 
+    # --- The HTTP edge (imagesvc/edge.py): slow and oversized clients, logins, proxies ---------
+    #: Seconds a client has to send a request's head (request line and headers), counted from
+    #: the connection's start, or for a kept-alive connection's next request from its first
+    #: byte; then 408 and the connection is closed.
+    header_timeout: float = 10.0
+    #: Seconds a client has to send a request's body once its head is in; then 408 and closed.
+    body_timeout: float = 30.0
+    #: Largest request head, in bytes (431 above, read no further).
+    max_header_bytes: int = 16 * 1024
+    #: Open client connections per server process. A newcomer beyond it closes the connection
+    #: that has waited longest for its request head (503 to the newcomer when none is waiting).
+    max_connections: int = 4096
+    #: Proxies whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed (IP addresses or
+    #: CIDRs). Empty: none; the client address is the connection's peer.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Login attempts per user name and per client address in a sliding window, e.g.
+    #: ``10/minute``, or ``off``; a successful login is not counted.
+    login_throttle: str = "10/minute"
+    #: Password hashes a gateway process computes at once, and logins that may wait for one;
+    #: a login beyond both is answered 429 at once.
+    password_hash_threads: int = 1
+    password_hash_queue: int = 8
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, embedded: bool = False, **overrides: object) -> "Settings":
         """Build settings from ``IMAGESVC_*`` variables; ``overrides`` win over the mapping.
@@ -245,6 +268,30 @@ class Settings:
             parse_allow_list(self.fetch_allow)
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_FETCH_ALLOW: {exc}") from None
+        self._validate_edge()
+
+    def _validate_edge(self) -> None:
+        """The HTTP edge's settings (one block, see above)."""
+        if not all(0 < timeout < float("inf") for timeout in (self.header_timeout, self.body_timeout)):
+            raise ConfigError("IMAGESVC_HEADER_TIMEOUT and IMAGESVC_BODY_TIMEOUT must be positive numbers of seconds")
+        if self.max_header_bytes < 1024:
+            raise ConfigError("IMAGESVC_MAX_HEADER_BYTES must be at least 1024")
+        if self.max_connections < 1:
+            raise ConfigError("IMAGESVC_MAX_CONNECTIONS must be at least 1")
+        import ipaddress
+
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)  # an address is a network of one
+            except ValueError as exc:
+                raise ConfigError(f"IMAGESVC_TRUSTED_PROXIES: {exc}") from None
+        try:
+            parse_rate(self.login_throttle)
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_LOGIN_THROTTLE: {exc}") from None
+        if self.password_hash_threads < 1 or self.password_hash_queue < 0:
+            raise ConfigError("IMAGESVC_PASSWORD_HASH_THREADS must be at least 1, "
+                              "IMAGESVC_PASSWORD_HASH_QUEUE must not be negative")
 
     @property
     def embedded_broker(self) -> bool:

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from domain.repositories import local_repository
 from services.gateway import openapi
 from services.gateway.auth import Authenticator
+from services.gateway.blocking import BoundedPool
 from services.gateway.dispatch import Dispatcher, TaskWaiter
 from services.gateway.http import (
     ApiError,
@@ -106,7 +107,10 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     task_routes = TaskRoutes(queries=queries, auth=auth)
     administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
-                                   max_body_bytes=settings.max_body_bytes, throttle=throttle)
+                                   max_body_bytes=settings.max_body_bytes, throttle=throttle,
+                                   attempts=throttle_for(settings.login_throttle),
+                                   hashing=BoundedPool(threads=settings.password_hash_threads,
+                                                       waiting=settings.password_hash_queue, name="gateway-hashing"))
 
     async def openapi_document(request: Request) -> Response:
         return json_response(request, openapi.document())
@@ -170,6 +174,9 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         },
         lifespan=lifespan,
     )
+    # Never a redirect built from the request's Host header: every route takes both forms, and
+    # anything else (an empty segment: /api/image//) is a 404.
+    app.router.redirect_slashes = False
     app.state.listener = listener
     app.state.waiter = waiter
     return app

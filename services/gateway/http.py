@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import orjson
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,7 +25,10 @@ from shared.logging import get_logger
 log = get_logger("gateway.http")
 
 API_VERSION = "4.6.0-imagesvc"
-_INDENT = re.compile(r"indent=(\d+)")
+#: The status ``request.handled`` logs for a request whose client hung up before it was answered
+#: (nginx's convention; never sent).
+CLIENT_GONE = 499
+_INDENT = re.compile(r"indent=([0-9]+)")
 
 
 class ApiError(Exception):
@@ -60,7 +63,11 @@ def _requested_indent(request: Request | None) -> int:
     if request is None:
         return 0
     match = _INDENT.search(request.headers.get("accept", ""))
-    return min(int(match.group(1)), 8) if match else 0
+    if match is None:
+        return 0
+    digits = match.group(1).lstrip("0")
+    # Clamped before int(), which refuses numbers of more than 4300 digits.
+    return 8 if len(digits) > 1 else min(int(digits or 0), 8)
 
 
 class JSONBytes(Response):
@@ -151,6 +158,9 @@ class GatewayMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            # The client hung up before its body was read: nobody to answer (the server logs it).
+            status_holder["status"] = CLIENT_GONE
         except Exception as exc:  # noqa: BLE001 - turn anything unexpected into a JSON 500/503
             if status_holder["sent"]:
                 raise

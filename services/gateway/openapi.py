@@ -303,6 +303,9 @@ def _document() -> dict[str, Any]:
                             "detail": {"type": "string"}}}, "Logged in"),
                         "400": _json({"type": "object"}, "Missing fields, or wrong username or password"),
                         "403": _detail("User account is not allowed to access API"),
+                        "429": _detail("Throttled: too many failed logins for the user name or from the client "
+                                       "address (IMAGESVC_LOGIN_THROTTLE), or too many password checks at once; "
+                                       "Retry-After says when to try again"),
                     },
                 },
             },

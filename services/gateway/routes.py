@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from domain import fields, images, manifest, policy, tasks
 from services.gateway.auth import NO_API_ACCESS, Authenticator
-from services.gateway.blocking import in_thread
+from services.gateway.blocking import BoundedPool, Busy, in_thread
 from services.gateway import idempotency
 from services.gateway.dispatch import Dispatcher, status_body
 from services.gateway.http import (
@@ -27,7 +27,7 @@ from services.gateway.http import (
     read_json_body,
 )
 from services.gateway.queries import ORDER_FIELDS, Queries
-from services.gateway.throttle import NoThrottle, Throttle
+from services.gateway.throttle import NoThrottle, Throttle, throttled
 from shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
 from shared.db.records import DatacenterRecord, UserRecord
 from shared.db.vms import VmRecord
@@ -434,25 +434,38 @@ class AccountRoutes:
     BAD_CREDENTIALS = "Unable to log in with provided credentials."
 
     def __init__(self, *, queries: Queries, auth: Authenticator, token_seconds: float, max_body_bytes: int,
-                 throttle: Throttle | NoThrottle = NoThrottle()):
+                 hashing: BoundedPool, throttle: Throttle | NoThrottle = NoThrottle(),
+                 attempts: Throttle | NoThrottle = NoThrottle()):
         self.throttle = throttle
+        self.attempts = attempts
+        self.hashing = hashing
         self.queries = queries
         self.auth = auth
         self.token_seconds = token_seconds
         self.max_body_bytes = max_body_bytes
 
     async def login(self, request: Request) -> Response:
-        # Anonymous: counted per client address (behind a proxy, the proxy's).
-        self.throttle.check(("address", request.client.host if request.client else None))
+        # Anonymous: counted per client address (the connection's peer, or what a trusted proxy
+        # says: IMAGESVC_TRUSTED_PROXIES).
+        address = request.client.host if request.client else None
+        self.throttle.check(("address", address))
         data = await read_json_body(request, self.max_body_bytes)
         # The original's answers: 400 {"detail": <the serializer's errors, or its one message>}.
         required = {f: ["This field is required."] for f in ("username", "password")
                     if not isinstance(data.get(f), str) or not data[f]}
         if required:
             return json_response(request, {"detail": required}, 400)
-        user = await in_thread(self._check_credentials, data["username"], data["password"])
+        # No user name is longer (fields.username): a longer one need not be kept whole.
+        attempt = (("login-user", data["username"][:150]), ("login-address", address))
+        self.attempts.check(*attempt)
+        try:
+            user = await self.hashing.run(self._check_credentials, data["username"], data["password"])
+        except Busy:
+            self.attempts.give_back(*attempt)  # not tried: it must not count against the user
+            raise throttled(1) from None
         if user is None:
             raise ApiError(400, self.BAD_CREDENTIALS)
+        self.attempts.give_back(*attempt)  # the right password: not a failure
         if not user.api_access:
             raise ApiError(400, NO_API_ACCESS + ".")
         token = new_api_key()
@@ -463,7 +476,7 @@ class AccountRoutes:
                                        "detail": self.WELCOME})
 
     def _check_credentials(self, username: str, password: str) -> UserRecord | None:
-        """(Thread pool: hashing is slow by design.) The user, if the password is theirs."""
+        """(The hashing pool: hashing is slow by design.) The user, if the password is theirs."""
         found = self.queries.login_candidate(username)
         user, stored = found if found is not None else (None, None)
         # A missing user costs the same hashing as a wrong password: no timing hint either way.

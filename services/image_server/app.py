@@ -65,8 +65,10 @@ def create_app(store: ImageStore) -> Starlette:
         *_both_forms("/images/{uuid}", server.show_image),
         *_both_forms("/images/{uuid}/file", server.image_file),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_request_log)],
-                     exception_handlers={HTTPException: _http_error})
+    app = Starlette(routes=routes, middleware=[Middleware(_request_log)],
+                    exception_handlers={HTTPException: _http_error})
+    app.router.redirect_slashes = False  # never a redirect built from the request's Host header
+    return app
 
 
 def _both_forms(path: str, endpoint) -> list[Route]:

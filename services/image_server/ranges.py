@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SINGLE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_SINGLE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,28 @@ def requested_range(header: str | None, size: int) -> ByteRange | None:
     if not first_text:
         if not last_text:
             return None
-        suffix = int(last_text)
+        suffix = _capped(last_text, size)
         if suffix == 0 or size == 0:
             raise Unsatisfiable(header)
-        return ByteRange(max(size - suffix, 0), size - 1)
-    first = int(first_text)
-    if last_text and int(last_text) < first:
+        return ByteRange(size - suffix, size - 1)
+    if last_text and _number(last_text) < _number(first_text):
         return None  # not a valid range at all, so ignored (RFC 9110 §14.1.1)
-    last = int(last_text) if last_text else size - 1
+    first = _capped(first_text, size)
     if first >= size:
         raise Unsatisfiable(header)
-    return ByteRange(first, min(last, size - 1))
+    last = _capped(last_text, size - 1) if last_text else size - 1
+    return ByteRange(first, last)
+
+
+# Numbers of any length are compared and capped without int(), which refuses more than 4300 digits.
+
+def _number(digits: str) -> tuple[int, str]:
+    """A sort key of a decimal number given as digits (leading zeros dropped)."""
+    digits = digits.lstrip("0") or "0"
+    return len(digits), digits
+
+
+def _capped(digits: str, cap: int) -> int:
+    """``min(int(digits), cap)``."""
+    key = _number(digits)
+    return cap if key > _number(str(cap)) else int(key[1])

@@ -3,6 +3,7 @@
 ``start_embedded``: ``imagesvc serve`` (memory:// + SQLite, one process); ``restart_embedded``
 starts it again on the same data (after a kill).
 ``start_image_server``: ``imagesvc image-server`` over a store directory (no broker, no database).
+``start_gateway``: ``imagesvc gateway --workers N`` alone, over SQLite and the in-memory broker.
 ``start_distributed``: ``imagesvc db upgrade``, ``admin create-superadmin``, two gateways and one
 process per consumer service on RabbitMQ + PostgreSQL, under a random topology prefix and a
 fresh database.
@@ -154,14 +155,31 @@ def restart_embedded(system: System, extra_env: dict[str, str] | None = None) ->
     _wait_http(system.url + "/openapi.json", process, lambda: system.log("serve"))
 
 
-def start_image_server(workdir: Path, store: Path) -> System:
+def start_image_server(workdir: Path, store: Path, extra_env: dict[str, str] | None = None) -> System:
     """``imagesvc image-server`` serving ``store``; ``url`` is its root (no ``/api``)."""
     port = free_port()
-    env = _base_env({"IMAGESVC_IMAGE_STORE": str(store)})
+    env = _base_env({"IMAGESVC_IMAGE_STORE": str(store), **(extra_env or {})})
     system = System("image-server", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}"])
     process = system.spawn("image-server", "image-server", "--port", str(port))
     try:
         _wait_http(system.url + "/ping", process, lambda: system.log("image-server"))
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+def start_gateway(workdir: Path, *, workers: int, extra_env: dict[str, str] | None = None) -> System:
+    """``imagesvc gateway --workers N`` alone, over a fresh SQLite database and the in-memory broker
+    (no consumers: for what the gateway answers by itself); ``url`` ends in ``/api``."""
+    port = free_port()
+    env = _base_env({"IMAGESVC_DATABASE_URL": f"sqlite:///{workdir / 'gateway.db'}", "IMAGESVC_BROKER_URL": "memory://",
+                     "IMAGESVC_IMAGE_STORE": "none", **(extra_env or {})})
+    system = System("gateway", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}/api"])
+    try:
+        subprocess.run(_command("db", "upgrade"), cwd=workdir, env=env, check=True, capture_output=True, timeout=120)
+        process = system.spawn("gateway", "gateway", "--port", str(port), "--workers", str(workers))
+        _wait_http(system.url + "/openapi.json", process, lambda: system.log("gateway"))
     except BaseException:
         system.stop()
         raise

@@ -1,6 +1,7 @@
 """Import boundaries between the packages, checked on the source's AST.
 
-* ``shared`` never imports ``services``, ``domain`` or ``imagesvc``;
+* ``shared`` never imports ``services``, ``domain`` or ``imagesvc``, nor HTTP server code
+  (Starlette, uvicorn, httptools: the HTTP edge is ``imagesvc/edge.py``'s);
 * ``domain`` never imports ``services``, ``imagesvc``, kombu, pika, SQLAlchemy or Starlette;
 * a service never imports another service;
 * nothing under ``services/`` or ``domain/`` imports kombu or pika;
@@ -103,6 +104,10 @@ def shared_layering(imp: Import) -> bool:
     return imp.path.startswith("shared/") and _touches(imp, "services", "domain", "imagesvc")
 
 
+def shared_without_http_server(imp: Import) -> bool:
+    return imp.path.startswith("shared/") and _touches(imp, "starlette", "uvicorn", "httptools")
+
+
 def domain_purity(imp: Import) -> bool:
     return imp.path.startswith("domain/") and _touches(
         imp, "services", "imagesvc", "kombu", "pika", "sqlalchemy", "starlette"
@@ -133,6 +138,7 @@ def sqlalchemy_confined(imp: Import) -> bool:
 
 RULES = {
     "shared never imports services, domain or imagesvc": shared_layering,
+    "shared never imports starlette, uvicorn or httptools": shared_without_http_server,
     "domain never imports services, imagesvc, kombu, pika, sqlalchemy or starlette": domain_purity,
     "a service never imports another service": service_isolation,
     "nothing under services/ or domain/ imports kombu or pika": no_broker_client_in_services_or_domain,
@@ -194,6 +200,9 @@ def test_relative_imports_resolve_against_the_package(tmp_path, monkeypatch):
     [
         ("shared/x.py", "from domain import images", shared_layering),
         ("shared/x.py", "import imagesvc.bootstrap", shared_layering),
+        ("shared/x.py", "from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol",
+         shared_without_http_server),
+        ("shared/x.py", "from starlette.responses import Response", shared_without_http_server),
         ("domain/x.py", "from starlette.requests import Request", domain_purity),
         ("domain/x.py", "import sqlalchemy", domain_purity),
         ("services/updater/handlers.py", "from services.importer import handlers", service_isolation),
@@ -225,6 +234,7 @@ def test_each_rule_catches_its_violation(tmp_path, monkeypatch, path, text, rule
         ("services/gateway/routes.py", "from shared.contracts import Actor"),
         ("domain/images.py", "from shared.db.records import ImageRecord"),
         ("imagesvc/bootstrap.py", "from kombu import Connection"),
+        ("imagesvc/edge.py", "from uvicorn.server import ServerState"),
     ],
 )
 def test_allowed_imports_pass_every_rule(tmp_path, monkeypatch, path, text):

@@ -159,6 +159,7 @@ class TestImporter:
     @pytest.mark.parametrize("fields, http_code, result", [
         ({"dc": "nowhere"}, 404, {"detail": "Datacenter not found"}),
         ({"access": "7"}, 400, {"access": ["Select a valid choice. 7 is not one of the available choices."]}),
+        ({"access": "1" * 5000}, 400, {"access": ["Enter a whole number."]}),  # never int() of 5000 digits
         ({"dc": None}, 400, None),  # dc required for a bound image
     ])
     def test_refusals_end_the_task_without_effect(self, world, fields, http_code, result):
@@ -193,6 +194,15 @@ class TestImporter:
         envelope = world.run("importer", ImportImage(name="longversion", manifest_url=url, dc="main"))
         assert world.outcome(envelope)["payload"]["result"] == {
             "version": ["Ensure this value has at most 16 characters (it has 20)."]}
+
+    @pytest.mark.parametrize("image_size", [-1, 2**31, "1" * 5000])
+    def test_a_manifest_image_size_out_of_range_is_manifest_invalid_at_once(self, world, image_size):
+        url = world.fetcher.serve(sample_manifest(image_size=image_size))
+        envelope = world.envelope(ImportImage(name="badsize", manifest_url=url, dc="main"))
+        assert world.deliver("importer", envelope).outcome is Outcome.ACK
+        failed = world.outcome(envelope)["payload"]
+        assert (failed["http_code"], failed["code"]) == (400, "manifest_invalid")
+        assert world.events(type="image.imported") == []
 
     def test_image_limit_of_the_datacenter(self, world):
         from sqlalchemy import update
@@ -231,6 +241,13 @@ class TestUpdater:
         assert (updated["payload"]["image"]["alias"], updated["payload"]["image"]["tags"]) == ("new", ["a", "b"])
         assert succeeded["payload"]["stream_version"] == 2
         assert succeeded["payload"]["result"]["uuid"] == manifest["uuid"]
+
+    def test_an_over_long_number_sent_straight_to_the_broker_is_refused_at_once_not_retried(self, world):
+        world.imported("numbers")
+        envelope = world.envelope(UpdateImage(name="numbers", access="1" * 5000, desc="x"))
+        assert world.deliver("updater", envelope).outcome is Outcome.ACK
+        failed = world.outcome(envelope)["payload"]
+        assert (failed["http_code"], failed["result"]) == (400, {"access": ["Enter a whole number."]})
 
     def test_redelivered_updates_and_refusals_have_one_outcome_each(self, world):
         world.imported("twice")

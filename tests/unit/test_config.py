@@ -249,3 +249,33 @@ def test_the_cap_on_a_users_long_running_commands_is_half_the_threads_unless_set
 
     slots = user_slots(Settings(long_commands_per_user=setting), threads)
     assert slots.per_user == cap and slots.command_types == frozenset(LONG_RUNNING_COMMANDS)
+
+
+def test_the_http_edge_settings_have_their_defaults_and_are_read():
+    defaults = Settings.from_env({})
+    assert (defaults.header_timeout, defaults.body_timeout, defaults.max_header_bytes, defaults.max_connections) == (
+        10.0, 30.0, 16384, 4096)
+    assert (defaults.trusted_proxies, defaults.login_throttle) == ((), "10/minute")
+    assert (defaults.password_hash_threads, defaults.password_hash_queue) == (1, 8)
+    settings = Settings.from_env({
+        "IMAGESVC_HEADER_TIMEOUT": "2.5", "IMAGESVC_BODY_TIMEOUT": "7", "IMAGESVC_MAX_HEADER_BYTES": "8192",
+        "IMAGESVC_MAX_CONNECTIONS": "100", "IMAGESVC_TRUSTED_PROXIES": "10.0.0.1, 192.168.0.0/16, ::1",
+        "IMAGESVC_LOGIN_THROTTLE": "off", "IMAGESVC_PASSWORD_HASH_THREADS": "2", "IMAGESVC_PASSWORD_HASH_QUEUE": "0",
+    })
+    assert (settings.header_timeout, settings.body_timeout, settings.max_header_bytes, settings.max_connections) == (
+        2.5, 7.0, 8192, 100)
+    assert settings.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
+    assert (settings.login_throttle, settings.password_hash_threads, settings.password_hash_queue) == ("off", 2, 0)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("IMAGESVC_HEADER_TIMEOUT", "0"), ("IMAGESVC_HEADER_TIMEOUT", "nan"), ("IMAGESVC_BODY_TIMEOUT", "inf"),
+    ("IMAGESVC_BODY_TIMEOUT", "-1"), ("IMAGESVC_MAX_HEADER_BYTES", "512"), ("IMAGESVC_MAX_CONNECTIONS", "0"),
+    ("IMAGESVC_TRUSTED_PROXIES", "proxy.example"), ("IMAGESVC_TRUSTED_PROXIES", "10.0.0.0/33"),
+    ("IMAGESVC_LOGIN_THROTTLE", "lots"), ("IMAGESVC_PASSWORD_HASH_THREADS", "0"),
+    ("IMAGESVC_PASSWORD_HASH_QUEUE", "-1"), ("IMAGESVC_MAX_CONNECTIONS", "1" * 5000),
+])
+def test_bad_http_edge_settings_raise_config_error_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: value})
+    assert variable in str(caught.value)

@@ -151,9 +151,20 @@ def test_integer_accepts_whole_numbers_and_their_strings(value, expected):
     assert fields.integer(value) == expected
 
 
-@pytest.mark.parametrize("value", ["1.0", "1e3", "abc", "", True, False, 1.0, 1.5, None, [1]])
+@pytest.mark.parametrize("value", ["1.0", "1e3", "abc", "", True, False, 1.0, 1.5, None, [1], "\u00b2"])
 def test_integer_refuses_non_whole_numbers(value):
     assert messages_of(fields.integer, value) == [NOT_INTEGER]
+
+
+@pytest.mark.parametrize("value", ["9" * 19, "1" * 5000, "-" + "1" * 5000, "0" * 5000 + "1"])
+def test_integer_refuses_over_long_number_strings_with_its_message_not_a_crash(value):
+    # int() raises ValueError beyond 4300 digits: a consumer would retry that five times.
+    assert messages_of(fields.integer, value) == [NOT_INTEGER]
+    assert messages_of(fields.access, value) == [NOT_INTEGER]
+
+
+def test_integer_takes_18_digits():
+    assert fields.integer("9" * 18) == 10**18 - 1
 
 
 @pytest.mark.parametrize("value, expected", [(1, 1), ("1", 1), (3, 3), ("4", 4)])

@@ -35,12 +35,13 @@ class FakePublisher:
         self.published.append(message)
 
 
-def client_for(engine, publisher, **settings):
+def client_for(engine, publisher, *, address: str = "testclient", **settings):
+    """A client of a gateway with ``settings``, connecting from ``address``."""
     app = create_app(Settings(broker_url="memory://", answer_window=settings.pop("answer_window", 0.05),
                               fetch_allow=("127.0.0.1",), **settings),
                      engine=engine, publisher=publisher, topology=build_topology("gw.", quorum=False),
                      connect=lambda: Connection("memory://"))
-    return TestClient(app, base_url="http://testserver/api", headers={"ES-API-KEY": KEY})
+    return TestClient(app, base_url="http://testserver/api", headers={"ES-API-KEY": KEY}, client=(address, 50000))
 
 
 @pytest.fixture
@@ -179,3 +180,135 @@ def test_the_throttle_window_slides():
     assert throttle.wait("u") == 30  # refused requests do not count
     now[0] = 60.5  # the first request left the window, the second has 9.5 s to go
     assert throttle.wait("u") is None and throttle.wait("u") == pytest.approx(9.5)
+
+
+def test_the_throttle_counts_a_request_under_every_key_or_under_none_and_takes_one_back():
+    from services.gateway.throttle import Throttle
+
+    throttle = Throttle(2, 60, clock=lambda: 0.0)
+    assert throttle.wait("user", "address") is None
+    assert throttle.wait("user", "address") is None
+    assert throttle.wait("other user", "address") == 60  # the address is full: counted nowhere
+    assert throttle.wait("other user") is None
+    throttle.give_back("user", "address")
+    assert throttle.wait("user", "address") is None
+
+
+def _with_password(engine, username: str, password: str) -> None:
+    from shared.keys import hash_password
+
+    with write_transaction(engine) as conn:
+        accounts.create_user(conn, username, api_key=None, is_superadmin=False, password_hash=hash_password(password))
+
+
+def _login(client, username: str, password: str):
+    return client.post("/accounts/login/", json={"username": username, "password": password}, headers={})
+
+
+def test_failed_logins_are_throttled_by_default_per_user_name_and_per_client_address(engine, publisher):
+    _with_password(engine, "jane", "right")
+    with client_for(engine, publisher, address="10.0.0.1") as first:
+        second = TestClient(first.app, base_url="http://testserver/api", client=("10.0.0.2", 50000))  # same gateway
+        assert [_login(first, "jane", f"wrong{i}").status_code for i in range(10)] == [400] * 10
+        throttled = _login(first, "jane", "wrong")
+        seconds = int(throttled.headers["retry-after"])  # until the first failure leaves the window
+        assert throttled.status_code == 429 and 50 <= seconds <= 60
+        assert throttled.json() == {"detail": f"Request was throttled. Expected available in {seconds} seconds."}
+        assert _login(second, "jane", "right").status_code == 429  # the user name is throttled everywhere
+        assert _login(second, "bob", "wrong").status_code == 400  # the other address is not
+        assert _login(first, "bob", "wrong").status_code == 429  # this one is, for every user name
+
+
+def test_a_successful_login_is_not_counted_and_the_throttle_can_be_switched_off(engine, publisher):
+    _with_password(engine, "jane", "right")
+    with client_for(engine, publisher, login_throttle="2/minute") as client:
+        assert [_login(client, "jane", "right").status_code for _ in range(4)] == [200] * 4
+        assert [_login(client, "jane", "wrong").status_code for _ in range(3)] == [400, 400, 429]
+    with client_for(engine, publisher, login_throttle="off") as client:
+        assert {_login(client, "jane", "wrong").status_code for _ in range(12)} == {400}
+
+
+def test_the_hashing_pool_runs_its_threads_queues_its_waiting_and_refuses_the_rest_at_once():
+    import asyncio
+    import threading
+
+    from services.gateway.blocking import BoundedPool, Busy
+
+    release = threading.Event()
+
+    async def scenario():
+        pool = BoundedPool(threads=1, waiting=1, name="test-hashing")
+        admitted = [asyncio.ensure_future(pool.run(release.wait, 10)) for _ in range(2)]
+        await asyncio.sleep(0)  # both are in: one running, one waiting for the thread
+        with pytest.raises(Busy):
+            await pool.run(release.wait, 10)
+        release.set()
+        assert await asyncio.gather(*admitted) == [True, True]
+        assert await pool.run(lambda: "room again") == "room again"
+
+    asyncio.run(scenario())
+
+
+def test_a_login_beyond_the_hashing_pool_is_429_at_once_and_does_not_count_as_a_failure(engine, publisher):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.gateway import routes
+
+    _with_password(engine, "jane", "right")
+    entered, release = threading.Event(), threading.Event()
+    check = routes.AccountRoutes._check_credentials
+
+    def held(self, username, password):
+        entered.set()
+        release.wait(10)
+        return check(self, username, password)
+
+    routes.AccountRoutes._check_credentials = held
+    try:
+        with client_for(engine, publisher, login_throttle="1/minute", password_hash_threads=1,
+                        password_hash_queue=0) as client, ThreadPoolExecutor(1) as pool:
+            elsewhere = TestClient(client.app, base_url="http://testserver/api", client=("10.0.0.2", 50000))
+            admitted = pool.submit(_login, client, "jane", "right")
+            assert entered.wait(10)
+            refused = _login(elsewhere, "bob", "wrong")
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert refused.json() == {"detail": "Request was throttled. Expected available in 1 seconds."}
+            release.set()
+            assert admitted.result().status_code == 200
+            assert _login(elsewhere, "bob", "wrong").status_code == 400  # the refused one was not counted
+    finally:
+        routes.AccountRoutes._check_credentials = check
+
+
+def test_a_pending_answer_says_where_its_task_is_without_the_host_header(api):
+    created = api.post("http://evil.example/api/image/located/",
+                       json={"manifest_url": "http://example.com/x", "dc": "main"})
+    assert created.status_code == 201
+    assert created.headers["location"] == f"/api/task/{created.json()['task_id']}/status/"
+
+
+@pytest.mark.parametrize("path", ["/api//image/", "/api/image//", "/api//image", "/api/openapi.json/", "/api/x//"])
+def test_a_path_with_an_empty_segment_is_a_json_404_never_a_redirect_to_the_host_header(api, path):
+    response = api.get("http://evil.example" + path, follow_redirects=False)
+    assert response.status_code == 404 and response.json() == {"detail": "Not found."}
+    assert "location" not in response.headers
+
+
+def test_over_long_numbers_in_headers_and_fields_are_answered_at_once(api, publisher):
+    digits = "9" * 5000
+    # Indentation is presentation: clamped to 8 as any large N.
+    indented = api.get("/image/", headers={"Accept": f"application/json; indent={digits}"})
+    assert indented.status_code == 200 and indented.text.startswith('{\n        "task_id"')
+    created = api.post("/image/numbers/", json={"manifest_url": "http://example.com/x", "dc": "main",
+                                                "access": digits})
+    assert created.status_code == 400
+    assert created.json()["result"] == {"access": ["Enter a whole number."]}
+    huge_literal = api.post("/image/numbers/", content=b'{"access": ' + digits.encode() + b"}",
+                            headers={"Content-Type": "application/json"})
+    assert huge_literal.status_code == 400 and huge_literal.json()["detail"].startswith("JSON parse error")
+    flag = api.get("/image/", params={"full": digits})
+    assert flag.status_code == 400 and flag.json()["result"] == {"full": ["Must be a valid boolean."]}
+    task = api.get(f"/task/{digits}d1u1-00000000-0000-0000-0000/status/")
+    assert task.status_code == 403
+    assert publisher.published == []

@@ -289,12 +289,19 @@ def test_the_image_server_paths_are_told_apart_from_the_gateway_s():
     ("BYTES=3-4", 10, ByteRange(3, 4)),
     ("bytes=-20", 10, ByteRange(0, 9)),
     ("bytes=1-2, 5-6", 10, None),
+    ("bytes=00003-0004", 10, ByteRange(3, 4)),
+    ("bytes=200-150", 100, None),
+    ("bytes=0-" + "9" * 5000, 10, ByteRange(0, 9)),
+    ("bytes=-" + "9" * 5000, 10, ByteRange(0, 9)),
+    ("bytes=" + "9" * 5000 + "-" + "1" * 5000, 10, None),
+    ("bytes=\u0661-\u0662", 10, None),  # digits, but not ASCII ones: not a range
 ])
 def test_requested_range(header, size, expected):
     assert requested_range(header, size) == expected
 
 
-@pytest.mark.parametrize("header, size", [("bytes=10-", 10), ("bytes=-1", 0), ("bytes=0-", 0), ("bytes=-0", 10)])
+@pytest.mark.parametrize("header, size", [("bytes=10-", 10), ("bytes=-1", 0), ("bytes=0-", 0), ("bytes=-0", 10),
+                                          ("bytes=" + "9" * 5000 + "-", 10), ("bytes=-" + "0" * 5000, 10)])
 def test_requested_range_unsatisfiable(header, size):
     with pytest.raises(Unsatisfiable):
         requested_range(header, size)

@@ -131,7 +131,7 @@ def test_a_vm_of_another_datacenter_is_not_found():
         404, "VM not found")
 
 
-@pytest.mark.parametrize("raw", [0, -1, "x", True, 1.5, "", [1]])
+@pytest.mark.parametrize("raw", [0, -1, "x", True, 1.5, "", [1], "-1", "\u00b2", "1" * 5000, 2**64])
 def test_a_disk_id_that_is_not_a_positive_integer_is_412(raw):
     assert refusal(data={"disk_id": raw}) == (412, "Invalid disk_id")
 
