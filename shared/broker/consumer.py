@@ -69,10 +69,10 @@ DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
 #: On a copy that imagesvc republished (a retry, a dead letter): who published the original.
 PUBLISHED_BY_HEADER = "x-imagesvc-published-by"
-#: How much of a dead letter that its full queue refused is logged.
-DROPPED_BODY_LOGGED = 2048
 #: On such a copy: the routing key the original was published with.
 ROUTING_KEY_HEADER = "x-imagesvc-routing-key"
+#: How much of a dead letter that its full queue refused is logged.
+DROPPED_BODY_LOGGED = 2048
 
 
 @dataclass(frozen=True)
@@ -163,9 +163,8 @@ class Delivery:
     #: The broker user that published the original message (``BrokerIdentity.publisher``), or
     #: None where the broker vouches for nobody (``memory://``).
     publisher: str | None = None
-    #: The exchange and routing key the original message was published with
-    #: (``original_routing_key``); None where unknown.
-    exchange: str | None = None
+    #: The routing key the original message was published with (``original_routing_key``);
+    #: None where unknown.
     routing_key: str | None = None
 
 
@@ -338,7 +337,6 @@ class ConsumerRunner:
             message_type=props.get("type"),
             user_id=props.get("user_id"),
             publisher=self._identity.publisher(props.get("user_id"), headers) if self._identity else None,
-            exchange=info.get("exchange"),
             routing_key=original_routing_key(self._identity, props.get("user_id"), headers, info.get("routing_key")),
             redelivered=redelivered,
             attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),

@@ -103,8 +103,12 @@ class Origin:
                     try:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
-                        # The origin's pace; a client that closes meanwhile makes the socket readable (EOF).
-                        readable, _, _ = select.select([self.connection], [], [], route.trickle)
+                        # The origin's pace; a client that closes meanwhile makes the socket readable
+                        # (EOF). poll, not select: a process holding many sockets has descriptors
+                        # above select's 1024.
+                        poller = select.poll()
+                        poller.register(self.connection, select.POLLIN)
+                        readable = poller.poll(route.trickle * 1000)
                         gone = bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
                     except OSError:  # reset or broken pipe
                         gone = True
