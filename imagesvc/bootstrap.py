@@ -159,7 +159,8 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                                   trusted_publishers=identity.services if identity else None,
                                   compensations={"image.import": functools.partial(abandon_import, server=server)}
                                   if service == "importer" else None, max_message_bytes=settings.max_message_bytes,
-                                  slots=user_slots(settings, settings.worker_threads))
+                                  slots=user_slots(settings, settings.worker_threads),
+                                  claim_seconds=settings.claim_seconds, max_runs=settings.max_attempts)
         prefetch = settings.prefetch
     return ConsumerRunner(
         name=service,
@@ -212,7 +213,8 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
                               compensations={"image.snapshot": functools.partial(
                                   abandon_snapshot_image, server=configured_image_server(settings))},
                               max_message_bytes=settings.max_message_bytes,
-                              slots=user_slots(settings, NODE_AGENT_CONCURRENCY))
+                              slots=user_slots(settings, NODE_AGENT_CONCURRENCY),
+                              claim_seconds=settings.claim_seconds, max_runs=settings.max_attempts)
     return ConsumerRunner(
         name=f"node-agent-{hostname}",
         connect=lambda: infra.connect("node-agent"),

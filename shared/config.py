@@ -127,6 +127,10 @@ class Settings:
     #: lease that runs out means its worker died). 0: each command's default (creations 600,
     #: manifest rewrites and removals 300).
     lease_seconds: float = 0.0
+    #: How long a delivery's claim on its command lives unless renewed (renewed five times in that
+    #: while the handler runs): how soon a command whose handler's process died is taken over by
+    #: its next delivery; meanwhile other copies of the command wait (shared.db.task_owners).
+    claim_seconds: float = 3.0
     #: Seconds between two runs of the lease sweeper (in every command-consumer process), which
     #: ends the tasks whose lease ran out (``services.sweeper``).
     sweep_seconds: float = 30.0
@@ -254,6 +258,8 @@ class Settings:
             raise ConfigError(f"IMAGESVC_ZFS_DATASET: {exc}") from None
         if self.lease_seconds < 0:
             raise ConfigError("IMAGESVC_LEASE_SECONDS must not be negative (0: each command's default)")
+        if not 0 < self.claim_seconds < float("inf"):
+            raise ConfigError("IMAGESVC_CLAIM_SECONDS must be a positive number of seconds")
         if self.sweep_seconds <= 0:
             raise ConfigError("IMAGESVC_SWEEP_SECONDS must be positive")
         if self.local_node:

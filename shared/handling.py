@@ -37,7 +37,7 @@ from shared.contracts.routing import Publishers, route
 from shared.crash import crash_point
 from shared.db import events as store
 from shared.db import task_owners
-from shared.db.task_owners import TaskTaken
+from shared.db.task_owners import Claim, TaskTaken
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
 from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
@@ -60,6 +60,9 @@ def object_name(envelope: Envelope) -> str:
 
 #: The message was handled before (its terminal event exists).
 Duplicate = store.AlreadyHandled
+#: A copy of a command that another delivery is handling waits this long, doubling each time.
+HELD_DELAY = 0.25
+HELD_DELAY_MAX = 2.0
 
 
 class Transaction:
@@ -133,8 +136,6 @@ class CommandContext:
         self.finished = False
         #: The events committed for this message and not yet published.
         self.outbox: list[store.OutboxRow] = []
-        #: Whether a committed transaction bound the task id to this command (``task_owners``).
-        self._bound = False
 
     def task_fields(self, *, owner: str | None, dc: str | None) -> dict[str, Any]:
         """The fields every task event of this command carries."""
@@ -192,17 +193,13 @@ class CommandContext:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Transaction]:
-        """A write transaction. The first one to commit binds the task id to this command, before
-        the handler changes anything: raises TaskTaken (rolling back) if the id is another's."""
         with write_transaction(self.engine) as conn:
-            if not self._bound:
-                bind_task(conn, self.envelope)
             yield Transaction(self, conn)
-        self._bound = True
 
 
 def bind_task(conn: Connection, envelope: Envelope) -> None:
-    """Bind the envelope's task id to it (``shared.db.task_owners``); raises TaskTaken."""
+    """Bind the envelope's task id to it (``shared.db.task_owners``), where a failure is recorded
+    without a claim (the message is poison or nobody vouched for its actor); raises TaskTaken."""
     task_owners.bind(conn, task_id=envelope.correlation_id, message_id=envelope.id,
                      actor=envelope.actor.user if envelope.actor else None, command=envelope.type)
 
@@ -217,15 +214,21 @@ class CommandConsumer:
     """``check_first``: look the message up in the inbox before calling the handler, for handlers
     whose work before their final transaction is expensive (the importer fetches URLs). Others
     rely on their final transaction alone (it cannot commit twice), saving a round trip.
-    ``slots``: the cap on each user's long-running commands running at once here (none: no cap)."""
+    ``slots``: the cap on each user's long-running commands running at once here (none: no cap).
+    ``claim_seconds``: how long a delivery's claim on its task lives unless renewed (a copy of the
+    command delivered meanwhile waits; see ``shared.db.task_owners``); ``max_runs``: how many runs
+    of its handler that died without an outcome a command gets (the runner's ``max_attempts``)."""
 
     def __init__(self, *, name: str, engine: Engine, relay, routes: Mapping[str, CommandHandler],
                  check_first: bool = False, trusted_publishers: frozenset[str] | None = None,
                  compensations: Mapping[str, Compensation] | None = None, max_message_bytes: int | None = None,
-                 slots: UserSlots | None = None):
+                 slots: UserSlots | None = None, claim_seconds: float = task_owners.CLAIM_SECONDS,
+                 max_runs: int = 5):
         self.name = name
+        self._max_runs = max_runs
         self._max_bytes = max_message_bytes
         self._slots = slots
+        self._claims = task_owners.ClaimKeeper(engine, claim_seconds)
         self._compensations = dict(compensations or {})
         self._trusted = trusted_publishers
         self._engine = engine
@@ -264,36 +267,85 @@ class CommandConsumer:
                 handled = store.was_handled(conn, envelope.id)
             if handled:
                 return self._duplicate(envelope)
+        token = contracts.new_message_id()
+        try:
+            with write_transaction(self._engine) as conn:
+                claimed = task_owners.claim(conn, task_id=envelope.correlation_id, message_id=envelope.id,
+                                            actor=envelope.actor.user if envelope.actor else None,
+                                            command=envelope.type, token=token, seconds=self._claims.seconds)
+        except TaskTaken as taken:
+            return self._taken(taken)
+        if claimed.state is Claim.HELD:
+            return self._held(envelope, delivery)
+        if claimed.state is Claim.AGAIN:
+            if not self._check_first and self._handled(envelope):
+                return self._duplicate(envelope)  # an earlier delivery ended it and died before its ack
+            if claimed.runs > self._max_runs:
+                # Its handler ran that many times and never ended (each run's process died with it:
+                # a crash loop): give it up rather than run it into another crash.
+                reason = f"gave up after {claimed.runs - 1} runs that ended without an outcome (crash loop)"
+                self.on_give_up(delivery, reason)
+                return Disposition.dead_letter(reason)
+        self._claims.hold(token)
         ctx = CommandContext(self._engine, self.name, envelope, delivery, self._relay, self._slots)
+        settled = False  # the task has its outcome (or the message needs no more handling)
         try:
             handler(command, ctx)
             if not ctx.finished:
                 raise RuntimeError(f"handler for {envelope.type} returned without finishing its task")
+            settled = True
         except (Duplicate, store.TaskAlreadyEnded):
+            settled = True
             return self._not_twice(envelope)
-        except TaskTaken as taken:
-            return self._taken(taken)
         except Superseded:
-            # Its delivery came again and the new one works on: this copy is done, like a
-            # duplicate (its channel is usually gone, so the ack is dropped with it anyway).
+            # Another delivery of the command took its work over (this one's claim had lapsed):
+            # this copy is done, like a duplicate.
             log.warning("command.superseded")
+            settled = True
             return Disposition.ack("superseded")
         except UserAtCap as capped:
             log.info("command.deferred", user=capped.user, cap=capped.cap, delay=capped.delay)
             return Disposition.defer(str(capped), capped.delay)
         except CommandFailed as failure:
             try:
-                ctx.outbox = self._record_failure(envelope, failure)
+                ctx.outbox = self._record_failure(envelope, failure, bind=False)
             except (Duplicate, store.TaskAlreadyEnded):
+                settled = True
                 return self._not_twice(envelope)
-            except TaskTaken as taken:
-                return self._taken(taken)
+            settled = True
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
         finally:
             ctx.end_long_work()
+            self._claims.drop(token)
+            if not settled:
+                self._release(envelope, token)
         self._relay.publish(ctx.outbox)
         crash_point("after_commit_before_ack")
         return Disposition.ack()
+
+    def _held(self, envelope: Envelope, delivery: Delivery) -> Disposition:
+        """Another delivery of this very command is handling it: this copy waits until that one
+        has the outcome (then it is a duplicate), or until its claim lapses (it died: then this
+        copy takes the command over). Deferred, so it waits at the back of the queue, not in a
+        worker; the wait doubles each time up to ``HELD_DELAY_MAX``."""
+        if self._handled(envelope):
+            return self._duplicate(envelope)
+        delay = min(HELD_DELAY * 2 ** delivery.deferrals, HELD_DELAY_MAX)
+        log.info("command.held_by_another_delivery", delay=delay)
+        return Disposition.defer("another delivery of this command is handling it", delay)
+
+    def _handled(self, envelope: Envelope) -> bool:
+        with read_transaction(self._engine) as conn:
+            return store.was_handled(conn, envelope.id)
+
+    def _release(self, envelope: Envelope, token: str) -> None:
+        """The delivery ends without an outcome (it is retried or deferred): let the next one
+        handle the command at once. If this fails, the claim lapses by itself."""
+        try:
+            with write_transaction(self._engine) as conn:
+                task_owners.release(conn, envelope.correlation_id, token)
+        except Exception as exc:  # noqa: BLE001 - the claim then expires unrenewed
+            log.warning("command.claim_release_failed", error=repr(exc))
 
     def _may_act(self, delivery: Delivery, envelope: Envelope) -> bool:
         """A command acts for its envelope's actor only if the broker vouches that imagesvc itself
@@ -327,7 +379,10 @@ class CommandConsumer:
         self._relay.publish(pending)
         return Disposition.ack("duplicate")
 
-    def _record_failure(self, envelope: Envelope, failure: CommandFailed) -> list[store.OutboxRow]:
+    def _record_failure(self, envelope: Envelope, failure: CommandFailed, *, bind: bool = True
+                        ) -> list[store.OutboxRow]:
+        """Store the command's ``task.failed``; ``bind``: bind the task id first (where no claim
+        did: the message never reached a handler). Raises TaskTaken, Duplicate, TaskAlreadyEnded."""
         terminal = TaskFailed(
             task_id=envelope.correlation_id,
             command=envelope.type,
@@ -342,7 +397,8 @@ class CommandConsumer:
         wrapped = contracts.wrap(terminal, correlation_id=envelope.correlation_id, causation_id=envelope.id,
                                  actor=envelope.actor, reply_to=envelope.reply_to)
         with write_transaction(self._engine) as conn:
-            bind_task(conn, envelope)
+            if bind:
+                bind_task(conn, envelope)
             return store.append(conn, [(wrapped, None)])
 
     def _fail_poison(self, poison: PoisonMessage, delivery: Delivery) -> None:
@@ -364,20 +420,13 @@ class CommandConsumer:
 
     def on_exhausted(self, delivery: Delivery, reason: str) -> Disposition:
         """The message comes back after ``max_attempts`` deliveries that ended with their process
-        (shared.broker.consumer). If one of them committed its outcome before dying (a crash
-        between commit and ack), this is a duplicate: ack it. Otherwise the task ends in failure
-        and the message is dead-lettered, rather than handled into yet another crash."""
-        try:
-            envelope = contracts.decode(delivery.body, max_bytes=self._max_bytes)
-        except PoisonMessage as poison:
-            self._fail_poison(poison, delivery)
-            return Disposition.dead_letter(poison.reason)
-        with read_transaction(self._engine) as conn:
-            handled = store.was_handled(conn, envelope.id)
-        if handled:
-            return self._duplicate(envelope)
-        self.on_give_up(delivery, reason)
-        return Disposition.dead_letter(reason)
+        (shared.broker.consumer). The broker counts every such delivery, also those that sat
+        unseen in a dying process's prefetch or waited there for another delivery's claim: they
+        ran nothing. The runs of the handler that died are counted by the command's claims, so
+        the delivery is handled as any other: a duplicate if one of them committed its outcome,
+        deferred while another delivery holds the command, given up once its handler ran
+        ``max_runs`` times without an outcome."""
+        return self(delivery)
 
     def on_give_up(self, delivery: Delivery, reason: str) -> None:
         """Retries exhausted: end the task in failure (500), so no accepted command hangs forever."""

@@ -26,7 +26,8 @@ survive (they are redelivered), and other processes may be alive and holding lea
    never answered, if their handler had begun (a lease). A journaled task that holds no lease and
    cannot be resumed (a row journaled before the journal kept commands, or a command for a node
    whose agent this process does not run) fails ``interrupted`` at once.
-3. The store's partial files and half-done removals go (no writer is running).
+3. The store's partial files and half-done removals go (no writer is running), and every
+   delivery's claim on its command is released (no delivery is running).
 
 A command published but never answered whose handler had recorded nothing yet is not journaled
 and left nothing anywhere: the client, which got no answer, knows no task id, and nothing changed.
@@ -42,7 +43,7 @@ from services.sweeper.leases import INTERRUPTED, SWEPT_PREFIX, LeaseSweeper, sto
 from shared import contracts
 from shared.contracts import Actor, TaskFailed
 from shared.db import events as store
-from shared.db import journal, locks
+from shared.db import journal, locks, task_owners
 from shared.db.engine import read_transaction, write_transaction
 from shared.errors import PoisonMessage, PublishFailed
 from shared.logging import get_logger
@@ -94,6 +95,9 @@ class StartupRecovery:
         resumed_ids = {command.task_id for command in resumed}
         with write_transaction(self._engine) as conn:
             locks.restart_leases(conn, resumed_ids, self._lease_seconds)
+            # The dead process's deliveries held their commands' claims: the resumed ones must not
+            # wait for those to lapse.
+            task_owners.release_all(conn)
         failed = [swept.task_id for swept in self._sweeper.sweep_once(code=INTERRUPTED, every=True)]
         failed += [command.task_id for command in accepted
                    if command.task_id not in resumed_ids and self._failed(command)]

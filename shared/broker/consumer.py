@@ -71,6 +71,8 @@ ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
 PUBLISHED_BY_HEADER = "x-imagesvc-published-by"
 #: On such a copy: the routing key the original was published with.
 ROUTING_KEY_HEADER = "x-imagesvc-routing-key"
+#: On a deferred copy: how many times the message was deferred so far.
+DEFERRALS_HEADER = "x-imagesvc-deferrals"
 #: How much of a dead letter that its full queue refused is logged.
 DROPPED_BODY_LOGGED = 2048
 
@@ -166,6 +168,8 @@ class Delivery:
     #: The routing key the original message was published with (``original_routing_key``);
     #: None where unknown.
     routing_key: str | None = None
+    #: How many times it was deferred before (``Disposition.defer``).
+    deferrals: int = 0
 
 
 class Handler(Protocol):
@@ -340,6 +344,7 @@ class ConsumerRunner:
             routing_key=original_routing_key(self._identity, props.get("user_id"), headers, info.get("routing_key")),
             redelivered=redelivered,
             attempt=ours + max(broker, 1 if redelivered and broker == 0 else 0),
+            deferrals=_as_int(headers.get(DEFERRALS_HEADER), 0),
         )
         self._in_flight += 1
         self._waiting.append((message, delivery))
@@ -504,8 +509,14 @@ class ConsumerRunner:
             exchange, routing_key = self._topology.dlx.name, self._topology.dead_letter_routing_key(delivery.queue)
             log.error("message.dead_lettered", message_id=delivery.message_id, reason=disposition.reason)
         else:
-            # A deferred message was not attempted: its copy keeps the count.
-            headers[ATTEMPT_HEADER] = delivery.attempt + (disposition.outcome is Outcome.RETRY)
+            if disposition.outcome is Outcome.RETRY:
+                headers[ATTEMPT_HEADER] = delivery.attempt + 1
+            else:
+                # A deferred message was not attempted: its copy keeps our count of attempts but
+                # not the broker's redeliveries, which count deaths of processes it sat in unseen
+                # (a handler's runs that died are counted by its claims: shared.db.task_owners).
+                headers[ATTEMPT_HEADER] = _as_int(delivery.headers.get(ATTEMPT_HEADER), 1)
+                headers[DEFERRALS_HEADER] = delivery.deferrals + 1
             # The default exchange routes by queue name: the copy reaches this queue only.
             exchange, routing_key = "", delivery.queue
         user_id = None

@@ -327,9 +327,9 @@ class ImageRepository(Base):
 
 
 class TaskOwner(Base):
-    """Which command a task id belongs to: bound by the first command handled under it (its
-    first write), so that no other command can act on the task, end it or take its lease over
-    (``shared.db.task_owners``)."""
+    """Which command a task id belongs to (bound by the first command handled under it, so that
+    no other command can act on the task, end it or take its lease over), and which delivery of
+    that command is handling it now (``shared.db.task_owners``)."""
 
     __tablename__ = "task_owners"
 
@@ -339,6 +339,12 @@ class TaskOwner(Base):
     actor: Mapped[str | None] = mapped_column(String(150), nullable=True)
     command: Mapped[str] = mapped_column(String(64))
     bound_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The delivery handling the command now (its random token), until ``claim_expires_at``
+    #: unless renewed; null once released.
+    claim: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Deliveries that claimed it so far (1: the first; more: redeliveries after a lapse).
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class SubmittedCommand(Base):

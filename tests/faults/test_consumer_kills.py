@@ -14,6 +14,7 @@ CI: 20 imports of 4 MiB at 2 MiB/s, 2 kills; nightly: the plan's 100 imports of 
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import hashlib
 import json
 import os
@@ -93,15 +94,22 @@ def test_c1_importers_killed_mid_download_lose_and_double_nothing(system, origin
     rng = random.Random(os.environ.get("IMAGESVC_TEST_SEED", "c1"))
     accepted: dict[str, str] = {}  # task id -> image name
     contents: dict[str, bytes] = {}  # image name -> its file
-    with system.client() as client:
-        for index in range(IMPORTS):
-            content = rng.randbytes(FILE_BYTES)
-            url, _ = origin.add_image(content, pace=PACE)
-            name = f"c1-{index:03d}"
-            answer = client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"})
-            assert answer.status_code == 201, answer.text
-            accepted[answer.json()["task_id"]] = name
-            contents[name] = content
+    urls = {}
+    for index in range(IMPORTS):
+        name = f"c1-{index:03d}"
+        contents[name] = rng.randbytes(FILE_BYTES)
+        urls[name], _ = origin.add_image(contents[name], pace=PACE)
+
+    def post(name: str) -> None:
+        with system.client() as client:
+            answer = client.post(f"/image/{name}/", json={"manifest_url": urls[name], "dc": "main"})
+        assert answer.status_code == 201, answer.text
+        accepted[answer.json()["task_id"]] = name
+
+    # All at once: each answer waits for its import to start (or the answer window), and the
+    # kills below must come while most imports are still queued.
+    with ThreadPoolExecutor(IMPORTS) as pool:
+        list(pool.map(post, sorted(urls)))
 
     kills: list[str] = []
     for _ in range(KILLS):

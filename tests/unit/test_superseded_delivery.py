@@ -1,8 +1,11 @@
 """A command delivered again while its first delivery still runs (reliability plan C5: the
 broker timed the delivery out, or the consumer's channel closed, and redelivered it while the
-handler went on). The redelivery takes the work over under a new lease token; the first delivery,
-whenever it next touches the lease (progress, completion, failure), stops without an outcome and
-without touching what the store holds for the image. One task, one outcome, one verified file.
+handler went on). While the first delivery's claim on the command lives, the redelivery waits
+(deferred; then a duplicate of the first's outcome). Once that claim has lapsed (the first stopped
+renewing it: its process stalled or lost the database), the redelivery takes the work over under a
+new lease token; the first delivery, whenever it next touches the lease (progress, completion,
+failure), stops without an outcome and without touching what the store holds for the image. One
+task, one outcome, one verified file.
 
 On SQLite, in process: the two deliveries run on two threads of one importer, each with its own
 fetcher whose download the test holds at a gate, so the interleaving is chosen, not hoped for.
@@ -18,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, update
 
 from domain import tasks
 from services.importer.handlers import import_image
@@ -29,7 +34,7 @@ from shared.contracts import Actor, ImportImage
 from shared.db import accounts, locks
 from shared.db.catalogue import image_lock_name
 from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import Image, Lock, StoredEvent
+from shared.db.models import Image, Lock, StoredEvent, TaskOwner
 from shared.handling import CommandConsumer
 from shared.store import LocalStore
 from shared.store.server import ImageServer
@@ -78,9 +83,18 @@ def world(engine, tmp_path):
 
 
 def consumer(engine, store, fetcher) -> CommandConsumer:
+    # Claims renewed every 100 s: within a test, a claim lapses only when the test expires it.
     return CommandConsumer(name="importer", engine=engine, relay=RecordingRelay(), check_first=True,
                            routes={"image.import": functools.partial(import_image, fetcher=fetcher,
-                                                                     server=ImageServer(store), limits=LIMITS)})
+                                                                     server=ImageServer(store), limits=LIMITS)},
+                           claim_seconds=300)
+
+
+def lapse_claim(engine, task_id: str) -> None:
+    """The first delivery stopped renewing its claim (a stalled process, the database away)."""
+    with write_transaction(engine) as conn:
+        conn.execute(update(TaskOwner.__table__).where(TaskOwner.__table__.c.task_id == task_id)
+                     .values(claim_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
 
 
 def delivery(envelope, attempt: int) -> Delivery:
@@ -114,7 +128,8 @@ def test_a_redelivery_takes_over_and_the_first_delivery_ends_without_an_outcome(
     with ThreadPoolExecutor(2) as pool:
         first_done = pool.submit(consumer(engine, store, first), delivery(envelope, 1))
         assert first.started.wait(timeout=30)  # the first delivery is mid-download...
-        second_done = pool.submit(consumer(engine, store, second), delivery(envelope, 2))  # ...when it comes again
+        lapse_claim(engine, envelope.correlation_id)  # ...its claim lapses...
+        second_done = pool.submit(consumer(engine, store, second), delivery(envelope, 2))  # ...and it comes again
         if first_resumes == "after the second finished":
             assert second_done.result(timeout=60).outcome is Outcome.ACK
             first.go.set()
@@ -147,3 +162,24 @@ def test_the_lease_token_changes_when_the_same_owner_takes_the_lock_again(engine
         assert locks.renew(conn, name, "task", 60, since=second)
         assert locks.renew(conn, name, "task", 60)  # without a token: any delivery of the task
         assert not locks.renew(conn, name, "another task", 60)
+
+
+def test_a_copy_delivered_while_the_first_delivery_runs_waits_for_it_and_is_then_a_duplicate(world):
+    """Issue 12's lost import: a second copy that ran its checks then saw the first copy's work and
+    recorded a refusal (406) as the task's outcome. Now it does not run: deferred while the first
+    holds its claim, a duplicate once the first has its outcome."""
+    engine, store, manifest, envelope = world
+    first = GatedFetcher(manifest, pause_after=2)
+    copy = GatedFetcher(manifest, pause_after=None)
+    with ThreadPoolExecutor(1) as pool:
+        first_done = pool.submit(consumer(engine, store, first), delivery(envelope, 1))
+        assert first.started.wait(timeout=30)
+        held = consumer(engine, store, copy)(delivery(envelope, 1))
+        assert (held.outcome, held.reason) == (Outcome.DEFER, "another delivery of this command is handling it")
+        assert outcome_of(engine, envelope.correlation_id) == []  # it decided nothing
+        first.go.set()
+        assert first_done.result(timeout=60).outcome is Outcome.ACK
+    again = consumer(engine, store, copy)(delivery(envelope, 1))
+    assert (again.outcome, again.reason) == (Outcome.ACK, "duplicate")
+    assert outcome_of(engine, envelope.correlation_id) == ["task.succeeded"]
+    assert final_state(engine, store, manifest["uuid"]) == (1, 0, True, [])

@@ -1,14 +1,17 @@
 """A task id belongs to the command that first used it (reliability row T2 at unit level): another
 command claiming it, on any path (handled, refused, poison, untrusted), changes nothing under it
-and gets no outcome there; the owner's own redeliveries still work."""
+and gets no outcome there; the owner's own redeliveries still work. And one delivery of a command
+handles it at a time (issue 12: the inbox for concurrent copies)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import uuid
 
 import orjson
 import pytest
+from sqlalchemy import select
 
 from services.updater.handlers import update_image
 from shared import contracts
@@ -17,6 +20,7 @@ from shared.contracts import DeleteImage, UpdateImage
 from shared.db import task_owners
 from shared.db.engine import write_transaction
 from shared.handling import CommandConsumer
+from tests.support.polling import eventually
 from tests.unit.test_command_handling import world  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.usefixtures("world")
@@ -99,3 +103,115 @@ def test_binding_the_same_message_twice_is_harmless(engine):
     for _ in range(2):
         with write_transaction(engine) as conn:
             bind(conn)
+
+
+# --- claims: one delivery of a command handles it at a time ---------------------------------------
+
+
+def claimed(engine, *, token: str, message_id: str = "m-1", seconds: float = 30.0) -> task_owners.Claimed:
+    with write_transaction(engine) as conn:
+        return task_owners.claim(conn, task_id="t-1", message_id=message_id, actor="root", command="image.update",
+                                 token=token, seconds=seconds)
+
+
+def claim(engine, **kwargs) -> task_owners.Claim:
+    return claimed(engine, **kwargs).state
+
+
+def test_a_live_claim_holds_other_deliveries_of_the_command_off(engine):
+    assert claim(engine, token="a") is task_owners.Claim.FIRST
+    assert claim(engine, token="b") is task_owners.Claim.HELD
+    with pytest.raises(task_owners.TaskTaken):
+        claim(engine, token="c", message_id="another command")
+
+
+def test_a_released_or_lapsed_claim_is_taken_by_the_next_delivery(engine):
+    assert claim(engine, token="a") is task_owners.Claim.FIRST
+    with write_transaction(engine) as conn:
+        task_owners.release(conn, "t-1", "not the holder")  # only the holder's token releases it
+    assert claim(engine, token="b") is task_owners.Claim.HELD
+    with write_transaction(engine) as conn:
+        task_owners.release(conn, "t-1", "a")
+    assert claim(engine, token="b", seconds=-1) is task_owners.Claim.AGAIN  # taken, already lapsed
+    assert claimed(engine, token="c") == task_owners.Claimed(task_owners.Claim.AGAIN, runs=3)
+    assert claimed(engine, token="d") == task_owners.Claimed(task_owners.Claim.HELD, runs=3)
+
+
+def test_the_keeper_renews_what_it_holds_until_dropped(engine):
+    from shared.db.models import TaskOwner
+
+    assert claim(engine, token="a", seconds=0.6) is task_owners.Claim.FIRST
+    keeper = task_owners.ClaimKeeper(engine, 0.6)
+    keeper.hold("a")
+
+    def expiry():
+        with write_transaction(engine) as conn:
+            return conn.execute(select(TaskOwner.__table__.c.claim_expires_at)).scalar_one()
+
+    first = expiry()
+    eventually(lambda: _later(expiry(), first), timeout=5)
+    # Renewed, it outlives its first term: another delivery is still held off.
+    assert claim(engine, token="b") is task_owners.Claim.HELD
+    keeper.drop("a")
+    eventually(lambda: _is(claim(engine, token="b"), task_owners.Claim.AGAIN), timeout=5)
+
+
+def _later(value, than):
+    assert value > than, (value, than)
+
+
+def _is(value, expected):
+    assert value is expected, value
+
+
+def test_a_delivery_that_ends_without_an_outcome_releases_its_claim_for_the_next(world, engine):
+    """A handler that raised (the runner retries it) must not hold the command off for a claim's
+    life: the retry claims it at once."""
+    from shared.handling import CommandConsumer
+
+    calls = []
+
+    def failing(command, ctx):
+        calls.append(ctx.delivery.attempt)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        update_image(command, ctx)
+
+    world.imported("centos")
+    consumer = CommandConsumer(name="updater", engine=engine, relay=world.relay, routes={"image.update": failing})
+    envelope = world.envelope(UpdateImage(name="centos", desc="second try"))
+    delivery = Delivery(body=contracts.encode(envelope), queue="updater.commands", headers={}, message_id=envelope.id,
+                        correlation_id=envelope.correlation_id, message_type=envelope.type, user_id=None,
+                        redelivered=False, attempt=1)
+    with pytest.raises(RuntimeError):
+        consumer(delivery)
+    assert consumer(dataclasses.replace(delivery, attempt=2)).outcome is Outcome.ACK
+    assert calls == [1, 2] and world.outcome(envelope)["type"] == "task.succeeded"
+
+
+def test_a_command_whose_handler_keeps_dying_is_given_up_after_max_runs(world, engine):
+    """A crash loop counted by the claims (each run's process died holding one, so each next
+    delivery found it lapsed), not by the broker's redeliveries: a copy that sat unseen in a dying
+    process, or was deferred, never ran."""
+    from shared.handling import CommandConsumer
+
+    world.imported("centos")
+    envelope = world.envelope(UpdateImage(name="centos", desc="never"))
+    for _ in range(3):  # three runs that died with their process: their claims lapsed
+        with write_transaction(engine) as conn:
+            state = task_owners.claim(conn, task_id=envelope.correlation_id, message_id=envelope.id,
+                                      actor="root", command=envelope.type, token=uuid.uuid4().hex, seconds=-1).state
+        assert state in (task_owners.Claim.FIRST, task_owners.Claim.AGAIN)
+    consumer = CommandConsumer(name="updater", engine=engine, relay=world.relay, routes={"image.update": update_image},
+                               max_runs=3)
+    disposition = consumer(_delivery(envelope))
+    assert disposition.outcome is Outcome.DEAD_LETTER and "3 runs" in disposition.reason
+    outcome = world.outcome(envelope)["payload"]
+    assert (outcome["http_code"], outcome["code"]) == (500, "retries_exhausted")
+    assert world.events(type="image.updated") == []
+
+
+def _delivery(envelope) -> Delivery:
+    return Delivery(body=contracts.encode(envelope), queue="updater.commands", headers={}, message_id=envelope.id,
+                    correlation_id=envelope.correlation_id, message_type=envelope.type, user_id=None,
+                    redelivered=True, attempt=2)
