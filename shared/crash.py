@@ -31,6 +31,9 @@ POINTS = frozenset({
     "after_store",  # importer: the final manifest is written to the store, not yet committed
     "after_commit_before_ack",  # CommandConsumer: committed and published, ack not handed over
     "relay_after_confirm_before_mark",  # OutboxRelay: broker confirmed, rows not marked published
+    "gateway_before_publish",  # Dispatcher: checks passed, the command not yet published
+    "gateway_after_publish_before_journal",  # Dispatcher: the broker confirmed, nothing journaled
+    "gateway_after_journal",  # Dispatcher: the command journaled, the client not yet answered
 })
 
 

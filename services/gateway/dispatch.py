@@ -29,6 +29,7 @@ from services.gateway.queries import Queries, TaskView
 from shared import contracts
 from shared.contracts import Actor, Command
 from shared.broker.topology import node_routing_key
+from shared.crash import crash_point
 from shared.errors import PublishFailed, Transient, Unroutable
 from shared.logging import get_logger
 
@@ -163,19 +164,25 @@ class Dispatcher:
         key = keyed.task_key if keyed else tasks.new_task_key()
         return Ticket(key, self._waiter.register(key), keyed.message_id if keyed else None)
 
-    def replay(self, request: Request, message_id: str) -> Response | None:
-        """(Thread pool.) The answer for a keyed command already journaled under ``message_id``:
-        its task's outcome, or 201 PENDING with its task id; None if there is none."""
-        task_id = self._queries.submitted_task(message_id)
-        if task_id is None:
+    async def replay(self, request: Request, keyed: Identity) -> Response | None:
+        """(Event loop.) The answer for a keyed command published before, found by its message id
+        where it is already known (``Queries.command_task``): its task's outcome, else the answer
+        rule's wait for it; None if nothing knows it yet (then the request runs as a first one)."""
+        view = await in_thread(self._queries.command_task, keyed.message_id)
+        # The key part of the task id is derived with the message id: a task without it is not
+        # this request's (a command published by hand under a message id copied from us).
+        if view is None or tasks.task_key(view.task_id) != keyed.task_key:
             return None
-        request.state.task_id = task_id
-        view = self._queries.task(task_id)
-        if view is not None and view.status in tasks.TERMINAL:
+        request.state.task_id = view.task_id
+        if view.status not in DECISIVE:
+            wake = self._waiter.register(keyed.task_key)
+            try:
+                view = await self._waiter.wait(view.task_id, wake, self._window) or view
+            finally:
+                self._waiter.unregister(keyed.task_key, wake)
+        if view.status in tasks.TERMINAL:
             return answer(request, view)
-        if request.headers.get("es-stream"):
-            return self._stream(request, task_id)
-        return pending(request, task_id)
+        return self._accepted(request, view.task_id)
 
     def release(self, ticket: Ticket) -> None:
         self._waiter.unregister(ticket.key, ticket.event)
@@ -198,6 +205,7 @@ class Dispatcher:
                 message_id=envelope_.id, message_type=envelope_.type, correlation_id=task_id,
                 user_id=self._broker_user)  # RabbitMQ vouches for it: the consumers trust the actor
 
+        crash_point("gateway_before_publish")
         try:
             try:
                 publish()
@@ -217,6 +225,7 @@ class Dispatcher:
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
+        crash_point("gateway_after_publish_before_journal")
         # ``or ""``: a command whose name is optional and left out (UNSET) names no object.
         return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "") or ""), actor.user,
                           owner, actor.dc, routing_key, body)
@@ -234,6 +243,10 @@ class Dispatcher:
             return answer(request, view)
         # The client will poll: make the task readable before the consumer has reported on it.
         await in_thread(self._journal, submission)
+        return self._accepted(request, task_id)
+
+    def _accepted(self, request: Request, task_id: str) -> Response:
+        """201 PENDING, or with ``ES-STREAM`` the stream that ends with the task's outcome."""
         if request.headers.get("es-stream"):
             return self._stream(request, task_id)
         return pending(request, task_id)
@@ -244,6 +257,7 @@ class Dispatcher:
                 message_id=submission.message_id, task_id=submission.task_id, command_type=submission.command_type,
                 object_name=submission.object_name, user=submission.user, owner=submission.owner, dc=submission.dc,
                 routing_key=submission.routing_key, body=submission.body)
+            crash_point("gateway_after_journal")
         except Transient as exc:
             # The command is accepted and durable at the broker; only the status read of a task
             # nobody has reported on yet is affected (404 until a consumer reports).

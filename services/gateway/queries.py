@@ -21,7 +21,7 @@ from shared.db import vms as inventory
 from shared.db.catalogue import datacenter_record, storable, user_record
 from shared.db.dialect import insert_ignore
 from shared.db.engine import read_transaction, single_statement, write_transaction
-from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, SubmittedCommand, User, utcnow
+from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, StoredEvent, SubmittedCommand, User, utcnow
 from shared.db.records import DatacenterRecord, Grants, RepositoryRecord, UserRecord
 
 _users = User.__table__
@@ -29,6 +29,7 @@ _dcs = Datacenter.__table__
 _images = ReadImage.__table__
 _tasks = ReadTask.__table__
 _journal = SubmittedCommand.__table__
+_events = StoredEvent.__table__
 
 # Statements built once (building them per request is a measurable share of the gateway's CPU).
 _USER_BY_DIGEST = select(_users).where(_users.c.api_key_digest == bindparam("digest"))
@@ -48,6 +49,8 @@ _IMAGE_UUID_TAKEN = select(_images.c.uuid).where(_images.c.uuid == bindparam("uu
 _TASK = select(_tasks).where(_tasks.c.task_id == bindparam("task_id"))
 _JOURNALED = select(_journal).where(_journal.c.task_id == bindparam("task_id"))
 _SUBMITTED = select(_journal.c.task_id).where(_journal.c.message_id == bindparam("message_id"))
+# Every event a command's handling stores names the command as its cause (ix_events_causation_id).
+_CAUSED_BY = select(_events.c.correlation_id).where(_events.c.causation_id == bindparam("message_id")).limit(1)
 
 #: Sortable fields of ``GET /image/`` and their columns.
 ORDER_FIELDS = {"name": _images.c.name, "created": _images.c.created}
@@ -310,12 +313,25 @@ class Queries:
         with read_transaction(self.engine) as conn:
             row = conn.execute(_TASK, {"task_id": task_id}).first()
             if row is not None:
-                return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner, row.progress,
-                                row.dc)
+                return _task_view(row)
             journal = conn.execute(_JOURNALED, {"task_id": task_id}).first()
         if journal is not None:
             return TaskView(task_id, "PENDING", 201, None, journal.user, journal.owner, dc=journal.dc)
         return None
+
+    def command_task(self, message_id: str) -> TaskView | None:
+        """The task of the command published as ``message_id``, wherever it is already known:
+        the event store (its handling stored anything: a consumer records nothing without an
+        event caused by the command, except an image-store refresh's lock), else the journal.
+        Its state as the read model has it, PENDING until the projector has it. None: nothing
+        knows it (never published, or published and neither handled nor journaled yet)."""
+        with read_transaction(self.engine) as conn:
+            params = {"message_id": message_id}
+            task_id = conn.execute(_CAUSED_BY, params).scalar() or conn.execute(_SUBMITTED, params).scalar()
+            if task_id is None:
+                return None
+            row = conn.execute(_TASK, {"task_id": task_id}).first()
+        return _task_view(row) if row is not None else TaskView(task_id, "PENDING", 201, None, None, None)
 
     def record_submission(self, *, message_id: str, task_id: str, command_type: str, object_name: str, user: str,
                           owner: str | None, dc: str | None, routing_key: str, body: bytes) -> None:
@@ -332,11 +348,9 @@ class Queries:
                 "body": body.decode(),
             })
 
-    def submitted_task(self, message_id: str) -> str | None:
-        """The task of the journaled command ``message_id``, or None."""
-        with read_transaction(self.engine) as conn:
-            return conn.execute(_SUBMITTED, {"message_id": message_id}).scalar()
 
+def _task_view(row) -> TaskView:
+    return TaskView(row.task_id, row.status, row.http_code, row.result, row.user, row.owner, row.progress, row.dc)
 
 
 def _scoped(query, exclude_access: Sequence[int], bound_to: Collection[str] | None, attached_to: str | None = None):

@@ -210,9 +210,10 @@ class ImageRoutes:
         data = await self._body(request)
         keyed = self._keyed(request, access)
         if keyed is not None:
-            # A repeat of a journaled command is answered by its task, before any check (the
-            # first request's answer, not a refusal of what the first one did).
-            replayed = await in_thread(self.dispatcher.replay, request, keyed.message_id)
+            # A repeat of a command published before is answered by its task, before any check
+            # (the first request's answer, not a refusal of what the first one did), also when
+            # the gateway that published it died before it journaled it.
+            replayed = await self.dispatcher.replay(request, keyed)
             if replayed is not None:
                 return replayed
         ticket = self.dispatcher.ticket(keyed)
@@ -222,7 +223,7 @@ class ImageRoutes:
             self.dispatcher.release(ticket)
             # A repeat that raced its first request past the look-up above is refused by what
             # the first one did (an import's 406): answer with the first one's task instead.
-            replayed = keyed and await in_thread(self.dispatcher.replay, request, keyed.message_id)
+            replayed = keyed and await self.dispatcher.replay(request, keyed)
             if replayed:
                 return replayed
             raise

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection
@@ -27,7 +26,7 @@ from tests.support.ledger import assert_clean, read_ledger
 from tests.support.polling import eventually
 from tests.support.private_broker import PrivateBroker, available
 from tests.support.services import unavailable
-from tests.support.systems import System, _wait_http, start_distributed
+from tests.support.systems import System, start_distributed
 from tests.support.tier import scaled
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.rabbitmq, pytest.mark.postgres]
@@ -146,10 +145,6 @@ def ledger_clean(system: System, accepted: set[str], *, before: set[str] | None 
     return check
 
 
-def gateway_port(system: System) -> int:
-    return urlsplit(system.url).port
-
-
 def respawn(system: System, names: list[str], broker_url: str) -> None:
     """Restart processes of ``system`` with their broker connections going to ``broker_url``
     (a fault proxy, or the node again): ``gateway0`` and consumer services."""
@@ -159,8 +154,7 @@ def respawn(system: System, names: list[str], broker_url: str) -> None:
         for name in names:
             system.kill(name, 15)
             if name.startswith("gateway"):
-                process = system.spawn(name, "gateway", "--port", str(gateway_port(system)))
-                _wait_http(system.url + "/openapi.json", process, lambda: system.log(name))
+                system.start_gateway(int(name.removeprefix("gateway")))
             else:
                 system.start_worker(name)
     finally:

@@ -59,9 +59,11 @@ class System:
         headers = {"ES-API-KEY": self.api_key, **kwargs.pop("headers", {})}
         return httpx.Client(base_url=self.gateway_urls[gateway], headers=headers, timeout=30, **kwargs)
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def spawn(self, name: str, *args: str, crash_at: str | None = None) -> subprocess.Popen:
+        """Start ``imagesvc ARGS`` as ``name``; ``crash_at``: its ``IMAGESVC_CRASH_AT`` (this process only)."""
         log = open(self.workdir / f"{name}.log", "ab")
-        process = subprocess.Popen(_command(*args), cwd=self.workdir, env=self.env, stdout=log, stderr=log,
+        env = self.env if crash_at is None else {**self.env, "IMAGESVC_CRASH_AT": crash_at}
+        process = subprocess.Popen(_command(*args), cwd=self.workdir, env=env, stdout=log, stderr=log,
                                    start_new_session=True)
         self.processes[name] = process
         return process
@@ -94,6 +96,16 @@ class System:
             assert self.log(name).count('"consumer.ready"') > marker
 
         eventually(ready, timeout=30)
+
+    def start_gateway(self, index: int = 0, *, crash_at: str | None = None) -> None:
+        """(Re)start ``gateway<index>`` on its port (stopping it first if it runs), armed with
+        ``crash_at`` if given, and wait until it answers."""
+        name = f"gateway{index}"
+        if name in self.processes and self.processes[name].poll() is None:
+            self.kill(name, signal.SIGTERM)
+        process = self.spawn(name, "gateway", "--port", str(httpx.URL(self.gateway_urls[index]).port),
+                             crash_at=crash_at)
+        _wait_http(self.gateway_urls[index] + "/openapi.json", process, lambda: self.log(name))
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes[name]
@@ -146,12 +158,13 @@ def start_embedded(workdir: Path, extra_env: dict[str, str] | None = None) -> Sy
     return system
 
 
-def restart_embedded(system: System, extra_env: dict[str, str] | None = None) -> None:
+def restart_embedded(system: System, extra_env: dict[str, str] | None = None, *, crash_at: str | None = None) -> None:
     """(Re)start the system's ``imagesvc serve`` on its data directory and port, with ``extra_env``
-    added to its environment from now on; returns once it answers."""
+    added to its environment from now on (and ``crash_at`` armed for this process only); returns
+    once it answers."""
     system.env.update(extra_env or {})
     port = httpx.URL(system.url).port
-    process = system.spawn("serve", "serve", "--port", str(port))
+    process = system.spawn("serve", "serve", "--port", str(port), crash_at=crash_at)
     _wait_http(system.url + "/openapi.json", process, lambda: system.log("serve"))
 
 
@@ -208,10 +221,8 @@ def start_distributed(workdir: Path, *, broker_url: str, postgres_admin_url: str
         created = subprocess.run(_command("admin", "create-superadmin", "root"), cwd=workdir, env=env, check=True,
                                  capture_output=True, text=True, timeout=60)
         system.api_key = created.stdout.strip().splitlines()[-1]
-        for index, port in enumerate(ports):
-            process = system.spawn(f"gateway{index}", "gateway", "--port", str(port))
-            _wait_http(system.gateway_urls[index] + "/openapi.json", process,
-                       lambda i=index: system.log(f"gateway{i}"))
+        for index in range(gateways):
+            system.start_gateway(index)
         for service in CONSUMERS:
             system.start_worker(service)
     except BaseException:
