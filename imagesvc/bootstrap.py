@@ -118,7 +118,9 @@ def lease_sweeper(infra: Infrastructure, outbox: OutboxRelay) -> LeaseSweeper:
     """The lease sweeper every command-consumer process runs beside its consumer (see
     docs/architecture.md: any surviving consumer process ends the tasks of a dead one)."""
     settings = infra.settings
-    return LeaseSweeper(infra.engine, outbox, open_store(settings.image_store), period=settings.sweep_seconds)
+    server = configured_image_server(settings)
+    return LeaseSweeper(infra.engine, outbox, server.store if server else None, period=settings.sweep_seconds,
+                        serves=server.serves if server else None)
 
 
 def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
