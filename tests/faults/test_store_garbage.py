@@ -36,7 +36,7 @@ from services.sweeper import garbage
 from shared.db.engine import make_engine
 from shared.db.models import Image, Lock
 from shared.store import LocalStore
-from tests.e2e.test_snapshot_images import NODE, new_vm, start_agent
+from tests.e2e.test_snapshot_images import NODE, new_vm
 from tests.support.ledger import assert_clean, read_ledger
 from tests.support.origin import Origin
 from tests.support.polling import eventually
@@ -92,7 +92,7 @@ def run(rabbitmq_url, postgres_admin_url, tmp_path_factory):
     with contextlib.closing(Origin()) as origin:
         try:
             system.admin("node", "set", NODE, "--status", "online")
-            start_agent(system)
+            start(system, "node-agent")
             yield Run(system, origin, workdir / "vms")
         finally:
             system.stop()
@@ -103,16 +103,20 @@ def run(rabbitmq_url, postgres_admin_url, tmp_path_factory):
 
 
 def start(system: System, service: str, **env: str) -> None:
-    """(Re)start ``service`` with ``env`` added for this life alone; returns once it consumes."""
+    """(Re)start ``service`` with ``env`` added for this life alone; returns once it consumes (an
+    armed life may die at once, on the command delivered to it again: it did consume)."""
+    marker = system.log(service).count('"consumer.ready"')
     shared = system.env
     system.env = {**shared, **env}
     try:
-        if service == "node-agent":
-            start_agent(system)
-        else:
-            system.start_worker(service)
+        system.spawn(service, *(("node-agent", "--node", NODE) if service == "node-agent" else ("worker", service)))
     finally:
         system.env = shared
+
+    def ready() -> None:
+        assert system.log(service).count('"consumer.ready"') > marker, system.log(service)[-2000:]
+
+    eventually(ready, timeout=30)
 
 
 def crashes(system: System, service: str, point: str) -> int:
