@@ -154,6 +154,11 @@ def store_failure(returncode: int, exc: StoreError) -> CommandFailed:
 # --- a long-running change of an existing image (a manifest rewrite, a delete with a store) -----
 
 
+def removal_result(name: str) -> dict[str, Any]:
+    """The result of a removal from the store that went through (esimg's, as the original's)."""
+    return {"returncode": 0, "message": f"Successfully deleted image {name}"}
+
+
 def mark_pending(tx, ctx, image: ImageRecord, *, task_dc: str, lease_seconds: float) -> None:
     """Take the image's lease and record it PENDING (its next stream version), with
     ``task.started``: the client gets 201 and other commands 417 until the work ends."""

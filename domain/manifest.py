@@ -54,6 +54,11 @@ def default_file_url(manifest_url: str) -> str:
     return manifest_url.strip("/") + "/file"
 
 
+def file_url_of(values: Mapping[str, Any]) -> str:
+    """The URL an import's file comes from: its ``file_url``, else the one beside its manifest."""
+    return values.get("file_url") or default_file_url(values["manifest_url"])
+
+
 def parse(raw: bytes) -> dict[str, Any]:
     """Parse and check a fetched manifest. Raises ManifestError with the original's message."""
     try:

@@ -118,7 +118,9 @@ def lease_sweeper(infra: Infrastructure, outbox: OutboxRelay) -> LeaseSweeper:
     """The lease sweeper every command-consumer process runs beside its consumer (see
     docs/architecture.md: any surviving consumer process ends the tasks of a dead one)."""
     settings = infra.settings
-    return LeaseSweeper(infra.engine, outbox, open_store(settings.image_store), period=settings.sweep_seconds)
+    server = configured_image_server(settings)
+    return LeaseSweeper(infra.engine, outbox, server.store if server else None, period=settings.sweep_seconds,
+                        serves=server.serves if server else None)
 
 
 def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = None) -> ConsumerRunner:
@@ -154,8 +156,10 @@ def consumer(infra: Infrastructure, service: str, outbox: OutboxRelay | None = N
                         "image.detach": detach_image},
             "deleter": {"image.delete": functools.partial(delete_image, server=server, lease_seconds=lease)},
         }[service]
+        # With an image store the updater and the deleter commit the image PENDING before their
+        # final transaction: a command handled already must not get that far again.
         handler = CommandConsumer(name=service, engine=infra.engine, relay=outbox or relay(infra), routes=routes,
-                                  check_first=service == "importer",
+                                  check_first=service == "importer" or server is not None,
                                   trusted_publishers=identity.services if identity else None,
                                   compensations={"image.import": functools.partial(abandon_import, server=server)}
                                   if service == "importer" else None, max_message_bytes=settings.max_message_bytes,

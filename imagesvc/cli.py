@@ -9,6 +9,7 @@
     imagesvc admin create-superadmin USERNAME [--new-key]
     imagesvc admin user|dc|role|node|vm ...     accounts, datacenters, roles, compute nodes, VMs (see imagesvc.admin)
     imagesvc dlq list [QUEUE] | replay QUEUE --id ID|--all | purge QUEUE --yes   dead letters (see imagesvc.dlq)
+    imagesvc store check [--repair]             the image store against the catalogue (see imagesvc.store_check)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import IO, Sequence
 
 from imagesvc import admin as admin_module
 from imagesvc import dlq as dlq_module
+from imagesvc import store_check
 from shared.config import ConfigError, Settings
 from shared.logging import configure_logging, get_logger
 from shared.store import open_store
@@ -97,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     superadmin.set_defaults(func=_create_superadmin)
     admin_module.register(admin_commands)
     dlq_module.register(commands)
+    store_check.register(commands)
     return parser
 
 

@@ -27,8 +27,15 @@ VARIABLE = "IMAGESVC_CRASH_AT"
 EXIT_STATUS = 137  # 128 + SIGKILL, what a supervisor sees for a process killed with -9
 
 POINTS = frozenset({
+    "mid_download",  # importer: the partial file holds the download's first chunk
     "after_download",  # importer: the file is in the store, the final transaction not begun
-    "after_store",  # importer: the final manifest is written to the store, not yet committed
+    "mid_export",  # node agent: the partial file holds the snapshot's first compressed chunk
+    "after_export",  # node agent: the file is in the store, its manifest not written
+    "after_store",  # importer, node agent: the final manifest is written to the store, not yet committed
+    "after_manifest_temp",  # store: a manifest's temporary written, not yet renamed over the manifest
+    "after_manifest_rewrite",  # updater: the rewritten manifest is in the store, the catalogue unchanged
+    "after_trash_move",  # store: an image's directory moved into .trash, not yet emptied
+    "after_data_removed",  # deleter: the image's data removed from the store, its record not yet
     "after_commit_before_ack",  # CommandConsumer: committed and published, ack not handed over
     "relay_after_confirm_before_mark",  # OutboxRelay: broker confirmed, rows not marked published
     "gateway_before_publish",  # Dispatcher: checks passed, the command not yet published

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from domain import creation, images, policy
 from shared.contracts import DeleteImage, ImageDeleted
+from shared.crash import crash_point
 from shared.db import vms
 from shared.errors import CommandFailed, Refused
 from shared.handling import CommandContext
@@ -64,7 +65,8 @@ def delete_image(command: DeleteImage, ctx: CommandContext, *, server: ImageServ
 def _remove(ctx: CommandContext, uuid: str, server: ImageServer, task_dc: str) -> None:
     failure: CommandFailed | None = None
     try:
-        server.store.delete(uuid)
+        server.store.delete(uuid)  # also what an interrupted earlier attempt left in .trash
+        crash_point("after_data_removed")
     except StoreError as exc:
         failure = creation.store_failure(1, exc)
     with ctx.writing() as tx:
@@ -76,5 +78,5 @@ def _remove(ctx: CommandContext, uuid: str, server: ImageServer, task_dc: str) -
         tx.catalogue.delete_image(uuid)
         tx.finish([ImageDeleted(uuid=uuid, name=current.name, version=current.stream_version + 1,
                                 dc_bound=current.dc_bound)],
-                  result={"returncode": 0, "message": f"Successfully deleted image {current.name}"},
+                  result=creation.removal_result(current.name),
                   owner=current.owner, dc=task_dc)

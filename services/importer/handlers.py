@@ -21,7 +21,7 @@ from shared.contracts import ImageImported, ImportImage, TaskStarted, image_stre
 from shared.crash import crash_point
 from shared.db.models import utcnow
 from shared.db.records import ImageRecord
-from shared.errors import CommandFailed, Invalid, Refused
+from shared.errors import CommandFailed, Invalid, Refused, Transient
 from shared.handling import CommandContext
 from shared.logging import get_logger
 from shared.net.fetch import FetchError, Fetcher
@@ -45,7 +45,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
             # it may even still be running): this one takes the work over under a new token. Never
             # deferred for the user's cap: its image's lease would run out while it waited.
             token = creation.take_over(ctx, mine.uuid, lease_seconds)
-            _transfer(ctx, mine, _file_url(payload), fetcher, server, limits, lease_seconds, since=token)
+            _transfer(ctx, mine, manifest.file_url_of(payload), fetcher, server, limits, lease_seconds, since=token)
             return
     with ctx.reading() as catalogue:
         actor = _check_refusals(catalogue, command.name, payload, ctx)
@@ -62,7 +62,7 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
     source = _fetch_manifest(fetcher, values["manifest_url"], fetch_timeout)
     with ctx.reading() as catalogue:
         _check_uuid_free(catalogue, source["uuid"])
-    file_url = _file_url(values)
+    file_url = manifest.file_url_of(values)
     if server is not None and server.serves(file_url):
         _check_local_file(server, source["uuid"], file_url)
     else:
@@ -119,14 +119,14 @@ def import_image(command: ImportImage, ctx: CommandContext, *, fetcher: Fetcher,
             return
         token = tx.catalogue.hold(tx.catalogue.image_lock(image.uuid), ctx.task_id,
                                   lease_seconds or creation.CREATION_LEASE_SECONDS)
+        if token is None:
+            # A store sweep holds the uuid while it removes an earlier image's leftovers
+            # (services.sweeper.garbage): for a moment only, so the retry finds it free.
+            raise Transient(f"the lease of image {image.uuid} is held by another owner")
         tx.emit([imported, TaskStarted(**ctx.task_fields(owner=image.owner, dc=task_dc))])
     ctx.publish_pending()  # the client's 201 comes now, not after the download
     _transfer(ctx, replace(image, lock_owner=ctx.task_id), file_url, fetcher, server, limits, lease_seconds,
               since=token)
-
-
-def _file_url(values: dict) -> str:
-    return values.get("file_url") or manifest.default_file_url(values["manifest_url"])
 
 
 def _check_local_file(server: ImageServer, uuid: str, file_url: str) -> None:
@@ -238,6 +238,6 @@ def abandon_import(command: ImportImage, ctx: CommandContext, failure: CommandFa
         with ctx.writing() as tx:
             tx.fail([], failure, owner=None, dc=task_dc)
         return
-    if server is not None and not server.serves(_file_url(command.to_payload())):
+    if server is not None and not server.serves(manifest.file_url_of(command.to_payload())):
         _discard_data(server, mine.uuid)
     creation.undo(ctx, mine, failure, task_dc=task_dc)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from domain import formats
+from shared.crash import crash_point
 from shared.net.fetch import FetchError, Fetcher
 from shared.store import ImageStore, StoreError
 from shared.store.transfer import (RC_FILE, RC_MANIFEST, RC_MANIFEST_WRITE, RC_SPACE, RC_STORE, SPACE_MARGIN,
@@ -121,7 +122,7 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
     free = store.free_bytes()
     if free is not None and free < expected.size + SPACE_MARGIN:
         raise TransferFailed(RC_SPACE, "Not enough free space in the image store", "no_space")
-    store.discard_partials(uuid)  # what an interrupted earlier attempt left
+    store.discard_temporaries(uuid)  # what an interrupted earlier attempt left
     started = time.monotonic()
     try:
         upload = store.upload(uuid, attempt)
@@ -137,6 +138,7 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
             format_check.feed(chunk)
             digest.feed(chunk)
             meter.add(len(chunk))
+            crash_point("mid_download")
 
         try:
             # More bytes than the manifest promised can only end in a mismatch: stop there.

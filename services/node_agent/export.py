@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain import formats
+from shared.crash import crash_point
 from shared.logging import get_logger
 from shared.snapshots import SnapshotDriver, SnapshotError, SnapshotMissing
 from shared.store import ImageStore, StoreError
@@ -92,9 +93,9 @@ def export_snapshot(driver: SnapshotDriver, snapshot: SnapshotRef, store: ImageS
                     progress: Progress, *, level: int = DEFAULT_GZIP_LEVEL) -> Exported:
     """Write ``snapshot``, gzip-compressed at ``level``, into the store as the file of ``uuid``.
 
-    ``attempt`` tells concurrent partial files apart (as for ``ImageStore.upload``); partial files
-    an interrupted earlier attempt left for ``uuid`` are removed first. ``progress(read, total)``
-    is called at most once a second with the snapshot bytes read so far and the driver's size
+    ``attempt`` tells concurrent partial files apart (as for ``ImageStore.upload``); what an
+    interrupted earlier attempt left for ``uuid`` is removed first (``discard_temporaries``).
+    ``progress(read, total)`` is called at most once a second with the snapshot bytes read so far and the driver's size
     (None if unknown; an estimate may be passed). The file replaces any file ``uuid`` has; the
     caller writes the manifest (``Exported.file_description()`` is its ``files[0]``).
 
@@ -121,7 +122,7 @@ def export_snapshot(driver: SnapshotDriver, snapshot: SnapshotRef, store: ImageS
     except (SnapshotError, OSError) as exc:
         raise _unreadable(exc) from None
     try:
-        store.discard_partials(uuid)
+        store.discard_temporaries(uuid)
         upload = store.upload(uuid, attempt)
     except StoreError as exc:
         stream.close()
@@ -157,6 +158,7 @@ def export_snapshot(driver: SnapshotDriver, snapshot: SnapshotRef, store: ImageS
                 if compressed:
                     writer.feed(compressed)
                 meter.add(len(chunk))
+                crash_point("mid_export")
             writer.feed(compressor.flush())
         except BaseException:
             writer.close(raise_error=False)  # the first failure is the one to report

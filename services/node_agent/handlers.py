@@ -17,6 +17,7 @@ from datetime import datetime
 from domain import creation, fields, images, manifest, policy, snapshots
 from services.node_agent.export import SnapshotRef, export_snapshot
 from shared.contracts import CreateImageFromSnapshot, ImageImported, TaskStarted, image_stream
+from shared.crash import crash_point
 from shared.db import nodes, vms
 from shared.db.models import utcnow
 from shared.db.records import ImageRecord
@@ -140,11 +141,13 @@ def _export(ctx: CommandContext, command: CreateImageFromSnapshot, image: ImageR
         attempt = f"{ctx.task_id}.{uuidlib.uuid4().hex[:8]}"
         exported = export_snapshot(driver, SnapshotRef(vm_uuid, disk_id, command.snapshot), server.store, image.uuid,
                                    attempt, report, level=level)
+        crash_point("after_export")
         final_manifest = {**image.manifest, "files": [exported.file_description()]}
         try:
             server.store.write_manifest(image.uuid, final_manifest)
         except StoreError as exc:
             raise TransferFailed(RC_MANIFEST_WRITE, str(exc), exc.code) from None
+        crash_point("after_store")
     except TransferFailed as failure:
         if since is None or creation.owns_data(ctx, image.uuid, since):  # else another delivery's data
             _discard_data(server, image.uuid)

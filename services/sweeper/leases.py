@@ -13,12 +13,15 @@ while its image is still PENDING names a task nobody is finishing. For each, the
    that dies half way is resumed by the next sweep once that lease runs out too;
 2. repairs the store while it holds the lease (nothing else may touch the image meanwhile): an
    import's or a snapshot image's data is removed, an update's manifest is written back as the
-   catalogue has it;
+   catalogue has it (its temporaries go), a removal left half done is moved back while it is
+   still whole (``ImageStore.restore``);
 3. in one transaction: a created image is removed (``image.deleted``), an updated or deleted one
    is OK again (``image.updated``), every lock of the task goes (a snapshot's lease too), and the
    task fails with ``lease_expired`` (500). The ``task.failed`` is caused by the command that
    started the task, so the command's inbox sees it handled: a late redelivery or a replay from
-   the dead-letter queue is a duplicate, not a second outcome.
+   the dead-letter queue is a duplicate, not a second outcome. A removal whose data was already
+   gone for good (its worker died while emptying it, or after) is finished instead: the image is
+   removed and the task succeeds, as its command's next delivery would have made it.
 
 Any number of sweepers may run (one in every command-consumer process): they serialise on the
 image's row lock, and the task's single outcome (``uq_events_task_outcome``) stops a second one.
@@ -28,15 +31,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from domain import images
+from domain import creation, images, manifest
+from services.sweeper import garbage
 from shared import contracts
-from shared.contracts import ImageDeleted, ImageUpdated, TaskFailed
+from shared.contracts import ImageDeleted, ImageUpdated, TaskFailed, TaskSucceeded
 from shared.db import events as store
-from shared.db import locks
+from shared.db import journal, locks
 from shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue
-from shared.db.engine import write_transaction
+from shared.db.engine import read_transaction, write_transaction
+from shared.errors import PoisonMessage
 from shared.logging import get_logger
 from shared.store import ImageStore, StoreError
 
@@ -75,15 +80,19 @@ class Swept:
 
 
 class LeaseSweeper:
-    """``sweep_once()`` ends what is found now; ``run()`` does so every ``period`` seconds until
-    ``stop()``. ``relay`` publishes the events (the outbox relay's fast path; its own sweep
-    catches what that misses). ``claim_seconds``: how long a sweep may hold a lease it took over."""
+    """``sweep_once()`` ends what is found now; ``run()`` sweeps the image store of what no live
+    task owns (``garbage.sweep``), then does so every ``period`` seconds until ``stop()``.
+    ``relay`` publishes the events (the outbox relay's fast path; its own sweep catches what that
+    misses). ``claim_seconds``: how long a sweep may hold a lease it took over. ``serves``: whether
+    a file URL is the image server's own (``ImageServer.serves``), which tells a file an import
+    downloaded from one put into the store by hand (None: a file without a manifest is kept)."""
 
     def __init__(self, engine: Engine, relay, store: ImageStore | None, *, period: float = 30.0,
-                 claim_seconds: float = 60.0, batch: int = 50):
+                 claim_seconds: float = 60.0, batch: int = 50, serves: Callable[[str], bool] | None = None):
         self._engine = engine
         self._relay = relay
         self._store = store
+        self._serves = serves
         self._period = period
         self._claim_seconds = claim_seconds
         self._batch = batch
@@ -93,6 +102,11 @@ class LeaseSweeper:
         self._stop.set()
 
     def run(self) -> None:
+        if self._store is not None:
+            try:  # once, as the process starts: what dead writers left that no retry will remove
+                garbage.sweep(self._engine, self._store)
+            except Exception as exc:  # noqa: BLE001 - the next start sweeps again
+                log.warning("sweeper.store_sweep_failed", error=repr(exc))
         while not self._stop.wait(self._period):
             try:
                 self.sweep_once()
@@ -139,7 +153,7 @@ class LeaseSweeper:
         command = begun.command  # type: ignore[attr-defined]
         log.warning("sweeper.lease_expired", task_id=task_id, command=command, image=uuid, expired_at=str(lock.expires_at))
         # 2. Repair the store, holding the lease.
-        self._repair_store(command, image)
+        removed = self._repair_store(command, image, task_id)
         # 3. Settle the image and end the task.
         with write_transaction(self._engine) as conn:
             catalogue = SqlCatalogue(conn)
@@ -148,7 +162,7 @@ class LeaseSweeper:
                 return None  # another sweeper finished it
             version = current.stream_version + 1
             changes = []
-            if command in CREATIONS:
+            if command in CREATIONS or removed:
                 catalogue.delete_image(uuid)
                 changes.append(ImageDeleted(uuid=uuid, name=current.name, version=version, dc_bound=current.dc_bound))
             else:
@@ -159,34 +173,64 @@ class LeaseSweeper:
             locks.release(conn, lock.name, claim)
             for name in locks.owned_by(conn, task_id):  # a snapshot image's lease on its snapshot
                 locks.release(conn, name, task_id)
-            failed = [] if store.task_ended(conn, task_id) else [TaskFailed(
-                task_id=task_id, command=command, object_name=begun.object_name,  # type: ignore[attr-defined]
-                user=begun.user, owner=begun.owner, dc=begun.dc,  # type: ignore[attr-defined]
-                http_code=500, result=stopped_failure(command, code), code=code,
-                stream=changes[-1].stream_position()[0], stream_version=version)]
+            task = dict(task_id=task_id, command=command, object_name=begun.object_name,  # type: ignore[attr-defined]
+                        user=begun.user, owner=begun.owner, dc=begun.dc,  # type: ignore[attr-defined]
+                        stream=changes[-1].stream_position()[0], stream_version=version)
+            if store.task_ended(conn, task_id):
+                outcome = []
+            elif removed:
+                outcome = [TaskSucceeded(**task, result=creation.removal_result(current.name))]
+            else:
+                outcome = [TaskFailed(**task, http_code=500, result=stopped_failure(command, code), code=code)]
             wrapped = [(contracts.wrap(event, correlation_id=task_id, causation_id=command_id, actor=envelope.actor,
                                        reply_to=envelope.reply_to), event.stream_position())
-                       for event in [*changes, *failed]]
+                       for event in [*changes, *outcome]]
             rows = store.append(conn, wrapped)
         self._relay.publish(rows)
-        log.warning("sweeper.task_failed", task_id=task_id, command=command, image=uuid, code=code)
+        if removed:
+            log.warning("sweeper.removal_finished", task_id=task_id, command=command, image=uuid)
+        else:
+            log.warning("sweeper.task_failed", task_id=task_id, command=command, image=uuid, code=code)
         return Swept(task_id=task_id, command=command, image_uuid=uuid)
 
-    def _repair_store(self, command: str, image) -> None:
+    def _repair_store(self, command: str, image, task_id: str) -> bool:
+        """Put the store back as it was before the task (its temporaries included). True when
+        the task is a removal whose data is gone for good: it is to be finished, not undone."""
         if self._store is None:
-            return
+            return False
         try:
             if command == "image.snapshot":
                 self._store.delete(image.uuid)  # a fresh uuid: everything under it is this task's
             elif command == "image.import":
-                if self._store.manifest(image.uuid) is not None:
-                    self._store.delete(image.uuid)  # the import got as far as writing the manifest
+                if self._store.manifest(image.uuid) is not None or self._downloaded(task_id):
+                    self._store.delete(image.uuid)  # the import wrote the manifest, or the file
                 else:
                     # A file without a manifest may have been placed by hand for an in-place
-                    # import (reference §7.3): only the task's partial downloads are its own.
-                    self._store.discard_partials(image.uuid)
-            elif command == "image.update" and image.manifest_active:
+                    # import (reference §7.3): only the task's temporaries are its own.
+                    self._store.discard_temporaries(image.uuid)
+            elif command == "image.update":
                 # The updater writes the store first: put back what the catalogue still has.
-                self._store.write_manifest(image.uuid, image.manifest_active)
+                if image.manifest_active:
+                    self._store.write_manifest(image.uuid, image.manifest_active)
+                else:
+                    self._store.discard_temporaries(image.uuid)
+            elif command == "image.delete":
+                return not self._store.restore(image.uuid)
         except StoreError as exc:  # the image is settled anyway; the store keeps a leftover
             log.warning("sweeper.store_repair_failed", image=image.uuid, command=command, error=str(exc))
+        return False
+
+    def _downloaded(self, task_id: str) -> bool:
+        """Whether the import ``task_id`` downloads its file (its file URL is not this image
+        server's), as the gateway journaled its command; False when that cannot be told."""
+        if self._serves is None:
+            return False
+        with read_transaction(self._engine) as conn:
+            body = journal.command_body(conn, task_id)
+        if body is None:
+            return False
+        try:
+            payload = contracts.decode(body).payload
+            return not self._serves(manifest.file_url_of(payload))
+        except (PoisonMessage, KeyError, TypeError, AttributeError):
+            return False

@@ -26,8 +26,9 @@ survive (they are redelivered), and other processes may be alive and holding lea
    never answered, if their handler had begun (a lease). A journaled task that holds no lease and
    cannot be resumed (a row journaled before the journal kept commands, or a command for a node
    whose agent this process does not run) fails ``interrupted`` at once.
-3. The store's partial files and half-done removals go (no writer is running), and every
-   delivery's claim on its command is released (no delivery is running).
+3. The store's temporaries (partial files, manifest temporaries, half-done removals) go, once the
+   sweep of step 2 has moved back what it undoes (no writer is running), and every delivery's
+   claim on its command is released (no delivery is running).
 
 A command published but never answered whose handler had recorded nothing yet is not journaled
 and left nothing anywhere: the client, which got no answer, knows no task id, and nothing changed.
@@ -86,10 +87,6 @@ class StartupRecovery:
             accepted = journal.unfinished(conn)
             being_swept = {owner.removeprefix(SWEPT_PREFIX) for owner in locks.owners(conn)
                            if owner.startswith(SWEPT_PREFIX)}
-        if self._store is not None:
-            leftovers = self._store.discard_leftovers()  # before a resumed transfer writes anew
-            if leftovers:
-                log.info("recovery.store_leftovers_removed", count=leftovers)
         resumed = [command for command in accepted
                    if command.task_id not in being_swept and self._republished(command)]
         resumed_ids = {command.task_id for command in resumed}
@@ -101,6 +98,12 @@ class StartupRecovery:
         failed = [swept.task_id for swept in self._sweeper.sweep_once(code=INTERRUPTED, every=True)]
         failed += [command.task_id for command in accepted
                    if command.task_id not in resumed_ids and self._failed(command)]
+        if self._store is not None:
+            # After the sweep, which moves an interrupted removal back from .trash; no consumer
+            # runs yet, and a resumed task starts its store work over.
+            leftovers = self._store.discard_leftovers()
+            if leftovers:
+                log.info("recovery.store_leftovers_removed", count=leftovers)
         log.info("recovery.done", resumed=len(resumed), failed=len(failed))
         return Recovered(resumed=[command.task_id for command in resumed], failed=failed)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from domain import creation, fields, images, manifest, policy
 from shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
+from shared.crash import crash_point
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
@@ -116,7 +117,8 @@ def _rewrite_manifest(ctx: CommandContext, uuid: str, columns: dict, server: Ima
     rebuilt = manifest.for_image(updated)
     failure: CommandFailed | None = None
     try:
-        server.store.write_manifest(uuid, rebuilt)
+        server.store.write_manifest(uuid, rebuilt)  # also removes an interrupted attempt's temporary
+        crash_point("after_manifest_rewrite")
     except StoreError as exc:
         failure = creation.store_failure(9, exc)
     with ctx.writing() as tx:

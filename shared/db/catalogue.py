@@ -182,6 +182,11 @@ class SqlCatalogue:
             )
         ).scalar_one()
 
+    def image_statuses(self) -> dict[str, tuple[str, int]]:
+        """Every image's name and status, by uuid (what a check of the image store needs)."""
+        rows = self.conn.execute(select(_images.c.uuid, _images.c.name, _images.c.status))
+        return {row.uuid: (row.name, row.status) for row in rows}
+
     def user(self, username: str) -> UserRecord | None:
         if not storable(username, 150):
             return None

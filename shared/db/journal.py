@@ -1,4 +1,5 @@
-"""The gateway's command journal (``submitted_commands``), as ``serve``'s start-up recovery reads it.
+"""The gateway's command journal (``submitted_commands``), as ``serve``'s start-up recovery and the
+lease sweeper read it.
 
 The gateway writes the journal (``services.gateway.queries``); this module only reads it.
 """
@@ -41,3 +42,10 @@ def unfinished(conn: Connection) -> list[JournaledCommand]:
                              user=r.user, owner=r.owner, dc=r.dc, routing_key=r.routing_key,
                              body=r.body.encode() if r.body is not None else None)
             for r in rows]
+
+
+def command_body(conn: Connection, task_id: str) -> bytes | None:
+    """The envelope of the task's command as the gateway published it, or None (not submitted
+    through a gateway, or journaled before the journal kept commands)."""
+    row = conn.execute(select(_journal.c.body).where(_journal.c.task_id == task_id).limit(1)).first()
+    return row.body.encode() if row is not None and row.body is not None else None

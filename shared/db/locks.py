@@ -81,6 +81,13 @@ def holder(conn: Connection, name: str, *, now: datetime | None = None) -> LockH
     return LockHolder(owner=row.owner, expires_at=row.expires_at, acquired_at=row.acquired_at) if row else None
 
 
+def live(conn: Connection, prefix: str, *, now: datetime | None = None) -> set[str]:
+    """The names of the locks named ``prefix...`` whose lease has not run out."""
+    return set(conn.execute(
+        select(_locks.c.name).where(_locks.c.name.startswith(prefix, autoescape=True),
+                                    _locks.c.expires_at >= (now or utcnow()))
+    ).scalars())
+
 
 @dataclass(frozen=True)
 class ExpiredLock:

@@ -8,9 +8,13 @@ Contract of every store (what the consumers and the image server rely on):
 - an image is *in the store* once its manifest is; its file is published (renamed into place,
   complete and flushed) before its manifest, so a reader that finds a manifest finds the whole file;
 - a file is written through ``Upload``: under a partial name no reader looks at, then either
-  committed (one rename) or aborted (removed); ``discard_partials(uuid)`` removes whatever an
-  interrupted attempt left behind;
-- ``delete`` makes the image disappear at once (one rename), then frees the space;
+  committed (one rename) or aborted (removed); ``discard_temporaries(uuid)`` removes whatever an
+  interrupted attempt left behind (partial files, manifest temporaries, half-done removals);
+- ``delete`` makes the image disappear at once (one rename), then frees the space, and also
+  empties what an interrupted removal of the image left; ``restore`` moves an interrupted
+  removal back while it is still whole;
+- ``survey`` lists every name in the store by kind and image, ``remove`` removes one temporary:
+  what no live task owns is decided by whoever calls them (``services.sweeper.garbage``);
 - a file's MD5 is computed once per version of the file and cached beside it; a stale cache
   (the file was replaced) is never used;
 - uuids are checked (canonical, lower-case): no name from a message can reach outside the store.
@@ -18,7 +22,8 @@ Contract of every store (what the consumers and the image server rely on):
 
 from __future__ import annotations
 
-from shared.store.base import FileInfo, ImageStore, StoreError, StoreUnavailable, Upload, check_uuid
+from shared.store.base import (EntryKind, FileInfo, ImageStore, StoreEntry, StoreError, StoreUnavailable, Upload,
+                               check_uuid)
 from shared.store.local import LocalStore
 
 
@@ -37,5 +42,5 @@ def open_store(spec: str) -> ImageStore | None:
     return LocalStore(spec)
 
 
-__all__ = ["FileInfo", "ImageStore", "LocalStore", "StoreError", "StoreUnavailable", "Upload", "check_uuid",
-           "open_store"]
+__all__ = ["EntryKind", "FileInfo", "ImageStore", "LocalStore", "StoreEntry", "StoreError", "StoreUnavailable",
+           "Upload", "check_uuid", "open_store"]

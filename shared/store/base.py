@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, BinaryIO, Mapping, Protocol
 
 
@@ -41,6 +42,42 @@ class FileInfo:
     modified: float
 
 
+class EntryKind(StrEnum):
+    """What a name in the store is (``ImageStore.survey``)."""
+
+    #: An image's directory: its manifest, file and cached MD5.
+    IMAGE = "image"
+    #: A file being written by a task, named by the image and the task's attempt.
+    PARTIAL = "partial"
+    #: A manifest being written (renamed over the image's manifest when complete).
+    MANIFEST_TEMP = "manifest_temp"
+    #: An image's data being removed (moved out of sight first, then emptied).
+    TRASH = "trash"
+    #: A short-lived file of a process that holds no lease (the MD5 cache's temporary, the
+    #: health check's probe): only its age tells that its writer is gone.
+    SCRATCH = "scratch"
+    #: Anything imagesvc does not write.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One name ``ImageStore.survey`` found."""
+
+    kind: EntryKind
+    #: Relative to the store's root, ``/``-separated.
+    path: str
+    #: The image the name belongs to (its uuid), or None when the name says none.
+    uuid: str | None
+    #: Seconds since it last changed.
+    age: float
+    #: Bytes it holds (a directory: its files together).
+    size: int
+    #: For an image's directory: whether it holds a manifest, and a file.
+    has_manifest: bool = False
+    has_file: bool = False
+
+
 class Upload(Protocol):
     """A file being written; nobody sees it until ``commit``."""
 
@@ -69,13 +106,24 @@ class ImageStore(Protocol):
     def upload(self, uuid: str, attempt: str) -> Upload:
         """Start writing the file of ``uuid``; ``attempt`` tells concurrent partial files apart."""
 
-    def discard_partials(self, uuid: str) -> int:
-        """Remove every partial file of ``uuid`` (an interrupted attempt's); returns how many."""
+    def discard_temporaries(self, uuid: str) -> int:
+        """Remove what interrupted work on ``uuid`` left: its partial files, its manifest
+        temporaries and its removals left half done; returns how many. Only for the holder of the
+        image's lease (an earlier attempt's leftovers are then the only ones there can be)."""
 
     def discard_leftovers(self) -> int:
-        """Remove every partial file and every removal left half done, of any image; returns
-        how many. Only for a caller that knows that nothing writes the store meanwhile (``serve``
-        starting: its store is written by its own threads alone)."""
+        """Remove every temporary (partial files, manifest temporaries, removals left half done,
+        scratch files) of any image; returns how many. Only for a caller that knows that nothing
+        writes the store meanwhile (``serve`` starting: its store is written by its own threads
+        alone)."""
+
+    def survey(self) -> list[StoreEntry]:
+        """Every name in the store, each image's directory as one entry (its temporaries and
+        anything unknown inside it as entries of their own)."""
+
+    def remove(self, entry: StoreEntry) -> bool:
+        """Remove a temporary, removal or scratch file ``survey`` found (an image's directory goes
+        with ``delete``). True if it was still there."""
 
     def write_manifest(self, uuid: str, manifest: Mapping[str, Any]) -> None:
         """Publish ``manifest`` (atomically replacing the previous one)."""
@@ -100,7 +148,13 @@ class ImageStore(Protocol):
         """``file_md5`` if it is known without reading the file, else None (never slow)."""
 
     def delete(self, uuid: str) -> bool:
-        """Remove the image (manifest, file, partials). True if there was something to remove."""
+        """Remove the image (manifest, file, partials) and whatever an interrupted removal of it
+        left. True if there was something to remove."""
+
+    def restore(self, uuid: str) -> bool:
+        """Undo an interrupted removal of the image: if its directory is gone but a removal of it
+        is still whole, move that back; empty every other removal of it. True if the image's
+        directory is there afterwards (False: its data is gone for good)."""
 
     def uuids(self) -> list[str]:
         """Uuids of the images in the store (those with a manifest), sorted."""

@@ -2,14 +2,19 @@
 
 Layout (the original image server's, plus two private directories)::
 
-    <root>/<uuid>/manifest           the image's manifest (JSON), written last
-    <root>/<uuid>/file               the image's file
-    <root>/<uuid>/.file.md5          the file's MD5, cached with the size, mtime and inode it is of
-    <root>/.partial/<uuid>.<attempt> files being written (never read by anyone)
-    <root>/.trash/<uuid>.<random>    images being removed
+    <root>/<uuid>/manifest              the image's manifest (JSON), written last
+    <root>/<uuid>/file                  the image's file
+    <root>/<uuid>/.file.md5             the file's MD5, cached with the size, mtime and inode it is of
+    <root>/<uuid>/.manifest.<random>    a manifest being written
+    <root>/<uuid>/.file.md5.<random>    the MD5 cache being written
+    <root>/.partial/<uuid>.<attempt>    files being written (never read by anyone)
+    <root>/.partial/.probe-<random>     the health check's probe
+    <root>/.trash/<uuid>.<random>       images being removed
 
 Every publication is a rename within one filesystem, after an fsync of the data and followed by
 an fsync of the directory, so a crash leaves either the old or the new state, never a torn one.
+Every temporary name starts with the uuid of its image or sits in its image's directory, so the
+image's lease (its writer's) and its record tell whose it is (``services.sweeper.garbage``).
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ import hashlib
 import re
 import shutil
 import threading
+import time
 import uuid as uuidlib
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
-from shared.store.base import FileInfo, StoreError, StoreUnavailable, check_uuid
+from shared.crash import crash_point
+from shared.store.base import EntryKind, FileInfo, StoreEntry, StoreError, StoreUnavailable, check_uuid
 
 _PARTIAL = ".partial"
 _TRASH = ".trash"
 _MD5_CACHE = ".file.md5"
+_MANIFEST_TEMP = ".manifest."
+_PROBE = ".probe-"
 _HASH_CHUNK = 4 * 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -38,6 +47,36 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _uuid_of(name: str) -> str | None:
+    """The image uuid a name starts with (``<uuid>`` or ``<uuid>.<anything>``), or None."""
+    head = name.split(".", 1)[0]
+    try:
+        return check_uuid(head)
+    except StoreError:
+        return None
+
+
+def _tree_size(path: str) -> int:
+    if not os.path.isdir(path) or os.path.islink(path):
+        return os.lstat(path).st_size
+    total = 0
+    for directory, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
 
 
 #: Dirty bytes after which an upload asks the kernel to start writing them out.
@@ -161,42 +200,126 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot write to the image store: {exc.strerror or exc}", "store_write_failed") from None
 
-    def discard_partials(self, uuid: str) -> int:
+    def _discard_partials(self, uuid: str) -> int:
         prefix = check_uuid(uuid) + "."
         directory = os.path.join(self.root, _PARTIAL)
-        removed = 0
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             return 0
-        for name in names:
-            if name.startswith(prefix):
-                try:
-                    os.unlink(os.path.join(directory, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-        return removed
+        return sum(_unlink(os.path.join(directory, name)) for name in names if name.startswith(prefix))
+
+    def _discard_manifest_temporaries(self, uuid: str) -> int:
+        directory = self.image_dir(uuid)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return 0
+        return sum(_unlink(os.path.join(directory, name)) for name in names if name.startswith(_MANIFEST_TEMP))
+
+    def _removals(self, uuid: str) -> list[str]:
+        """The paths of the image's removals under way or left half done (``.trash/<uuid>.*``)."""
+        prefix = check_uuid(uuid) + "."
+        directory = os.path.join(self.root, _TRASH)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        return [os.path.join(directory, name) for name in sorted(names) if name.startswith(prefix)]
+
+    @staticmethod
+    def _empty_removal(path: str) -> bool:
+        """Remove a removal's directory, its manifest first: a removal that still has its
+        manifest is whole (``restore`` may move it back), one without is not."""
+        if not os.path.lexists(path):
+            return False
+        if os.path.isdir(path) and not os.path.islink(path):
+            _unlink(os.path.join(path, "manifest"))
+            shutil.rmtree(path, ignore_errors=True)  # what is left is found by the next sweep
+        else:
+            _unlink(path)
+        return True
+
+    def discard_temporaries(self, uuid: str) -> int:
+        removed = self._discard_partials(uuid) + self._discard_manifest_temporaries(uuid)
+        return removed + sum(self._empty_removal(path) for path in self._removals(uuid))
 
     def discard_leftovers(self) -> int:
-        directories = (os.path.join(self.root, _PARTIAL), os.path.join(self.root, _TRASH))
-        removed = 0
-        for directory in directories:
+        return sum(self.remove(entry) for entry in self.survey()
+                   if entry.kind not in (EntryKind.IMAGE, EntryKind.UNKNOWN))
+
+    # --- what is in the store ------------------------------------------------------------------
+
+    def survey(self) -> list[StoreEntry]:
+        now = time.time()
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        found: list[StoreEntry] = []
+        for name in names:
+            if name == _PARTIAL:
+                found.extend(self._survey_private(name, EntryKind.PARTIAL, now))
+            elif name == _TRASH:
+                found.extend(self._survey_private(name, EntryKind.TRASH, now))
+            elif _uuid_of(name) == name and os.path.isdir(os.path.join(self.root, name)):
+                found.extend(self._survey_image(name, now))
+            else:
+                found.extend(self._entries([(name, EntryKind.UNKNOWN, None)], now))
+        return found
+
+    def _entries(self, named: list[tuple[str, EntryKind, str | None]], now: float) -> Iterator[StoreEntry]:
+        for path, kind, uuid in named:
+            full = os.path.join(self.root, path)
             try:
-                names = os.listdir(directory)
+                stats = os.lstat(full)
+                size = _tree_size(full)
             except FileNotFoundError:
+                continue  # gone while we looked
+            yield StoreEntry(kind=kind, path=path, uuid=uuid, age=max(0.0, now - stats.st_mtime), size=size)
+
+    def _survey_private(self, directory: str, kind: EntryKind, now: float) -> Iterator[StoreEntry]:
+        try:
+            names = sorted(os.listdir(os.path.join(self.root, directory)))
+        except (FileNotFoundError, NotADirectoryError):
+            return iter(())
+        named = [(f"{directory}/{name}", EntryKind.SCRATCH if name.startswith(_PROBE) else kind, _uuid_of(name))
+                 for name in names]
+        return self._entries(named, now)
+
+    def _survey_image(self, uuid: str, now: float) -> list[StoreEntry]:
+        directory = os.path.join(self.root, uuid)
+        try:
+            names = os.listdir(directory)
+            stats = os.lstat(directory)
+        except FileNotFoundError:
+            return []
+        others = []
+        for name in sorted(names):
+            if name in ("manifest", "file", _MD5_CACHE):
                 continue
-            for name in names:
-                path = os.path.join(directory, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        continue
-                removed += 1
-        return removed
+            if name.startswith(_MANIFEST_TEMP):
+                kind = EntryKind.MANIFEST_TEMP
+            elif name.startswith(_MD5_CACHE + "."):
+                kind = EntryKind.SCRATCH
+            else:
+                kind = EntryKind.UNKNOWN
+            others.append((f"{uuid}/{name}", kind, uuid))
+        has_file = os.path.isfile(os.path.join(directory, "file"))
+        image = StoreEntry(kind=EntryKind.IMAGE, path=uuid, uuid=uuid, age=max(0.0, now - stats.st_mtime),
+                           size=os.path.getsize(os.path.join(directory, "file")) if has_file else 0,
+                           has_manifest=os.path.isfile(os.path.join(directory, "manifest")), has_file=has_file)
+        return [image, *self._entries(others, now)]
+
+    def remove(self, entry: StoreEntry) -> bool:
+        path = os.path.normpath(os.path.join(self.root, entry.path))
+        if not path.startswith(self.root + os.sep):
+            raise ValueError(f"not inside the store: {entry.path!r}")
+        if entry.kind == EntryKind.TRASH:
+            return self._empty_removal(path)
+        if entry.kind in (EntryKind.PARTIAL, EntryKind.MANIFEST_TEMP, EntryKind.SCRATCH):
+            return _unlink(path)
+        raise ValueError(f"{entry.kind} {entry.path!r} is not a temporary (an image goes with delete)")
 
     def file_info(self, uuid: str) -> FileInfo | None:
         try:
@@ -281,11 +404,14 @@ class LocalStore:
         directory = self.image_dir(uuid)
         try:
             os.makedirs(directory, exist_ok=True)
-            temporary = os.path.join(directory, f".manifest.{uuidlib.uuid4().hex}")
+            # The caller holds the image's lease: a temporary already there is a dead writer's.
+            self._discard_manifest_temporaries(uuid)
+            temporary = os.path.join(directory, f"{_MANIFEST_TEMP}{uuidlib.uuid4().hex}")
             with open(temporary, "wb") as handle:
                 handle.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
                 handle.flush()
                 os.fsync(handle.fileno())
+            crash_point("after_manifest_temp")
             os.replace(temporary, os.path.join(directory, "manifest"))
             _fsync_dir(directory)
         except OSError as exc:
@@ -305,19 +431,36 @@ class LocalStore:
 
     def delete(self, uuid: str) -> bool:
         directory = self.image_dir(uuid)
-        removed = self.discard_partials(uuid) > 0
-        trash = os.path.join(self.root, _TRASH)
+        removed = self._discard_partials(uuid) > 0
         try:
-            os.makedirs(trash, exist_ok=True)
-            doomed = os.path.join(trash, f"{check_uuid(uuid)}.{uuidlib.uuid4().hex}")
+            os.makedirs(os.path.join(self.root, _TRASH), exist_ok=True)
+            doomed = os.path.join(self.root, _TRASH, f"{check_uuid(uuid)}.{uuidlib.uuid4().hex}")
             os.replace(directory, doomed)  # gone for every reader at once
+            _fsync_dir(self.root)
+            crash_point("after_trash_move")
         except FileNotFoundError:
-            return removed
+            pass  # not there, or moved by an interrupted removal: emptied below
         except OSError as exc:
             raise StoreError(f"cannot remove the image's data: {exc.strerror or exc}", "store_delete_failed") from None
-        _fsync_dir(self.root)
-        shutil.rmtree(doomed, ignore_errors=True)
-        return True
+        # This removal's, and whatever an interrupted earlier one left.
+        return sum(self._empty_removal(path) for path in self._removals(uuid)) > 0 or removed
+
+    def restore(self, uuid: str) -> bool:
+        directory = self.image_dir(uuid)
+        removals = self._removals(uuid)
+        whole = [path for path in removals if os.path.isfile(os.path.join(path, "manifest"))]
+        if whole and not os.path.isdir(directory):
+            newest = max(whole, key=lambda path: os.stat(os.path.join(path, "manifest")).st_mtime_ns)
+            try:
+                os.replace(newest, directory)
+            except OSError as exc:
+                raise StoreError(f"cannot restore the image's data: {exc.strerror or exc}",
+                                 "store_restore_failed") from None
+            _fsync_dir(self.root)
+            removals.remove(newest)
+        for path in removals:
+            self._empty_removal(path)
+        return os.path.isdir(directory)
 
     def uuids(self) -> list[str]:
         try:

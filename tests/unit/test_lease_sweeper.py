@@ -5,8 +5,11 @@ looked, is left alone; a second sweep changes nothing."""
 
 from __future__ import annotations
 
+import os
 import uuid as uuidlib
 from pathlib import Path
+
+import pytest
 
 from sqlalchemy import select
 
@@ -70,6 +73,30 @@ def test_an_import_file_placed_by_hand_is_kept_only_the_import_is_undone(engine,
     the_failure(engine, command_id)
 
 
+@pytest.mark.parametrize("file_url, kept", [("http://127.0.0.1:8080/images/{uuid}/file", True),
+                                             ("https://repo.example.com/images/{uuid}/file", False), (None, False)])
+def test_an_abandoned_imports_file_without_a_manifest_goes_unless_it_was_on_the_image_server(
+        engine, owner, image_store, file_url, kept):
+    """As the gateway journaled the import: a file URL on this image server means the file was
+    put there before the import (kept), any other means the import downloaded it (removed)."""
+    from shared.contracts import ImportImage
+    from shared.store.server import ImageServer
+    from tests.unit.test_serve_recovery import journal
+
+    uuid, command_id = begin(engine, "image.import")
+    extra = {"file_url": file_url.format(uuid=uuid)} if file_url else {}
+    journal(engine, ImportImage(name="img", manifest_url=f"https://repo.example.com/images/{uuid}", dc="main", **extra))
+    with image_store.upload(uuid, TASK) as upload:  # downloaded (or found) and in place, no manifest yet
+        upload.write(b"the file")
+        upload.commit()
+    server = ImageServer(image_store, url="http://127.0.0.1:8080")
+    LeaseSweeper(engine, RecordingRelay(), image_store, serves=server.serves).sweep_once()
+    assert image(engine, uuid) is None
+    assert (image_store.file_info(uuid) is not None) is kept
+    assert not kept or os.listdir(image_store.image_dir(uuid)) == ["file"]
+    the_failure(engine, command_id)
+
+
 def test_an_abandoned_snapshot_image_loses_its_image_and_data_and_frees_the_snapshot(engine, owner, image_store):
     snapshot = snapshot_lock_name(str(uuidlib.uuid4()), 1, "snap1")
     uuid, command_id = begin(engine, "image.snapshot", extra_locks=[snapshot])
@@ -102,6 +129,54 @@ def test_an_abandoned_delete_leaves_its_image_ok(engine, owner):
     assert image(engine, uuid).status == images.STATUS_OK
     assert lock_names(engine) == []
     the_failure(engine, command_id)
+
+
+def stored_image(image_store, uuid: str) -> None:
+    with image_store.upload(uuid, "t") as upload:
+        upload.write(b"the image")
+        upload.commit()
+    image_store.write_manifest(uuid, {"uuid": uuid})
+
+
+def trash(image_store) -> list[str]:
+    directory = Path(image_store.root) / ".trash"
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+def test_an_abandoned_delete_whose_data_was_moved_aside_gets_it_back(engine, owner, image_store, monkeypatch):
+    uuid, command_id = begin(engine, "image.delete")
+    stored_image(image_store, uuid)
+    # The deleter died between moving the image's directory into .trash and emptying it.
+    monkeypatch.setattr("shared.store.local.LocalStore._empty_removal", staticmethod(lambda path: False))
+    image_store.delete(uuid)
+    monkeypatch.undo()
+    assert image_store.manifest(uuid) is None and len(trash(image_store)) == 1
+    LeaseSweeper(engine, RecordingRelay(), image_store).sweep_once()
+    assert image(engine, uuid).status == images.STATUS_OK
+    assert image_store.manifest(uuid) == {"uuid": uuid}
+    with image_store.open_file(uuid) as handle:
+        assert handle.read() == b"the image"
+    assert trash(image_store) == []
+    the_failure(engine, command_id)
+
+
+def test_an_abandoned_delete_whose_data_is_gone_is_finished(engine, owner, image_store):
+    uuid, command_id = begin(engine, "image.delete")
+    stored_image(image_store, uuid)
+    # The deleter died while emptying the removal: its manifest (removed first) is gone.
+    doomed = Path(image_store.root) / ".trash" / f"{uuid}.0123"
+    doomed.parent.mkdir()
+    Path(image_store.image_dir(uuid)).rename(doomed)
+    (doomed / "manifest").unlink()
+    relay = RecordingRelay()
+    LeaseSweeper(engine, relay, image_store).sweep_once()
+    assert image(engine, uuid) is None
+    assert trash(image_store) == [] and not Path(image_store.image_dir(uuid)).exists()
+    assert lock_names(engine) == []
+    ended = [e for e in task_events(engine) if e["type"] in ("task.failed", "task.succeeded")]
+    assert [(e["type"], e["causation_id"]) for e in ended] == [("task.succeeded", command_id)]
+    assert ended[0]["payload"]["result"]["message"] == f"Successfully deleted image img-{uuid[:8]}"
+    assert [row.type for row in relay.published] == ["image.deleted", "task.succeeded"]
 
 
 def test_a_live_lease_is_left_alone(engine, owner, image_store):
@@ -168,7 +243,9 @@ def test_the_read_model_of_swept_tasks_is_the_same_after_a_rebuild(engine, owner
     from tests.support.projection import project
 
     for index, command in enumerate(["image.import", "image.update", "image.delete", "image.snapshot"]):
-        begin(engine, command, task_id=f"1e1u1-{index:08d}-bbbb-cccc-dddd")
+        uuid, _ = begin(engine, command, task_id=f"1e1u1-{index:08d}-bbbb-cccc-dddd")
+        if command == "image.delete":
+            image_store.write_manifest(uuid, {"uuid": uuid})  # still there: the delete is undone
     begin(engine, "image.update", lease_left=+120, task_id="1e1u1-live0000-bbbb-cccc-dddd")
     assert len(LeaseSweeper(engine, RecordingRelay(), image_store).sweep_once()) == 4
     projector = EventConsumer(name="projector", engine=engine, apply=apply, notify=lambda note: None)

@@ -3,6 +3,7 @@ is ever visible or left behind, and a mismatching file never becomes an image's 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -72,11 +73,11 @@ def test_an_aborted_or_abandoned_upload_leaves_nothing(store):
     assert store.file_info(UUID) is None
 
 
-def test_discard_partials_removes_only_that_images_partial_files(store):
+def test_discard_temporaries_removes_only_that_images_partial_files(store):
     other = "9a8b7c6d-1111-2222-3333-444455556666"
     store.upload(UUID, "dead-attempt").write(b"1")
     store.upload(other, "running").write(b"2")
-    assert store.discard_partials(UUID) == 1
+    assert store.discard_temporaries(UUID) == 1
     assert [name.split(".")[0] for name in partials(store)] == [other]
 
 
@@ -199,3 +200,160 @@ def test_verify_in_place_checks_a_file_already_in_the_store_without_touching_it(
         transfer.verify_in_place(store, UUID, transfer.Expected(size=4096, sha1="1" * 40), lambda *_: None)
     assert caught.value.code == "checksum_mismatch"
     assert store.file_info(UUID).size == 4096  # a failed check removes nothing
+
+
+# --- what interrupted work leaves, and how it goes -------------------------------------------------
+
+
+def stored(store: LocalStore, uuid: str = UUID, data: bytes = b"data") -> None:
+    with store.upload(uuid, "t") as upload:
+        upload.write(data)
+        upload.commit()
+    store.write_manifest(uuid, {"uuid": uuid})
+
+
+def trash(store: LocalStore) -> list[str]:
+    directory = os.path.join(store.root, ".trash")
+    return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+
+
+def interrupted_removal(store: LocalStore, uuid: str = UUID, *, emptied: bool = False) -> str:
+    """The image's directory moved into .trash by a removal that died there (``emptied``: while
+    emptying it, its manifest gone already)."""
+    os.makedirs(os.path.join(store.root, ".trash"), exist_ok=True)
+    doomed = os.path.join(store.root, ".trash", f"{uuid}.{os.urandom(4).hex()}")
+    os.replace(store.image_dir(uuid), doomed)
+    if emptied:
+        os.unlink(os.path.join(doomed, "manifest"))
+    return doomed
+
+
+def test_delete_also_empties_what_an_interrupted_removal_left(store):
+    stored(store)
+    interrupted_removal(store)
+    assert store.manifest(UUID) is None and len(trash(store)) == 1
+    assert store.delete(UUID) is True  # the retried removal: the directory is gone, the trash is not
+    assert trash(store) == []
+    assert store.delete(UUID) is False
+
+
+def test_restore_moves_a_whole_interrupted_removal_back_and_empties_the_others(store):
+    stored(store, data=b"old life")
+    interrupted_removal(store, emptied=True)
+    stored(store, data=b"this one")
+    interrupted_removal(store)
+    assert store.restore(UUID) is True
+    with store.open_file(UUID) as handle:
+        assert handle.read() == b"this one"
+    assert trash(store) == []
+    assert store.restore(UUID) is True  # there already: nothing to do
+
+
+def test_restore_says_when_the_data_is_gone_for_good(store):
+    stored(store)
+    interrupted_removal(store, emptied=True)
+    assert store.restore(UUID) is False
+    assert trash(store) == [] and not os.path.exists(store.image_dir(UUID))
+
+
+def test_a_removal_is_emptied_manifest_first(store, monkeypatch):
+    """A removal that still has its manifest is whole: restore may move it back."""
+    stored(store)
+    doomed = interrupted_removal(store)
+    seen = []
+    monkeypatch.setattr("shared.store.local.shutil.rmtree",
+                        lambda path, ignore_errors: seen.append(sorted(os.listdir(path))))
+    store.delete(UUID)
+    assert seen == [["file"]] and not os.path.exists(os.path.join(doomed, "manifest"))
+
+
+def test_a_manifest_rewrite_removes_a_dead_writers_temporary(store):
+    stored(store)
+    dead = os.path.join(store.image_dir(UUID), ".manifest.0123abcd")
+    with open(dead, "w") as handle:
+        handle.write("{")
+    store.write_manifest(UUID, {"v": 2})
+    assert sorted(os.listdir(store.image_dir(UUID))) == ["file", "manifest"]
+
+
+def test_discard_temporaries_takes_an_images_partials_manifest_temporaries_and_removals(store):
+    other = "9a8b7c6d-1111-2222-3333-444455556666"
+    stored(store)
+    interrupted_removal(store)
+    stored(store)
+    store.upload(UUID, "dead").write(b"1")
+    open(os.path.join(store.image_dir(UUID), ".manifest.dead"), "w").close()
+    store.upload(other, "running").write(b"2")
+    assert store.discard_temporaries(UUID) == 3
+    assert sorted(os.listdir(store.image_dir(UUID))) == ["file", "manifest"]
+    assert trash(store) == [] and [name.split(".")[0] for name in partials(store)] == [other]
+
+
+def test_survey_names_every_entry_by_kind_and_image(store):
+    from shared.store import EntryKind
+
+    other = "9a8b7c6d-1111-2222-3333-444455556666"
+    stored(store, data=b"12345")
+    store.file_md5(UUID)  # the cache
+    open(os.path.join(store.image_dir(UUID), ".manifest.ab"), "w").close()
+    open(os.path.join(store.image_dir(UUID), ".file.md5.cd"), "w").close()
+    open(os.path.join(store.image_dir(UUID), "notes.txt"), "w").close()
+    store.upload(other, "1e1u1-aaaaaaaa-bbbb-cccc-dddd.0123abcd").write(b"half")
+    with store.upload(other, "x") as upload:  # a file without a manifest
+        upload.write(b"staged")
+        upload.commit()
+    stored(store, "1f0c7c3e-1111-2222-3333-444455556666")
+    interrupted_removal(store, "1f0c7c3e-1111-2222-3333-444455556666")
+    open(os.path.join(store.root, ".partial", ".probe-ef"), "w").close()
+    open(os.path.join(store.root, "README"), "w").close()
+    os.makedirs(os.path.join(store.root, "not-a-uuid"))
+    found = {entry.path: entry for entry in store.survey()}
+    kinds = {path: (entry.kind, entry.uuid) for path, entry in found.items()}
+    trashed = trash(store)[0]
+    assert kinds == {
+        UUID: (EntryKind.IMAGE, UUID),
+        f"{UUID}/.manifest.ab": (EntryKind.MANIFEST_TEMP, UUID),
+        f"{UUID}/.file.md5.cd": (EntryKind.SCRATCH, UUID),
+        f"{UUID}/notes.txt": (EntryKind.UNKNOWN, UUID),
+        other: (EntryKind.IMAGE, other),
+        f".partial/{other}.1e1u1-aaaaaaaa-bbbb-cccc-dddd_0123abcd": (EntryKind.PARTIAL, other),
+        ".partial/.probe-ef": (EntryKind.SCRATCH, None),
+        f".trash/{trashed}": (EntryKind.TRASH, "1f0c7c3e-1111-2222-3333-444455556666"),
+        "README": (EntryKind.UNKNOWN, None),
+        "not-a-uuid": (EntryKind.UNKNOWN, None),
+    }
+    assert (found[UUID].has_manifest, found[UUID].has_file, found[UUID].size) == (True, True, 5)
+    assert (found[other].has_manifest, found[other].has_file) == (False, True)
+    assert found[f".trash/{trashed}"].size == 4 + len(json.dumps({"uuid": "1f0c7c3e-1111-2222-3333-444455556666"},
+                                                                  indent=2, sort_keys=True))
+    assert all(0 <= entry.age < 60 for entry in found.values())
+
+
+def test_remove_takes_temporaries_only_and_stays_inside_the_store(store):
+    from shared.store import EntryKind
+
+    stored(store)
+    interrupted_removal(store)
+    store.upload(UUID, "dead").write(b"1")
+    entries = store.survey()
+    for entry in entries:
+        if entry.kind in (EntryKind.TRASH, EntryKind.PARTIAL):
+            assert store.remove(entry) is True
+            assert store.remove(entry) is False
+    assert store.survey() == []  # .partial and .trash are left, empty
+    image = dataclasses.replace(entries[0], kind=EntryKind.IMAGE, path=UUID)
+    with pytest.raises(ValueError):
+        store.remove(image)
+    with pytest.raises(ValueError):
+        store.remove(dataclasses.replace(entries[0], kind=EntryKind.PARTIAL, path="../outside"))
+
+
+def test_discard_leftovers_keeps_images_and_unknown_names(store):
+    stored(store)
+    interrupted_removal(store)
+    stored(store)
+    store.upload(UUID, "dead").write(b"1")
+    open(os.path.join(store.image_dir(UUID), ".manifest.ab"), "w").close()
+    open(os.path.join(store.root, "README"), "w").close()
+    assert store.discard_leftovers() == 3
+    assert sorted(entry.path for entry in store.survey()) == sorted(["README", UUID])
