@@ -280,10 +280,10 @@ class CommandConsumer:
         if claimed.state is Claim.AGAIN:
             if not self._check_first and self._handled(envelope):
                 return self._duplicate(envelope)  # an earlier delivery ended it and died before its ack
-            if claimed.runs > self._max_runs:
-                # Its handler ran that many times and never ended (each run's process died with it:
-                # a crash loop): give it up rather than run it into another crash.
-                reason = f"gave up after {claimed.runs - 1} runs that ended without an outcome (crash loop)"
+            if claimed.lapsed >= self._max_runs:
+                # Its handler ran that many times and each run's process died with it (a crash
+                # loop): give it up rather than run it into another crash.
+                reason = f"gave up after {claimed.lapsed} runs that ended without an outcome (crash loop)"
                 self.on_give_up(delivery, reason)
                 return Disposition.dead_letter(reason)
         self._claims.hold(token)

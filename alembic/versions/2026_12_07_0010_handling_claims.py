@@ -21,10 +21,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column('claim', sa.String(length=36), nullable=True))
         batch.add_column(sa.Column('claim_expires_at', sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column('claims', sa.Integer(), server_default='0', nullable=False))
+        batch.add_column(sa.Column('lapses', sa.Integer(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('task_owners') as batch:
+        batch.drop_column('lapses')
         batch.drop_column('claims')
         batch.drop_column('claim_expires_at')
         batch.drop_column('claim')

@@ -112,10 +112,11 @@ class Check:
 
 
 def check(engine: Engine, store: ImageStore, *, repair: bool, verify: bool,
-          grace: float = SCRATCH_GRACE_SECONDS) -> Check:
-    """Find what no live task owns (``repair``: and remove it) and, with ``verify``, the OK
-    images whose directory, manifest or file is missing, whose file does not match its stored
-    manifest's ``files[0]`` (size, sha1), or whose stored manifest is not the catalogue's."""
+          grace: float = SCRATCH_GRACE_SECONDS, orphans: bool = True) -> Check:
+    """Find what no live task owns (``repair``: and remove it; ``orphans``: image directories
+    without a record too) and, with ``verify``, the OK images whose directory, manifest or file
+    is missing, whose file does not match its stored manifest's ``files[0]`` (size, sha1), or
+    whose stored manifest is not the catalogue's."""
     entries = store.survey()  # before the records: see the module's docstring
     with read_transaction(engine) as conn:
         records = SqlCatalogue(conn).image_statuses()
@@ -126,7 +127,7 @@ def check(engine: Engine, store: ImageStore, *, repair: bool, verify: bool,
         finding = _judge(entry, records, grace)
         if finding is None:
             continue
-        if finding.finding == GARBAGE and repair:
+        if finding.finding == GARBAGE and repair and (orphans or entry.kind != EntryKind.IMAGE):
             finding = replace(finding, removed=_remove(engine, store, entry))
         found.findings.append(finding)
     for uuid, (name, status) in sorted(records.items()):
@@ -141,12 +142,17 @@ def check(engine: Engine, store: ImageStore, *, repair: bool, verify: bool,
 
 
 def sweep(engine: Engine, store: ImageStore) -> Check:
-    """Remove what no live task owns (a process's start-up sweep); logs what it removed."""
-    swept = check(engine, store, repair=True, verify=False)
+    """Remove the temporaries no live task owns (a process's start-up sweep); logs what it
+    removed. Whole image directories without a record are reported, never removed here: a
+    process started on the wrong database (or an empty one) must not empty the store; an
+    operator removes them with ``imagesvc store check --repair``."""
+    swept = check(engine, store, repair=True, verify=False, orphans=False)
     for finding in swept.findings:
         if finding.removed:
             log.info("store.garbage_removed", path=finding.path, image=finding.image, bytes=finding.bytes,
                      why=finding.why)
+        elif finding.finding == GARBAGE:  # an orphaned image directory (or a removal that failed)
+            log.warning("store.garbage_kept", path=finding.path, image=finding.image, why=finding.why)
     log.info("store.swept", removed=swept.removed, staged=swept.count(STAGED), unknown=swept.count(UNKNOWN))
     return swept
 

@@ -343,8 +343,10 @@ class TaskOwner(Base):
     #: unless renewed; null once released.
     claim: Mapped[str | None] = mapped_column(String(36), nullable=True)
     claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    #: Deliveries that claimed it so far (1: the first; more: redeliveries after a lapse).
+    #: Deliveries that claimed it so far (1: the first; more: later ones).
     claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Claims taken over after they lapsed unreleased: runs of the handler whose process died.
+    lapses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class SubmittedCommand(Base):

@@ -25,7 +25,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, or_, select, update
 
 from shared.db.dialect import insert_ignore, prepared
 from shared.db.models import TaskOwner, utcnow
@@ -43,7 +43,7 @@ CLAIM_SECONDS = 3.0
 RENEWALS_PER_LIFE = 5
 
 _owners = TaskOwner.__table__
-_OWNER = select(_owners.c.message_id, _owners.c.actor, _owners.c.claims).where(
+_OWNER = select(_owners.c.message_id, _owners.c.actor, _owners.c.lapses).where(
     _owners.c.task_id == bindparam("task_id"))
 _RELEASE = (update(_owners).where(_owners.c.task_id == bindparam("t"), _owners.c.claim == bindparam("token"))
             .values(claim=None, claim_expires_at=None))
@@ -70,10 +70,12 @@ class Claim(enum.Enum):
 @dataclass(frozen=True)
 class Claimed:
     state: Claim
-    #: How many deliveries have claimed the command, this one included (for HELD: so far). A
-    #: delivery claims it only to run its handler, so this counts the handler's runs, however
-    #: many copies and redeliveries came and went in between.
-    runs: int
+    #: How many earlier claims this command's deliveries took over after they had lapsed
+    #: unreleased: runs of its handler that ended with their process (a delivery releases its
+    #: claim when it ends without an outcome, and needs none once there is one). A crash loop
+    #: counted by what ran, not by the broker's redeliveries, which also count copies that sat
+    #: unseen in a dying process.
+    lapsed: int
 
 
 def bind(conn: Connection, *, task_id: str, message_id: str, actor: str | None, command: str) -> None:
@@ -81,7 +83,7 @@ def bind(conn: Connection, *, task_id: str, message_id: str, actor: str | None, 
     bound to another message. Concurrent first binds of one id: one wins, the others wait for its
     transaction and then see its row."""
     if insert_ignore(conn, _owners, {"task_id": task_id, "message_id": message_id, "actor": actor,
-                                     "command": command, "bound_at": utcnow(), "claims": 0}):
+                                     "command": command, "bound_at": utcnow(), "claims": 0, "lapses": 0}):
         return
     _check_owner(conn, task_id, message_id)
 
@@ -90,11 +92,13 @@ def _claiming(insert):
     return insert.on_conflict_do_update(
         index_elements=[_owners.c.task_id],
         set_={"claim": insert.excluded.claim, "claim_expires_at": insert.excluded.claim_expires_at,
-              "claims": _owners.c.claims + 1},
+              "claims": _owners.c.claims + 1,
+              # Where the upsert may update, a claim still set is one that lapsed unreleased.
+              "lapses": _owners.c.lapses + case((_owners.c.claim.is_not(None), 1), else_=0)},
         # Only the same command, and only if nobody holds it now (never claimed, released, expired).
         where=and_(_owners.c.message_id == insert.excluded.message_id,
                    or_(_owners.c.claim.is_(None), _owners.c.claim_expires_at < insert.excluded.bound_at)),
-    ).returning(_owners.c.claims)
+    ).returning(_owners.c.claims, _owners.c.lapses)
 
 
 def claim(conn: Connection, *, task_id: str, message_id: str, actor: str | None, command: str, token: str,
@@ -105,12 +109,12 @@ def claim(conn: Connection, *, task_id: str, message_id: str, actor: str | None,
     now = utcnow()
     row = conn.execute(prepared(conn, _owners, "claim", _claiming), {
         "task_id": task_id, "message_id": message_id, "actor": actor, "command": command, "bound_at": now,
-        "claim": token, "claim_expires_at": now + timedelta(seconds=seconds), "claims": 1,
+        "claim": token, "claim_expires_at": now + timedelta(seconds=seconds), "claims": 1, "lapses": 0,
     }).first()
     if row is not None:
-        return Claimed(Claim.FIRST if row.claims == 1 else Claim.AGAIN, row.claims)
+        return Claimed(Claim.FIRST if row.claims == 1 else Claim.AGAIN, row.lapses)
     owner = _check_owner(conn, task_id, message_id)
-    return Claimed(Claim.HELD, owner.claims if owner is not None else 0)
+    return Claimed(Claim.HELD, owner.lapses if owner is not None else 0)
 
 
 def _check_owner(conn: Connection, task_id: str, message_id: str):

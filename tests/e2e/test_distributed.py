@@ -168,7 +168,10 @@ class TestNothingLostNothingDoubled:
         def duplicates_acknowledged():
             log = distributed.log("updater")
             assert log.count(envelope["id"]) >= 3 and log.count('"reason":"duplicate"') >= 2
-            lines = [line for line in log.splitlines() if envelope["id"] in line and "message.handled" in line]
+            # A copy delivered while another holds the command is deferred first (logged as its own
+            # `defer` line) and then acknowledged as a duplicate: three final outcomes, whatever the timing.
+            lines = [line for line in log.splitlines() if envelope["id"] in line and "message.handled" in line
+                     and '"outcome":"defer"' not in line]
             assert len(lines) == 3
             return lines
 
