@@ -155,13 +155,25 @@ def log_records(system: System, name: str) -> list[dict]:
 
 
 def make_images(system: System, origin, count: int, label: str) -> list[str]:
-    """``count`` images imported through the gateway (database-level imports: 200 at once)."""
+    """``count`` images imported through the gateway (database-level imports). Eight at once from
+    one user: the importer runs half its threads' worth of one user's imports and defers the rest
+    (IMAGESVC_LONG_COMMANDS_PER_USER), so an import may outlast the answer window (201): then its
+    task is polled until it succeeded."""
     names = [f"{label}-{index}-{uuid.uuid4().hex[:6]}" for index in range(count)]
 
     def create(name: str) -> None:
         url, _ = origin.add_manifest()
         with system.client() as client:
             response = client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"})
+            if response.status_code == 201:
+                task_id = response.json()["task_id"]
+
+                def ended():
+                    status = client.get(f"/task/{task_id}/status/")
+                    assert status.status_code != 201, status.text
+                    return status
+
+                response = eventually(ended, timeout=60, interval=0.2)
         assert response.status_code == 200, response.text
 
     with ThreadPoolExecutor(8) as pool:
