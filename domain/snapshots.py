@@ -3,8 +3,8 @@
 ``POST /vm/<hostname_or_uuid>/snapshot/<snapname>/image/<name>/`` is a DC-bound call: the request
 datacenter is the ``dc`` parameter or the user's current one. Precedence (reference §5): 403 entry
 permission (ImageAdmin in the request DC) -> 404 VM (not in the request DC) -> 423 its node ->
-412 ``disk_id`` -> 404 snapshot -> 406 name -> 400 fields -> 428/423 image server -> 423 VM status
--> 417 snapshot status (or the snapshot held by another task). The gateway runs them before it
+412 ``disk_id`` -> 404 snapshot -> 412 ``order_by`` -> 406 name -> 400 fields -> 428/423 image server
+-> 423 VM status -> 417 snapshot status (or the snapshot held by another task). The gateway runs them before it
 publishes (so a refused request never becomes a command); the node agent runs them again, in the
 transaction that creates the image, as the authority.
 
@@ -79,11 +79,12 @@ def parse_disk_id(raw: Any) -> int | None:
 
 
 def check(inventory: Inventory, *, access: policy.Access, request_dc: str, vm_ref: str, snapname: str, name: str,
-          data: Mapping[str, Any], users: images.Users | None = None) -> Plan:
+          data: Mapping[str, Any], users: images.Users | None = None, order_by_refusal: str | None = None) -> Plan:
     """Run every check of the snapshot-image command in the reference's order; returns the plan
     or raises Refused / Invalid with the original's code and message. With ``users`` a named
     owner must exist (a 400 with the fields); the alias check, which needs the catalogue, is the
-    caller's, after this returns."""
+    caller's, after this returns. ``order_by_refusal``: the HTTP layer's 412 message for the
+    request's ``order_by`` (None when valid or absent), raised at its place in the order."""
     if not access.is_image_admin(request_dc):
         raise Refused(403, images.PERMISSION_DENIED, code="forbidden")
     vm = inventory.vm(vm_ref)
@@ -98,6 +99,8 @@ def check(inventory: Inventory, *, access: policy.Access, request_dc: str, vm_re
     snapshot = inventory.snapshot(vm.uuid, disk.disk_id, snapname)
     if snapshot is None:
         raise Refused(404, SNAPSHOT_NOT_FOUND, code="snapshot_not_found")
+    if order_by_refusal is not None:
+        raise Refused(412, order_by_refusal, code="invalid_order_by")
     if inventory.image_name_exists(name):
         raise Refused(406, images.IMAGE_EXISTS, code="image_exists")
     supplied = {k: data[k] for k in SNAPSHOT_FIELDS if k in data}

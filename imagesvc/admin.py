@@ -95,6 +95,9 @@ def _register_vm(commands: argparse._SubParsersAction) -> None:
                                                                   "5 SunOS zone, 6 Linux zone")
     change.add_argument("--disk", action="append", default=[], metavar="ID:SIZE[:IMAGE_UUID]",
                         help="a disk: its id (from 1), size in MiB and the uuid of the image it was made from")
+    change.add_argument("--replica-of", metavar="VM_UUID",
+                        help="the uuid of the VM this one is a replica of (its disks count for images in use; "
+                             "the list of an image's VMs leaves it out)")
     change.set_defaults(func=_vm_set)
     vms.add_parser("list", help="all VMs").set_defaults(func=_vm_list)
     remove = vms.add_parser("remove", help="remove a VM (and its snapshots) from the inventory")
@@ -346,7 +349,7 @@ def _vm_set(args: argparse.Namespace) -> int:
     try:
         disks = tuple(_disk(text) for text in args.disk)
         record = vms.VmRecord(uuid=args.uuid, hostname=args.hostname, dc=args.dc, node=args.node, status=args.status,
-                              ostype=args.ostype, disks=disks, changed_at=utcnow())
+                              ostype=args.ostype, disks=disks, changed_at=utcnow(), replica_of=args.replica_of)
         vms.check_vm(record)
     except ValueError as exc:
         return _bad_argument(str(exc))
@@ -383,7 +386,7 @@ def _vm_list(_args: argparse.Namespace) -> int:
 
     def show(conn) -> None:
         _print_lines([{"uuid": vm.uuid, "hostname": vm.hostname, "dc": vm.dc, "node": vm.node, "status": vm.status,
-                       "ostype": vm.ostype, "changed_at": _time(vm.changed_at),
+                       "ostype": vm.ostype, "changed_at": _time(vm.changed_at), "replica_of": vm.replica_of,
                        "disks": [{"disk_id": d.disk_id, "size": d.size, "image_uuid": d.image_uuid}
                                  for d in vm.disks]} for vm in vms.list_vms(conn)])
 

@@ -64,13 +64,29 @@ def _routes(path: str, endpoint, methods: list[str]) -> list[Route]:
     return [Route(path, endpoint, methods=methods), Route(path + "/", endpoint, methods=methods)]
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        return error_response(request, 405, f'Method "{request.method}" not allowed.')
-    if exc.status_code == 404:
-        return error_response(request, 404, "Not found.")
-    return error_response(request, exc.status_code, str(exc.detail))
+#: The paths anybody may call (their other methods are refused without asking who calls).
+_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json")
+
+
+def _http_errors(auth: Authenticator):
+    """Starlette's own refusals in the original's shapes. A method the path does not take is
+    refused (405) only after the caller is authenticated, as the original's views authenticate,
+    throttle and check permissions before they look at the method (reference §4.1, §5)."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            if not request.url.path.rstrip("/").endswith(_OPEN_PATHS):
+                try:
+                    await auth.user(request)
+                except ApiError as refused:
+                    return handle_api_error(request, refused)
+            return error_response(request, 405, f'Method "{request.method}" not allowed.')
+        if exc.status_code == 404:
+            return error_response(request, 404, "Not found.")
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    return http_error
 
 
 def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topology,
@@ -170,7 +186,7 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
             ApiError: handle_api_error,
             ValidationFailed: handle_validation,
             CommandFailed: handle_command_failed,
-            HTTPException: _http_error,
+            HTTPException: _http_errors(auth),
         },
         lifespan=lifespan,
     )

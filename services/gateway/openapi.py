@@ -78,6 +78,13 @@ _TASK_ANSWERS = {
     "503": _detail("The broker or the database is unavailable; retry later"),
 }
 
+#: With an image store, every import, update (also of database-only fields) and delete is
+#: refused while the store or its node cannot take it.
+_IMAGE_SERVER_REFUSALS = {
+    "423": _detail("Node is not operational (the image server's node)"),
+    "428": _detail("Image server is not available"),
+}
+
 
 def document() -> dict[str, Any]:
     return _with_idempotency_keys(_document())
@@ -184,21 +191,22 @@ def _document() -> dict[str, Any]:
                     "operationId": "image_import",
                     "summary": "Import a server disk image from a manifest URL",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ImportImage")}}},
-                    "responses": {**_TASK_ANSWERS, "406": _detail("Image already exists")},
+                    "responses": {**_TASK_ANSWERS, "406": _detail("Image already exists"), **_IMAGE_SERVER_REFUSALS},
                 },
                 "put": {
                     "operationId": "image_update",
                     "summary": "Update a server disk image",
                     "parameters": [_IF_MATCH],
                     "requestBody": {"content": {"application/json": {"schema": _ref("UpdateImage")}}},
-                    "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)")},
+                    "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)"),
+                                  **_IMAGE_SERVER_REFUSALS},
                 },
                 "delete": {
                     "operationId": "image_delete",
                     "summary": "Delete a server disk image",
                     "parameters": [_IF_MATCH],
                     "responses": {**_TASK_ANSWERS, "412": _detail("Invalid order_by / Precondition failed (If-Match)"),
-                                  "428": _detail(
+                                  "423": _IMAGE_SERVER_REFUSALS["423"], "428": _detail(
                         "Image is used by some VMs (in a datacenter it is attached to) / Image server is not "
                         "available")},
                 },
@@ -239,7 +247,8 @@ def _document() -> dict[str, Any]:
                     }}}},
                     "responses": {**_TASK_ANSWERS,
                                   "404": _detail("VM not found / Snapshot not found / Datacenter not found"),
-                                  "406": _detail("Image already exists"), "412": _detail("Invalid disk_id"),
+                                  "406": _detail("Image already exists"),
+                                  "412": _detail("Invalid disk_id / Invalid order_by"),
                                   "417": _detail("VM snapshot status is not OK"),
                                   "423": _detail("Node is not operational / VM is not operational"),
                                   "428": _detail("Image server is not available")},
@@ -271,8 +280,9 @@ def _document() -> dict[str, Any]:
                 },
                 "delete": {
                     "operationId": "dc_image_detach",
-                    "summary": "Detach an image from a datacenter (SuperAdmin; clears dc_bound)",
-                    "responses": _TASK_ANSWERS,
+                    "summary": "Detach an image from a datacenter (SuperAdmin; clears dc_bound); refused while "
+                               "a VM of that datacenter uses the image",
+                    "responses": {**_TASK_ANSWERS, "428": _detail("Image is used by some VMs")},
                 },
             },
             "/api/task/{task_id}/status/": {

@@ -294,11 +294,12 @@ class Queries:
             found = locks.holder(conn, name)
         return found.owner if found else None
 
-    def vms_using_image(self, image_uuid: str, dcs: Collection[str]) -> list[inventory.VmRecord]:
+    def vms_using_image(self, image_uuid: str, dcs: Collection[str], *,
+                        replicas: bool = True) -> list[inventory.VmRecord]:
         """The live VMs in ``dcs`` with a disk made from the image, by hostname (other systems'
-        facts, read as they are now: never cached)."""
+        facts, read as they are now: never cached); ``replicas=False`` leaves replicas out."""
         with read_transaction(self.engine) as conn:
-            return inventory.vms_using_image(conn, image_uuid, dcs)
+            return inventory.vms_using_image(conn, image_uuid, dcs, replicas=replicas)
 
     # --- remote repositories -------------------------------------------------------------------
 

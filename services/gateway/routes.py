@@ -59,6 +59,16 @@ def parse_order_by(raw: Any, fields: Sequence[str] = tuple(ORDER_FIELDS)) -> lis
     return order
 
 
+def order_by_refusal(raw: Any) -> str | None:
+    """The 412 message a request's ``order_by`` gets from ``parse_order_by``, or None if it is valid
+    (for an endpoint that decides it later than the others do)."""
+    try:
+        parse_order_by(raw)
+    except ApiError as refused:
+        return refused.detail
+    return None
+
+
 def wants_objects(request: Request) -> bool:
     """``full`` or ``extended``: list objects rather than names. Both flags are checked, so a
     malformed one is a 400 even when the other is set (deviations #1: strict booleans)."""
@@ -168,15 +178,16 @@ class ImageRoutes:
         full = wants_objects(request)
         image = await in_thread(self._existing_in_its_dc, request, request.path_params["name"])
         policy.require_manage(access, image.dc_bound)
-        found = await in_thread(self.queries.vms_using_image, image.uuid, image.attached)
+        # Replicas are left out of the list (reference §3.7), though they keep the image in use.
+        found = await in_thread(self.queries.vms_using_image, image.uuid, image.attached, replicas=False)
         if order[0][1]:
             found = found[::-1]  # hostnames are unique among live VMs: no ties to keep stable
         result = [vm_object(vm) for vm in found] if full else [vm.hostname for vm in found]
         return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": result})
 
-    async def _body(self, request: Request) -> dict[str, Any]:
+    async def _body(self, request: Request, *, order_by_first: bool = True) -> dict[str, Any]:
         data = await read_json_body(request, self.max_body_bytes)
-        if "order_by" in data:
+        if order_by_first and "order_by" in data:
             parse_order_by(data["order_by"])
         return data
 
@@ -201,13 +212,15 @@ class ImageRoutes:
         policy.require_superadmin(access)
         return access
 
-    async def run_command(self, request: Request, prepare, entry=None) -> Response:
+    async def run_command(self, request: Request, prepare, entry=None, *, order_by_first: bool = True) -> Response:
         """Answer a command request: ``entry`` (default: the /image entry permission) decides who
         may ask, ``prepare(request, access, data)`` checks the request and returns (command, owner,
-        datacenter of the task), then the command is published and answered by the answer rule."""
+        datacenter of the task), then the command is published and answered by the answer rule.
+        ``order_by_first``: a bad ``order_by`` in the body is refused (412) before ``prepare`` runs;
+        else ``prepare`` checks it where its endpoint's precedence puts it."""
         access = await (entry or self._admin)(request)
         await self.enter_default_dc(request)
-        data = await self._body(request)
+        data = await self._body(request, order_by_first=order_by_first)
         keyed = self._keyed(request, access)
         if keyed is not None:
             # A repeat of a command published before is answered by its task, before any check
@@ -346,6 +359,8 @@ class ImageRoutes:
     def _prepare_detach(self, request: Request, access: policy.Access, data: dict[str, Any]):
         dc = self._visible_dc(request.path_params["dc"], access)
         image = self._attached(request.path_params["name"], dc)
+        if self.queries.vms_using_image(image.uuid, [dc.name]):  # the updater checks again, under the row lock
+            raise ApiError(428, images.IMAGE_USED_BY_VMS)
         return DetachImage(name=image.name, dc=dc.name), self.queries.user(image.owner) or access.user, dc
 
     def _visible_dc(self, name: str, access: policy.Access) -> DatacenterRecord:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from domain import policy, snapshots
 from services.gateway.http import ApiError
 from services.gateway.queries import Queries
-from services.gateway.routes import ImageRoutes, access_of
+from services.gateway.routes import ImageRoutes, access_of, order_by_refusal
 from shared.contracts import CreateImageFromSnapshot
 from shared.db.records import DatacenterRecord
 from shared.store import ImageStore, StoreUnavailable
@@ -70,7 +70,8 @@ class SnapshotRoutes:
         self._inventory = _Inventory(self.queries, store, image_server_node)
 
     async def create_image(self, request: Request) -> Response:
-        return await self.images.run_command(request, self._prepare, entry=self._entry)
+        # ``order_by`` comes after the VM, disk and snapshot look-ups here (reference §5).
+        return await self.images.run_command(request, self._prepare, entry=self._entry, order_by_first=False)
 
     async def _entry(self, request: Request) -> policy.Access:
         # Who may ask depends on the request datacenter, which the body may name: decided in
@@ -95,7 +96,8 @@ class SnapshotRoutes:
         snapname = request.path_params["snapname"]
         plan = snapshots.check(self._inventory, access=access, request_dc=dc.name,
                                vm_ref=request.path_params["vm"], snapname=snapname, name=name, data=data,
-                               users=self.queries)
+                               users=self.queries,
+                               order_by_refusal=order_by_refusal(data["order_by"]) if "order_by" in data else None)
         owner = self.queries.user(plan.values["owner"]) if "owner" in plan.values else access.user
         command = CreateImageFromSnapshot(name=name, vm=plan.vm.uuid, snapshot=snapname, disk_id=plan.disk.disk_id,
                                           **plan.values)

@@ -182,10 +182,12 @@ def _transfer(ctx: CommandContext, image: ImageRecord, file_url: str, fetcher: F
             _discard_data(server, image.uuid)
         creation.undo(ctx, image, creation.failure_of(failure.result(), failure.code), task_dc=task_dc, since=since)
         return
-    verb = "verified" if local else "imported"
-    creation.complete(ctx, image, final_manifest, task_dc=task_dc, since=since,
-                      message=(f"Successfully {verb} image {image.name} "
-                               f"(transferred {received.size} bytes in {round(received.seconds)} seconds)"))
+    # The file was on the image server already: the original runs `esimg update -c` on it, whose
+    # message this is (reference §7.3, §9.2).
+    message = (f"Successfully updated image {image.name}" if local else
+               f"Successfully imported image {image.name} "
+               f"(transferred {received.size} bytes in {round(received.seconds)} seconds)")
+    creation.complete(ctx, image, final_manifest, task_dc=task_dc, since=since, message=message)
 
 
 def _discard_data(server: ImageServer, uuid: str) -> None:

@@ -123,8 +123,9 @@ def _apply_vm(conn: Connection, event: VmUpdated | VmRemoved | VmSnapshotUpdated
         disks = tuple(vms.Disk(disk_id=d["disk_id"], size=d["size"], image_uuid=d.get("image_uuid"))
                       for d in event.disks)
         record = vms.VmRecord(uuid=event.uuid, hostname=event.hostname, dc=event.dc, node=event.node,
-                              status=event.status, ostype=event.ostype, disks=disks, changed_at=event.changed_time)
-        log.info("vm.updated", uuid=event.uuid, hostname=event.hostname, status=event.status,
+                              status=event.status, ostype=event.ostype, disks=disks, changed_at=event.changed_time,
+                              replica_of=event.replica_of)
+        log.info("vm.updated", uuid=event.uuid, hostname=event.hostname, status=event.status, replica_of=event.replica_of,
                  changed_at=event.changed_at, applied=vms.put_vm(conn, record))
     elif isinstance(event, VmRemoved):
         log.info("vm.removed", uuid=event.uuid, changed_at=event.changed_at,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from domain import creation, fields, images, manifest, policy
 from shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
 from shared.crash import crash_point
+from shared.db import vms
 from shared.db.models import utcnow
 from shared.errors import CommandFailed, Invalid, Refused
 from shared.handling import CommandContext
@@ -61,8 +62,10 @@ def update_image(command: UpdateImage, ctx: CommandContext, *, server: ImageServ
         if errors:
             raise Invalid(fields.order_errors(errors))
         rewrites_manifest = server is not None and bool(manifest.MANIFEST_ATTRIBUTES.intersection(changed))
-        if rewrites_manifest:
-            images.require_image_server(server.unavailable(tx.conn))  # type: ignore[union-attr]
+        if server is not None:
+            # Every PUT on a system with an image server, also one that changes only database
+            # fields (owner, dc_bound) or nothing: the original checks the server first (§13.27).
+            images.require_image_server(server.unavailable(tx.conn))
         resuming = image.status == images.STATUS_PENDING and image.lock_owner == ctx.task_id
         if image.status != images.STATUS_OK and not resuming:
             raise Refused(417, images.STATUS_NOT_OK, code="image_status_not_ok")
@@ -148,7 +151,8 @@ def detach_image(command: DetachImage, ctx: CommandContext) -> None:
 
 def _change_attachment(name: str, dc_name: str, ctx: CommandContext, *, attach: bool) -> None:
     """Attach or detach (reference §3.8, §4.4): SuperAdmin only; either way the image is no longer
-    bound to a datacenter afterwards."""
+    bound to a datacenter afterwards. A detach is refused (428) while a VM of that datacenter uses
+    the image."""
     with ctx.writing() as tx:
         catalogue = tx.catalogue
         image, user = catalogue.image_and_user(name, policy.actor_name(ctx.actor), for_update=True)
@@ -164,6 +168,9 @@ def _change_attachment(name: str, dc_name: str, ctx: CommandContext, *, attach: 
             raise Refused(406, images.IMAGE_EXISTS, code="already_attached")
         if not attach and dc.name not in attached:
             raise Refused(404, images.IMAGE_NOT_FOUND, code="not_attached")
+        if not attach and vms.vms_using_image(tx.conn, image.uuid, [dc.name]):
+            # The datacenter's VMs (replicas too) would lose the image they were made from.
+            raise Refused(428, images.IMAGE_USED_BY_VMS, code="image_used_by_vms")
         wanted = sorted(attached | {dc.name} if attach else attached - {dc.name})
         catalogue.set_attachments(image.uuid, wanted)
         now = utcnow()

@@ -293,12 +293,18 @@ def disk_problem(disk_id: object, size: object, image_uuid: object) -> str | Non
 
 
 def vm_problem(*, uuid: object, hostname: object, dc: object, node: object, status: object, ostype: object,
-               disks: object) -> str | None:
+               disks: object, replica_of: object = None) -> str | None:
     """Why these VM fields could not be stored, or None. The one rule for events and the CLI.
     ``disks``: a list of ``(disk_id, size, image_uuid)`` triples."""
     problem = vm_uuid_problem(uuid) or vm_hostname_problem(hostname)
     if problem:
         return problem
+    if replica_of is not None:
+        problem = vm_uuid_problem(replica_of, "replica_of")
+        if problem:
+            return problem
+        if str(replica_of).lower() == str(uuid).lower():
+            return "replica_of must name another VM"
     if not isinstance(dc, str) or not dc or len(dc) > VM_DC_MAX:
         return f"dc must be a datacenter name of 1 to {VM_DC_MAX} characters"
     problem = node_hostname_problem(node)
@@ -381,13 +387,18 @@ class VmUpdated(SourceTimed, Event):
     ostype: int
     disks: list[dict[str, Any]]
     changed_at: str
+    #: The uuid of the VM this one is a replica of (a standby copy kept in sync with it on
+    #: another node); absent or null for an ordinary VM. A replica's disks count for an image in
+    #: use, but ``GET /api/image/<name>/vm/`` leaves it out (reference §3.7).
+    replica_of: str | None = None
 
     def __post_init__(self) -> None:
         triples = _disk_triples(self.disks)
         if isinstance(triples, str):
             _refuse(self.TYPE, triples)
         _refuse(self.TYPE, vm_problem(uuid=self.uuid, hostname=self.hostname, dc=self.dc, node=self.node,
-                                      status=self.status, ostype=self.ostype, disks=triples)
+                                      status=self.status, ostype=self.ostype, disks=triples,
+                                      replica_of=self.replica_of)
                 or _time_problem(self.changed_at))
 
 

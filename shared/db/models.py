@@ -288,6 +288,8 @@ class Vm(Base):
     disks: Mapped[Any] = mapped_column(JSON)
     #: When the fact was true at its source: an older fact never overwrites a newer one.
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The uuid of the VM this one replicates (a standby copy); null for an ordinary VM.
+    replica_of: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     __table_args__ = (
         Index("uq_vms_live_hostname", "hostname", unique=True, sqlite_where=_LIVE, postgresql_where=_LIVE),

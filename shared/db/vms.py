@@ -69,6 +69,9 @@ class VmRecord:
     ostype: int
     disks: tuple[Disk, ...]
     changed_at: datetime
+    #: The uuid of the VM this one is a replica of; None for an ordinary VM. A replica's disks
+    #: count for an image in use; the list of an image's VMs leaves replicas out (reference §3.7).
+    replica_of: str | None = None
 
     @property
     def operational(self) -> bool:
@@ -94,7 +97,7 @@ class SnapshotRecord:
 # --- statements (built once) ---------------------------------------------------------------------
 
 _VM_COLUMNS = (_vms.c.uuid, _vms.c.hostname, _vms.c.dc, _vms.c.node, _vms.c.status, _vms.c.ostype, _vms.c.disks,
-               _vms.c.changed_at)
+               _vms.c.changed_at, _vms.c.replica_of)
 _VM_LIVE = _vms.c.status != _REMOVED
 _VM_BY_UUID = select(*_VM_COLUMNS).where(_vms.c.uuid == bindparam("uuid"), _VM_LIVE)
 _VM_BY_HOSTNAME = select(*_VM_COLUMNS).where(_vms.c.hostname == bindparam("hostname"), _VM_LIVE)
@@ -111,7 +114,8 @@ _RELEASE_HOSTNAME = update(_vms).where(_vms.c.uuid == bindparam("holder")).value
 _WRITE_VM = (update(_vms).where(_vms.c.uuid == bindparam("key"))
              .values(hostname=bindparam("hostname"), dc=bindparam("dc"), node=bindparam("node"),
                      status=bindparam("status"), ostype=bindparam("ostype"),
-                     disks=bindparam("disks", type_=_vms.c.disks.type), changed_at=bindparam("changed_at")))
+                     disks=bindparam("disks", type_=_vms.c.disks.type), changed_at=bindparam("changed_at"),
+                     replica_of=bindparam("replica_of")))
 
 _SNAPSHOT_COLUMNS = (_snapshots.c.vm_uuid, _snapshots.c.disk_id, _snapshots.c.name, _snapshots.c.status,
                      _snapshots.c.changed_at)
@@ -143,7 +147,8 @@ def check_vm(record: VmRecord) -> None:
         raise ValueError("disks must be Disk records")
     problem = vm_problem(uuid=record.uuid, hostname=record.hostname, dc=record.dc, node=record.node,
                          status=record.status, ostype=record.ostype,
-                         disks=None if disks is None else [(d.disk_id, d.size, d.image_uuid) for d in disks])
+                         disks=None if disks is None else [(d.disk_id, d.size, d.image_uuid) for d in disks],
+                         replica_of=record.replica_of)
     if problem:
         raise ValueError(problem)
     check_time(record.changed_at)
@@ -178,9 +183,11 @@ def list_vms(conn: Connection) -> list[VmRecord]:
     return [_vm(row) for row in conn.execute(_VM_LIST)]
 
 
-def vms_using_image(conn: Connection, image_uuid: str, dcs: Collection[str]) -> list[VmRecord]:
+def vms_using_image(conn: Connection, image_uuid: str, dcs: Collection[str], *,
+                    replicas: bool = True) -> list[VmRecord]:
     """The live VMs in these datacenters with a disk made from ``image_uuid``, by hostname (the
-    original's ``Image.is_used_by_vms`` over the image's attached DCs)."""
+    original's ``Image.is_used_by_vms`` over the image's attached DCs, which counts replicas: their
+    disks hold the image too). ``replicas=False``: ordinary VMs only, as the original lists them."""
     if not dcs or not is_uuid(image_uuid):
         return []
     wanted = image_uuid.lower()
@@ -189,6 +196,8 @@ def vms_using_image(conn: Connection, image_uuid: str, dcs: Collection[str]) -> 
              .where(_VM_LIVE, _vms.c.dc.in_(sorted(dcs)),
                     cast(_vms.c.disks, Text).contains(f'"{wanted}"', autoescape=True))
              .order_by(_vms.c.hostname))
+    if not replicas:
+        query = query.where(_vms.c.replica_of.is_(None))
     found = [_vm(row) for row in conn.execute(query)]
     return [vm for vm in found if any(disk.image_uuid == wanted for disk in vm.disks)]
 
@@ -212,7 +221,7 @@ def put_vm(conn: Connection, record: VmRecord) -> bool:
     hostname = _claim_hostname(conn, record)
     conn.execute(_WRITE_VM, {
         "key": record.uuid, "hostname": hostname, "dc": record.dc, "node": record.node, "status": record.status,
-        "ostype": record.ostype, "changed_at": record.changed_at,
+        "ostype": record.ostype, "changed_at": record.changed_at, "replica_of": record.replica_of,
         "disks": [{"disk_id": d.disk_id, "size": d.size, "image_uuid": d.image_uuid} for d in record.disks]})
     return True
 
@@ -234,7 +243,7 @@ def remove_vm(conn: Connection, uuid: str, changed_at: datetime) -> bool:
     if stored.changed_at > changed_at or (stored.status == _REMOVED and stored.changed_at == changed_at):
         return False
     conn.execute(_WRITE_VM, {"key": uuid, "hostname": uuid, "dc": "", "node": "", "status": _REMOVED, "ostype": 0,
-                             "disks": [], "changed_at": changed_at})
+                             "disks": [], "changed_at": changed_at, "replica_of": None})
     conn.execute(_SNAPSHOTS_OF_REMOVED_VM, {"of_vm": uuid, "removed_at": changed_at})
     return stored.status != _REMOVED
 
@@ -276,13 +285,14 @@ def _claim_hostname(conn: Connection, record: VmRecord) -> str:
 def _lowered(record: VmRecord) -> VmRecord:
     disks = tuple(disk if disk.image_uuid is None else dataclasses.replace(disk, image_uuid=disk.image_uuid.lower())
                   for disk in record.disks)
-    return dataclasses.replace(record, uuid=record.uuid.lower(), disks=disks)
+    return dataclasses.replace(record, uuid=record.uuid.lower(), disks=disks,
+                               replica_of=record.replica_of.lower() if record.replica_of else None)
 
 
 def _vm(row) -> VmRecord:
     disks = tuple(Disk(disk_id=d["disk_id"], size=d["size"], image_uuid=d.get("image_uuid")) for d in row.disks or ())
     return VmRecord(uuid=row.uuid, hostname=row.hostname, dc=row.dc, node=row.node, status=row.status,
-                    ostype=row.ostype, disks=disks, changed_at=row.changed_at)
+                    ostype=row.ostype, disks=disks, changed_at=row.changed_at, replica_of=row.replica_of)
 
 
 # --- snapshots -----------------------------------------------------------------------------------

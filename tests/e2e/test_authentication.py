@@ -104,6 +104,36 @@ def test_every_authenticated_operation_refuses_with_the_originals_403(system, br
     assert (submitted_commands(system), broker_commands.count() if broker_commands else 0) == before
 
 
+def methods_not_taken() -> list[tuple[str, str]]:
+    """(method, path) of each of GET/POST/PUT/DELETE that an authenticated path does not take."""
+    document = openapi.document()
+    authenticated = {path for _method, path in OPERATIONS}
+    return [(method, path) for path in sorted(authenticated) for method in ("GET", "POST", "PUT", "DELETE")
+            if method.lower() not in document["paths"][path]]
+
+
+def test_a_method_a_path_does_not_take_is_refused_after_authentication(system, broker_commands,  # noqa: F811
+                                                                        accounts):
+    """Reference §4.1, §5: the original authenticates before it looks at the method, so without
+    valid credentials a method a path does not take is the authentication's 403, not 405."""
+    refused = methods_not_taken()
+    assert ("PUT", "/api/image/") in refused and ("POST", "/api/image/{name}/vm/") in refused
+    before = (submitted_commands(system), broker_commands.count() if broker_commands else 0)
+    with httpx.Client(base_url=system.url, timeout=30) as client:
+        for method, path in refused:
+            url = concrete(path, accounts)
+            for headers, expected in (({}, NO_CREDENTIALS), ({"ES-API-KEY": "wrong"}, INVALID_KEY)):
+                response = client.request(method, url, headers=headers, json={})
+                assert (response.status_code, response.json()) == (403, expected), (method, path)
+            response = client.request(method, url, headers={"ES-API-KEY": accounts["current"]}, json={})
+            assert (response.status_code, response.json()) == (
+                405, {"detail": f'Method "{method}" not allowed.'}), (method, path)
+        # A path anybody may call still answers 405 to anybody.
+        response = client.get("/accounts/login/")
+        assert (response.status_code, response.json()) == (405, {"detail": 'Method "GET" not allowed.'})
+    assert (submitted_commands(system), broker_commands.count() if broker_commands else 0) == before
+
+
 def test_the_current_key_is_accepted_on_the_same_routes(system, accounts):
     """The refusals above are authentication's: the same reads with the valid key get past it
     (404 where a made-up uuid or VM names nothing)."""

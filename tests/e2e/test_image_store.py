@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -231,8 +232,16 @@ def test_a_file_that_is_really_a_container_format_is_refused(system, origin, sto
 
 
 def test_a_store_that_fails_its_health_check_is_428(system, origin, store_dir, name):
-    """Last in the module: it takes the store away for a moment."""
+    """Last in the module: it takes the store away for a moment. Every command that needs the
+    image server is refused, also a PUT that changes only the owner (reference §13.27)."""
     manifest_url, _ = origin.add_image(os.urandom(1024))
+    existing = f"{name}-kept"
+    new_owner = f"o{uuid.uuid4().hex[:8]}"
+    system.new_user(new_owner)
+    with system.client() as client:
+        assert finished(client, start_import(client, existing, origin.add_image(os.urandom(1024))[0])
+                        ).status_code == 200
+        owner = client.get(f"/image/{existing}/").json()["result"]["owner"]
     aside = store_dir.with_name(store_dir.name + "-aside")
     store_dir.rename(aside)
     store_dir.write_text("not a directory")
@@ -242,6 +251,9 @@ def test_a_store_that_fails_its_health_check_is_428(system, origin, store_dir, n
             assert answer.status_code == 428, answer.text
             assert answer.json() == {"detail": "Image server is not available"}
             assert client.get(f"/image/{name}/").status_code == 404
+            answer = client.put(f"/image/{existing}/", json={"owner": new_owner})
+            assert (answer.status_code, answer.json()) == (428, {"detail": "Image server is not available"})
+            assert client.get(f"/image/{existing}/").json()["result"]["owner"] == owner
     finally:
         store_dir.unlink()
         aside.rename(store_dir)

@@ -181,7 +181,8 @@ def test_an_import_from_the_own_image_server_verifies_the_file_in_place(system, 
                                         size=len(content))
         status = finished(client, accepted(answer))
         assert status.status_code == 200, status.text
-        assert status.json()["result"]["message"].startswith(f"Successfully verified image {name} ")
+        # Reference §7.3, §9.2: the in-place import is the original's `esimg update -c`, with its message.
+        assert status.json()["result"] == {"returncode": 0, "message": f"Successfully updated image {name}"}
         image = client.get(f"/image/{name}/").json()["result"]
         assert (image["uuid"], image["status"]) == (uuid, 1)
     assert (store_dir / uuid / "file").read_bytes() == content
@@ -410,6 +411,15 @@ def test_a_body_shorter_than_its_content_length_fails_and_leaves_nothing(system,
 # --- the image server's node (reference §5: 423) ----------------------------------------------
 
 
+def other_owner(system) -> str:
+    """A user an image could be given to (made once per system)."""
+    username = "storeowner"
+    if not getattr(system, "_other_owner", None):
+        system.new_user(username)
+        system._other_owner = username
+    return username
+
+
 def test_image_commands_wait_for_the_image_server_node_to_be_operational(system, origin, store_dir, name):
     url, manifest = origin.add_image(os.urandom(64 * 1024))
     refused = {"detail": "Node is not operational"}
@@ -422,14 +432,18 @@ def test_image_commands_wait_for_the_image_server_node_to_be_operational(system,
 
             system.admin("node", "set", NODE, "--status", "online")
             assert finished(client, start_import(client, name, url)).status_code == 200
+            owner = client.get(f"/image/{name}/").json()["result"]["owner"]
 
             system.admin("node", "set", NODE, "--status", "maintenance")
             answer = client.put(f"/image/{name}/", json={"desc": "changed"})
             assert (answer.status_code, answer.json()) == (423, refused)
+            # Reference §13.27: a PUT of database-only fields runs the image server's checks too.
+            answer = client.put(f"/image/{name}/", json={"owner": other_owner(system)})
+            assert (answer.status_code, answer.json()) == (423, refused)
             answer = client.delete(f"/image/{name}/")
             assert (answer.status_code, answer.json()) == (423, refused)
             image = client.get(f"/image/{name}/").json()["result"]
-            assert (image["status"], image["desc"]) == (1, manifest["description"])
+            assert (image["status"], image["desc"], image["owner"]) == (1, manifest["description"], owner)
         assert (store_dir / manifest["uuid"] / "file").exists()
     finally:
         system.admin("node", "set", NODE, "--status", "online")

@@ -120,6 +120,23 @@ def test_refusals_follow_the_references_order(system, dirs, name):
         assert client.get(f"/image/{name}/").status_code == 404
 
 
+def test_order_by_is_checked_after_the_vm_disk_and_snapshot(system, dirs, name):
+    """Reference §5, the snapshot-image chain: 404 VM / 412 disk / 404 snapshot come before a bad
+    ``order_by`` (412), which comes before the fields' 400."""
+    vm = new_vm(system, dirs)
+    bad_order = {"detail": "Invalid order_by; Possible sort fields are: name, created"}
+    with system.client() as client:
+        answer = post(client, str(uuidlib.uuid4()), "daily", name, order_by="size")
+        assert (answer.status_code, answer.json()) == (404, {"detail": "VM not found"})
+        answer = post(client, vm["hostname"], vm["snapname"], name, order_by="size", disk_id=2)
+        assert (answer.status_code, answer.json()) == (412, {"detail": "Invalid disk_id"})
+        answer = post(client, vm["hostname"], "weekly", name, order_by="size")
+        assert (answer.status_code, answer.json()) == (404, {"detail": "Snapshot not found"})
+        answer = post(client, vm["hostname"], vm["snapname"], name, order_by="size", access=7)
+        assert (answer.status_code, answer.json()) == (412, bad_order)
+        assert client.get(f"/image/{name}/").status_code == 404
+
+
 def test_a_vm_that_is_not_operational_is_423(system, dirs, name):
     vm = new_vm(system, dirs, status="notcreated")
     with system.client() as client:

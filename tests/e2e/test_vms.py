@@ -67,9 +67,21 @@ def vm_uuid() -> str:
     return str(uuid.uuid4())
 
 
-def set_vm(world: World, uuid_: str, hostname: str, dc: str, image_uuid: str) -> None:
+def set_vm(world: World, uuid_: str, hostname: str, dc: str, image_uuid: str, *more: str) -> None:
     world.system.admin("vm", "set", uuid_, "--hostname", hostname, "--dc", dc, "--node", "cn1.example.com",
-                       "--status", "running", "--ostype", "1", "--disk", f"1:10240:{image_uuid}", "--disk", "2:512")
+                       "--status", "running", "--ostype", "1", "--disk", f"1:10240:{image_uuid}", "--disk", "2:512",
+                       *more)
+
+
+def publish_vm_updated(world: World, payload: dict) -> None:
+    """Publish a ``vm.updated`` with pika, as the compute management system would."""
+    message_id = str(uuid.uuid4())
+    envelope = {"id": message_id, "type": "vm.updated", "schema_version": 1, "time": "2026-11-27T10:00:00Z",
+                "correlation_id": message_id, "causation_id": None, "actor": None, "payload": payload}
+    system = world.system
+    publish(system.broker_url, f"{system.prefix}imagesvc.inventory", "vm.updated", orjson.dumps(envelope),
+            content_type="application/json", delivery_mode=2, message_id=message_id, correlation_id=message_id,
+            type="vm.updated", user_id=urlsplit(system.broker_url).username or "guest")
 
 
 def exists(world: World, name: str) -> bool:
@@ -153,16 +165,9 @@ def test_a_vm_updated_event_published_with_pika_blocks_the_deletion(world, origi
         pytest.skip("nobody outside the process can publish on memory://")
     name, image_uuid = image_in(world, origin, world.dc)
     hostname = f"pika-{world.tag}"
-    message_id = str(uuid.uuid4())
-    envelope = {"id": message_id, "type": "vm.updated", "schema_version": 1, "time": "2026-11-27T10:00:00Z",
-                "correlation_id": message_id, "causation_id": None, "actor": None,
-                "payload": {"uuid": vm_uuid(), "hostname": hostname, "dc": world.dc, "node": "cn1.example.com",
-                            "status": "stopped", "ostype": 1, "changed_at": "2026-11-27T10:00:00Z",
-                            "disks": [{"disk_id": 1, "size": 10240, "image_uuid": image_uuid}]}}
-    system = world.system
-    publish(system.broker_url, f"{system.prefix}imagesvc.inventory", "vm.updated", orjson.dumps(envelope),
-            content_type="application/json", delivery_mode=2, message_id=message_id, correlation_id=message_id,
-            type="vm.updated", user_id=urlsplit(system.broker_url).username or "guest")
+    publish_vm_updated(world, {"uuid": vm_uuid(), "hostname": hostname, "dc": world.dc, "node": "cn1.example.com",
+                               "status": "stopped", "ostype": 1, "changed_at": "2026-11-27T10:00:00Z",
+                               "disks": [{"disk_id": 1, "size": 10240, "image_uuid": image_uuid}]})
 
     def listed() -> None:
         with world.client() as root:
@@ -170,6 +175,73 @@ def test_a_vm_updated_event_published_with_pika_blocks_the_deletion(world, origi
 
     eventually(listed, timeout=20, interval=0.2)
     with world.client() as root:
+        refused = root.delete(f"/image/{name}/")
+    assert (refused.status_code, refused.json()) == (428, USED)
+    assert exists(world, name)
+
+
+def test_a_detach_is_refused_while_a_vm_of_that_datacenter_uses_the_image(world, origin):
+    """Reference §3.8: DELETE /dc/<dc>/image/<name>/ answers 428 ``Image is used by some VMs``
+    while a VM of that datacenter uses the image, and detaches nothing."""
+    name, image_uuid = image_in(world, origin, world.dc)
+    with world.client() as root:
+        assert root.post(f"/dc/{world.other_dc}/image/{name}/").status_code == 201
+    vm = vm_uuid()
+    set_vm(world, vm, f"detach-{world.tag}", world.other_dc, image_uuid)
+    with world.client() as root:
+        refused = root.delete(f"/dc/{world.other_dc}/image/{name}/")
+        assert (refused.status_code, refused.json()) == (428, USED)
+        assert root.get(f"/dc/{world.other_dc}/image/{name}/").status_code == 200  # still attached
+        detached = root.delete(f"/dc/{world.dc}/image/{name}/")  # no VM of that datacenter uses it
+        assert detached.status_code == 200, detached.text
+    world.system.admin("vm", "remove", vm)
+    with world.client() as root:
+        assert root.delete(f"/dc/{world.other_dc}/image/{name}/").status_code == 200
+        assert root.get(f"/dc/{world.other_dc}/image/{name}/").status_code == 404
+
+
+def test_a_replica_keeps_the_image_in_use_but_is_not_listed(world, origin):
+    """Reference §3.7: the VMs of an image are listed without replicas; a replica's disks still
+    hold the image, so its deletion and its detach are refused (428)."""
+    name, image_uuid = image_in(world, origin, world.dc)
+    master, replica = vm_uuid(), vm_uuid()
+    set_vm(world, master, f"master-{world.tag}", world.dc, image_uuid)
+    set_vm(world, replica, f"replica-master-{world.tag}", world.dc, image_uuid, "--replica-of", master)
+    with world.client() as root:
+        assert root.get(f"/image/{name}/vm/").json()["result"] == [f"master-{world.tag}"]
+        full = root.get(f"/image/{name}/vm/", params={"full": "true"}).json()["result"]
+        assert [vm["uuid"] for vm in full] == [master]
+    world.system.admin("vm", "remove", master)
+    with world.client() as root:
+        assert root.get(f"/image/{name}/vm/").json()["result"] == []
+        refused = root.delete(f"/image/{name}/")
+        assert (refused.status_code, refused.json()) == (428, USED)
+        refused = root.delete(f"/dc/{world.dc}/image/{name}/")
+        assert (refused.status_code, refused.json()) == (428, USED)
+    world.system.admin("vm", "remove", replica)
+    with world.client() as root:
+        assert root.delete(f"/image/{name}/").status_code == 200
+
+
+def test_a_replica_published_with_pika_is_not_listed_but_blocks_the_deletion(world, origin):
+    if world.system.mode != "distributed":
+        pytest.skip("nobody outside the process can publish on memory://")
+    name, image_uuid = image_in(world, origin, world.dc)
+    master = vm_uuid()
+    hostname = f"replica-pika-{world.tag}"
+    publish_vm_updated(world, {"uuid": vm_uuid(), "hostname": hostname, "dc": world.dc, "node": "cn2.example.com",
+                               "status": "stopped", "ostype": 1, "changed_at": "2026-11-27T10:00:00Z",
+                               "replica_of": master,
+                               "disks": [{"disk_id": 1, "size": 10240, "image_uuid": image_uuid}]})
+    system = world.system
+
+    def stored() -> None:
+        listed = {json.loads(line)["hostname"]: json.loads(line) for line in system.admin("vm", "list").splitlines()}
+        assert listed[hostname]["replica_of"] == master
+
+    eventually(stored, timeout=20, interval=0.2)
+    with world.client() as root:
+        assert root.get(f"/image/{name}/vm/").json()["result"] == []
         refused = root.delete(f"/image/{name}/")
     assert (refused.status_code, refused.json()) == (428, USED)
     assert exists(world, name)

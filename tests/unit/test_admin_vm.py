@@ -43,15 +43,15 @@ def test_admin_vm_set_list_remove(database, capsys):
     assert main(["admin", "vm", "list"]) == 0
     assert lines(capsys) == []
     assert set_vm(VM, "web01", "--disk", f"1:10240:{IMAGE}", "--disk", "2:512") == 0
-    assert set_vm(VM2, "db01") == 0
+    assert set_vm(VM2, "db01", "--replica-of", VM.upper()) == 0
     assert f"VM {VM!r} (web01) is running in main on cn1" in capsys.readouterr().out
     assert main(["admin", "vm", "list"]) == 0
     listed = lines(capsys)
     assert [{k: v for k, v in vm.items() if k != "changed_at"} for vm in listed] == [
         {"uuid": VM2, "hostname": "db01", "dc": "main", "node": "cn1", "status": "running", "ostype": 1,
-         "disks": []},
+         "replica_of": VM, "disks": []},
         {"uuid": VM, "hostname": "web01", "dc": "main", "node": "cn1", "status": "running", "ostype": 1,
-         "disks": [{"disk_id": 1, "size": 10240, "image_uuid": IMAGE},
+         "replica_of": None, "disks": [{"disk_id": 1, "size": 10240, "image_uuid": IMAGE},
                    {"disk_id": 2, "size": 512, "image_uuid": None}]}]
     assert all(vm["changed_at"].endswith("Z") for vm in listed)
 
@@ -60,6 +60,13 @@ def test_admin_vm_set_list_remove(database, capsys):
     assert capsys.readouterr().err.strip() == f"imagesvc: no VM {VM2!r}"
     assert main(["admin", "vm", "list"]) == 0
     assert [vm["hostname"] for vm in lines(capsys)] == ["web01"]
+
+
+def test_admin_vm_set_refuses_a_replica_of_no_vm_or_of_itself(database, capsys):
+    assert set_vm(VM, "web01", "--replica-of", "web00") == 2
+    assert "replica_of must be a UUID" in capsys.readouterr().err
+    assert set_vm(VM, "web01", "--replica-of", VM) == 2
+    assert "replica_of must name another VM" in capsys.readouterr().err
 
 
 def test_admin_vm_set_notes_a_status_that_is_not_operational(database, capsys):

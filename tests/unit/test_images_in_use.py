@@ -7,7 +7,7 @@ import functools
 from datetime import timedelta
 
 from services.deleter.handlers import delete_image
-from shared.contracts import AttachImage, DeleteImage
+from shared.contracts import AttachImage, DeleteImage, DetachImage
 from shared.db import accounts, vms
 from shared.db.catalogue import SqlCatalogue
 from shared.db.engine import read_transaction, write_transaction
@@ -20,11 +20,11 @@ USED = {"detail": "Image is used by some VMs"}
 VM = "11111111-2222-4333-8444-555555555501"
 
 
-def put_vm(world, image_uuid: str, dc: str = "main", *, removed: bool = False) -> None:
+def put_vm(world, image_uuid: str, dc: str = "main", *, removed: bool = False, replica_of: str | None = None) -> None:
     at = utcnow() - timedelta(seconds=5)
     with write_transaction(world.engine) as conn:
         vms.put_vm(conn, vms.VmRecord(uuid=VM, hostname="web01", dc=dc, node="cn1", status="stopped", ostype=1,
-                                      disks=(vms.Disk(1, 10240, image_uuid),), changed_at=at))
+                                      disks=(vms.Disk(1, 10240, image_uuid),), changed_at=at, replica_of=replica_of))
         if removed:
             vms.remove_vm(conn, VM, at + timedelta(seconds=1))
 
@@ -93,3 +93,28 @@ def test_used_by_vms_comes_before_the_image_servers_428(world):  # noqa: F811
         428, {"detail": "Image server is not available"})
     put_vm(world, manifest["uuid"])
     assert result(world, world.run("deleter", DeleteImage(name="served"))) == (428, USED)
+
+
+def test_a_replica_keeps_the_image_in_use_but_is_not_listed(world):  # noqa: F811
+    """Reference §3.7, §2.1: a replica's disks hold the image (the in-use checks count it); the
+    list of the image's VMs leaves it out."""
+    manifest = world.imported("replicated")
+    put_vm(world, manifest["uuid"], replica_of="11111111-2222-4333-8444-555555555599")
+    with read_transaction(world.engine) as conn:
+        assert [vm.hostname for vm in vms.vms_using_image(conn, manifest["uuid"], ["main"])] == ["web01"]
+        assert vms.vms_using_image(conn, manifest["uuid"], ["main"], replicas=False) == []
+    assert result(world, world.run("deleter", DeleteImage(name="replicated"))) == (428, USED)
+
+
+def test_a_detach_is_refused_while_a_vm_of_that_datacenter_uses_the_image(world):  # noqa: F811
+    """Reference §3.8: DELETE /dc/<dc>/image/<name>/ answers 428 and detaches nothing; a VM of
+    another datacenter the image is attached to does not count."""
+    with write_transaction(world.engine) as conn:
+        accounts.create_datacenter(conn, "third")
+    manifest = world.imported("detached")
+    world.run("updater", AttachImage(name="detached", dc="third"))
+    put_vm(world, manifest["uuid"], dc="third")
+    assert result(world, world.run("updater", DetachImage(name="detached", dc="third"))) == (428, USED)
+    with read_transaction(world.engine) as conn:
+        assert "third" in SqlCatalogue(conn).image_by_name("detached").dcs
+    assert result(world, world.run("updater", DetachImage(name="detached", dc="main")))[0] == 200

@@ -55,6 +55,12 @@ def test_vm_updated_parses_with_its_disks_and_any_offset():
     assert event.stream_position() is None
 
 
+def test_a_replica_names_its_vm_and_an_ordinary_vm_need_not_say_so():
+    master = "11111111-2222-4333-8444-555555555502"
+    assert parse(updated(replica_of=master)).replica_of == master
+    assert parse(updated()).replica_of is None and parse(updated(replica_of=None)).replica_of is None
+
+
 def test_a_disk_without_image_uuid_has_none():
     event = parse(updated(disks=[{"disk_id": 1, "size": 1}]))
     assert event.disks == [{"disk_id": 1, "size": 1}]
@@ -88,6 +94,8 @@ def test_the_other_vm_events_parse():
     (updated(disks=[{"disk_id": 1, "size": 5, "image_uuid": "centos"}]), "image_uuid"),
     (updated(disks=[{"disk_id": 1, "size": 5}, {"disk_id": 1, "size": 6}]), "twice"),
     (updated(at="2026-11-27T10:00:00"), "no timezone"),
+    (updated(replica_of="web00"), "replica_of must be a UUID"),
+    (updated(replica_of=VM), "replica_of must name another VM"),
     (removed(vm="web01"), "uuid"),
     (removed(at="yesterday"), "not an ISO-8601"),
     (snapshot_updated(vm_uuid="web01"), "vm_uuid"),
