@@ -50,7 +50,7 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO", s
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_color_message],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -65,6 +65,13 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO", s
     # Libraries that are chatty at INFO; their warnings still come through.
     for name in ("pika", "amqp", "kombu", "uvicorn.access", "httpx", "httpcore", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _drop_color_message(_logger, _name, event_dict):
+    """uvicorn passes a copy of its message with ANSI colour codes as the ``color_message`` extra
+    (for its own formatter): never ours to print, in JSON or on a console."""
+    event_dict.pop("color_message", None)
+    return event_dict
 
 
 def _add_service(service: str):
