@@ -53,24 +53,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Options with their defaults (where there is one to show); descriptions and epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser shows its options' defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("imagesvc")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _environment_help() -> str:
+    """The epilog of ``imagesvc --help``: every setting's variable and default."""
+    import dataclasses
+
+    lines = ["settings (environment variables, with their defaults; see README.md, Configuration):"]
+    for field in dataclasses.fields(Settings):
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        lines.append(f"  IMAGESVC_{field.name.upper()}={shown}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagesvc", description="Server disk image service.")
+    parser = _Parser(prog="imagesvc", description="Server disk image service.", epilog=_environment_help())
+    parser.add_argument("--version", action="version", version=f"imagesvc {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the whole system in this process (embedded mode)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="the port of the API and the image server")
     serve.set_defaults(func=_serve)
 
     gateway = commands.add_parser("gateway", help="run the HTTP gateway")
-    gateway.add_argument("--host", default="127.0.0.1")
-    gateway.add_argument("--port", type=int, default=8000)
-    gateway.add_argument("--workers", type=int, default=1)
+    gateway.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    gateway.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    gateway.add_argument("--workers", type=int, default=1, help="worker processes sharing the port")
     gateway.set_defaults(func=_gateway)
 
     image_server = commands.add_parser("image-server", help="serve the image store read-only over HTTP (IMGAPI)")
-    image_server.add_argument("--host", default="127.0.0.1")
-    image_server.add_argument("--port", type=int, default=8080)
+    image_server.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    image_server.add_argument("--port", type=int, default=8080, help="the port to listen on")
     image_server.set_defaults(func=_image_server)
 
     worker = commands.add_parser("worker", help="run one consumer service")

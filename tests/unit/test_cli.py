@@ -234,3 +234,26 @@ def test_node_agent_refuses_to_start_without_an_image_store(tmp_path, monkeypatc
     monkeypatch.setenv("IMAGESVC_IMAGE_STORE", "none")
     assert main(["node-agent", "--node", "cn1"]) == 2
     assert "IMAGESVC_IMAGE_STORE" in capsys.readouterr().err
+
+
+def test_version_and_help_show_what_an_operator_needs(capsys):
+    """``--version`` names the installed version; ``--help`` lists every setting's variable with
+    its default; a command's help shows its options' defaults."""
+    from importlib.metadata import version as installed_version
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"imagesvc {installed_version('imagesvc')}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helped = capsys.readouterr().out
+    import dataclasses
+
+    from shared.config import Settings
+    for field in dataclasses.fields(Settings):
+        assert f"IMAGESVC_{field.name.upper()}=" in helped, field.name
+    assert "IMAGESVC_ANSWER_WINDOW=5.0" in helped and "IMAGESVC_RETRY_BACKOFF=0.5,2.0,5.0,10.0" in helped
+    with pytest.raises(SystemExit):
+        main(["gateway", "--help"])
+    assert "(default: 8000)" in capsys.readouterr().out
