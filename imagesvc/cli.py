@@ -158,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
     from shared.db.migrate import upgrade
 
     settings = _embedded_settings()
+    if not _can_listen("serve", args.host, args.port):
+        return 1
     if settings.image_store != "none" and not settings.image_server_url:
         # The embedded image server answers on serve's own address.
         settings = Settings.from_env(os.environ, embedded=True, image_server_url=f"http://{args.host}:{args.port}")
@@ -187,6 +189,16 @@ def _serve(args: argparse.Namespace) -> int:
         embedded.stop()
         infra.close()
     return 0
+
+
+def _can_listen(command: str, host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on; if not, says why in one line."""
+    from imagesvc import edge
+
+    problem = edge.port_problem(host, port)
+    if problem:
+        print(f"imagesvc {command}: {problem}", file=sys.stderr)
+    return problem is None
 
 
 def _lock_database(settings: Settings) -> IO[str] | None:
@@ -245,6 +257,8 @@ def _gateway(args: argparse.Namespace) -> int:
     from imagesvc import edge
 
     settings = _settings()
+    if not _can_listen("gateway", args.host, args.port):
+        return 1
     configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
     edge.run("imagesvc.bootstrap:gateway_app_from_env", factory=True, workers=args.workers, settings=settings,
              host=args.host, port=args.port)
@@ -260,6 +274,8 @@ def _image_server(args: argparse.Namespace) -> int:
         print("imagesvc image-server: no image store is configured (IMAGESVC_IMAGE_STORE=none); "
               "set IMAGESVC_IMAGE_STORE to the store's directory", file=sys.stderr)
         return 2
+    if not _can_listen("image-server", args.host, args.port):
+        return 1
     configure_logging("image-server", fmt=settings.log_format, level=settings.log_level)
     log.info("image_server.start", store=store.location, host=args.host, port=args.port)
     edge.run(bootstrap.image_server_app(store), settings=settings, host=args.host, port=args.port, image_server=True)

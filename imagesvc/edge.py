@@ -36,6 +36,7 @@ not yet sent) is logged at info as ``request.client_gone``, without a traceback.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import http
 import os
@@ -344,6 +345,27 @@ class ImageServerProtocol(EdgeProtocol):
     @staticmethod
     def error_body(status: int, message: str) -> bytes:
         return orjson.dumps({"code": http.HTTPStatus(status).phrase.replace(" ", ""), "message": message})
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why nothing could listen on ``host:port`` now (taken, not an address of this machine, not
+    allowed), or None. Checked before a process says it runs: uvicorn would only log the failure
+    and exit after the process had started everything else."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, OverflowError) as exc:
+        return f"cannot listen on {host}:{port}: {exc}"
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+            return f"cannot listen on {host}:{port}: {reason}"
+    return None
 
 
 def run(app: Any, *, settings: Settings, host: str, port: int, image_server: bool = False, **options: Any) -> None:

@@ -257,3 +257,21 @@ def test_version_and_help_show_what_an_operator_needs(capsys):
     with pytest.raises(SystemExit):
         main(["gateway", "--help"])
     assert "(default: 8000)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["serve", "gateway", "image-server"])
+def test_a_taken_port_is_one_line_and_exit_code_1_before_anything_runs(command, tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setenv("IMAGESVC_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("IMAGESVC_IMAGE_STORE", str(tmp_path / "store"))
+    (tmp_path / "store").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([command, "--host", "127.0.0.1", "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"imagesvc {command}: cannot listen on 127.0.0.1:{port}: the port is in use"
+    assert "running" not in captured.out
+    assert not (tmp_path / "var").exists()  # serve started nothing: no database, no key
