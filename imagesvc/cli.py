@@ -202,29 +202,15 @@ def _can_listen(command: str, host: str, port: int) -> bool:
 
 
 def _lock_database(settings: Settings) -> IO[str] | None:
-    """Lock ``serve``'s database for as long as this process lives (the kernel lets go when it
-    dies, ``kill -9`` included): the start-up recovery takes every lease and accepted command it
-    finds for abandoned, which holds only while no other ``serve`` works on the same database.
-    The lock is a file beside an SQLite database, else in the data directory. Returns the open
-    lock file (keep it open), or None, having said why, when another process holds the lock."""
-    import fcntl
+    """Lock ``serve``'s database for as long as this process lives (``imagesvc.serve_lock``).
+    Returns the open lock file (keep it open), or None, having said why, when another process
+    holds the lock."""
+    from imagesvc import serve_lock
 
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        path = Path(f"{Path(url.database).resolve()}-serve.lock")
-    else:
-        path = Path(settings.data_dir).resolve() / "serve.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        print(f"imagesvc serve: another imagesvc serve is running on this database (it holds {path})",
-              file=sys.stderr)
-        return None
+    handle = serve_lock.take(settings)
+    if handle is None:
+        print(f"imagesvc serve: another imagesvc serve is running on this database "
+              f"(it holds {serve_lock.lock_path(settings)})", file=sys.stderr)
     return handle
 
 

@@ -116,11 +116,20 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+_EMBEDDED = ("the embedded mode's dead-letter queues (memory://) live inside the `imagesvc serve` process "
+             "and cannot be reached from here; this command works on RabbitMQ (IMAGESVC_BROKER_URL)")
+
+
 def _settings() -> Settings:
     settings = Settings.from_env(os.environ)
     if settings.embedded_broker:
-        raise DlqError("the embedded mode's dead-letter queues (memory://) live inside the `imagesvc serve` process "
-                       "and cannot be reached from here; this command works on RabbitMQ (IMAGESVC_BROKER_URL)")
+        raise DlqError(_EMBEDDED)
+    if "IMAGESVC_BROKER_URL" not in os.environ:
+        # Not configured: beside a running `serve` the default RabbitMQ address is not its broker.
+        from imagesvc import serve_lock
+
+        if serve_lock.held(Settings.from_env(os.environ, embedded=True)):
+            raise DlqError(f"an imagesvc serve runs on this directory's database: {_EMBEDDED}")
     return settings
 
 
