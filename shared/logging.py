@@ -62,6 +62,11 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO", s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    # uvicorn's own logging set-up (when anything ran it) gives its loggers handlers of their own
+    # and stops them propagating: back to the one pipeline.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     # Libraries that are chatty at INFO; their warnings still come through.
     for name in ("pika", "amqp", "kombu", "uvicorn.access", "httpx", "httpcore", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
