@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from typing import Callable, Iterator
 
-from shared.config import Settings
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -124,9 +122,10 @@ def _register_vm(commands: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def _transaction() -> Iterator:
+    from imagesvc.settings import for_existing_database
     from shared.db.engine import make_engine, write_transaction
 
-    engine = make_engine(Settings.from_env(os.environ, embedded=True).database_url, pool_size=1)
+    engine = make_engine(for_existing_database().database_url, pool_size=1)
     try:
         with write_transaction(engine) as conn:
             yield conn

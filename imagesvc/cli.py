@@ -26,6 +26,7 @@ from typing import IO, Sequence
 from imagesvc import admin as admin_module
 from imagesvc import dlq as dlq_module
 from imagesvc import store_check
+from imagesvc.settings import for_existing_database
 from shared.config import ConfigError, Settings
 from shared.logging import configure_logging, get_logger
 from shared.store import open_store
@@ -348,7 +349,7 @@ def _projector_rebuild(_args: argparse.Namespace) -> int:
     from services.projector.handlers import rebuild
     from shared.db.engine import make_engine, write_transaction
 
-    settings = _embedded_settings()
+    settings = for_existing_database()
     configure_logging("projector", fmt=settings.log_format, level=settings.log_level)
     engine = make_engine(settings.database_url, pool_size=1)
     try:
@@ -365,7 +366,7 @@ def _create_superadmin(args: argparse.Namespace) -> int:
     from shared.db.engine import make_engine, write_transaction
     from shared.keys import new_api_key
 
-    settings = _embedded_settings()
+    settings = for_existing_database()
     engine = make_engine(settings.database_url, pool_size=1)
     key = new_api_key()
     try:

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from shared.config import Settings
+from imagesvc.settings import for_existing_database
 
 #: Exit status when findings need attention (fsck's "file system errors left uncorrected").
 PROBLEMS_LEFT = 4
@@ -43,7 +43,7 @@ def _check(args: argparse.Namespace) -> int:
     from shared.logging import configure_logging
     from shared.store import open_store
 
-    settings = Settings.from_env(os.environ, embedded=True)
+    settings = for_existing_database()
     configure_logging("store-check", fmt=settings.log_format, level=settings.log_level)
     store = open_store(settings.image_store)
     if store is None:

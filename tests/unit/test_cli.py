@@ -48,9 +48,24 @@ def test_create_superadmin_prints_the_key_last_and_stores_only_its_digest(tmp_pa
 
 
 def test_an_unmigrated_database_gets_a_sentence_not_a_traceback(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty.db").touch()
     monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     assert main(["admin", "create-superadmin", "ops"]) == 1
     assert "imagesvc db upgrade" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["admin", "user", "list"], ["admin", "create-superadmin", "ops"],
+                                     ["admin", "vm", "list"], ["store", "check"], ["projector", "rebuild"]])
+def test_no_command_but_serve_and_db_upgrade_creates_a_database(command, tmp_path, monkeypatch, capsys):
+    """Run from a directory without ./var (the embedded default), a command says where it looked
+    and how to point it at the database, and leaves nothing behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMAGESVC_DATABASE_URL", raising=False)
+    monkeypatch.delenv("IMAGESVC_DATA_DIR", raising=False)
+    assert main(command) in (1, 2)
+    said = capsys.readouterr().err
+    assert f"no database at {tmp_path / 'var' / 'imagesvc.db'}" in said and "IMAGESVC_DATA_DIR" in said, said
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bad_setting_names_its_variable(monkeypatch, capsys):
