@@ -336,10 +336,20 @@ def _node_agent(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
-    from shared.db.migrate import upgrade
+    from shared.db.migrate import create_database_if_missing, upgrade
 
     settings = _embedded_settings()
     configure_logging("migrate", fmt=settings.log_format, level=settings.log_level)
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        if create_database_if_missing(settings.database_url):
+            print(f"created the database: {_redact(settings.database_url)}")
+    except DBAPIError as exc:
+        print(f"imagesvc db upgrade: could not make sure the database exists ({_redact(settings.database_url)}): "
+              f"{exc.orig or exc}; create it (CREATE DATABASE) or give the user CREATEDB, then run this again",
+              file=sys.stderr)
+        return 1
     upgrade(settings.database_url)
     print(f"database at head: {_redact(settings.database_url)}")
     return 0

@@ -21,3 +21,28 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
     command.upgrade(alembic_config(url), revision)
+
+
+def create_database_if_missing(url: str) -> bool:
+    """On PostgreSQL, create the database ``url`` names when the server has none of that name,
+    connecting to its ``postgres`` maintenance database with the same credentials; True if it
+    created one. (SQLite creates its file on first use.) Raises the driver's error, with its
+    message, when the server cannot be reached or the user may not create databases."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    if target.get_backend_name() != "postgresql" or not target.database:
+        return False
+    maintenance = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with maintenance.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                            {"name": target.database}).first() is not None:
+                return False
+            quoted = conn.dialect.identifier_preparer.quote_identifier(target.database)
+            conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        maintenance.dispose()
