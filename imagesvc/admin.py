@@ -188,8 +188,13 @@ def _user_key(args: argparse.Namespace) -> int:
 
 def _report(status: int, key: str | None, without_key: str, with_key: str) -> int:
     """After a successful command, say what happened; a new key goes alone on the last line."""
+    return _done(status, without_key if key is None else f"{with_key}\n{key}")
+
+
+def _done(status: int, message: str) -> int:
+    """After a command committed (status 0), say what it did."""
     if status == 0:
-        print(without_key if key is None else f"{with_key}\n{key}")
+        print(message)
     return status
 
 
@@ -202,7 +207,8 @@ def _user_password(args: argparse.Namespace) -> int:
         print("imagesvc: no password on standard input", file=sys.stderr)
         return 1
     hashed = hash_password(password)  # never the password itself, and never printed
-    return _run(lambda conn: accounts.update_user(conn, args.username, password_hash=hashed))
+    return _done(_run(lambda conn: accounts.update_user(conn, args.username, password_hash=hashed)),
+                 f"set the password of {args.username!r}")
 
 
 def _user_set(args: argparse.Namespace) -> int:
@@ -211,7 +217,9 @@ def _user_set(args: argparse.Namespace) -> int:
     values = {column: _yes(getattr(args, attribute)) for column, attribute in
               (("is_active", "active"), ("api_access", "api_access"), ("is_superadmin", "superadmin"))}
     values = {k: v for k, v in values.items() if v is not None}
-    return _run(lambda conn: accounts.update_user(conn, args.username, **values))
+    changed = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in values.items()) or "nothing to change"
+    return _done(_run(lambda conn: accounts.update_user(conn, args.username, **values)),
+                 f"user {args.username!r}: {changed}")
 
 
 def _user_list(_args: argparse.Namespace) -> int:
@@ -256,25 +264,29 @@ def _role_create(args: argparse.Namespace) -> int:
 def _role_add_user(args: argparse.Namespace) -> int:
     from shared.db import accounts
 
-    return _run(lambda conn: accounts.add_member(conn, args.role, args.username))
+    return _done(_run(lambda conn: accounts.add_member(conn, args.role, args.username)),
+                 f"added {args.username!r} to role {args.role!r}")
 
 
 def _role_remove_user(args: argparse.Namespace) -> int:
     from shared.db import accounts
 
-    return _run(lambda conn: accounts.remove_member(conn, args.role, args.username))
+    return _done(_run(lambda conn: accounts.remove_member(conn, args.role, args.username)),
+                 f"removed {args.username!r} from role {args.role!r}")
 
 
 def _role_attach(args: argparse.Namespace) -> int:
     from shared.db import accounts
 
-    return _run(lambda conn: accounts.attach_role(conn, args.role, args.dc))
+    return _done(_run(lambda conn: accounts.attach_role(conn, args.role, args.dc)),
+                 f"attached role {args.role!r} to datacenter {args.dc!r}")
 
 
 def _role_detach(args: argparse.Namespace) -> int:
     from shared.db import accounts
 
-    return _run(lambda conn: accounts.detach_role(conn, args.role, args.dc))
+    return _done(_run(lambda conn: accounts.detach_role(conn, args.role, args.dc)),
+                 f"detached role {args.role!r} from datacenter {args.dc!r}")
 
 
 def _role_list(_args: argparse.Namespace) -> int:

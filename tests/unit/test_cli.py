@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from sqlalchemy import create_engine, select
 
 import pytest
@@ -94,9 +96,18 @@ def test_admin_commands_manage_users_datacenters_and_roles_in_the_embedded_datab
     key = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["admin", "dc", "create", "dc1", "--owner", "alice", "--image-limit", "5"]) == 0
     assert main(["admin", "group", "create", "ops", "--permission", "admin", "--permission", "image_admin"]) == 0
+    capsys.readouterr()
+    # Every command that changes something says what it did.
     assert main(["admin", "role", "add-user", "ops", "alice"]) == 0
     assert main(["admin", "role", "attach", "ops", "dc1"]) == 0
-    capsys.readouterr()
+    assert main(["admin", "role", "detach", "ops", "dc1"]) == 0
+    assert main(["admin", "role", "remove-user", "ops", "alice"]) == 0
+    assert main(["admin", "role", "add-user", "ops", "alice"]) == 0
+    assert main(["admin", "role", "attach", "ops", "dc1"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "added 'alice' to role 'ops'", "attached role 'ops' to datacenter 'dc1'",
+        "detached role 'ops' from datacenter 'dc1'", "removed 'alice' from role 'ops'",
+        "added 'alice' to role 'ops'", "attached role 'ops' to datacenter 'dc1'"]
 
     assert main(["admin", "role", "list"]) == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
@@ -113,8 +124,13 @@ def test_admin_commands_manage_users_datacenters_and_roles_in_the_embedded_datab
             return conn.execute(select(users).where(users.c.username == "alice")).one()
 
     assert alice().api_key_digest == key_digest(key) and not alice().is_superadmin
+    capsys.readouterr()
     assert main(["admin", "user", "set", "alice", "--api-access", "no"]) == 0
     assert alice().api_access is False
+    assert capsys.readouterr().out.strip() == "user 'alice': api_access=no"
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long enough secret\n"))
+    assert main(["admin", "user", "password", "alice"]) == 0
+    assert capsys.readouterr().out.strip() == "set the password of 'alice'"
     assert main(["admin", "user", "key", "alice", "--revoke"]) == 0
     assert alice().api_key_digest is None
     engine.dispose()
