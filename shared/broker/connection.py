@@ -51,6 +51,20 @@ def ensure_connected(connection: Connection, timeout: float | None = None) -> No
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0, timeout=timeout)
 
 
+def access_refused(exc: BaseException, connection: Connection | None) -> str | None:
+    """A sentence for an operator when ``exc`` is the broker refusing this connection's user (a
+    wrong user name or password, or no access to the virtual host), else None. Nothing the
+    process can fix by itself: an operator must."""
+    from amqp.exceptions import AccessRefused
+
+    if not isinstance(exc, AccessRefused):
+        return None
+    where = connection.as_uri(include_password=False) if connection is not None else "the broker"
+    return (f"the broker refused {where}: {exc.reply_text if hasattr(exc, 'reply_text') else exc} "
+            "(check the user name, password and virtual host in IMAGESVC_BROKER_URL, and the user's "
+            "permissions: docs/security.md)")
+
+
 def discard(connection: Connection | None) -> None:
     """Drop a connection without talking to the broker.
 

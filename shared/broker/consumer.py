@@ -52,7 +52,7 @@ import structlog
 from kombu import Connection, Consumer
 from kombu import Queue as KombuQueue
 
-from shared.broker.connection import amqp_transport, discard, ensure_connected
+from shared.broker.connection import access_refused, amqp_transport, discard, ensure_connected
 from shared.broker.topology import Topology
 from shared.contracts.routing import Publishers
 from shared.errors import Nacked, PublishFailed, Transient
@@ -61,9 +61,11 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 ATTEMPT_HEADER = "x-imagesvc-attempt"
-#: Without a socket to watch (memory://, TLS): the read timeout while handlers run.
 #: Longest pause between two attempts to reach the broker again.
 RECONNECT_DELAY_MAX = 2.0
+#: The longest wait between attempts while the broker refuses the user (it will not change by itself).
+ACCESS_REFUSED_DELAY_MAX = 30.0
+#: Without a socket to watch (memory://, TLS): the read timeout while handlers run.
 BUSY_POLL_SECONDS = 0.002
 DEATH_REASON_HEADER = "x-imagesvc-death-reason"
 ORIGINAL_QUEUE_HEADER = "x-imagesvc-original-queue"
@@ -255,11 +257,19 @@ class ConsumerRunner:
                 self._waiting.clear()
                 self._in_flight = 0
                 self.ready.clear()
-                log.warning("consumer.connection_lost", consumer=self.name, error=repr(exc), retry_in=reconnect_delay)
+                refused = access_refused(exc, connection)
+                if refused:
+                    # An operator must fix the credentials or permissions: say so plainly and
+                    # knock again now and then, so the worker starts as soon as they are fixed.
+                    reconnect_delay = max(reconnect_delay, RECONNECT_DELAY_MAX)
+                    log.error("consumer.access_refused", consumer=self.name, problem=refused, retry_in=reconnect_delay)
+                else:
+                    log.warning("consumer.connection_lost", consumer=self.name, error=repr(exc),
+                                retry_in=reconnect_delay)
                 discard(connection)
                 self._stop.wait(reconnect_delay)
                 # Capped low: after a broker restart, work resumes within a couple of seconds.
-                reconnect_delay = min(reconnect_delay * 2, RECONNECT_DELAY_MAX)
+                reconnect_delay = min(reconnect_delay * 2, ACCESS_REFUSED_DELAY_MAX if refused else RECONNECT_DELAY_MAX)
             else:
                 discard(connection)
         self.ready.clear()
