@@ -128,9 +128,11 @@ def _parser() -> argparse.ArgumentParser:
 
     projector = commands.add_parser("projector", help="the read model")
     projector_commands = projector.add_subparsers(dest="projector_command", required=True)
-    projector_commands.add_parser(
-        "rebuild", help="drop the read model and replay every stored event into it (stop the projector first)"
-    ).set_defaults(func=_projector_rebuild)
+    rebuild = projector_commands.add_parser(
+        "rebuild", help="drop the read model and replay every stored event into it (refused while a projector runs)")
+    rebuild.add_argument("--force", action="store_true",
+                         help="rebuild without checking for running projectors (only when none can run)")
+    rebuild.set_defaults(func=_projector_rebuild)
 
     admin = commands.add_parser("admin", help="accounts, datacenters, roles, compute nodes and VMs")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -355,12 +357,17 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _projector_rebuild(_args: argparse.Namespace) -> int:
+def _projector_rebuild(args: argparse.Namespace) -> int:
     from services.projector.handlers import rebuild
     from shared.db.engine import make_engine, write_transaction
 
     settings = for_existing_database()
     configure_logging("projector", fmt=settings.log_format, level=settings.log_level)
+    running = None if args.force else _running_projectors(settings)
+    if running:
+        print(f"imagesvc projector rebuild: {running}; a rebuild beside a live projector would race it for the "
+              "read model: stop it first (or pass --force when none can run)", file=sys.stderr)
+        return 1
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         with write_transaction(engine) as conn:
@@ -369,6 +376,35 @@ def _projector_rebuild(_args: argparse.Namespace) -> int:
         engine.dispose()
     print(f"read model rebuilt from {replayed} events")
     return 0
+
+
+def _running_projectors(settings: Settings) -> str | None:
+    """Who projects into this database now, in a sentence, or None for nobody: a ``serve`` on it
+    (its lock), or consumers of the projector's queue on the configured broker. A broker that
+    cannot be asked counts as someone: the rebuild cannot tell."""
+    from imagesvc import serve_lock
+
+    if serve_lock.held(settings):
+        return "an imagesvc serve runs on this database (its projector with it)"
+    if settings.embedded_broker:
+        return None  # nothing outside a serve can consume memory://
+    from shared.broker.connection import connect, discard, ensure_connected
+    from shared.broker.topology import build_topology
+
+    queue = build_topology(settings.topology_prefix).projector_queue.name  # type: ignore[union-attr]
+    connection = connect(settings, "projector-rebuild")
+    try:
+        ensure_connected(connection, timeout=settings.publish_timeout)
+        consumers = connection.default_channel.queue_declare(queue=queue, passive=True).consumer_count
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell"
+        from amqp.exceptions import NotFound
+
+        if isinstance(exc, NotFound):
+            return None  # no projector ever ran on this broker
+        return f"cannot ask the broker whether a projector consumes {queue} ({exc})"
+    finally:
+        discard(connection)
+    return f"{consumers} projector(s) consume {queue}" if consumers else None
 
 
 def _create_superadmin(args: argparse.Namespace) -> int:

@@ -286,9 +286,19 @@ def test_the_read_model_is_rebuilt_by_one_command(distributed, origin, name):
         assert client.post(f"/image/{name}/", json={"manifest_url": url, "dc": "main"}).status_code == 200
         assert client.put(f"/image/{name}/", json={"desc": "before the rebuild"}).status_code == 200
         before = client.get("/image/?full=true&extended=true").json()["result"]
+    # While a projector consumes, the rebuild refuses (it would race it for the read model).
+    refused = subprocess.run([sys.executable, "-m", "imagesvc", "projector", "rebuild"], cwd=distributed.workdir,
+                             env=distributed.env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "1 projector(s) consume" in refused.stderr, refused.stderr
     distributed.kill("projector", signal.SIGTERM)
-    done = subprocess.run([sys.executable, "-m", "imagesvc", "projector", "rebuild"], cwd=distributed.workdir,
-                          env=distributed.env, capture_output=True, text=True, timeout=120)
+
+    def rebuilt():
+        done = subprocess.run([sys.executable, "-m", "imagesvc", "projector", "rebuild"], cwd=distributed.workdir,
+                              env=distributed.env, capture_output=True, text=True, timeout=120)
+        assert "projector(s) consume" not in done.stderr, done.stderr  # the broker may see it leave late
+        return done
+
+    done = eventually(rebuilt, timeout=30, interval=0.5)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("read model rebuilt from ")
     distributed.start_worker("projector")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 
 from sqlalchemy import create_engine, select
 
 import pytest
 
 from imagesvc.cli import main
+from shared.config import Settings
 from shared.db.migrate import upgrade
 from shared.logging import configure_logging
 from shared.db.models import User
@@ -306,3 +308,20 @@ def test_a_taken_port_is_one_line_and_exit_code_1_before_anything_runs(command, 
     assert captured.err.strip() == f"imagesvc {command}: cannot listen on 127.0.0.1:{port}: the port is in use"
     assert "running" not in captured.out
     assert not (tmp_path / "var").exists()  # serve started nothing: no database, no key
+
+
+def test_projector_rebuild_refuses_beside_a_running_serve(tmp_path, monkeypatch, capsys):
+    from imagesvc import serve_lock
+
+    monkeypatch.delenv("IMAGESVC_DATABASE_URL", raising=False)
+    monkeypatch.delenv("IMAGESVC_BROKER_URL", raising=False)
+    monkeypatch.setenv("IMAGESVC_DATA_DIR", str(tmp_path / "var"))
+    assert main(["db", "upgrade"]) == 0
+    held = serve_lock.take(Settings.from_env(os.environ, embedded=True))  # as a running serve holds it
+    try:
+        assert main(["projector", "rebuild"]) == 1
+        assert "an imagesvc serve runs on this database" in capsys.readouterr().err
+    finally:
+        held.close()
+    assert main(["projector", "rebuild"]) == 0
+    assert capsys.readouterr().out.startswith("read model rebuilt from ")
