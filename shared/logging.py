@@ -25,9 +25,12 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO", s
     """Route structlog and stdlib logging to ``stream`` (stderr by default).
 
     ``fmt`` is ``json``, ``console`` or ``auto`` (JSON unless the stream is a terminal). Safe to call
-    again (tests do); the last call wins.
+    again (tests do); the last call wins. Without ``stream``, each line goes to whatever
+    ``sys.stderr`` is when it is written, not the object it was at set-up: a command run in-process
+    under a replaced stderr (a test's capture, a redirect) must not leave the pipeline writing to
+    a file that has since been closed.
     """
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
@@ -70,6 +73,19 @@ def configure_logging(service: str, *, fmt: str = "auto", level: str = "INFO", s
     # Libraries that are chatty at INFO; their warnings still come through.
     for name in ("pika", "amqp", "kombu", "uvicorn.access", "httpx", "httpcore", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class _CurrentStderr:
+    """A file-like view of the current ``sys.stderr``, looked up on every call."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
 
 
 def _drop_color_message(_logger, _name, event_dict):

@@ -31,3 +31,21 @@ def test_uvicorn_records_lose_their_coloured_copy_in_json_and_on_a_console():
             line = orjson.loads(out.splitlines()[-1])
             assert (line["event"], line["service"], line["level"]) == ("Started server process [4242]", "gateway",
                                                                       "info")
+
+
+def test_a_stderr_replaced_and_closed_after_set_up_does_not_break_later_lines(monkeypatch):
+    """A command run in-process under a captured stderr configures logging; once that capture is
+    closed, later lines (other threads, other tests) go to the stderr of the moment instead of
+    raising ``I/O operation on closed file``."""
+    captured = io.StringIO()
+    monkeypatch.setattr("sys.stderr", captured)
+    configure_logging("migrate", fmt="json")
+    captured.close()
+    later = io.StringIO()
+    monkeypatch.setattr("sys.stderr", later)
+    from shared.logging import get_logger
+
+    get_logger("t").warning("after.close", n=1)
+    logging.getLogger("kombu").warning("library after close")
+    lines = [orjson.loads(line) for line in later.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["after.close", "library after close"]
