@@ -37,8 +37,10 @@ from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
 from shared.broker.publisher import Publisher
 from shared.broker.topology import QueueLimits, Topology, build_topology
+from shared import health
 from shared.config import ConfigError, Settings
 from shared.db.engine import make_engine
+from shared.db.migrate import head_revision
 from shared.handling import CommandConsumer, CommandHandler, EventConsumer
 from shared.net.fetch import Fetcher, UrlPolicy
 from shared.relay import OutboxRelay
@@ -96,6 +98,24 @@ def configured_image_server(settings: Settings) -> ImageServer | None:
     if store is None:
         return None
     return ImageServer(store, url=settings.image_server_url, node=settings.image_server_node)
+
+
+def health_server(infra: Infrastructure, runner: ConsumerRunner, *, store: bool):
+    """Serve a worker's or node agent's ``/healthz`` and ``/readyz`` on ``IMAGESVC_HEALTH_PORT``
+    (None when it is 0). Ready: the database at the migrations' head, the broker reachable, the
+    image store (``store``: when the process writes one) usable, the consume loop consuming.
+    Raises OSError when the port cannot be bound."""
+    settings = infra.settings
+    if not settings.health_port:
+        return None
+    checks = {"database": health.database_check(infra.engine, head_revision()),
+              "broker": health.broker_check(lambda: infra.connect("health"), settings.publish_timeout)}
+    image_store = open_store(settings.image_store) if store else None
+    if image_store is not None:
+        checks["store"] = health.store_check(image_store)
+    checks["consumer"] = health.flag_check(runner.ready, "not consuming its queue (the broker connection is down "
+                                                         "or being restored)")
+    return health.serve_in_thread(health.Readiness(checks), settings.health_host, settings.health_port)
 
 
 def download_limits(settings: Settings) -> Limits:

@@ -122,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", required=True, help="the node's hostname (its queue: node.<hostname>.commands)")
     agent.set_defaults(func=_node_agent)
 
+    probe = commands.add_parser(
+        "health", help="ask a process whether it is ready: exit code 0 if so, 1 if not or unreachable",
+        description="TARGET: a URL (http://HOST:PORT, or with its path: /readyz, /healthz) or `local` for "
+                    "http://$IMAGESVC_HEALTH_HOST:$IMAGESVC_HEALTH_PORT (a worker's or node agent's probes). "
+                    "Without a path, /readyz is asked. Prints the answer.")
+    probe.add_argument("target", help="a URL, or `local`")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    probe.set_defaults(func=_health)
+
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply the Alembic migrations up to head").set_defaults(func=_db_upgrade)
@@ -289,13 +298,23 @@ def _worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    try:
+        probes = bootstrap.health_server(infra, runner, store=args.service != "projector")
+    except OSError as exc:
+        print(f"imagesvc worker: IMAGESVC_HEALTH_PORT={settings.health_port}: cannot listen on "
+              f"{settings.health_host}:{settings.health_port}: {exc.strerror or exc}", file=sys.stderr)
+        infra.close()
+        return 1
     if sweeper is not None:
         threading.Thread(target=outbox.run, name="relay", daemon=True).start()
         threading.Thread(target=sweeper.run, name="lease-sweeper", daemon=True).start()
-    log.info("worker.start", service=args.service, broker=_redact(settings.broker_url))
+    log.info("worker.start", service=args.service, broker=_redact(settings.broker_url),
+             health=f"http://{settings.health_host}:{settings.health_port}" if probes else None)
     try:
         runner.run()
     finally:
+        if probes is not None:
+            probes.shutdown()
         infra.close()
     return 0
 
@@ -319,6 +338,13 @@ def _node_agent(args: argparse.Namespace) -> int:
     except BaseException:
         infra.close()
         raise
+    try:
+        probes = bootstrap.health_server(infra, runner, store=True)
+    except OSError as exc:
+        print(f"imagesvc node-agent: IMAGESVC_HEALTH_PORT={settings.health_port}: cannot listen on "
+              f"{settings.health_host}:{settings.health_port}: {exc.strerror or exc}", file=sys.stderr)
+        infra.close()
+        return 1
 
     def stop(_signum, _frame) -> None:
         runner.stop()
@@ -329,12 +355,41 @@ def _node_agent(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     threading.Thread(target=outbox.run, name="relay", daemon=True).start()
     threading.Thread(target=sweeper.run, name="lease-sweeper", daemon=True).start()
-    log.info("node_agent.start", node=args.node, queue=queue, store=settings.image_store, snapshots=settings.snapshot_driver, broker=_redact(settings.broker_url))
+    log.info("node_agent.start", node=args.node, queue=queue, store=settings.image_store,
+             snapshots=settings.snapshot_driver, broker=_redact(settings.broker_url),
+             health=f"http://{settings.health_host}:{settings.health_port}" if probes else None)
     try:
         runner.run()
     finally:
+        if probes is not None:
+            probes.shutdown()
         infra.close()
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    target = args.target
+    if target == "local":
+        settings = _settings()
+        if not settings.health_port:
+            print("imagesvc health: IMAGESVC_HEALTH_PORT is not set (0): no local probes to ask", file=sys.stderr)
+            return 1
+        target = f"http://{settings.health_host}:{settings.health_port}"
+    if "://" not in target:
+        target = "http://" + target
+    if urlsplit(target).path in ("", "/"):
+        target = target.rstrip("/") + "/readyz"
+    try:
+        answer = httpx.get(target, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"imagesvc health: {target}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(answer.text)
+    return 0 if answer.status_code == 200 else 1
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:

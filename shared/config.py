@@ -160,6 +160,10 @@ class Settings:
     #: a login beyond both is answered 429 at once.
     password_hash_threads: int = 1
     password_hash_queue: int = 8
+    #: A worker's or node agent's ``/healthz`` and ``/readyz`` (0: not served; the gateway and the
+    #: image server answer them on their own port).
+    health_port: int = 0
+    health_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, embedded: bool = False, **overrides: object) -> "Settings":
@@ -298,6 +302,8 @@ class Settings:
         if self.password_hash_threads < 1 or self.password_hash_queue < 0:
             raise ConfigError("IMAGESVC_PASSWORD_HASH_THREADS must be at least 1, "
                               "IMAGESVC_PASSWORD_HASH_QUEUE must not be negative")
+        if not 0 <= self.health_port <= 65535:
+            raise ConfigError("IMAGESVC_HEALTH_PORT must be a port number (0: not served)")
 
     @property
     def embedded_broker(self) -> bool:

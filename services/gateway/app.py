@@ -17,7 +17,7 @@ from starlette.routing import Route
 from domain.repositories import local_repository
 from services.gateway import openapi
 from services.gateway.auth import Authenticator
-from services.gateway.blocking import BoundedPool
+from services.gateway.blocking import BoundedPool, in_thread
 from services.gateway.dispatch import Dispatcher, TaskWaiter
 from services.gateway.http import (
     ApiError,
@@ -38,7 +38,9 @@ from services.gateway.throttle import throttle_for
 from shared.broker.connection import broker_identity
 from shared.broker.notifications import NotificationListener
 from shared.broker.topology import Topology
+from shared import health
 from shared.config import Settings
+from shared.db.migrate import head_revision
 from shared.store import open_store
 from shared.errors import CommandFailed
 from shared.net.fetch import UrlPolicy
@@ -65,7 +67,7 @@ def _routes(path: str, endpoint, methods: list[str]) -> list[Route]:
 
 
 #: The paths anybody may call (their other methods are refused without asking who calls).
-_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json")
+_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json", "/healthz", "/readyz")
 
 
 def _http_errors(auth: Authenticator):
@@ -118,8 +120,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
                          max_body_bytes=settings.max_body_bytes)
     imagestore = ImageStoreRoutes(images=images, configured=settings.repositories(),
                                   local=local_repository(settings.image_server_url))
-    snapshot_routes = SnapshotRoutes(images=images, store=open_store(settings.image_store),
-                                     image_server_node=settings.image_server_node)
+    store = open_store(settings.image_store)
+    snapshot_routes = SnapshotRoutes(images=images, store=store, image_server_node=settings.image_server_node)
     task_routes = TaskRoutes(queries=queries, auth=auth)
     administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes)
     account_routes = AccountRoutes(queries=queries, auth=auth, token_seconds=settings.token_seconds,
@@ -130,6 +132,19 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
 
     async def openapi_document(request: Request) -> Response:
         return json_response(request, openapi.document())
+
+    checks = {"database": health.database_check(engine, head_revision()),
+              "broker": health.broker_check(connect, settings.publish_timeout)}
+    if store is not None:
+        checks["store"] = health.store_check(store)
+    readiness = health.Readiness(checks, details=False)  # a public port: the reasons go to the log
+
+    async def alive(request: Request) -> Response:
+        return json_response(request, health.ALIVE)
+
+    async def ready(request: Request) -> Response:
+        is_ready, body = await in_thread(readiness.report)
+        return json_response(request, body, 200 if is_ready else 503)
 
     routes = [
         *_routes("/api/image", images.list_images, ["GET"]),
@@ -168,6 +183,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/accounts/login", account_routes.login, ["POST"]),
         *_routes("/api/accounts/logout", account_routes.logout, ["GET"]),
         Route("/api/openapi.json", openapi_document, methods=["GET"]),
+        Route("/healthz", alive, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager

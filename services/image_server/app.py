@@ -2,6 +2,7 @@
 (esdc-shipment) serves it to compute nodes and other installations (reference §9.3).
 
     GET|HEAD /ping                 200 {"ping": "pong"} while the store passes its check, else 503
+    GET|HEAD /healthz, /readyz     alive; ready while the store passes its check (else 503)
     GET|HEAD /images               the manifests of every image in the store, by uuid
     GET|HEAD /images/<uuid>        one manifest
     GET|HEAD /images/<uuid>/file   the file: Content-Length, Content-MD5, Last-Modified, one byte range
@@ -38,6 +39,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.image_server.ranges import Unsatisfiable, requested_range
+from shared import health
 from shared.logging import get_logger
 from shared.store import FileInfo, ImageStore, StoreError, StoreUnavailable, check_uuid
 
@@ -61,6 +63,8 @@ def create_app(store: ImageStore) -> Starlette:
     server = _ImageServer(store)
     routes = [
         *_both_forms("/ping", server.ping),
+        Route("/healthz", server.alive, methods=["GET"]),
+        Route("/readyz", server.ready, methods=["GET"]),
         *_both_forms("/images", server.list_images),
         *_both_forms("/images/{uuid}", server.show_image),
         *_both_forms("/images/{uuid}/file", server.image_file),
@@ -84,6 +88,14 @@ class FileChanged(Exception):
 class _ImageServer:
     def __init__(self, store: ImageStore):
         self.store = store
+        self._readiness = health.Readiness({"store": health.store_check(store)}, details=False)
+
+    async def alive(self, request: Request) -> Response:
+        return _json(health.ALIVE)
+
+    async def ready(self, request: Request) -> Response:
+        is_ready, body = await run_in_threadpool(self._readiness.report)
+        return _json(body, 200 if is_ready else 503)
 
     async def ping(self, request: Request) -> Response:
         try:

@@ -18,6 +18,27 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def head_revision() -> str:
+    """The revision the code's migrations end at (what ``upgrade`` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    assert head is not None, "the migrations have one head"
+    return head
+
+
+def schema_problem(engine, head: str) -> str | None:
+    """None when the database behind ``engine`` answers and its schema is at revision ``head``;
+    else a sentence with the revision it is at. Raises the driver's error when it cannot be reached."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision != head:
+        return f"the schema is at revision {revision}, the code needs {head}: run `imagesvc db upgrade`"
+    return None
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
     command.upgrade(alembic_config(url), revision)
