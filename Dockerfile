@@ -7,6 +7,18 @@ COPY domain ./domain
 COPY services ./services
 COPY imagesvc ./imagesvc
 COPY alembic ./alembic
+# Editable on purpose: `imagesvc db upgrade` finds the migrations beside the sources
+# (shared/db/migrate.py: <checkout>/alembic), which a non-editable install does not copy.
 RUN pip install --no-cache-dir -e .
-USER nobody
+# The processes run as `imagesvc` (uid/gid 10001), which owns the image store's mount point, so
+# that a fresh named volume mounted at /srv/images is created owned by it (Docker copies the
+# directory's ownership into an empty named volume). /srv/vms is the node agent's snapshot
+# directory (read only). Keep the uid fixed: existing store volumes are owned by it.
+RUN groupadd --system --gid 10001 imagesvc \
+ && useradd --system --uid 10001 --gid imagesvc --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin imagesvc \
+ && mkdir -p /srv/images /srv/vms \
+ && chown imagesvc:imagesvc /srv/images \
+ && chmod 0750 /srv/images
+USER imagesvc
 ENTRYPOINT ["imagesvc"]
