@@ -37,17 +37,22 @@ from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
 from shared.broker.publisher import Publisher
 from shared.broker.topology import QueueLimits, Topology, build_topology
-from shared import health
-from shared.config import ConfigError, Settings
+from shared import deployment, health
+from shared.config import FROM_ENVIRONMENT, ConfigError, Settings
+from shared.config import effective as effective_settings
+from shared.config import sources as config_sources
 from shared.db.engine import make_engine
 from shared.db.migrate import head_revision
 from shared.handling import CommandConsumer, CommandHandler, EventConsumer
+from shared.logging import get_logger
 from shared.net.fetch import Fetcher, UrlPolicy
 from shared.relay import OutboxRelay
 from shared.snapshots import SnapshotDriver, open_driver
 from shared.store import ImageStore, open_store
 from shared.store.server import ImageServer
 from shared.user_slots import UserSlots
+
+log = get_logger(__name__)
 
 CONSUMERS = ("importer", "updater", "deleter", "projector")
 #: A node agent's exports are CPU-bound (gzip): at most this many at once per node; further
@@ -86,6 +91,25 @@ def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
     publisher = Publisher(lambda: connection_for("publisher"), size=max(4, settings.worker_threads),
                           timeout=settings.publish_timeout, heartbeat=0 if settings.embedded_broker else settings.heartbeat)
     return Infrastructure(settings, engine, topology, publisher, connection_for)
+
+
+def agree_with_deployment(engine, settings: Settings, *, process: str, uses_store: bool,
+                          server_url_configured: bool = True) -> None:
+    """Check this process's settings against its deployment's record (``shared.deployment``),
+    recording what is not recorded yet. Raises ConfigError (a DeploymentMismatch says which
+    setting, both values and the fix)."""
+    facts = deployment.check(engine, settings, process=process, uses_store=uses_store,
+                             server_url_configured=server_url_configured)
+    log.info("deployment.agreed", process=process, **{fact.name: fact.shown for fact in facts})
+
+
+def log_effective_settings(process: str, settings: Settings) -> None:
+    """One line with every setting of this process (secrets masked) and those set by the
+    environment: what it actually runs with."""
+    from_environment = sorted(var for var, source in config_sources(settings, os.environ).items()
+                              if source == FROM_ENVIRONMENT)
+    log.info("config.effective", process=process, settings=effective_settings(settings),
+             from_environment=from_environment)
 
 
 def queue_limits(settings: Settings) -> QueueLimits:

@@ -10,6 +10,8 @@
     imagesvc admin user|dc|role|node|vm ...     accounts, datacenters, roles, compute nodes, VMs (see imagesvc.admin)
     imagesvc dlq list [QUEUE] | replay QUEUE --id ID|--all | purge QUEUE --yes   dead letters (see imagesvc.dlq)
     imagesvc store check [--repair]             the image store against the catalogue (see imagesvc.store_check)
+    imagesvc config show|record [--serve]       effective settings; the deployment's record (see imagesvc.config_cli)
+    imagesvc health URL|local                   is a process ready
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import IO, Sequence
 from imagesvc import admin as admin_module
 from imagesvc import dlq as dlq_module
 from imagesvc import store_check
+from imagesvc import config_cli
 from imagesvc.settings import for_existing_database
 from shared.config import ConfigError, Settings
 from shared.logging import configure_logging, get_logger
@@ -152,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     admin_module.register(admin_commands)
     dlq_module.register(commands)
     store_check.register(commands)
+    config_cli.register(commands)
     return parser
 
 
@@ -176,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         # The embedded image server answers on serve's own address.
         settings = Settings.from_env(os.environ, embedded=True, image_server_url=f"http://{args.host}:{args.port}")
     configure_logging("imagesvc", fmt=settings.log_format, level=settings.log_level)
+    bootstrap.log_effective_settings("serve", settings)
     if settings.embedded_broker:
         lock = _lock_database(settings)  # held until the process ends
         if lock is None:
@@ -183,6 +188,12 @@ def _serve(args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     key_line = _first_run_superadmin(settings)
     infra = bootstrap.infrastructure(settings, purpose="embedded")
+    try:
+        bootstrap.agree_with_deployment(infra.engine, settings, process="serve", uses_store=True,
+                                        server_url_configured="IMAGESVC_IMAGE_SERVER_URL" in os.environ)
+    except BaseException:
+        infra.close()
+        raise
     embedded = bootstrap.Embedded(infra)
     embedded.start()
     embedded.wait_ready()
@@ -252,12 +263,19 @@ def _first_run_superadmin(settings: Settings) -> str:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from imagesvc import edge
+    from imagesvc import bootstrap, edge
+    from shared.db.engine import make_engine
 
     settings = _settings()
     if not _can_listen("gateway", args.host, args.port):
         return 1
     configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
+    bootstrap.log_effective_settings("gateway", settings)
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        bootstrap.agree_with_deployment(engine, settings, process="gateway", uses_store=True)
+    finally:
+        engine.dispose()
     edge.run("imagesvc.bootstrap:gateway_app_from_env", factory=True, workers=args.workers, settings=settings,
              host=args.host, port=args.port)
     return 0
@@ -275,6 +293,7 @@ def _image_server(args: argparse.Namespace) -> int:
     if not _can_listen("image-server", args.host, args.port):
         return 1
     configure_logging("image-server", fmt=settings.log_format, level=settings.log_level)
+    bootstrap.log_effective_settings("image-server", settings)
     log.info("image_server.start", store=store.location, host=args.host, port=args.port)
     edge.run(bootstrap.image_server_app(store), settings=settings, host=args.host, port=args.port, image_server=True)
     return 0
@@ -285,7 +304,14 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(args.service, fmt=settings.log_format, level=settings.log_level)
+    bootstrap.log_effective_settings(args.service, settings)
     infra = bootstrap.infrastructure(settings, purpose=args.service)
+    try:
+        bootstrap.agree_with_deployment(infra.engine, settings, process=args.service,
+                                        uses_store=args.service != "projector")
+    except BaseException:
+        infra.close()
+        raise
     outbox = bootstrap.relay(infra)
     runner = bootstrap.consumer(infra, args.service, outbox)
     sweeper = bootstrap.lease_sweeper(infra, outbox) if args.service != "projector" else None
@@ -330,10 +356,12 @@ def _node_agent(args: argparse.Namespace) -> int:
         print(f"imagesvc node-agent: --node: {exc}", file=sys.stderr)
         return 2
     configure_logging("node-agent", fmt=settings.log_format, level=settings.log_level)
+    bootstrap.log_effective_settings("node-agent", settings)
     infra = bootstrap.infrastructure(settings, purpose="node-agent")
     try:
         outbox = bootstrap.relay(infra)
         runner = bootstrap.node_agent(infra, args.node, outbox)
+        bootstrap.agree_with_deployment(infra.engine, settings, process="node-agent", uses_store=True)
         sweeper = bootstrap.lease_sweeper(infra, outbox)
     except BaseException:
         infra.close()
@@ -489,13 +517,9 @@ def _create_superadmin(args: argparse.Namespace) -> int:
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
+    from shared.config import masked_url
 
-    try:
-        return make_url(url).render_as_string(hide_password=True) if "://" in url and not url.startswith("amqp") else (
-            url.split("@")[-1] if "@" in url else url)
-    except Exception:  # noqa: BLE001
-        return "<url>"
+    return masked_url(url)
 
 
 if __name__ == "__main__":

@@ -324,6 +324,54 @@ class Settings:
         return dict(sorted(found.items()))
 
 
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and ``imagesvc config show``)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}"
+
+
+#: Settings whose values carry secrets (URLs with passwords): masked wherever they are shown.
+_SECRET_URLS = ("broker_url", "database_url")
+
+#: Where a value came from (``sources``).
+FROM_ENVIRONMENT = "environment"
+FROM_SERVE_DEFAULT = "serve's default"
+FROM_DEFAULT = "default"
+
+
+def effective(settings: Settings) -> dict[str, object]:
+    """Every setting by variable name, secrets masked: what a process logs as it starts."""
+    shown: dict[str, object] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in _SECRET_URLS:
+            value = masked_url(value)
+        elif isinstance(value, tuple):
+            value = ",".join(str(part) for part in value)
+        shown["IMAGESVC_" + f.name.upper()] = value
+    return shown
+
+
+def sources(settings: Settings, environ: Mapping[str, str], *, embedded: bool = False) -> dict[str, str]:
+    """Where each setting of ``settings`` (built from ``environ``) came from, by variable name:
+    the environment, ``serve``'s default (the embedded mode's broker, database, image store and
+    snapshot directory under ``IMAGESVC_DATA_DIR``), or the built-in default."""
+    plain = Settings()
+    found: dict[str, str] = {}
+    for f in dataclasses.fields(settings):
+        var = "IMAGESVC_" + f.name.upper()
+        if var in environ:
+            found[var] = FROM_ENVIRONMENT
+        elif embedded and getattr(settings, f.name) != getattr(plain, f.name):
+            found[var] = FROM_SERVE_DEFAULT
+        else:
+            found[var] = FROM_DEFAULT
+    return found
+
+
 #: Variables that were renamed: a process refuses to start with the old name rather than ignore it.
 _RENAMED = {"IMAGESVC_TRUSTED_BROKER_USERS": "IMAGESVC_SERVICE_USERS"}
 

@@ -246,6 +246,19 @@ class Lock(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class DeploymentSetting(Base):
+    """What every process of one deployment must agree on (``shared.deployment``): recorded by the
+    first process that ran with it, checked by every process as it starts."""
+
+    __tablename__ = "deployment"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1024))
+    #: Which process recorded it, e.g. ``importer@host-1``.
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Node(Base):
     """A compute node (reference §9.4), as the last ``node.*`` event or ``imagesvc admin node``
     described it. Not part of the read model: other systems own these facts."""

@@ -100,6 +100,13 @@ class ImageStore(Protocol):
     def check(self) -> None:
         """Raise StoreUnavailable unless the store can be read and written now."""
 
+    def identity(self, *, create: bool = False) -> str | None:
+        """The store's identity: a uuid written into the store once, so that processes on
+        different machines (different paths) can tell whether they opened the same store. None
+        when it has none and ``create`` is false; with ``create`` it gets one (concurrent creators
+        agree on one). Raises StoreUnavailable when the store cannot be read (or written, to create
+        it), StoreError when what is there is not an identity."""
+
     def free_bytes(self) -> int | None:
         """Space left for new files, or None when the store cannot tell."""
 

@@ -10,6 +10,7 @@ Layout (the original image server's, plus two private directories)::
     <root>/.partial/<uuid>.<attempt>    files being written (never read by anyone)
     <root>/.partial/.probe-<random>     the health check's probe
     <root>/.trash/<uuid>.<random>       images being removed
+    <root>/.imagesvc-store              the store's identity (a uuid, written once)
 
 Every publication is a rename within one filesystem, after an fsync of the data and followed by
 an fsync of the directory, so a crash leaves either the old or the new state, never a torn one.
@@ -37,6 +38,8 @@ _TRASH = ".trash"
 _MD5_CACHE = ".file.md5"
 _MANIFEST_TEMP = ".manifest."
 _PROBE = ".probe-"
+#: The store's identity: a uuid written once into its root (``identity``).
+IDENTITY_FILE = ".imagesvc-store"
 _HASH_CHUNK = 4 * 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -185,6 +188,44 @@ class LocalStore:
         except OSError as exc:
             raise StoreUnavailable(f"image store {self.root} is not usable: {exc.strerror or exc}") from None
 
+    def identity(self, *, create: bool = False) -> str | None:
+        identity_path = os.path.join(self.root, IDENTITY_FILE)
+        try:
+            found = self._read_identity(identity_path)
+            if found is not None or not create:
+                return found
+            # Written aside and linked into place: a reader never sees half a file, and of two
+            # processes creating it at once the first link wins and both return its value.
+            os.makedirs(os.path.join(self.root, _PARTIAL), exist_ok=True)
+            temp = os.path.join(self.root, _PARTIAL, f"{_PROBE}identity-{uuidlib.uuid4().hex}")
+            with open(temp, "w", encoding="ascii") as handle:
+                handle.write(str(uuidlib.uuid4()) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temp, identity_path)
+            except FileExistsError:
+                pass
+            finally:
+                _unlink(temp)
+            _fsync_dir(self.root)
+            return self._read_identity(identity_path)
+        except OSError as exc:
+            raise StoreUnavailable(f"image store {self.root} is not usable: {exc.strerror or exc}") from None
+
+    @staticmethod
+    def _read_identity(path: str) -> str | None:
+        try:
+            with open(path, encoding="ascii", errors="replace") as handle:
+                text = handle.read(100).strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return str(uuidlib.UUID(text))
+        except ValueError:
+            raise StoreError(f"{path} is not an imagesvc store identity (a uuid): {text[:40]!r}",
+                             "invalid_identity") from None
+
     def free_bytes(self) -> int | None:
         try:
             stats = os.statvfs(self.root)
@@ -258,6 +299,8 @@ class LocalStore:
             return []
         found: list[StoreEntry] = []
         for name in names:
+            if name == IDENTITY_FILE:
+                continue  # part of the store, like its root
             if name == _PARTIAL:
                 found.extend(self._survey_private(name, EntryKind.PARTIAL, now))
             elif name == _TRASH:

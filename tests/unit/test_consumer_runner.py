@@ -61,10 +61,11 @@ def harness():
         runners.append((runner, thread))
         return runner
 
-    def send(body=b'{"x": 1}', message_id=None, **extra):
+    def send(body=b'{"x": 1}', message_id=None, correlation_id="task-1", **extra):
         message_id = message_id or str(uuid.uuid4())
         publisher.publish(exchange=topology.commands.name, routing_key="image.update", body=body,
-                          message_id=message_id, message_type="image.update", correlation_id="task-1", **extra)
+                          message_id=message_id, message_type="image.update", correlation_id=correlation_id,
+                          **extra)
         return message_id
 
     def dead_letters():
@@ -145,6 +146,40 @@ def test_each_handled_message_logs_one_line_with_its_ids(harness):
         assert len(lines) == 1
         assert lines[0]["message_id"] == message_id and lines[0]["task_id"] == "task-1"
         assert lines[0]["outcome"] == "ack" and lines[0]["consumer"] == "test"
+    finally:
+        configure_logging("test", fmt="console")
+
+
+def test_every_line_logged_while_a_message_is_handled_carries_its_task_and_correlation_ids(harness):
+    """The handler's own lines and a library's (stdlib logging) carry the ids the runner bound,
+    and the next message's lines carry only its own."""
+    import logging
+
+    from shared.logging import get_logger
+
+    start, send, _ = harness
+    stream = io.StringIO()
+    configure_logging("test", fmt="json", stream=stream)
+
+    class Chatty(Handler):
+        def __call__(self, delivery):
+            get_logger("handler").info("handler.step", step=1)
+            logging.getLogger("some.library").warning("library says something")
+            return super().__call__(delivery)
+
+    try:
+        runner = start(Chatty([]), threads=1)
+        first = send(correlation_id="task-a")
+        second = send(correlation_id="task-b")
+        eventually(lambda: _equal(runner.handled, 2))
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        during = [line for line in lines if line["event"] in ("handler.step", "library says something",
+                                                               "message.handled")]
+        assert len(during) == 6, lines
+        for line in during:
+            assert (line.get("message_id"), line.get("task_id"), line.get("correlation_id")) in (
+                (first, "task-a", "task-a"), (second, "task-b", "task-b")), line
+        assert {line["message_id"] for line in during} == {first, second}
     finally:
         configure_logging("test", fmt="console")
 
