@@ -37,7 +37,7 @@ from shared.broker.consumer import ConsumerRunner
 from shared.broker.notifications import TaskNotifier
 from shared.broker.publisher import Publisher
 from shared.broker.topology import QueueLimits, Topology, build_topology
-from shared import deployment, health
+from shared import deployment, health, metrics
 from shared.config import FROM_ENVIRONMENT, ConfigError, Settings
 from shared.config import effective as effective_settings
 from shared.config import sources as config_sources
@@ -90,6 +90,7 @@ def infrastructure(settings: Settings, *, purpose: str) -> Infrastructure:
 
     publisher = Publisher(lambda: connection_for("publisher"), size=max(4, settings.worker_threads),
                           timeout=settings.publish_timeout, heartbeat=0 if settings.embedded_broker else settings.heartbeat)
+    metrics.configure(enabled=settings.metrics == "on")
     return Infrastructure(settings, engine, topology, publisher, connection_for)
 
 
@@ -139,7 +140,36 @@ def health_server(infra: Infrastructure, runner: ConsumerRunner, *, store: bool)
         checks["store"] = health.store_check(image_store)
     checks["consumer"] = health.flag_check(runner.ready, "not consuming its queue (the broker connection is down "
                                                          "or being restored)")
-    return health.serve_in_thread(health.Readiness(checks), settings.health_host, settings.health_port)
+    # ``/metrics`` beside them: this process's own metrics (its commands, transfers, sweeper).
+    own_metrics = (lambda: (metrics.exposition(), metrics.CONTENT_TYPE)) if settings.metrics == "on" else None
+    return health.serve_in_thread(health.Readiness(checks), settings.health_host, settings.health_port,
+                                  metrics=own_metrics)
+
+
+def system_metrics(infra: Infrastructure) -> metrics.SystemMetrics:
+    """The gauges the gateway's (and ``serve``'s) ``/metrics`` computes at scrape time: outbox
+    lag and leases from the database, and on RabbitMQ the depth of every dead-letter queue (the
+    services' and those of the compute nodes the database knows)."""
+    settings = infra.settings
+    dead_letters = None
+    if not settings.embedded_broker:
+        def names() -> list[str]:
+            from shared.broker.topology import node_queue_name
+            from shared.db import nodes
+            from shared.db.engine import read_transaction
+
+            found = {queue.name for queue in infra.topology.dead_letter_queues.values()}
+            with read_transaction(infra.engine) as conn:
+                for node in nodes.list_all(conn):
+                    try:
+                        found.add(node_queue_name(node.hostname, settings.topology_prefix) + ".dlq")
+                    except ValueError:
+                        continue
+            return sorted(found)
+
+        dead_letters = metrics.DeadLetterDepths(lambda: infra.connect("metrics"), names,
+                                                timeout=settings.publish_timeout)
+    return metrics.SystemMetrics(engine=infra.engine, dead_letters=dead_letters)
 
 
 def download_limits(settings: Settings) -> Limits:
@@ -281,7 +311,7 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
 
 def gateway_app(infra: Infrastructure):
     return create_app(infra.settings, engine=infra.engine, publisher=infra.publisher, topology=infra.topology,
-                      connect=lambda: infra.connect("gateway-notifications"))
+                      connect=lambda: infra.connect("gateway-notifications"), system_metrics=system_metrics(infra))
 
 
 def gateway_app_from_env():
@@ -290,6 +320,7 @@ def gateway_app_from_env():
     from shared.logging import configure_logging
 
     configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
+    metrics.forget_dead_processes()  # with --workers: the live gauges of a worker this one replaces
     return gateway_app(infrastructure(settings, purpose="gateway"))
 
 

@@ -36,6 +36,7 @@ not yet sent) is logged at info as ``request.client_gone``, without a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import http
@@ -372,15 +373,23 @@ def run(app: Any, *, settings: Settings, host: str, port: int, image_server: boo
     """``uvicorn.run`` with the edge: the open-file limit raised, ``EdgeProtocol`` (by name, for
     ``--workers``), a listen queue as long as the connection cap, ``X-Forwarded-*`` believed only
     from ``IMAGESVC_TRUSTED_PROXIES`` (uvicorn trusts 127.0.0.1 by default), no WebSocket
-    upgrades, and logging left to imagesvc."""
+    upgrades, logging left to imagesvc, and with ``workers`` > 1 the metrics' multiprocess
+    directory."""
     import uvicorn
 
     raise_open_file_limit()
     protocol = ImageServerProtocol if image_server else EdgeProtocol
-    uvicorn.run(app, host=host, port=port, http=f"{protocol.__module__}:{protocol.__qualname__}", ws="none",
-                # A burst of new connections waits in the listen queue; one that overflows it drops
-                # a handshake, which costs the client a second (the kernel caps it at somaxconn).
-                backlog=max(2048, settings.max_connections),
-                proxy_headers=bool(settings.trusted_proxies),
-                forwarded_allow_ips=list(settings.trusted_proxies) or None,
-                log_config=None, access_log=False, **options)
+    with contextlib.ExitStack() as stack:
+        if (options.get("workers") or 1) > 1 and settings.metrics == "on":
+            # Every worker process writes its metrics into one fresh directory, and the one that
+            # answers a scrape sums them (shared.metrics); removed when the server stops.
+            from shared import metrics
+
+            stack.enter_context(metrics.multiprocess_directory())
+        uvicorn.run(app, host=host, port=port, http=f"{protocol.__module__}:{protocol.__qualname__}", ws="none",
+                    # A burst of new connections waits in the listen queue; one that overflows it drops
+                    # a handshake, which costs the client a second (the kernel caps it at somaxconn).
+                    backlog=max(2048, settings.max_connections),
+                    proxy_headers=bool(settings.trusted_proxies),
+                    forwarded_allow_ips=list(settings.trusted_proxies) or None,
+                    log_config=None, access_log=False, **options)

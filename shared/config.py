@@ -164,6 +164,8 @@ class Settings:
     #: image server answer them on their own port).
     health_port: int = 0
     health_host: str = "127.0.0.1"
+    #: Prometheus metrics (``/metrics`` on the gateway's, serve's and the health port): on or off.
+    metrics: str = "on"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, embedded: bool = False, **overrides: object) -> "Settings":
@@ -278,6 +280,8 @@ class Settings:
             parse_allow_list(self.fetch_allow)
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_FETCH_ALLOW: {exc}") from None
+        if self.metrics not in ("on", "off"):
+            raise ConfigError("IMAGESVC_METRICS must be on or off")
         self._validate_edge()
 
     def _validate_edge(self) -> None:

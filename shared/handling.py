@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import structlog
 
-from shared import contracts
+from shared import contracts, metrics
 from shared.broker.consumer import Delivery, Disposition
 from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
 from shared.contracts.routing import Publishers, route
@@ -103,6 +104,7 @@ class Transaction:
         )
         self.emit([*events, terminal])
         ctx.finished = True
+        ctx.http_code = http_code
 
     def fail(self, events: list[Event], failure: CommandFailed, *, owner: str | None, dc: str | None) -> None:
         """End the task in failure together with the events that undo its effects (an import's
@@ -119,6 +121,7 @@ class Transaction:
         )
         self.emit([*events, terminal])
         ctx.finished = True
+        ctx.http_code = failure.http_code
 
 
 class CommandContext:
@@ -134,6 +137,8 @@ class CommandContext:
         self._slots = slots
         self._holds_slot = False
         self.finished = False
+        #: The HTTP code of the outcome ``finish`` or ``fail`` stored (for the metrics).
+        self.http_code: int | None = None
         #: The events committed for this message and not yet published.
         self.outbox: list[store.OutboxRow] = []
 
@@ -261,6 +266,7 @@ class CommandConsumer:
                 return self._not_twice(envelope)
             except TaskTaken as taken:
                 return self._taken(taken)
+            metrics.command_outcome(envelope.type, failure.http_code)
             return Disposition.ack("actor not trusted")
         if self._check_first:
             with read_transaction(self._engine) as conn:
@@ -289,11 +295,13 @@ class CommandConsumer:
         self._claims.hold(token)
         ctx = CommandContext(self._engine, self.name, envelope, delivery, self._relay, self._slots)
         settled = False  # the task has its outcome (or the message needs no more handling)
+        started = time.perf_counter()
         try:
             handler(command, ctx)
             if not ctx.finished:
                 raise RuntimeError(f"handler for {envelope.type} returned without finishing its task")
             settled = True
+            metrics.command_outcome(envelope.type, ctx.http_code or 200, time.perf_counter() - started)
         except (Duplicate, store.TaskAlreadyEnded):
             settled = True
             return self._not_twice(envelope)
@@ -313,6 +321,7 @@ class CommandConsumer:
                 settled = True
                 return self._not_twice(envelope)
             settled = True
+            metrics.command_outcome(envelope.type, failure.http_code, time.perf_counter() - started)
             log.info("task.failed", http_code=failure.http_code, code=failure.code)
         finally:
             ctx.end_long_work()
@@ -416,6 +425,7 @@ class CommandConsumer:
             rows = self._record_failure(envelope, failure)
         except (Duplicate, store.TaskAlreadyEnded, TaskTaken):
             return  # its task is another command's, or has its outcome: nothing to record
+        metrics.command_outcome(envelope.type, failure.http_code)
         self._relay.publish(rows)
 
     def on_exhausted(self, delivery: Delivery, reason: str) -> Disposition:
@@ -442,6 +452,7 @@ class CommandConsumer:
             try:
                 compensate(contracts.parse(envelope), ctx, failure)  # type: ignore[arg-type]
                 if ctx.finished:
+                    metrics.command_outcome(envelope.type, ctx.http_code or failure.http_code)
                     self._relay.publish(ctx.outbox)
                     return
             except (Duplicate, store.TaskAlreadyEnded, TaskTaken):
@@ -452,6 +463,7 @@ class CommandConsumer:
             rows = self._record_failure(envelope, failure)
         except (Duplicate, store.TaskAlreadyEnded, TaskTaken):
             return
+        metrics.command_outcome(envelope.type, failure.http_code)
         self._relay.publish(rows)
 
 
@@ -550,6 +562,7 @@ class EventConsumer:
             if len(decoded) > 1:
                 return [self.handle_batch([delivery])[0] for delivery in deliveries]
             raise
+        metrics.events_applied((envelope.type, envelope.time) for _, envelope, _ in decoded)
         for note in notes:
             try:
                 self._notify(note)

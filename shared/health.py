@@ -10,7 +10,8 @@ round of checks per second, and each check runs with its own bounded timeout (th
 business: they are given the settings' timeouts).
 
 The HTTP apps (gateway, image server) serve these paths themselves; a consumer or node agent,
-which has no HTTP server, serves them on ``IMAGESVC_HEALTH_PORT`` with ``serve_in_thread``.
+which has no HTTP server, serves them on ``IMAGESVC_HEALTH_PORT`` with ``serve_in_thread``, and
+its Prometheus metrics there too (``/metrics``).
 """
 
 from __future__ import annotations
@@ -107,8 +108,10 @@ def flag_check(flag: threading.Event, what: str) -> Check:
     return lambda: None if flag.is_set() else what
 
 
-def serve_in_thread(readiness: Readiness, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve ``/healthz`` and ``/readyz`` for ``readiness`` on ``host:port`` in a daemon thread;
+def serve_in_thread(readiness: Readiness, host: str, port: int, *,
+                    metrics: Callable[[], tuple[bytes, str]] | None = None) -> ThreadingHTTPServer:
+    """Serve ``/healthz`` and ``/readyz`` for ``readiness`` on ``host:port`` in a daemon thread,
+    and ``/metrics`` when ``metrics`` is given (it returns the body and its content type);
     returns the server (``shutdown()`` stops it). Raises OSError when the port cannot be bound."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -119,13 +122,18 @@ def serve_in_thread(readiness: Readiness, host: str, port: int) -> ThreadingHTTP
             elif path == "/readyz":
                 ready, body = readiness.report()
                 self._answer(200 if ready else 503, body)
+            elif path == "/metrics" and metrics is not None:
+                text, content_type = metrics()
+                self._send(200, text, content_type)
             else:
                 self._answer(404, {"detail": "Not found."})
 
         def _answer(self, status: int, body: dict) -> None:
-            data = orjson.dumps(body)
+            self._send(status, orjson.dumps(body), "application/json")
+
+        def _send(self, status: int, data: bytes, content_type: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -38,7 +38,7 @@ from services.gateway.throttle import throttle_for
 from shared.broker.connection import broker_identity
 from shared.broker.notifications import NotificationListener
 from shared.broker.topology import Topology
-from shared import health
+from shared import health, metrics
 from shared.config import Settings
 from shared.db.migrate import head_revision
 from shared.store import open_store
@@ -67,7 +67,7 @@ def _routes(path: str, endpoint, methods: list[str]) -> list[Route]:
 
 
 #: The paths anybody may call (their other methods are refused without asking who calls).
-_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json", "/healthz", "/readyz")
+_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json", "/healthz", "/readyz", "/metrics")
 
 
 def _http_errors(auth: Authenticator):
@@ -92,7 +92,9 @@ def _http_errors(auth: Authenticator):
 
 
 def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topology,
-               connect: Callable[[], Any]) -> Starlette:
+               connect: Callable[[], Any], system_metrics: metrics.SystemMetrics | None = None) -> Starlette:
+    """``system_metrics``: the scrape-time gauges ``/metrics`` appends (outbox lag, leases,
+    dead-letter depths); ``/metrics`` is served unless ``IMAGESVC_METRICS=off``."""
     register_url_convertor("imagename", ImageNameConvertor())
     queries = Queries(engine, cache_seconds=settings.auth_cache_seconds)
     throttle = throttle_for(settings.throttle)
@@ -146,6 +148,10 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         is_ready, body = await in_thread(readiness.report)
         return json_response(request, body, 200 if is_ready else 503)
 
+    async def metrics_text(request: Request) -> Response:
+        body = await in_thread(metrics.exposition, system_metrics)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
     routes = [
         *_routes("/api/image", images.list_images, ["GET"]),
         *_routes("/api/image/{name:imagename}", images.show, ["GET"]),
@@ -186,6 +192,8 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         Route("/healthz", alive, methods=["GET"]),
         Route("/readyz", ready, methods=["GET"]),
     ]
+    if settings.metrics == "on":
+        routes.append(Route("/metrics", metrics_text, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):

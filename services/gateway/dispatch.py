@@ -26,7 +26,7 @@ from services.gateway.blocking import in_thread
 from services.gateway.http import ApiError, envelope, json_bytes, json_response
 from services.gateway.idempotency import Identity
 from services.gateway.queries import Queries, TaskView
-from shared import contracts
+from shared import contracts, metrics
 from shared.contracts import Actor, Command
 from shared.broker.topology import node_routing_key
 from shared.crash import crash_point
@@ -225,6 +225,7 @@ class Dispatcher:
         except PublishFailed as exc:
             log.warning("command.not_accepted", error=str(exc), task_id=task_id)
             raise ApiError(503, UNAVAILABLE, {"Retry-After": "5"}) from None
+        metrics.command_published(command.TYPE)
         crash_point("gateway_after_publish_before_journal")
         # ``or ""``: a command whose name is optional and left out (UNSET) names no object.
         return Submission(envelope_.id, task_id, command.TYPE, str(getattr(command, "name", "") or ""), actor.user,

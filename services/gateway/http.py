@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain import tasks
+from shared import metrics
 from shared.errors import CommandFailed, Transient
 from shared.logging import get_logger
 
@@ -156,6 +157,7 @@ class GatewayMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        metrics.request_started()
         try:
             await self.app(scope, receive, send_with_headers)
         except ClientDisconnect:
@@ -180,9 +182,11 @@ class GatewayMiddleware:
             await send_with_headers({"type": "http.response.body", "body": body})
         finally:
             accepted = state.get("accepted_at")  # when the broker confirmed the command, if one was sent
+            duration = time.perf_counter() - started
+            metrics.request_finished(metrics.route_label(scope), scope.get("method"), status_holder["status"], duration)
             log.info(
                 "request.handled", method=scope.get("method"), path=scope.get("path"),
-                status=status_holder["status"], duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                status=status_holder["status"], duration_ms=round(duration * 1000, 2),
                 user=state.get("username"), task_id=state.get("task_id"), message_id=state.get("message_id"),
                 accepted_ms=round((accepted - started) * 1000, 2) if accepted else None,
             )

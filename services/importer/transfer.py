@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from domain import formats
+from shared import metrics
 from shared.crash import crash_point
 from shared.net.fetch import FetchError, Fetcher
 from shared.store import ImageStore, StoreError
@@ -138,6 +139,7 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
             format_check.feed(chunk)
             digest.feed(chunk)
             meter.add(len(chunk))
+            metrics.bytes_imported(len(chunk))
             crash_point("mid_download")
 
         try:

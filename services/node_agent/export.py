@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain import formats
+from shared import metrics
 from shared.crash import crash_point
 from shared.logging import get_logger
 from shared.snapshots import SnapshotDriver, SnapshotError, SnapshotMissing
@@ -158,6 +159,7 @@ def export_snapshot(driver: SnapshotDriver, snapshot: SnapshotRef, store: ImageS
                 if compressed:
                     writer.feed(compressed)
                 meter.add(len(chunk))
+                metrics.bytes_exported(len(chunk))
                 crash_point("mid_export")
             writer.feed(compressor.flush())
         except BaseException:

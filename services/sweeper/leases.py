@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable
 
 from domain import creation, images, manifest
 from services.sweeper import garbage
-from shared import contracts
+from shared import contracts, metrics
 from shared.contracts import ImageDeleted, ImageUpdated, TaskFailed, TaskSucceeded
 from shared.db import events as store
 from shared.db import journal, locks
@@ -142,6 +142,7 @@ class LeaseSweeper:
                 # Nothing waits on this lease (its image is gone or settled): only the lock is left.
                 if locks.take_over(conn, lock.name, owner=lock.owner, new_owner=claim, lease_seconds=0):
                     locks.release(conn, lock.name, claim)
+                    metrics.sweeper_action("stale_lock_removed")
                     log.info("sweeper.stale_lock_removed", lock=lock.name, owner=lock.owner)
                 return None
             if not locks.take_over(conn, lock.name, owner=lock.owner, new_owner=claim,
@@ -187,6 +188,7 @@ class LeaseSweeper:
                        for event in [*changes, *outcome]]
             rows = store.append(conn, wrapped)
         self._relay.publish(rows)
+        metrics.sweeper_action("removal_finished" if removed else "task_failed")
         if removed:
             log.warning("sweeper.removal_finished", task_id=task_id, command=command, image=uuid)
         else:

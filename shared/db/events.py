@@ -128,6 +128,14 @@ def unpublished(conn: Connection, *, ids: Sequence[int] | None = None, older_tha
     return [_stored_row(*row) for row in rows]
 
 
+def oldest_unpublished_at(conn: Connection) -> datetime | None:
+    """When the oldest event not yet published was stored (None: all are published). One row
+    read through the partial index ``ix_events_unpublished`` (ids grow with time)."""
+    return conn.execute(
+        select(_events.c.created_at).where(_events.c.published_at.is_(None)).order_by(_events.c.id).limit(1)
+    ).scalar()
+
+
 def unpublished_for_message(conn: Connection, causation_id: str) -> list[OutboxRow]:
     """Unpublished events caused by one handled message (its redelivery republishes them)."""
     rows = conn.execute(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Collection
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from shared.db.dialect import insert_for
 from shared.db.models import Lock, utcnow
@@ -87,6 +87,17 @@ def live(conn: Connection, prefix: str, *, now: datetime | None = None) -> set[s
         select(_locks.c.name).where(_locks.c.name.startswith(prefix, autoescape=True),
                                     _locks.c.expires_at >= (now or utcnow()))
     ).scalars())
+
+
+def count_by_state(conn: Connection, *, now: datetime | None = None) -> tuple[int, int]:
+    """(held, expired): how many locks have a running lease and how many one that ran out
+    (their holders stopped renewing them; the sweeper ends them). One pass over ``locks``, which
+    holds one row per lock held."""
+    moment = now or utcnow()
+    row = conn.execute(select(
+        func.count().filter(_locks.c.expires_at >= moment), func.count().filter(_locks.c.expires_at < moment),
+    )).one()
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 @dataclass(frozen=True)

@@ -246,3 +246,13 @@ def test_compression_and_writing_run_on_different_threads(store, snapshots, monk
     replace_writes(monkeypatch, store, watched)
     export_snapshot(driver, SNAP, store, IMAGE, "t", lambda *_: None)
     assert writers == {"export-writer"}
+
+
+def test_an_export_counts_the_snapshot_bytes_it_read(store, snapshots):
+    from prometheus_client import REGISTRY
+
+    content = disk_like(1024 * 1024 + 7)
+    driver = snapshots(content)
+    before = REGISTRY.get_sample_value("imagesvc_exported_bytes_total") or 0.0
+    export_snapshot(driver, SNAP, store, IMAGE, "task-metrics", lambda *_: None)
+    assert REGISTRY.get_sample_value("imagesvc_exported_bytes_total") - before == len(content)

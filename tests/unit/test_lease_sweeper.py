@@ -266,3 +266,20 @@ def test_the_read_model_of_swept_tasks_is_the_same_after_a_rebuild(engine, owner
     with write_transaction(engine) as conn:
         assert rebuild(conn) == len(bodies)
     assert read_model() == live
+
+
+def test_each_sweeper_action_is_counted_once(engine, owner):
+    from prometheus_client import REGISTRY
+
+    def counted(action):
+        return REGISTRY.get_sample_value("imagesvc_sweeper_actions_total", {"action": action}) or 0.0
+
+    before = {action: counted(action) for action in ("task_failed", "stale_lock_removed", "removal_finished")}
+    begin(engine, "image.delete")  # its holder died: the task fails, the image stays
+    sweeper = LeaseSweeper(engine, RecordingRelay(), None)
+    sweeper.sweep_once()
+    sweeper.sweep_once()  # nothing left to do: nothing counted
+    begin(engine, "image.update", status=images.STATUS_OK, task_id=TASK + "-b")  # settled: only its lock goes
+    sweeper.sweep_once()
+    assert {action: counted(action) - before[action] for action in before} == \
+        {"task_failed": 1, "stale_lock_removed": 1, "removal_finished": 0}
