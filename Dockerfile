@@ -7,9 +7,8 @@ COPY domain ./domain
 COPY services ./services
 COPY imagesvc ./imagesvc
 COPY alembic ./alembic
-# Editable on purpose: `imagesvc db upgrade` finds the migrations beside the sources
-# (shared/db/migrate.py: <checkout>/alembic), which a non-editable install does not copy.
-RUN pip install --no-cache-dir -e .
+# A regular install: one package, imagesvc, with the migrations inside (imagesvc/migrations).
+RUN pip install --no-cache-dir . && rm -rf build
 # The processes run as `imagesvc` (uid/gid 10001), which owns the image store's mount point, so
 # that a fresh named volume mounted at /srv/images is created owned by it (Docker copies the
 # directory's ownership into an empty named volume). /srv/vms is the node agent's snapshot

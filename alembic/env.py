@@ -11,9 +11,9 @@ import os
 
 from alembic import context
 
-from shared.config import Settings
-from shared.db.engine import make_engine
-from shared.db.models import metadata
+from imagesvc.shared.config import Settings
+from imagesvc.shared.db.engine import make_engine
+from imagesvc.shared.db.models import metadata
 
 config = context.config
 

@@ -95,9 +95,9 @@ def imagesvc_round(snapshots: Path, store: Path, level: int, image_uuid: str) ->
 def child_main(snapshots: str, store_root: str, level: str, image_uuid: str) -> int:
     """The exporting process: loads what the node agent loads, then exports once."""
     import imagesvc.bootstrap  # noqa: F401 - the agent's imports, so its resident memory is the agent's
-    from services.node_agent.export import SnapshotRef, export_snapshot
-    from shared.snapshots import FileSnapshotDriver
-    from shared.store import LocalStore
+    from imagesvc.services.node_agent.export import SnapshotRef, export_snapshot
+    from imagesvc.shared.snapshots import FileSnapshotDriver
+    from imagesvc.shared.store import LocalStore
 
     with open("/proc/self/status") as status:  # not import_file.rss_mib: its imports would count too
         idle = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
@@ -113,8 +113,8 @@ def child_main(snapshots: str, store_root: str, level: str, image_uuid: str) -> 
 def main(argv: list[str] | None = None) -> int:
     from import_file import log, print_table, throughput_and_rss_rows, write_results
 
-    from services.node_agent.export import DEFAULT_GZIP_LEVEL
-    from shared.snapshots import FileSnapshotDriver
+    from imagesvc.services.node_agent.export import DEFAULT_GZIP_LEVEL
+    from imagesvc.shared.snapshots import FileSnapshotDriver
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)

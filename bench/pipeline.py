@@ -529,11 +529,11 @@ def latency_stages(system: System, task_ids: set[str]) -> dict[str, Any]:
 
 def seed_read_model(database_url: str, count: int, batches: int = 4) -> None:
     """Write ``count`` images into the read model the way the projector does (its ``apply``)."""
-    from domain.images import to_state
-    from services.projector.handlers import apply
-    from shared.contracts import ImageImported, wrap
-    from shared.db.engine import make_engine, write_transaction
-    from shared.db.records import ImageRecord
+    from imagesvc.domain.images import to_state
+    from imagesvc.services.projector.handlers import apply
+    from imagesvc.shared.contracts import ImageImported, wrap
+    from imagesvc.shared.db.engine import make_engine, write_transaction
+    from imagesvc.shared.db.records import ImageRecord
 
     engine = make_engine(database_url, pool_size=1)
     now = datetime.now(timezone.utc)

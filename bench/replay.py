@@ -39,19 +39,19 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
-from domain import tasks  # noqa: E402
-from services.importer.handlers import import_image  # noqa: E402
-from services.projector.handlers import apply, rebuild  # noqa: E402
-from services.updater.handlers import update_image  # noqa: E402
-from shared import contracts  # noqa: E402
-from shared.broker.consumer import Delivery, Outcome  # noqa: E402
-from shared.contracts import Actor, ImportImage, UpdateImage  # noqa: E402
-from shared.db import accounts, migrate  # noqa: E402
-from shared.db import events as store  # noqa: E402
-from shared.db.engine import make_engine, read_transaction, write_transaction  # noqa: E402
-from shared.db.models import StoredEvent  # noqa: E402
-from shared.handling import CommandConsumer, EventConsumer  # noqa: E402
-from shared.logging import configure_logging  # noqa: E402
+from imagesvc.domain import tasks  # noqa: E402
+from imagesvc.services.importer.handlers import import_image  # noqa: E402
+from imagesvc.services.projector.handlers import apply, rebuild  # noqa: E402
+from imagesvc.services.updater.handlers import update_image  # noqa: E402
+from imagesvc.shared import contracts  # noqa: E402
+from imagesvc.shared.broker.consumer import Delivery, Outcome  # noqa: E402
+from imagesvc.shared.contracts import Actor, ImportImage, UpdateImage  # noqa: E402
+from imagesvc.shared.db import accounts, migrate  # noqa: E402
+from imagesvc.shared.db import events as store  # noqa: E402
+from imagesvc.shared.db.engine import make_engine, read_transaction, write_transaction  # noqa: E402
+from imagesvc.shared.db.models import StoredEvent  # noqa: E402
+from imagesvc.shared.handling import CommandConsumer, EventConsumer  # noqa: E402
+from imagesvc.shared.logging import configure_logging  # noqa: E402
 from tests.support.projection import delivery_of  # noqa: E402
 from tests.support.read_model import read_model as rows_of_read_model  # noqa: E402
 

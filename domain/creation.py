@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
-from domain import images
-from shared.contracts import ImageDeleted, ImageUpdated, TaskProgress, TaskStarted
-from shared.db.records import ImageRecord
-from shared.errors import CommandFailed, Superseded
-from shared.store import StoreError
-from shared.store.transfer import TransferFailed
+from imagesvc.domain import images
+from imagesvc.shared.contracts import ImageDeleted, ImageUpdated, TaskProgress, TaskStarted
+from imagesvc.shared.db.records import ImageRecord
+from imagesvc.shared.errors import CommandFailed, Superseded
+from imagesvc.shared.store import StoreError
+from imagesvc.shared.store.transfer import TransferFailed
 
 #: The lease of an image being created; renewed with every progress report, so it lapses only
 #: when its consumer died (the command's next delivery then takes over, or, if none comes, the

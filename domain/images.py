@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Mapping, Protocol
 
-from domain import fields
-from shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
-from shared.errors import Refused
-from shared.store.server import NODE_DOWN, STORE_DOWN
+from imagesvc.domain import fields
+from imagesvc.shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
+from imagesvc.shared.errors import Refused
+from imagesvc.shared.store.server import NODE_DOWN, STORE_DOWN
 
 STATUS_OK, STATUS_PENDING = 1, 2
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from domain.fields import ACCESS_INTERNAL, ACCESS_DISABLED, ACCESS_PUBLIC, FieldError, integer
+from imagesvc.domain.fields import ACCESS_INTERNAL, ACCESS_DISABLED, ACCESS_PUBLIC, FieldError, integer
 
 #: Largest manifest the importer reads (the original's 8 KiB cap).
 MANIFEST_MAX_BYTES = 8192

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domain.images import NO_PERMISSION, PERMISSION_DENIED, Catalogue
-from shared.contracts import Actor
-from shared.db.records import DatacenterRecord, Grants, UserRecord
-from shared.errors import Refused
+from imagesvc.domain.images import NO_PERMISSION, PERMISSION_DENIED, Catalogue
+from imagesvc.shared.contracts import Actor
+from imagesvc.shared.db.records import DatacenterRecord, Grants, UserRecord
+from imagesvc.shared.errors import Refused
 
 ADMIN, IMAGE_ADMIN, IMAGE_IMPORT_ADMIN = "admin", "image_admin", "image_import_admin"
 PUBLIC = 1

@@ -19,9 +19,9 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 
-from domain import manifest as manifests
-from domain.images import format_time
-from shared.db.records import RepositoryRecord
+from imagesvc.domain import manifest as manifests
+from imagesvc.domain.images import format_time
+from imagesvc.shared.db.records import RepositoryRecord
 
 NOT_FOUND = "ImageStore not found"
 ALREADY_RUNNING = "Task is already running"

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from domain import fields, images, policy
-from shared.errors import Invalid, Refused
+from imagesvc.domain import fields, images, policy
+from imagesvc.shared.errors import Invalid, Refused
 
 VM_NOT_FOUND = "VM not found"
 SNAPSHOT_NOT_FOUND = "Snapshot not found"

@@ -123,7 +123,7 @@ def _register_vm(commands: argparse._SubParsersAction) -> None:
 @contextlib.contextmanager
 def _transaction() -> Iterator:
     from imagesvc.settings import for_existing_database
-    from shared.db.engine import make_engine, write_transaction
+    from imagesvc.shared.db.engine import make_engine, write_transaction
 
     engine = make_engine(for_existing_database().database_url, pool_size=1)
     try:
@@ -136,7 +136,7 @@ def _transaction() -> Iterator:
 def _run(action: Callable[..., int | None]) -> int:
     from sqlalchemy.exc import DBAPIError
 
-    from shared.db.accounts import AccountExists, NotFound
+    from imagesvc.shared.db.accounts import AccountExists, NotFound
 
     try:
         with _transaction() as conn:
@@ -158,8 +158,8 @@ def _yes(value: str | None) -> bool | None:
 
 
 def _user_create(args: argparse.Namespace) -> int:
-    from shared.db import accounts
-    from shared.keys import new_api_key
+    from imagesvc.shared.db import accounts
+    from imagesvc.shared.keys import new_api_key
 
     key = None if args.no_key else new_api_key()
 
@@ -173,8 +173,8 @@ def _user_create(args: argparse.Namespace) -> int:
 
 
 def _user_key(args: argparse.Namespace) -> int:
-    from shared.db import accounts
-    from shared.keys import new_api_key
+    from imagesvc.shared.db import accounts
+    from imagesvc.shared.keys import new_api_key
 
     key = None if args.revoke else new_api_key()
 
@@ -199,8 +199,8 @@ def _done(status: int, message: str) -> int:
 
 
 def _user_password(args: argparse.Namespace) -> int:
-    from shared.db import accounts
-    from shared.keys import hash_password
+    from imagesvc.shared.db import accounts
+    from imagesvc.shared.keys import hash_password
 
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
@@ -212,7 +212,7 @@ def _user_password(args: argparse.Namespace) -> int:
 
 
 def _user_set(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     values = {column: _yes(getattr(args, attribute)) for column, attribute in
               (("is_active", "active"), ("api_access", "api_access"), ("is_superadmin", "superadmin"))}
@@ -223,7 +223,7 @@ def _user_set(args: argparse.Namespace) -> int:
 
 
 def _user_list(_args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _run(lambda conn: _print_lines(accounts.list_users(conn)))
 
@@ -232,7 +232,7 @@ def _user_list(_args: argparse.Namespace) -> int:
 
 
 def _dc_create(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     def create(conn) -> None:
         accounts.create_datacenter(conn, args.name, owner=args.owner, public=args.public,
@@ -243,7 +243,7 @@ def _dc_create(args: argparse.Namespace) -> int:
 
 
 def _dc_list(_args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _run(lambda conn: _print_lines(accounts.list_datacenters(conn)))
 
@@ -252,7 +252,7 @@ def _dc_list(_args: argparse.Namespace) -> int:
 
 
 def _role_create(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     def create(conn) -> None:
         accounts.create_role(conn, args.name, args.permission)
@@ -262,35 +262,35 @@ def _role_create(args: argparse.Namespace) -> int:
 
 
 def _role_add_user(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _done(_run(lambda conn: accounts.add_member(conn, args.role, args.username)),
                  f"added {args.username!r} to role {args.role!r}")
 
 
 def _role_remove_user(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _done(_run(lambda conn: accounts.remove_member(conn, args.role, args.username)),
                  f"removed {args.username!r} from role {args.role!r}")
 
 
 def _role_attach(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _done(_run(lambda conn: accounts.attach_role(conn, args.role, args.dc)),
                  f"attached role {args.role!r} to datacenter {args.dc!r}")
 
 
 def _role_detach(args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _done(_run(lambda conn: accounts.detach_role(conn, args.role, args.dc)),
                  f"detached role {args.role!r} from datacenter {args.dc!r}")
 
 
 def _role_list(_args: argparse.Namespace) -> int:
-    from shared.db import accounts
+    from imagesvc.shared.db import accounts
 
     return _run(lambda conn: _print_lines(accounts.list_roles(conn)))
 
@@ -299,8 +299,8 @@ def _role_list(_args: argparse.Namespace) -> int:
 
 
 def _node_set(args: argparse.Namespace) -> int:
-    from shared.db import nodes
-    from shared.db.models import utcnow
+    from imagesvc.shared.db import nodes
+    from imagesvc.shared.db.models import utcnow
 
     record = nodes.NodeRecord(hostname=args.hostname, status=args.status, uuid=args.uuid, address=args.address,
                               changed_at=utcnow())
@@ -322,7 +322,7 @@ def _node_set(args: argparse.Namespace) -> int:
 
 
 def _node_list(_args: argparse.Namespace) -> int:
-    from shared.db import nodes
+    from imagesvc.shared.db import nodes
 
     def show(conn) -> None:
         _print_lines([{"hostname": n.hostname, "status": n.status, "uuid": n.uuid, "address": n.address,
@@ -332,9 +332,9 @@ def _node_list(_args: argparse.Namespace) -> int:
 
 
 def _node_remove(args: argparse.Namespace) -> int:
-    from shared.contracts.events import node_hostname_problem
-    from shared.db import accounts, nodes
-    from shared.db.models import utcnow
+    from imagesvc.shared.contracts.events import node_hostname_problem
+    from imagesvc.shared.db import accounts, nodes
+    from imagesvc.shared.db.models import utcnow
 
     problem = node_hostname_problem(args.hostname)
     if problem:
@@ -354,8 +354,8 @@ def _node_remove(args: argparse.Namespace) -> int:
 
 
 def _vm_set(args: argparse.Namespace) -> int:
-    from shared.db import vms
-    from shared.db.models import utcnow
+    from imagesvc.shared.db import vms
+    from imagesvc.shared.db.models import utcnow
 
     try:
         disks = tuple(_disk(text) for text in args.disk)
@@ -383,7 +383,7 @@ def _vm_set(args: argparse.Namespace) -> int:
 
 def _disk(text: str):
     """``ID:SIZE[:IMAGE_UUID]`` as a Disk. Raises ValueError with a sentence."""
-    from shared.db.vms import Disk
+    from imagesvc.shared.db.vms import Disk
 
     parts = text.split(":")
     if len(parts) not in (2, 3) or not all(part.strip().isdigit() for part in parts[:2]):
@@ -393,7 +393,7 @@ def _disk(text: str):
 
 
 def _vm_list(_args: argparse.Namespace) -> int:
-    from shared.db import vms
+    from imagesvc.shared.db import vms
 
     def show(conn) -> None:
         _print_lines([{"uuid": vm.uuid, "hostname": vm.hostname, "dc": vm.dc, "node": vm.node, "status": vm.status,
@@ -405,9 +405,9 @@ def _vm_list(_args: argparse.Namespace) -> int:
 
 
 def _vm_remove(args: argparse.Namespace) -> int:
-    from shared.contracts.events import vm_uuid_problem
-    from shared.db import accounts, vms
-    from shared.db.models import utcnow
+    from imagesvc.shared.contracts.events import vm_uuid_problem
+    from imagesvc.shared.db import accounts, vms
+    from imagesvc.shared.db.models import utcnow
 
     problem = vm_uuid_problem(args.uuid)
     if problem:
@@ -425,7 +425,7 @@ def _vm_remove(args: argparse.Namespace) -> int:
 
 def _existing_vm(conn, key: str):
     """The live VM with this uuid or hostname. Raises NotFound."""
-    from shared.db import accounts, vms
+    from imagesvc.shared.db import accounts, vms
 
     vm = vms.get_vm(conn, key)
     if vm is None:
@@ -434,9 +434,9 @@ def _existing_vm(conn, key: str):
 
 
 def _snapshot_set(args: argparse.Namespace) -> int:
-    from shared.contracts.events import snapshot_name_problem, status_problem
-    from shared.db import vms
-    from shared.db.models import utcnow
+    from imagesvc.shared.contracts.events import snapshot_name_problem, status_problem
+    from imagesvc.shared.db import vms
+    from imagesvc.shared.db.models import utcnow
 
     problem = ("disk must be at least 1" if args.disk < 1 else None) or snapshot_name_problem(args.name) \
         or status_problem(args.status)
@@ -457,7 +457,7 @@ def _snapshot_set(args: argparse.Namespace) -> int:
 
 
 def _snapshot_list(args: argparse.Namespace) -> int:
-    from shared.db import vms
+    from imagesvc.shared.db import vms
 
     def show(conn) -> None:
         snapshots = vms.list_snapshots(conn, _existing_vm(conn, args.vm).uuid if args.vm else None)
@@ -468,8 +468,8 @@ def _snapshot_list(args: argparse.Namespace) -> int:
 
 
 def _snapshot_remove(args: argparse.Namespace) -> int:
-    from shared.db import accounts, vms
-    from shared.db.models import utcnow
+    from imagesvc.shared.db import accounts, vms
+    from imagesvc.shared.db.models import utcnow
 
     def delete(conn) -> None:
         vm = _existing_vm(conn, args.vm)

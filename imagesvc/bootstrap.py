@@ -19,38 +19,38 @@ from typing import Callable
 from kombu import Connection
 from sqlalchemy import Engine
 
-from domain.creation import CREATION_LEASE_SECONDS
-from domain.repositories import local_repository
-from services.deleter.handlers import delete_image
-from services.gateway.app import create_app
-from services.image_server import app as image_server_http
-from services.importer.handlers import abandon_import, import_image
-from services.importer.repositories import refresh_repositories
-from services.importer.transfer import Limits
-from services.node_agent.handlers import abandon_snapshot_image, create_image_from_snapshot
-from services.projector import handlers as projection
-from services.sweeper.leases import LeaseSweeper
-from services.sweeper.recovery import Recovered, StartupRecovery
-from services.updater.handlers import attach_image, detach_image, update_image
-from shared.broker.connection import broker_identity, connect
-from shared.broker.consumer import ConsumerRunner
-from shared.broker.notifications import TaskNotifier
-from shared.broker.publisher import Publisher
-from shared.broker.topology import QueueLimits, Topology, build_topology
-from shared import deployment, health, metrics
-from shared.config import FROM_ENVIRONMENT, ConfigError, Settings
-from shared.config import effective as effective_settings
-from shared.config import sources as config_sources
-from shared.db.engine import make_engine
-from shared.db.migrate import head_revision
-from shared.handling import CommandConsumer, CommandHandler, EventConsumer
-from shared.logging import get_logger
-from shared.net.fetch import Fetcher, UrlPolicy
-from shared.relay import OutboxRelay
-from shared.snapshots import SnapshotDriver, open_driver
-from shared.store import ImageStore, open_store
-from shared.store.server import ImageServer
-from shared.user_slots import UserSlots
+from imagesvc.domain.creation import CREATION_LEASE_SECONDS
+from imagesvc.domain.repositories import local_repository
+from imagesvc.services.deleter.handlers import delete_image
+from imagesvc.services.gateway.app import create_app
+from imagesvc.services.image_server import app as image_server_http
+from imagesvc.services.importer.handlers import abandon_import, import_image
+from imagesvc.services.importer.repositories import refresh_repositories
+from imagesvc.services.importer.transfer import Limits
+from imagesvc.services.node_agent.handlers import abandon_snapshot_image, create_image_from_snapshot
+from imagesvc.services.projector import handlers as projection
+from imagesvc.services.sweeper.leases import LeaseSweeper
+from imagesvc.services.sweeper.recovery import Recovered, StartupRecovery
+from imagesvc.services.updater.handlers import attach_image, detach_image, update_image
+from imagesvc.shared.broker.connection import broker_identity, connect
+from imagesvc.shared.broker.consumer import ConsumerRunner
+from imagesvc.shared.broker.notifications import TaskNotifier
+from imagesvc.shared.broker.publisher import Publisher
+from imagesvc.shared.broker.topology import QueueLimits, Topology, build_topology
+from imagesvc.shared import deployment, health, metrics
+from imagesvc.shared.config import FROM_ENVIRONMENT, ConfigError, Settings
+from imagesvc.shared.config import effective as effective_settings
+from imagesvc.shared.config import sources as config_sources
+from imagesvc.shared.db.engine import make_engine
+from imagesvc.shared.db.migrate import head_revision
+from imagesvc.shared.handling import CommandConsumer, CommandHandler, EventConsumer
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.net.fetch import Fetcher, UrlPolicy
+from imagesvc.shared.relay import OutboxRelay
+from imagesvc.shared.snapshots import SnapshotDriver, open_driver
+from imagesvc.shared.store import ImageStore, open_store
+from imagesvc.shared.store.server import ImageServer
+from imagesvc.shared.user_slots import UserSlots
 
 log = get_logger(__name__)
 
@@ -154,9 +154,9 @@ def system_metrics(infra: Infrastructure) -> metrics.SystemMetrics:
     dead_letters = None
     if not settings.embedded_broker:
         def names() -> list[str]:
-            from shared.broker.topology import node_queue_name
-            from shared.db import nodes
-            from shared.db.engine import read_transaction
+            from imagesvc.shared.broker.topology import node_queue_name
+            from imagesvc.shared.db import nodes
+            from imagesvc.shared.db.engine import read_transaction
 
             found = {queue.name for queue in infra.topology.dead_letter_queues.values()}
             with read_transaction(infra.engine) as conn:
@@ -317,7 +317,7 @@ def gateway_app(infra: Infrastructure):
 def gateway_app_from_env():
     """Factory for ``uvicorn --factory`` (one per gateway worker process)."""
     settings = Settings.from_env(os.environ)
-    from shared.logging import configure_logging
+    from imagesvc.shared.logging import configure_logging
 
     configure_logging("gateway", fmt=settings.log_format, level=settings.log_level)
     metrics.forget_dead_processes()  # with --workers: the live gauges of a worker this one replaces

@@ -30,9 +30,9 @@ from imagesvc import dlq as dlq_module
 from imagesvc import store_check
 from imagesvc import config_cli
 from imagesvc.settings import for_existing_database
-from shared.config import ConfigError, Settings
-from shared.logging import configure_logging, get_logger
-from shared.store import open_store
+from imagesvc.shared.config import ConfigError, Settings
+from imagesvc.shared.logging import configure_logging, get_logger
+from imagesvc.shared.store import open_store
 
 log = get_logger("imagesvc")
 
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a command-line tool answers with a sentence, not a traceback
         from sqlalchemy.exc import DBAPIError
 
-        from shared.errors import Transient
+        from imagesvc.shared.errors import Transient
 
         if not isinstance(exc, (Transient, DBAPIError)):
             raise
@@ -171,7 +171,7 @@ def _embedded_settings() -> Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     from imagesvc import bootstrap, edge
-    from shared.db.migrate import upgrade
+    from imagesvc.shared.db.migrate import upgrade
 
     settings = _embedded_settings()
     if not _can_listen("serve", args.host, args.port):
@@ -239,9 +239,9 @@ def _lock_database(settings: Settings) -> IO[str] | None:
 
 def _first_run_superadmin(settings: Settings) -> str:
     """Create ``admin`` on the first start and keep its key in ``<data_dir>/admin.key`` (mode 0600)."""
-    from shared.db import accounts
-    from shared.db.engine import make_engine, write_transaction
-    from shared.keys import new_api_key
+    from imagesvc.shared.db import accounts
+    from imagesvc.shared.db.engine import make_engine, write_transaction
+    from imagesvc.shared.keys import new_api_key
 
     key_file = Path(settings.data_dir).resolve() / "admin.key"
     engine = make_engine(settings.database_url, pool_size=1)
@@ -264,7 +264,7 @@ def _first_run_superadmin(settings: Settings) -> str:
 
 def _gateway(args: argparse.Namespace) -> int:
     from imagesvc import bootstrap, edge
-    from shared.db.engine import make_engine
+    from imagesvc.shared.db.engine import make_engine
 
     settings = _settings()
     if not _can_listen("gateway", args.host, args.port):
@@ -347,7 +347,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _node_agent(args: argparse.Namespace) -> int:
     from imagesvc import bootstrap
-    from shared.broker.topology import node_queue_name
+    from imagesvc.shared.broker.topology import node_queue_name
 
     settings = _settings()
     try:
@@ -421,7 +421,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
-    from shared.db.migrate import create_database_if_missing, upgrade
+    from imagesvc.shared.db.migrate import create_database_if_missing, upgrade
 
     settings = _embedded_settings()
     configure_logging("migrate", fmt=settings.log_format, level=settings.log_level)
@@ -441,8 +441,8 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 
 
 def _projector_rebuild(args: argparse.Namespace) -> int:
-    from services.projector.handlers import rebuild
-    from shared.db.engine import make_engine, write_transaction
+    from imagesvc.services.projector.handlers import rebuild
+    from imagesvc.shared.db.engine import make_engine, write_transaction
 
     settings = for_existing_database()
     configure_logging("projector", fmt=settings.log_format, level=settings.log_level)
@@ -471,8 +471,8 @@ def _running_projectors(settings: Settings) -> str | None:
         return "an imagesvc serve runs on this database (its projector with it)"
     if settings.embedded_broker:
         return None  # nothing outside a serve can consume memory://
-    from shared.broker.connection import connect, discard, ensure_connected
-    from shared.broker.topology import build_topology
+    from imagesvc.shared.broker.connection import connect, discard, ensure_connected
+    from imagesvc.shared.broker.topology import build_topology
 
     queue = build_topology(settings.topology_prefix).projector_queue.name  # type: ignore[union-attr]
     connection = connect(settings, "projector-rebuild")
@@ -491,9 +491,9 @@ def _running_projectors(settings: Settings) -> str | None:
 
 
 def _create_superadmin(args: argparse.Namespace) -> int:
-    from shared.db import accounts
-    from shared.db.engine import make_engine, write_transaction
-    from shared.keys import new_api_key
+    from imagesvc.shared.db import accounts
+    from imagesvc.shared.db.engine import make_engine, write_transaction
+    from imagesvc.shared.keys import new_api_key
 
     settings = for_existing_database()
     engine = make_engine(settings.database_url, pool_size=1)
@@ -517,7 +517,7 @@ def _create_superadmin(args: argparse.Namespace) -> int:
 
 
 def _redact(url: str) -> str:
-    from shared.config import masked_url
+    from imagesvc.shared.config import masked_url
 
     return masked_url(url)
 

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from shared.config import ConfigError, Settings, effective, sources
+from imagesvc.shared.config import ConfigError, Settings, effective, sources
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -63,8 +63,8 @@ def _show(args: argparse.Namespace) -> int:
 def _record_lines(settings: Settings, *, serve: bool) -> list[str]:
     from sqlalchemy.exc import DBAPIError
 
-    from shared import deployment
-    from shared.db.engine import make_engine
+    from imagesvc.shared import deployment
+    from imagesvc.shared.db.engine import make_engine
 
     if not _database_exists(settings):
         return ["no database yet (the first process to start records its values)"]
@@ -105,8 +105,8 @@ def _database_exists(settings: Settings) -> bool:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from shared import deployment
-    from shared.db.engine import make_engine
+    from imagesvc.shared import deployment
+    from imagesvc.shared.db.engine import make_engine
 
     if not args.yes:
         print("imagesvc config record: every process of the deployment must then agree with these values; "

@@ -32,7 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from shared.config import Settings
+from imagesvc.shared.config import Settings
 
 #: Headers that describe a death, dropped from a replayed copy.
 _DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
@@ -84,7 +84,7 @@ class DeadLetter:
 
     def origin(self, dead_letter_queue: str) -> str:
         """The queue the message died in."""
-        from shared.broker.consumer import ORIGINAL_QUEUE_HEADER
+        from imagesvc.shared.broker.consumer import ORIGINAL_QUEUE_HEADER
 
         if self.headers.get(ORIGINAL_QUEUE_HEADER):
             return str(self.headers[ORIGINAL_QUEUE_HEADER])
@@ -94,7 +94,7 @@ class DeadLetter:
         return dead_letter_queue.removesuffix(".dlq")
 
     def describe(self, dead_letter_queue: str) -> dict[str, Any]:
-        from shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER
+        from imagesvc.shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER
 
         deaths = self.headers.get("x-death") or []
         reason = self.headers.get(DEATH_REASON_HEADER)
@@ -146,12 +146,12 @@ def _run(func):
 def dead_letter_queues(settings: Settings) -> list[str]:
     """Every imagesvc dead-letter queue: the consumer services' and those of the compute nodes the
     database knows (if it can be read)."""
-    from shared.broker.topology import build_topology, node_queue_name
+    from imagesvc.shared.broker.topology import build_topology, node_queue_name
 
     names = sorted(build_topology(settings.topology_prefix).dead_letter_queues)
     try:
-        from shared.db import nodes
-        from shared.db.engine import make_engine, read_transaction
+        from imagesvc.shared.db import nodes
+        from imagesvc.shared.db.engine import make_engine, read_transaction
 
         engine = make_engine(settings.database_url, pool_size=1)
         try:
@@ -168,7 +168,7 @@ def dead_letter_queues(settings: Settings) -> list[str]:
 def resolve(settings: Settings, queue: str) -> str:
     """The dead-letter queue named by ``queue``: a service (``importer``), a work queue
     (``importer.commands``) or a dead-letter queue, with or without the topology prefix."""
-    from shared.broker.topology import COMMAND_ROUTES
+    from imagesvc.shared.broker.topology import COMMAND_ROUTES
 
     prefix = settings.topology_prefix
     name = queue
@@ -183,7 +183,7 @@ def resolve(settings: Settings, queue: str) -> str:
 
 class _Broker:
     def __init__(self, settings: Settings):
-        from shared.broker.connection import connect, ensure_connected
+        from imagesvc.shared.broker.connection import connect, ensure_connected
 
         self.connection = connect(settings, "dlq")
         try:
@@ -222,7 +222,7 @@ class _Broker:
             self.channel.basic_reject(delivery_tag=tag, requeue=True)
 
     def close(self) -> None:
-        from shared.broker.connection import discard
+        from imagesvc.shared.broker.connection import discard
 
         try:
             self.channel.close()
@@ -260,11 +260,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _replay_in(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.broker.connection import broker_identity, connect
-    from shared.broker.consumer import (ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER,
+    from imagesvc.shared.broker.connection import broker_identity, connect
+    from imagesvc.shared.broker.consumer import (ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER,
                                         PUBLISHED_BY_HEADER, ROUTING_KEY_HEADER, original_routing_key)
-    from shared.broker.publisher import Publisher
-    from shared.errors import PublishFailed
+    from imagesvc.shared.broker.publisher import Publisher
+    from imagesvc.shared.errors import PublishFailed
 
     queue = resolve(settings, args.queue)
     identity = broker_identity(settings)

@@ -52,8 +52,8 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from shared.config import Settings
-from shared.logging import get_logger
+from imagesvc.shared.config import Settings
+from imagesvc.shared.logging import get_logger
 
 log = get_logger("edge")
 
@@ -383,7 +383,7 @@ def run(app: Any, *, settings: Settings, host: str, port: int, image_server: boo
         if (options.get("workers") or 1) > 1 and settings.metrics == "on":
             # Every worker process writes its metrics into one fresh directory, and the one that
             # answers a scrape sums them (shared.metrics); removed when the server stops.
-            from shared import metrics
+            from imagesvc.shared import metrics
 
             stack.enter_context(metrics.multiprocess_directory())
         uvicorn.run(app, host=host, port=port, http=f"{protocol.__module__}:{protocol.__qualname__}", ws="none",

@@ -13,7 +13,7 @@ import fcntl
 from pathlib import Path
 from typing import IO
 
-from shared.config import Settings
+from imagesvc.shared.config import Settings
 
 
 def lock_path(settings: Settings) -> Path:

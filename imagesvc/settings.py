@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared.config import ConfigError, Settings
+from imagesvc.shared.config import ConfigError, Settings
 
 
 def for_existing_database() -> Settings:

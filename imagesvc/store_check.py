@@ -38,10 +38,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from services.sweeper import garbage
-    from shared.db.engine import make_engine
-    from shared.logging import configure_logging
-    from shared.store import open_store
+    from imagesvc.services.sweeper import garbage
+    from imagesvc.shared.db.engine import make_engine
+    from imagesvc.shared.logging import configure_logging
+    from imagesvc.shared.store import open_store
 
     settings = for_existing_database()
     configure_logging("store-check", fmt=settings.log_format, level=settings.log_level)

@@ -222,7 +222,7 @@ class Settings:
             parse_rate(self.throttle)
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_THROTTLE: {exc}") from None
-        from shared.store import open_store
+        from imagesvc.shared.store import open_store
 
         try:
             open_store(self.image_store)
@@ -250,7 +250,7 @@ class Settings:
             raise ConfigError("IMAGESVC_MAX_MESSAGE_BYTES must be at least 65536")
         if self.queue_max_length < 1 or self.dead_letter_max_length < 1:
             raise ConfigError("IMAGESVC_QUEUE_MAX_LENGTH and IMAGESVC_DEAD_LETTER_MAX_LENGTH must be at least 1")
-        from shared.snapshots import DRIVERS, check_dataset_template
+        from imagesvc.shared.snapshots import DRIVERS, check_dataset_template
 
         if self.snapshot_driver not in DRIVERS:
             raise ConfigError(f"IMAGESVC_SNAPSHOT_DRIVER must be one of {', '.join(DRIVERS)}")
@@ -269,12 +269,12 @@ class Settings:
         if self.sweep_seconds <= 0:
             raise ConfigError("IMAGESVC_SWEEP_SECONDS must be positive")
         if self.local_node:
-            from shared.contracts.events import node_hostname_problem
+            from imagesvc.shared.contracts.events import node_hostname_problem
 
             problem = node_hostname_problem(self.local_node)
             if problem:
                 raise ConfigError(f"IMAGESVC_LOCAL_NODE: {problem}")
-        from shared.net.fetch import parse_allow_list
+        from imagesvc.shared.net.fetch import parse_allow_list
 
         try:
             parse_allow_list(self.fetch_allow)

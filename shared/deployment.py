@@ -25,10 +25,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from shared.config import ConfigError, Settings
-from shared.db import deployment as table
-from shared.db.deployment import Recorded, recorded
-from shared.store import StoreError, open_store
+from imagesvc.shared.config import ConfigError, Settings
+from imagesvc.shared.db import deployment as table
+from imagesvc.shared.db.deployment import Recorded, recorded
+from imagesvc.shared.store import StoreError, open_store
 
 #: The recorded value of "no image store".
 NO_STORE = "none"
@@ -140,7 +140,7 @@ def _mismatch(fact: Fact, there: Recorded, process: str) -> str:
 
 
 def _identity_file() -> str:
-    from shared.store.local import IDENTITY_FILE
+    from imagesvc.shared.store.local import IDENTITY_FILE
 
     return IDENTITY_FILE
 

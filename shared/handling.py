@@ -31,19 +31,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import structlog
 
-from shared import contracts, metrics
-from shared.broker.consumer import Delivery, Disposition
-from shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
-from shared.contracts.routing import Publishers, route
-from shared.crash import crash_point
-from shared.db import events as store
-from shared.db import task_owners
-from shared.db.task_owners import Claim, TaskTaken
-from shared.db.catalogue import SqlCatalogue
-from shared.db.engine import read_transaction, write_transaction
-from shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
-from shared.logging import get_logger
-from shared.user_slots import UserAtCap, UserSlots
+from imagesvc.shared import contracts, metrics
+from imagesvc.shared.broker.consumer import Delivery, Disposition
+from imagesvc.shared.contracts import Actor, Command, Envelope, Event, TaskFailed, TaskSucceeded
+from imagesvc.shared.contracts.routing import Publishers, route
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db import task_owners
+from imagesvc.shared.db.task_owners import Claim, TaskTaken
+from imagesvc.shared.db.catalogue import SqlCatalogue
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.user_slots import UserAtCap, UserSlots
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine

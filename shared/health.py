@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import orjson
 
-from shared.logging import get_logger
+from imagesvc.shared.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -74,14 +74,14 @@ ALIVE = {"status": "alive"}
 
 def database_check(engine, head: str) -> Check:
     """The database answers and its schema is at ``head`` (else: which revision it is at)."""
-    from shared.db.migrate import schema_problem
+    from imagesvc.shared.db.migrate import schema_problem
 
     return lambda: schema_problem(engine, head)
 
 
 def broker_check(connect: Callable, timeout: float) -> Check:
     """A new broker connection opens within ``timeout`` seconds."""
-    from shared.broker.connection import discard, ensure_connected
+    from imagesvc.shared.broker.connection import discard, ensure_connected
 
     def check() -> str | None:
         connection = connect()

@@ -36,8 +36,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from shared.contracts import COMMAND_TYPES, EVENT_TYPES
-from shared.logging import get_logger
+from imagesvc.shared.contracts import COMMAND_TYPES, EVENT_TYPES
+from imagesvc.shared.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -261,7 +261,7 @@ class DeadLetterDepths:
     def _probe(self) -> dict[str, int]:
         from amqp.exceptions import NotFound
 
-        from shared.broker.connection import ensure_connected
+        from imagesvc.shared.broker.connection import ensure_connected
 
         if self._connection is None:
             self._connection = self._connect()
@@ -276,7 +276,7 @@ class DeadLetterDepths:
         return found
 
     def _drop(self) -> None:
-        from shared.broker.connection import discard
+        from imagesvc.shared.broker.connection import discard
 
         connection, self._connection, self._channel = self._connection, None, None
         discard(connection)
@@ -312,9 +312,9 @@ class SystemMetrics:
             return []
 
     def _database(self) -> list:
-        from shared.db import events, locks
-        from shared.db.engine import read_transaction
-        from shared.db.models import utcnow
+        from imagesvc.shared.db import events, locks
+        from imagesvc.shared.db.engine import read_transaction
+        from imagesvc.shared.db.models import utcnow
 
         with read_transaction(self._engine) as conn:
             oldest = events.oldest_unpublished_at(conn)

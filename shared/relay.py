@@ -15,14 +15,14 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Sequence
 
-from shared.broker.publisher import Outgoing
-from shared.broker.topology import Topology
-from shared.crash import crash_point
-from shared.db import events as store
-from shared.db.engine import read_transaction, relax_durability, write_transaction
-from shared.db.models import utcnow
-from shared.errors import PublishFailed, Transient
-from shared.logging import get_logger
+from imagesvc.shared.broker.publisher import Outgoing
+from imagesvc.shared.broker.topology import Topology
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.engine import read_transaction, relax_durability, write_transaction
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.errors import PublishFailed, Transient
+from imagesvc.shared.logging import get_logger
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -14,14 +14,14 @@ is the next version of the image's event stream, so a stale event can never revi
 
 from __future__ import annotations
 
-from domain import creation, images, policy
-from shared.contracts import DeleteImage, ImageDeleted
-from shared.crash import crash_point
-from shared.db import vms
-from shared.errors import CommandFailed, Refused
-from shared.handling import CommandContext
-from shared.store import StoreError
-from shared.store.server import ImageServer
+from imagesvc.domain import creation, images, policy
+from imagesvc.shared.contracts import DeleteImage, ImageDeleted
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.db import vms
+from imagesvc.shared.errors import CommandFailed, Refused
+from imagesvc.shared.handling import CommandContext
+from imagesvc.shared.store import StoreError
+from imagesvc.shared.store.server import ImageServer
 
 #: A removal's hold on its image.
 DELETE_LEASE_SECONDS = 300.0

@@ -15,14 +15,14 @@ from typing import Any, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from domain import fields, policy
-from services.gateway.auth import Authenticator
-from services.gateway.blocking import in_thread
-from services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, envelope, json_response, read_json_body
-from services.gateway.queries import Queries
-from services.gateway.routes import access_of, wants_objects
-from shared.db import accounts
-from shared.keys import hash_password, new_api_key
+from imagesvc.domain import fields, policy
+from imagesvc.services.gateway.auth import Authenticator
+from imagesvc.services.gateway.blocking import in_thread
+from imagesvc.services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, envelope, json_response, read_json_body
+from imagesvc.services.gateway.queries import Queries
+from imagesvc.services.gateway.routes import access_of, wants_objects
+from imagesvc.shared.db import accounts
+from imagesvc.shared.keys import hash_password, new_api_key
 
 KINDS = {"user": "User", "group": "Group", "dc": "Datacenter"}
 _MISSING_USER = "Object with username={} does not exist."

@@ -14,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from domain.repositories import local_repository
-from services.gateway import openapi
-from services.gateway.auth import Authenticator
-from services.gateway.blocking import BoundedPool, in_thread
-from services.gateway.dispatch import Dispatcher, TaskWaiter
-from services.gateway.http import (
+from imagesvc.domain.repositories import local_repository
+from imagesvc.services.gateway import openapi
+from imagesvc.services.gateway.auth import Authenticator
+from imagesvc.services.gateway.blocking import BoundedPool, in_thread
+from imagesvc.services.gateway.dispatch import Dispatcher, TaskWaiter
+from imagesvc.services.gateway.http import (
     ApiError,
     GatewayMiddleware,
     ValidationFailed,
@@ -29,21 +29,21 @@ from services.gateway.http import (
     handle_validation,
     json_response,
 )
-from services.gateway.queries import Queries
-from services.gateway.administration import AdministrationRoutes
-from services.gateway.imagestore import ImageStoreRoutes
-from services.gateway.snapshots import SnapshotRoutes
-from services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
-from services.gateway.throttle import throttle_for
-from shared.broker.connection import broker_identity
-from shared.broker.notifications import NotificationListener
-from shared.broker.topology import Topology
-from shared import health, metrics
-from shared.config import Settings
-from shared.db.migrate import head_revision
-from shared.store import open_store
-from shared.errors import CommandFailed
-from shared.net.fetch import UrlPolicy
+from imagesvc.services.gateway.queries import Queries
+from imagesvc.services.gateway.administration import AdministrationRoutes
+from imagesvc.services.gateway.imagestore import ImageStoreRoutes
+from imagesvc.services.gateway.snapshots import SnapshotRoutes
+from imagesvc.services.gateway.routes import AccountRoutes, ImageRoutes, TaskRoutes
+from imagesvc.services.gateway.throttle import throttle_for
+from imagesvc.shared.broker.connection import broker_identity
+from imagesvc.shared.broker.notifications import NotificationListener
+from imagesvc.shared.broker.topology import Topology
+from imagesvc.shared import health, metrics
+from imagesvc.shared.config import Settings
+from imagesvc.shared.db.migrate import head_revision
+from imagesvc.shared.store import open_store
+from imagesvc.shared.errors import CommandFailed
+from imagesvc.shared.net.fetch import UrlPolicy
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

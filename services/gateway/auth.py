@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from services.gateway.blocking import in_thread
-from services.gateway.http import ApiError
-from services.gateway.queries import Queries
-from shared.db.models import utcnow
-from shared.db.records import UserRecord
-from shared.keys import key_digest
+from imagesvc.services.gateway.blocking import in_thread
+from imagesvc.services.gateway.http import ApiError
+from imagesvc.services.gateway.queries import Queries
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.db.records import UserRecord
+from imagesvc.shared.keys import key_digest
 
 NO_CREDENTIALS = "Authentication credentials were not provided."
 INVALID_KEY = "Invalid API key"

@@ -21,17 +21,17 @@ from typing import Any, AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from domain import tasks
-from services.gateway.blocking import in_thread
-from services.gateway.http import ApiError, envelope, json_bytes, json_response
-from services.gateway.idempotency import Identity
-from services.gateway.queries import Queries, TaskView
-from shared import contracts, metrics
-from shared.contracts import Actor, Command
-from shared.broker.topology import node_routing_key
-from shared.crash import crash_point
-from shared.errors import PublishFailed, Transient, Unroutable
-from shared.logging import get_logger
+from imagesvc.domain import tasks
+from imagesvc.services.gateway.blocking import in_thread
+from imagesvc.services.gateway.http import ApiError, envelope, json_bytes, json_response
+from imagesvc.services.gateway.idempotency import Identity
+from imagesvc.services.gateway.queries import Queries, TaskView
+from imagesvc.shared import contracts, metrics
+from imagesvc.shared.contracts import Actor, Command
+from imagesvc.shared.broker.topology import node_routing_key
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.errors import PublishFailed, Transient, Unroutable
+from imagesvc.shared.logging import get_logger
 
 log = get_logger("gateway.dispatch")
 

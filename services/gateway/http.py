@@ -18,10 +18,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from domain import tasks
-from shared import metrics
-from shared.errors import CommandFailed, Transient
-from shared.logging import get_logger
+from imagesvc.domain import tasks
+from imagesvc.shared import metrics
+from imagesvc.shared.errors import CommandFailed, Transient
+from imagesvc.shared.logging import get_logger
 
 log = get_logger("gateway.http")
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from services.gateway.http import ApiError
+from imagesvc.services.gateway.http import ApiError
 
 HEADER = "idempotency-key"
 MAX_LENGTH = 255

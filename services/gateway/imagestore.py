@@ -13,12 +13,12 @@ from typing import Any, Mapping
 from starlette.requests import Request
 from starlette.responses import Response
 
-from domain import fields, images, policy, repositories
-from services.gateway.blocking import in_thread
-from services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, json_response
-from services.gateway.routes import ImageRoutes, access_of, wants_objects
-from shared.contracts import RefreshImageRepositories
-from shared.db.catalogue import storable
+from imagesvc.domain import fields, images, policy, repositories
+from imagesvc.services.gateway.blocking import in_thread
+from imagesvc.services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, json_response
+from imagesvc.services.gateway.routes import ImageRoutes, access_of, wants_objects
+from imagesvc.shared.contracts import RefreshImageRepositories
+from imagesvc.shared.db.catalogue import storable
 
 
 class ImageStoreRoutes:

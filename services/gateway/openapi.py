@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain import fields
+from imagesvc.domain import fields
 
 _BOOL = {"oneOf": [{"type": "boolean"}, {"type": "string", "pattern": "^(?i:true|false|1|0)$"},
                    {"type": "integer", "enum": [0, 1]}]}

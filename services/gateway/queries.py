@@ -14,15 +14,15 @@ from typing import Any, Collection, Sequence
 import orjson
 from sqlalchemy import Engine, bindparam, insert, select
 
-from shared.db import accounts
-from shared.db import repositories as stored_repositories
-from shared.db import locks, nodes
-from shared.db import vms as inventory
-from shared.db.catalogue import datacenter_record, storable, user_record
-from shared.db.dialect import insert_ignore
-from shared.db.engine import read_transaction, single_statement, write_transaction
-from shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, StoredEvent, SubmittedCommand, User, utcnow
-from shared.db.records import DatacenterRecord, Grants, RepositoryRecord, UserRecord
+from imagesvc.shared.db import accounts
+from imagesvc.shared.db import repositories as stored_repositories
+from imagesvc.shared.db import locks, nodes
+from imagesvc.shared.db import vms as inventory
+from imagesvc.shared.db.catalogue import datacenter_record, storable, user_record
+from imagesvc.shared.db.dialect import insert_ignore
+from imagesvc.shared.db.engine import read_transaction, single_statement, write_transaction
+from imagesvc.shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, StoredEvent, SubmittedCommand, User, utcnow
+from imagesvc.shared.db.records import DatacenterRecord, Grants, RepositoryRecord, UserRecord
 
 _users = User.__table__
 _dcs = Datacenter.__table__

@@ -13,12 +13,12 @@ from typing import Any, Mapping, Sequence
 from starlette.requests import Request
 from starlette.responses import Response
 
-from domain import fields, images, manifest, policy, tasks
-from services.gateway.auth import NO_API_ACCESS, Authenticator
-from services.gateway.blocking import BoundedPool, Busy, in_thread
-from services.gateway import idempotency
-from services.gateway.dispatch import Dispatcher, status_body
-from services.gateway.http import (
+from imagesvc.domain import fields, images, manifest, policy, tasks
+from imagesvc.services.gateway.auth import NO_API_ACCESS, Authenticator
+from imagesvc.services.gateway.blocking import BoundedPool, Busy, in_thread
+from imagesvc.services.gateway import idempotency
+from imagesvc.services.gateway.dispatch import Dispatcher, status_body
+from imagesvc.services.gateway.http import (
     ApiError,
     ValidationFailed,
     dummy_task_id_for,
@@ -26,14 +26,14 @@ from services.gateway.http import (
     raw_json_response,
     read_json_body,
 )
-from services.gateway.queries import ORDER_FIELDS, Queries
-from services.gateway.throttle import NoThrottle, Throttle, throttled
-from shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
-from shared.db.records import DatacenterRecord, UserRecord
-from shared.db.vms import VmRecord
-from shared.db.models import utcnow
-from shared.keys import check_password, hash_password, key_digest, new_api_key
-from shared.net.fetch import FetchError, UrlPolicy
+from imagesvc.services.gateway.queries import ORDER_FIELDS, Queries
+from imagesvc.services.gateway.throttle import NoThrottle, Throttle, throttled
+from imagesvc.shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
+from imagesvc.shared.db.records import DatacenterRecord, UserRecord
+from imagesvc.shared.db.vms import VmRecord
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.keys import check_password, hash_password, key_digest, new_api_key
+from imagesvc.shared.net.fetch import FetchError, UrlPolicy
 
 HIDDEN_FROM_LISTS = (fields.ACCESS_INTERNAL,)
 #: A datacenter's image list also leaves out deleted images (reference §3.8), and sorts by name only.

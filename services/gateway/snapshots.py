@@ -15,14 +15,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from domain import policy, snapshots
-from services.gateway.http import ApiError
-from services.gateway.queries import Queries
-from services.gateway.routes import ImageRoutes, access_of, order_by_refusal
-from shared.contracts import CreateImageFromSnapshot
-from shared.db.records import DatacenterRecord
-from shared.store import ImageStore, StoreUnavailable
-from shared.store.server import NODE_DOWN, STORE_DOWN
+from imagesvc.domain import policy, snapshots
+from imagesvc.services.gateway.http import ApiError
+from imagesvc.services.gateway.queries import Queries
+from imagesvc.services.gateway.routes import ImageRoutes, access_of, order_by_refusal
+from imagesvc.shared.contracts import CreateImageFromSnapshot
+from imagesvc.shared.db.records import DatacenterRecord
+from imagesvc.shared.store import ImageStore, StoreUnavailable
+from imagesvc.shared.store.server import NODE_DOWN, STORE_DOWN
 
 _DC_NOT_FOUND = "Datacenter not found"
 

@@ -20,8 +20,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from services.gateway.http import ApiError
-from shared.config import parse_rate
+from imagesvc.services.gateway.http import ApiError
+from imagesvc.shared.config import parse_rate
 
 class Throttle:
     """At most ``limit`` requests per key in any ``period`` seconds (a sliding window)."""

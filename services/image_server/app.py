@@ -38,10 +38,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.image_server.ranges import Unsatisfiable, requested_range
-from shared import health
-from shared.logging import get_logger
-from shared.store import FileInfo, ImageStore, StoreError, StoreUnavailable, check_uuid
+from imagesvc.services.image_server.ranges import Unsatisfiable, requested_range
+from imagesvc.shared import health
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.store import FileInfo, ImageStore, StoreError, StoreUnavailable, check_uuid
 
 log = get_logger("image_server")
 

@@ -15,18 +15,18 @@ import uuid as uuidlib
 from dataclasses import replace
 from datetime import datetime
 
-from domain import creation, fields, images, manifest, policy
-from services.importer import transfer
-from shared.contracts import ImageImported, ImportImage, TaskStarted, image_stream
-from shared.crash import crash_point
-from shared.db.models import utcnow
-from shared.db.records import ImageRecord
-from shared.errors import CommandFailed, Invalid, Refused, Transient
-from shared.handling import CommandContext
-from shared.logging import get_logger
-from shared.net.fetch import FetchError, Fetcher
-from shared.store import StoreError
-from shared.store.server import ImageServer
+from imagesvc.domain import creation, fields, images, manifest, policy
+from imagesvc.services.importer import transfer
+from imagesvc.shared.contracts import ImageImported, ImportImage, TaskStarted, image_stream
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.db.records import ImageRecord
+from imagesvc.shared.errors import CommandFailed, Invalid, Refused, Transient
+from imagesvc.shared.handling import CommandContext
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.net.fetch import FetchError, Fetcher
+from imagesvc.shared.store import StoreError
+from imagesvc.shared.store.server import ImageServer
 
 log = get_logger(__name__)
 

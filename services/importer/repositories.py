@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from domain import policy, repositories
-from shared.contracts import RefreshImageRepositories
-from shared.db import locks
-from shared.db import repositories as stored
-from shared.db.models import utcnow
-from shared.db.records import RepositoryRecord
-from shared.errors import CommandFailed, Refused
-from shared.handling import CommandContext
-from shared.logging import get_logger
-from shared.net.fetch import FetchError, Fetcher
+from imagesvc.domain import policy, repositories
+from imagesvc.shared.contracts import RefreshImageRepositories
+from imagesvc.shared.db import locks
+from imagesvc.shared.db import repositories as stored
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.db.records import RepositoryRecord
+from imagesvc.shared.errors import CommandFailed, Refused
+from imagesvc.shared.handling import CommandContext
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.net.fetch import FetchError, Fetcher
 
 log = get_logger(__name__)
 

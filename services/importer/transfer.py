@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from domain import formats
-from shared import metrics
-from shared.crash import crash_point
-from shared.net.fetch import FetchError, Fetcher
-from shared.store import ImageStore, StoreError
-from shared.store.transfer import (RC_FILE, RC_MANIFEST, RC_MANIFEST_WRITE, RC_SPACE, RC_STORE, SPACE_MARGIN,
+from imagesvc.domain import formats
+from imagesvc.shared import metrics
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.net.fetch import FetchError, Fetcher
+from imagesvc.shared.store import ImageStore, StoreError
+from imagesvc.shared.store.transfer import (RC_FILE, RC_MANIFEST, RC_MANIFEST_WRITE, RC_SPACE, RC_STORE, SPACE_MARGIN,
                                    ChunkWorker, Progress, ProgressMeter, TransferFailed)
 
 __all__ = ["Expected", "Limits", "Progress", "RC_FILE", "RC_MANIFEST", "RC_MANIFEST_WRITE", "RC_SPACE", "RC_STORE",

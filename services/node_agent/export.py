@@ -23,13 +23,13 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from domain import formats
-from shared import metrics
-from shared.crash import crash_point
-from shared.logging import get_logger
-from shared.snapshots import SnapshotDriver, SnapshotError, SnapshotMissing
-from shared.store import ImageStore, StoreError
-from shared.store.transfer import RC_DATASET, RC_SPACE, RC_STORE, ChunkWorker, Progress, ProgressMeter, TransferFailed
+from imagesvc.domain import formats
+from imagesvc.shared import metrics
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.snapshots import SnapshotDriver, SnapshotError, SnapshotMissing
+from imagesvc.shared.store import ImageStore, StoreError
+from imagesvc.shared.store.transfer import RC_DATASET, RC_SPACE, RC_STORE, ChunkWorker, Progress, ProgressMeter, TransferFailed
 
 log = get_logger(__name__)
 

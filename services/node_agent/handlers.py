@@ -14,20 +14,20 @@ from __future__ import annotations
 import uuid as uuidlib
 from datetime import datetime
 
-from domain import creation, fields, images, manifest, policy, snapshots
-from services.node_agent.export import SnapshotRef, export_snapshot
-from shared.contracts import CreateImageFromSnapshot, ImageImported, TaskStarted, image_stream
-from shared.crash import crash_point
-from shared.db import nodes, vms
-from shared.db.models import utcnow
-from shared.db.records import ImageRecord
-from shared.errors import CommandFailed, Invalid, Refused
-from shared.handling import CommandContext
-from shared.logging import get_logger
-from shared.snapshots import SnapshotDriver
-from shared.store import StoreError
-from shared.store.server import ImageServer
-from shared.store.transfer import RC_MANIFEST_WRITE, TransferFailed
+from imagesvc.domain import creation, fields, images, manifest, policy, snapshots
+from imagesvc.services.node_agent.export import SnapshotRef, export_snapshot
+from imagesvc.shared.contracts import CreateImageFromSnapshot, ImageImported, TaskStarted, image_stream
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.db import nodes, vms
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.db.records import ImageRecord
+from imagesvc.shared.errors import CommandFailed, Invalid, Refused
+from imagesvc.shared.handling import CommandContext
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.snapshots import SnapshotDriver
+from imagesvc.shared.store import StoreError
+from imagesvc.shared.store.server import ImageServer
+from imagesvc.shared.store.transfer import RC_MANIFEST_WRITE, TransferFailed
 
 log = get_logger(__name__)
 

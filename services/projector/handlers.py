@@ -21,19 +21,19 @@ from __future__ import annotations
 import orjson
 from sqlalchemy import Connection, and_, bindparam, delete, literal, select, update
 
-from domain import images, tasks
-from shared import contracts
-from shared.contracts import (
+from imagesvc.domain import images, tasks
+from imagesvc.shared import contracts
+from imagesvc.shared.contracts import (
     Envelope, Event, ImageDeleted, ImageImported, ImageUpdated, NodeRemoved, NodeUpdated, TaskEvent, TaskFailed,
     TaskProgress, TaskStarted, VmRemoved, VmSnapshotRemoved, VmSnapshotUpdated, VmUpdated,
 )
-from shared.db import events as store
-from shared.db import nodes, vms
-from shared.db.dialect import insert_ignore, prepared
-from shared.db.models import ReadImage, ReadStream, ReadTask, utcnow
-from shared.errors import OutOfOrder, PoisonMessage
-from shared.handling import Notification
-from shared.logging import get_logger
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db import nodes, vms
+from imagesvc.shared.db.dialect import insert_ignore, prepared
+from imagesvc.shared.db.models import ReadImage, ReadStream, ReadTask, utcnow
+from imagesvc.shared.errors import OutOfOrder, PoisonMessage
+from imagesvc.shared.handling import Notification
+from imagesvc.shared.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -34,12 +34,12 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from domain import images
-from shared.db import locks
-from shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue, image_lock_name
-from shared.db.engine import read_transaction, write_transaction
-from shared.logging import get_logger
-from shared.store import EntryKind, ImageStore, StoreEntry, StoreError
+from imagesvc.domain import images
+from imagesvc.shared.db import locks
+from imagesvc.shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue, image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.store import EntryKind, ImageStore, StoreEntry, StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

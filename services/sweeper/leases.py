@@ -33,17 +33,17 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from domain import creation, images, manifest
-from services.sweeper import garbage
-from shared import contracts, metrics
-from shared.contracts import ImageDeleted, ImageUpdated, TaskFailed, TaskSucceeded
-from shared.db import events as store
-from shared.db import journal, locks
-from shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue
-from shared.db.engine import read_transaction, write_transaction
-from shared.errors import PoisonMessage
-from shared.logging import get_logger
-from shared.store import ImageStore, StoreError
+from imagesvc.domain import creation, images, manifest
+from imagesvc.services.sweeper import garbage
+from imagesvc.shared import contracts, metrics
+from imagesvc.shared.contracts import ImageDeleted, ImageUpdated, TaskFailed, TaskSucceeded
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db import journal, locks
+from imagesvc.shared.db.catalogue import IMAGE_LOCK_PREFIX, SqlCatalogue
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.errors import PoisonMessage
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.store import ImageStore, StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -40,15 +40,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Collection
 
-from services.sweeper.leases import INTERRUPTED, SWEPT_PREFIX, LeaseSweeper, stopped_failure
-from shared import contracts
-from shared.contracts import Actor, TaskFailed
-from shared.db import events as store
-from shared.db import journal, locks, task_owners
-from shared.db.engine import read_transaction, write_transaction
-from shared.errors import PoisonMessage, PublishFailed
-from shared.logging import get_logger
-from shared.store import ImageStore
+from imagesvc.services.sweeper.leases import INTERRUPTED, SWEPT_PREFIX, LeaseSweeper, stopped_failure
+from imagesvc.shared import contracts
+from imagesvc.shared.contracts import Actor, TaskFailed
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db import journal, locks, task_owners
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.errors import PoisonMessage, PublishFailed
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.store import ImageStore
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -10,15 +10,15 @@ OK again; if the store write fails nothing was changed, so nothing needs restori
 
 from __future__ import annotations
 
-from domain import creation, fields, images, manifest, policy
-from shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
-from shared.crash import crash_point
-from shared.db import vms
-from shared.db.models import utcnow
-from shared.errors import CommandFailed, Invalid, Refused
-from shared.handling import CommandContext
-from shared.store import StoreError
-from shared.store.server import ImageServer
+from imagesvc.domain import creation, fields, images, manifest, policy
+from imagesvc.shared.contracts import AttachImage, DetachImage, ImageUpdated, UpdateImage
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.db import vms
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.errors import CommandFailed, Invalid, Refused
+from imagesvc.shared.handling import CommandContext
+from imagesvc.shared.store import StoreError
+from imagesvc.shared.store.server import ImageServer
 
 #: A manifest rewrite's hold on its image (a store write takes seconds at most).
 UPDATE_LEASE_SECONDS = 300.0

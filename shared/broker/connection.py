@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from kombu import Connection
 
-from shared.config import Settings
+from imagesvc.shared.config import Settings
 
 if TYPE_CHECKING:
-    from shared.broker.consumer import BrokerIdentity
+    from imagesvc.shared.broker.consumer import BrokerIdentity
 
 #: The embedded broker's polling interval: latency of an in-process hop, in seconds.
 MEMORY_POLLING_INTERVAL = 0.002
@@ -115,7 +115,7 @@ def _abort(connection: Connection) -> None:
 def broker_identity(settings: Settings) -> BrokerIdentity | None:
     """This process's broker user, imagesvc's service users and the inventory publishers; None on
     ``memory://``, where the broker vouches for nobody (and nobody outside the process can publish)."""
-    from shared.broker.consumer import BrokerIdentity
+    from imagesvc.shared.broker.consumer import BrokerIdentity
 
     if settings.embedded_broker:
         return None

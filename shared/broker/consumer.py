@@ -52,11 +52,11 @@ import structlog
 from kombu import Connection, Consumer
 from kombu import Queue as KombuQueue
 
-from shared.broker.connection import access_refused, amqp_transport, discard, ensure_connected
-from shared.broker.topology import Topology
-from shared.contracts.routing import Publishers
-from shared.errors import Nacked, PublishFailed, Transient
-from shared.logging import get_logger
+from imagesvc.shared.broker.connection import access_refused, amqp_transport, discard, ensure_connected
+from imagesvc.shared.broker.topology import Topology
+from imagesvc.shared.contracts.routing import Publishers
+from imagesvc.shared.errors import Nacked, PublishFailed, Transient
+from imagesvc.shared.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any, Callable
 import orjson
 from kombu import Connection, Consumer, Queue
 
-from shared.broker.connection import discard, ensure_connected
-from shared.broker.topology import Topology
-from shared.logging import get_logger
+from imagesvc.shared.broker.connection import discard, ensure_connected
+from imagesvc.shared.broker.topology import Topology
+from imagesvc.shared.logging import get_logger
 
 log = get_logger(__name__)
 

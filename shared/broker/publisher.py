@@ -28,9 +28,9 @@ from typing import Any, Callable, Sequence
 from amqp.exceptions import ChannelError as AmqpChannelError
 from kombu import Connection
 
-from shared.broker.connection import amqp_socket, discard, ensure_connected
-from shared.errors import Nacked, PublishFailed, Unroutable
-from shared.logging import get_logger
+from imagesvc.shared.broker.connection import amqp_socket, discard, ensure_connected
+from imagesvc.shared.errors import Nacked, PublishFailed, Unroutable
+from imagesvc.shared.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, replace
 
 from kombu import Exchange, Queue, binding
 
-from shared.contracts.events import node_hostname_problem
-from shared.contracts.routing import INVENTORY_FAMILIES
+from imagesvc.shared.contracts.events import node_hostname_problem
+from imagesvc.shared.contracts.routing import INVENTORY_FAMILIES
 
 #: Which command types each consumer service owns.
 COMMAND_ROUTES: dict[str, tuple[str, ...]] = {

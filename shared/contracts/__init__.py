@@ -6,8 +6,8 @@ round-trip tests and ``docs/messages.md`` checks pick it up from here.
 
 from __future__ import annotations
 
-from shared.contracts.base import UNSET, Message
-from shared.contracts.commands import (
+from imagesvc.shared.contracts.base import UNSET, Message
+from imagesvc.shared.contracts.commands import (
     AttachImage,
     Command,
     CreateImageFromSnapshot,
@@ -17,8 +17,8 @@ from shared.contracts.commands import (
     RefreshImageRepositories,
     UpdateImage,
 )
-from shared.contracts.envelope import SCHEMA_VERSION, Actor, Envelope, decode, encode, new_message_id
-from shared.contracts.events import (
+from imagesvc.shared.contracts.envelope import SCHEMA_VERSION, Actor, Envelope, decode, encode, new_message_id
+from imagesvc.shared.contracts.events import (
     TERMINAL_TASK_EVENTS,
     Event,
     ImageDeleted,
@@ -37,7 +37,7 @@ from shared.contracts.events import (
     VmUpdated,
     image_stream,
 )
-from shared.errors import PoisonMessage
+from imagesvc.shared.errors import PoisonMessage
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls

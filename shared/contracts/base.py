@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from typing import Any, ClassVar, TypeVar
 
-from shared.errors import PoisonMessage
+from imagesvc.shared.errors import PoisonMessage
 
 
 class _Unset:

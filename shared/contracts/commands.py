@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.contracts.base import UNSET, Message
+from imagesvc.shared.contracts.base import UNSET, Message
 
 
 class Command(Message):

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from shared.errors import PoisonMessage
+from imagesvc.shared.errors import PoisonMessage
 
 #: The envelope/payload version this code writes and reads.
 SCHEMA_VERSION = 1

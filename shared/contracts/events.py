@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-from shared.contracts.base import UNSET, Message
-from shared.errors import PoisonMessage
+from imagesvc.shared.contracts.base import UNSET, Message
+from imagesvc.shared.errors import PoisonMessage
 
 
 class Event(Message):

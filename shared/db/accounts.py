@@ -8,9 +8,9 @@ from typing import Iterable
 
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 
-from shared.db.models import Datacenter, Role, RoleDatacenter, RoleMember, User, utcnow
-from shared.db.records import DatacenterRecord, Grants, UserRecord
-from shared.keys import key_digest
+from imagesvc.shared.db.models import Datacenter, Role, RoleDatacenter, RoleMember, User, utcnow
+from imagesvc.shared.db.records import DatacenterRecord, Grants, UserRecord
+from imagesvc.shared.keys import key_digest
 
 _users = User.__table__
 _dcs = Datacenter.__table__

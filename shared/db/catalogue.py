@@ -12,9 +12,9 @@ from datetime import datetime
 
 from sqlalchemy import JSON, Connection, bindparam, delete, func, insert, literal, select, update
 
-from shared.db import accounts, locks
-from shared.db.models import Datacenter, Image, ImageDatacenter, Lock, User, utcnow
-from shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
+from imagesvc.shared.db import accounts, locks
+from imagesvc.shared.db.models import Datacenter, Image, ImageDatacenter, Lock, User, utcnow
+from imagesvc.shared.db.records import DatacenterRecord, Grants, ImageRecord, UserRecord
 
 _images = Image.__table__
 _image_dcs = ImageDatacenter.__table__

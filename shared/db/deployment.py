@@ -8,9 +8,9 @@ from typing import Iterable
 
 from sqlalchemy import Engine, delete, select
 
-from shared.db.dialect import insert_ignore
-from shared.db.engine import write_transaction
-from shared.db.models import DeploymentSetting, utcnow
+from imagesvc.shared.db.dialect import insert_ignore
+from imagesvc.shared.db.engine import write_transaction
+from imagesvc.shared.db.models import DeploymentSetting, utcnow
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from shared.errors import InvalidData, Transient
+from imagesvc.shared.errors import InvalidData, Transient
 
 _WRITE = "imagesvc_write"
 _AUTOCOMMIT = "imagesvc_autocommit"

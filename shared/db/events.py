@@ -21,10 +21,10 @@ from sqlalchemy.exc import IntegrityError
 
 import orjson
 
-from shared.contracts import TERMINAL_TASK_EVENTS, Envelope, encode
-from shared.contracts.routing import Routing, route
-from shared.db.dialect import violates
-from shared.db.models import StoredEvent, utcnow
+from imagesvc.shared.contracts import TERMINAL_TASK_EVENTS, Envelope, encode
+from imagesvc.shared.contracts.routing import Routing, route
+from imagesvc.shared.db.dialect import violates
+from imagesvc.shared.db.models import StoredEvent, utcnow
 
 _events = StoredEvent.__table__
 _HANDLED = next(index for index in _events.indexes if index.name == "uq_events_handled")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, exists, select
 
-from shared.contracts import TERMINAL_TASK_EVENTS
-from shared.db.models import StoredEvent, SubmittedCommand
+from imagesvc.shared.contracts import TERMINAL_TASK_EVENTS
+from imagesvc.shared.db.models import StoredEvent, SubmittedCommand
 
 _journal = SubmittedCommand.__table__
 _events = StoredEvent.__table__

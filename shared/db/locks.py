@@ -13,8 +13,8 @@ from typing import Collection
 
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
-from shared.db.dialect import insert_for
-from shared.db.models import Lock, utcnow
+from imagesvc.shared.db.dialect import insert_for
+from imagesvc.shared.db.models import Lock, utcnow
 
 _locks = Lock.__table__
 

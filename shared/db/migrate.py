@@ -7,7 +7,15 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+def _script_location() -> Path:
+    """The migrations: ``imagesvc/migrations`` in an installed distribution (the repository's
+    ``alembic/`` mapped there), ``alembic/`` beside the sources in a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    installed = root / "migrations"
+    return installed if (installed / "env.py").is_file() else root / "alembic"
+
+
+SCRIPT_LOCATION = _script_location()
 
 
 def alembic_config(url: str) -> Config:

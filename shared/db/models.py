@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from shared.contracts import TERMINAL_TASK_EVENTS
+from imagesvc.shared.contracts import TERMINAL_TASK_EVENTS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection, bindparam, select, update
 
-from shared.contracts.events import node_hostname_problem, node_problem
-from shared.db.dialect import insert_ignore, prepared
-from shared.db.models import Node
+from imagesvc.shared.contracts.events import node_hostname_problem, node_problem
+from imagesvc.shared.db.dialect import insert_ignore, prepared
+from imagesvc.shared.db.models import Node
 
 _nodes = Node.__table__
 

@@ -11,9 +11,9 @@ from typing import Collection
 
 from sqlalchemy import Connection, select, update
 
-from shared.db.dialect import prepared
-from shared.db.models import ImageRepository
-from shared.db.records import RepositoryRecord
+from imagesvc.shared.db.dialect import prepared
+from imagesvc.shared.db.models import ImageRepository
+from imagesvc.shared.db.records import RepositoryRecord
 
 _repositories = ImageRepository.__table__
 _SUMMARY = (_repositories.c.name, _repositories.c.url, _repositories.c.last_update, _repositories.c.image_count,

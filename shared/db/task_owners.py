@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, and_, bindparam, case, or_, select, update
 
-from shared.db.dialect import insert_ignore, prepared
-from shared.db.models import TaskOwner, utcnow
-from shared.logging import get_logger
+from imagesvc.shared.db.dialect import insert_ignore, prepared
+from imagesvc.shared.db.models import TaskOwner, utcnow
+from imagesvc.shared.logging import get_logger
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -168,7 +168,7 @@ class ClaimKeeper:
             self._tokens.discard(token)
 
     def _run(self) -> None:
-        from shared.db.engine import write_transaction
+        from imagesvc.shared.db.engine import write_transaction
 
         while True:
             time.sleep(self.seconds / RENEWALS_PER_LIFE)

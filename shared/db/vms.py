@@ -26,10 +26,10 @@ from typing import Collection
 
 from sqlalchemy import Connection, Text, bindparam, cast, func, select, update
 
-from shared.contracts.events import is_uuid, snapshot_key_problem, snapshot_problem, vm_problem, vm_uuid_problem
-from shared.db.dialect import insert_ignore, prepared
-from shared.db.models import Vm, VmSnapshot
-from shared.db.nodes import check_time
+from imagesvc.shared.contracts.events import is_uuid, snapshot_key_problem, snapshot_problem, vm_problem, vm_uuid_problem
+from imagesvc.shared.db.dialect import insert_ignore, prepared
+from imagesvc.shared.db.models import Vm, VmSnapshot
+from imagesvc.shared.db.nodes import check_time
 
 _vms = Vm.__table__
 _snapshots = VmSnapshot.__table__

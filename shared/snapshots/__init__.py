@@ -16,10 +16,10 @@ one; ``open_snapshot`` streams the snapshot's raw bytes (never buffering it whol
 
 from __future__ import annotations
 
-from shared.snapshots.base import (InvalidSnapshotRef, SnapshotDriver, SnapshotError, SnapshotMissing,
+from imagesvc.shared.snapshots.base import (InvalidSnapshotRef, SnapshotDriver, SnapshotError, SnapshotMissing,
                                    check_snapshot_ref)
-from shared.snapshots.files import FileSnapshotDriver, take_snapshot
-from shared.snapshots.zfs import DEFAULT_DATASET_TEMPLATE, ZfsSnapshotDriver, check_dataset_template
+from imagesvc.shared.snapshots.files import FileSnapshotDriver, take_snapshot
+from imagesvc.shared.snapshots.zfs import DEFAULT_DATASET_TEMPLATE, ZfsSnapshotDriver, check_dataset_template
 
 DRIVERS = ("file", "zfs")
 

@@ -23,7 +23,7 @@ import shutil
 import uuid as uuidlib
 from typing import BinaryIO
 
-from shared.snapshots.base import SnapshotError, SnapshotMissing, check_snapshot_ref
+from imagesvc.shared.snapshots.base import SnapshotError, SnapshotMissing, check_snapshot_ref
 
 
 class FileSnapshotDriver:

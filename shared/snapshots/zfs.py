@@ -24,8 +24,8 @@ import subprocess
 import tempfile
 from typing import BinaryIO
 
-from shared.logging import get_logger
-from shared.snapshots.base import SnapshotError, SnapshotMissing, check_snapshot_ref
+from imagesvc.shared.logging import get_logger
+from imagesvc.shared.snapshots.base import SnapshotError, SnapshotMissing, check_snapshot_ref
 
 log = get_logger(__name__)
 

@@ -22,9 +22,9 @@ Contract of every store (what the consumers and the image server rely on):
 
 from __future__ import annotations
 
-from shared.store.base import (EntryKind, FileInfo, ImageStore, StoreEntry, StoreError, StoreUnavailable, Upload,
+from imagesvc.shared.store.base import (EntryKind, FileInfo, ImageStore, StoreEntry, StoreError, StoreUnavailable, Upload,
                                check_uuid)
-from shared.store.local import LocalStore
+from imagesvc.shared.store.local import LocalStore
 
 
 def open_store(spec: str) -> ImageStore | None:

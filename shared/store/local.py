@@ -30,8 +30,8 @@ import time
 import uuid as uuidlib
 from typing import Any, BinaryIO, Iterator, Mapping
 
-from shared.crash import crash_point
-from shared.store.base import EntryKind, FileInfo, StoreEntry, StoreError, StoreUnavailable, check_uuid
+from imagesvc.shared.crash import crash_point
+from imagesvc.shared.store.base import EntryKind, FileInfo, StoreEntry, StoreError, StoreUnavailable, check_uuid
 
 _PARTIAL = ".partial"
 _TRASH = ".trash"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from shared.store.base import ImageStore, StoreUnavailable
+from imagesvc.shared.store.base import ImageStore, StoreUnavailable
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -42,7 +42,7 @@ class ImageServer:
         except StoreUnavailable:
             return STORE_DOWN
         if self.node:
-            from shared.db import nodes
+            from imagesvc.shared.db import nodes
 
             found = nodes.get(conn, self.node)
             if found is None or not found.operational:

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import create_engine, func, select, update
 
-from shared.db.models import AuthToken, StoredEvent, SubmittedCommand
-from shared.keys import key_digest
+from imagesvc.shared.db.models import AuthToken, StoredEvent, SubmittedCommand
+from imagesvc.shared.keys import key_digest
 from tests.support.systems import System, start_distributed, start_embedded
 
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from shared.db.models import AuthToken
-from shared.keys import key_digest
+from imagesvc.shared.db.models import AuthToken
+from imagesvc.shared.keys import key_digest
 from tests.e2e.conftest import database_url, expire_token
 
 pytestmark = pytest.mark.e2e

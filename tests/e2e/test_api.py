@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from domain import tasks
+from imagesvc.domain import tasks
 from tests.support.origin import sample_manifest
 
 pytestmark = pytest.mark.e2e

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from services.gateway import openapi
-from shared.db.models import AuthToken, User
-from shared.keys import key_digest
+from imagesvc.services.gateway import openapi
+from imagesvc.shared.db.models import AuthToken, User
+from imagesvc.shared.keys import key_digest
 from tests.e2e.conftest import database_url, expire_token, submitted_commands
 from tests.e2e.test_bad_input import broker_commands  # noqa: F401 - the fixture, shared
 from tests.support.polling import eventually

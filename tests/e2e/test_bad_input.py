@@ -31,7 +31,7 @@ def broker_commands(system):
     if system.mode != "distributed":
         yield None
         return
-    from shared.broker.topology import COMMAND_ROUTES
+    from imagesvc.shared.broker.topology import COMMAND_ROUTES
     from tests.support.tap import CommandCounter
 
     counter = CommandCounter(system.broker_url, f"{system.prefix}imagesvc.commands",

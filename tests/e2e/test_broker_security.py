@@ -27,7 +27,7 @@ import orjson
 import pika
 import pytest
 
-from domain import tasks
+from imagesvc.domain import tasks
 from tests.e2e.test_distributed import command, stored_events
 from tests.e2e.test_image_store import accepted, finished
 from tests.support.origin import Origin
@@ -245,7 +245,7 @@ def test_t1_forged_events_change_nothing_and_are_dead_lettered_naming_their_publ
 def published_by(system, message_id: str) -> str | None:
     from sqlalchemy import create_engine, select
 
-    from shared.db.models import StoredEvent
+    from imagesvc.shared.db.models import StoredEvent
 
     engine = create_engine(system.database_url)
     table = StoredEvent.__table__

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from shared.contracts.events import image_stream
-from shared.db.catalogue import image_lock_name
-from shared.db.models import Image, Lock, StoredEvent
+from imagesvc.shared.contracts.events import image_stream
+from imagesvc.shared.db.catalogue import image_lock_name
+from imagesvc.shared.db.models import Image, Lock, StoredEvent
 from tests.e2e.conftest import database_url
 from tests.support.polling import eventually
 from tests.support.systems import start_embedded

@@ -16,8 +16,8 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, select
 
-from domain import tasks
-from shared.db.models import StoredEvent, SubmittedCommand
+from imagesvc.domain import tasks
+from imagesvc.shared.db.models import StoredEvent, SubmittedCommand
 from tests.support.polling import eventually
 from tests.support.tap import EventTap, publish, take
 

@@ -259,7 +259,7 @@ def test_a_client_hanging_up_is_logged_at_info_without_a_traceback(behind_a_prox
 
 @pytest.fixture
 def image_store(tmp_path) -> tuple[Path, str]:
-    from shared.store import LocalStore
+    from imagesvc.shared.store import LocalStore
 
     root = tmp_path / "images"
     store = LocalStore(str(root))

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from shared.contracts.events import image_stream
-from shared.db.models import Image, StoredEvent
+from imagesvc.shared.contracts.events import image_stream
+from imagesvc.shared.db.models import Image, StoredEvent
 from tests.e2e.conftest import database_url, submitted_commands
 from tests.support.polling import eventually
 

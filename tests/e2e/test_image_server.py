@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.store import LocalStore
+from imagesvc.shared.store import LocalStore
 from tests.support.systems import start_embedded, start_image_server
 
 IMAGE_BYTES = os.urandom(3 * 1024 * 1024 + 17)  # several stream chunks

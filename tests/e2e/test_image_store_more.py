@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from shared.contracts.events import image_stream
+from imagesvc.shared.contracts.events import image_stream
 from tests.e2e.conftest import database_url, launch
 from tests.e2e.test_image_store import accepted, finished, leftovers, start_import
 from tests.support.origin import Origin

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import create_engine
 
-from shared.db import locks
+from imagesvc.shared.db import locks
 from tests.e2e.conftest import database_url, launch, submitted_commands
 from tests.support.origin import sample_manifest
 

@@ -22,10 +22,10 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, delete, select
 
-from domain import images
-from shared.contracts import TERMINAL_TASK_EVENTS
-from shared.db.models import Image, Lock, StoredEvent, SubmittedCommand
-from shared.snapshots.files import FileSnapshotDriver, take_snapshot
+from imagesvc.domain import images
+from imagesvc.shared.contracts import TERMINAL_TASK_EVENTS
+from imagesvc.shared.db.models import Image, Lock, StoredEvent, SubmittedCommand
+from imagesvc.shared.snapshots.files import FileSnapshotDriver, take_snapshot
 from tests.e2e.conftest import database_url
 from tests.support.polling import eventually
 from tests.support.services import free_port

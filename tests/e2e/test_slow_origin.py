@@ -19,7 +19,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, select
 
-from shared.db.models import StoredEvent
+from imagesvc.shared.db.models import StoredEvent
 from tests.e2e.conftest import database_url, launch
 from tests.support.origin import Origin
 from tests.support.polling import eventually

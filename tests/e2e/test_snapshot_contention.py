@@ -19,7 +19,7 @@ import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, func, select
 
-from shared.db.models import Image, Lock
+from imagesvc.shared.db.models import Image, Lock
 from tests.e2e.conftest import launch
 from tests.e2e.test_contention import all_at_once
 from tests.e2e.test_snapshot_images import NODE, new_vm, post, start_agent

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, insert
 
-from domain import snapshots
-from shared.db.models import Lock
-from shared.snapshots.files import FileSnapshotDriver, take_snapshot
+from imagesvc.domain import snapshots
+from imagesvc.shared.db.models import Lock
+from imagesvc.shared.snapshots.files import FileSnapshotDriver, take_snapshot
 from tests.e2e.conftest import database_url, launch
 from tests.support.polling import eventually
 from tests.support.systems import start_embedded

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from sqlalchemy import create_engine, func, select
 
-from shared.db.models import StoredEvent
+from imagesvc.shared.db.models import StoredEvent
 from tests.e2e.conftest import database_url
 from tests.e2e.test_contention import final_code
 from tests.support.origin import Origin

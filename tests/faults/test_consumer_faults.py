@@ -21,8 +21,8 @@ import pika
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from domain import tasks
-from shared.db.models import ReadImage, StoredEvent
+from imagesvc.domain import tasks
+from imagesvc.shared.db.models import ReadImage, StoredEvent
 from tests.e2e.test_distributed import command, send
 from tests.support import private_postgres
 from tests.support.polling import eventually

@@ -25,7 +25,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from shared.db.models import Image, Lock
+from imagesvc.shared.db.models import Image, Lock
 from tests.support.ledger import assert_clean, read_ledger
 from tests.support.origin import Origin
 from tests.support.polling import eventually

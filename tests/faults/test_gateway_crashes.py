@@ -29,10 +29,10 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from services.gateway.idempotency import identity
-from shared.crash import EXIT_STATUS
-from shared.db.models import StoredEvent, SubmittedCommand, User
-from shared.keys import key_digest
+from imagesvc.services.gateway.idempotency import identity
+from imagesvc.shared.crash import EXIT_STATUS
+from imagesvc.shared.db.models import StoredEvent, SubmittedCommand, User
+from imagesvc.shared.keys import key_digest
 from tests.e2e.conftest import database_url
 from tests.e2e.test_idempotency import ended
 from tests.support.polling import eventually

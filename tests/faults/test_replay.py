@@ -23,7 +23,7 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from shared.db.models import Image, StoredEvent
+from imagesvc.shared.db.models import Image, StoredEvent
 from tests.e2e.test_distributed import command, send
 from tests.support.ledger import queue_depths, read_ledger
 from tests.support.polling import eventually

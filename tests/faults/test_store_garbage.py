@@ -32,10 +32,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from services.sweeper import garbage
-from shared.db.engine import make_engine
-from shared.db.models import Image, Lock
-from shared.store import LocalStore
+from imagesvc.services.sweeper import garbage
+from imagesvc.shared.db.engine import make_engine
+from imagesvc.shared.db.models import Image, Lock
+from imagesvc.shared.store import LocalStore
 from tests.e2e.test_snapshot_images import NODE, new_vm
 from tests.support.ledger import assert_clean, read_ledger
 from tests.support.origin import Origin

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.gateway import openapi
+from imagesvc.services.gateway import openapi
 from tests.support.systems import start_embedded
 from tests.support.tier import scaled
 

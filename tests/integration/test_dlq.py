@@ -21,12 +21,12 @@ import orjson
 import pika
 import pytest
 
-from shared.broker.connection import connect
-from shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER, ConsumerRunner, Disposition
-from shared.broker.publisher import Publisher
-from shared.broker.topology import BROKER_DELIVERY_LIMIT, build_topology
-from shared.config import Settings
-from shared.db.migrate import upgrade
+from imagesvc.shared.broker.connection import connect
+from imagesvc.shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER, ConsumerRunner, Disposition
+from imagesvc.shared.broker.publisher import Publisher
+from imagesvc.shared.broker.topology import BROKER_DELIVERY_LIMIT, build_topology
+from imagesvc.shared.config import Settings
+from imagesvc.shared.db.migrate import upgrade
 from tests.integration.test_rabbitmq import pika_channel
 from tests.support.polling import eventually
 from tests.support.services import delete_queues

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import select
 
-from domain import images
-from services.sweeper.leases import LeaseSweeper
-from shared.db import accounts, locks
-from shared.db.catalogue import SqlCatalogue, image_lock_name
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import StoredEvent
+from imagesvc.domain import images
+from imagesvc.services.sweeper.leases import LeaseSweeper
+from imagesvc.shared.db import accounts, locks
+from imagesvc.shared.db.catalogue import SqlCatalogue, image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.models import StoredEvent
 from tests.support.leases import RecordingRelay, begin
 from tests.support.services import migrated_engine
 from tests.support.tier import scaled

@@ -10,9 +10,9 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from shared.db.catalogue import SqlCatalogue
-from shared.db.engine import write_transaction
-from shared.errors import Transient
+from imagesvc.shared.db.catalogue import SqlCatalogue
+from imagesvc.shared.db.engine import write_transaction
+from imagesvc.shared.errors import Transient
 from tests.support.services import migrated_engine
 
 pytestmark = pytest.mark.postgres

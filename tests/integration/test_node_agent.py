@@ -16,8 +16,8 @@ import pytest
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection
 
-from shared.broker.topology import build_topology, node_routing_key
-from shared.db.migrate import upgrade
+from imagesvc.shared.broker.topology import build_topology, node_routing_key
+from imagesvc.shared.db.migrate import upgrade
 from tests.integration.test_rabbitmq import pika_channel, ready_count
 from tests.support.polling import eventually
 from tests.support.services import delete_queues

@@ -23,8 +23,8 @@ import pytest
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection
 
-from shared.broker.connection import connect
-from shared.broker.consumer import (
+from imagesvc.shared.broker.connection import connect
+from imagesvc.shared.broker.consumer import (
     ATTEMPT_HEADER,
     DEATH_REASON_HEADER,
     ORIGINAL_QUEUE_HEADER,
@@ -32,11 +32,11 @@ from shared.broker.consumer import (
     Delivery,
     Disposition,
 )
-from shared.broker.notifications import NotificationListener, TaskNotifier
-from shared.broker.publisher import Outgoing, Publisher
-from shared.broker.topology import Topology, build_topology
-from shared.config import Settings
-from shared.errors import PublishFailed, Unroutable
+from imagesvc.shared.broker.notifications import NotificationListener, TaskNotifier
+from imagesvc.shared.broker.publisher import Outgoing, Publisher
+from imagesvc.shared.broker.topology import Topology, build_topology
+from imagesvc.shared.config import Settings
+from imagesvc.shared.errors import PublishFailed, Unroutable
 from tests.support.polling import eventually
 from tests.support.services import delete_queues
 

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.db import vms
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.vms import Disk, SnapshotRecord, VmRecord
+from imagesvc.shared.db import vms
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.vms import Disk, SnapshotRecord, VmRecord
 from tests.integration.test_postgres import race
 from tests.support.services import migrated_engine
 

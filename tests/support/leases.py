@@ -8,14 +8,14 @@ from datetime import timedelta
 import orjson
 from sqlalchemy import select
 
-from domain import images
-from shared import contracts
-from shared.contracts import Actor, ImageImported, TaskStarted, image_stream
-from shared.db import locks
-from shared.db import events as store
-from shared.db.catalogue import SqlCatalogue, image_lock_name
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import StoredEvent, utcnow
+from imagesvc.domain import images
+from imagesvc.shared import contracts
+from imagesvc.shared.contracts import Actor, ImageImported, TaskStarted, image_stream
+from imagesvc.shared.db import locks
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.catalogue import SqlCatalogue, image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.models import StoredEvent, utcnow
 from tests.support.records import image_record
 
 TASK = "1e1u1-aaaaaaaa-bbbb-cccc-dddd"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 from sqlalchemy import create_engine, select
 
-from shared.db.models import Image, StoredEvent
+from imagesvc.shared.db.models import Image, StoredEvent
 
 TERMINAL = ("task.succeeded", "task.failed")
 
@@ -96,7 +96,7 @@ def queue_depths(broker_url: str, prefix: str) -> dict[str, int]:
     nothing is created; a missing queue counts as empty)."""
     from kombu import Connection
 
-    from shared.broker.topology import build_topology
+    from imagesvc.shared.broker.topology import build_topology
 
     depths: dict[str, int] = {}
     with Connection(broker_url, connect_timeout=5) as conn:

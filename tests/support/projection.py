@@ -6,8 +6,8 @@ from typing import Iterable
 
 import orjson
 
-from shared.broker.consumer import Delivery, Outcome
-from shared.contracts.routing import route
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.contracts.routing import route
 
 
 def delivery_of(body: bytes, queue: str = "projector.events", *, publisher: str | None = None,

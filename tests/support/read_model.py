@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, select
 
-from shared.db.models import ReadImage, ReadStream, ReadTask
+from imagesvc.shared.db.models import ReadImage, ReadStream, ReadTask
 
 #: Written with the wall clock when a row is projected: a replay cannot reproduce it.
 _PROJECTION_TIME = ("updated_at",)

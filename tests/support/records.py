@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from shared.db.records import ImageRecord
+from imagesvc.shared.db.records import ImageRecord
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 CREATED = datetime(2020, 1, 2, 10, 11, 12, 123456, tzinfo=timezone.utc)

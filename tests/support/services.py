@@ -74,8 +74,8 @@ def drop_database(admin_url: str, url: str) -> None:
 def migrated_engine(admin_url: str, *, pool_size: int):
     """An engine on a new database next to ``admin_url``'s, migrated to head; the database is
     dropped afterwards."""
-    from shared.db import migrate
-    from shared.db.engine import make_engine
+    from imagesvc.shared.db import migrate
+    from imagesvc.shared.db.engine import make_engine
 
     url = create_database(admin_url)
     try:
@@ -100,7 +100,7 @@ def delete_queues(broker_url: str, prefix: str, nodes: tuple[str, ...] = ()) -> 
     node agents of ``nodes``."""
     from kombu import Connection
 
-    from shared.broker.topology import build_topology
+    from imagesvc.shared.broker.topology import build_topology
 
     topology = build_topology(prefix)
     for hostname in nodes:

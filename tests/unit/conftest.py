@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
-from shared.db import accounts
-from shared.db.engine import make_engine, write_transaction
-from shared.db.migrate import upgrade
-from shared.store.local import LocalStore
+from imagesvc.shared.db import accounts
+from imagesvc.shared.db.engine import make_engine, write_transaction
+from imagesvc.shared.db.migrate import upgrade
+from imagesvc.shared.store.local import LocalStore
 from tests.support.origin import Origin
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from imagesvc.cli import main
-from shared.logging import configure_logging
+from imagesvc.shared.logging import configure_logging
 
 VM = "11111111-2222-4333-8444-555555555501"
 VM2 = "11111111-2222-4333-8444-555555555502"

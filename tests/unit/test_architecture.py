@@ -56,6 +56,15 @@ def _resolve_relative(path: Path, level: int, module: str | None) -> str:
     return ".".join(base + ([module] if module else []))
 
 
+def _canonical(module: str) -> str:
+    """The package a module lives in as the repository lays it out: ``imagesvc.shared.x`` (the
+    installed namespace the folders are mapped into) is ``shared.x``."""
+    head, _, rest = module.partition(".")
+    if head == "imagesvc" and rest.split(".")[0] in ("shared", "services", "domain"):
+        return rest
+    return module
+
+
 def imports_of(path: Path) -> list[Import]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     rel = path.relative_to(ROOT).as_posix()
@@ -72,9 +81,10 @@ def imports_of(path: Path) -> list[Import]:
             continue
         if isinstance(node, ast.Import):
             for alias in node.names:
-                found.append(Import(rel, node.lineno, (alias.name,), alias.name, (), f"import {alias.name}"))
+                name = _canonical(alias.name)
+                found.append(Import(rel, node.lineno, (name,), name, (), f"import {alias.name}"))
         elif isinstance(node, ast.ImportFrom):
-            base = _resolve_relative(path, node.level, node.module) if node.level else (node.module or "")
+            base = _canonical(_resolve_relative(path, node.level, node.module) if node.level else (node.module or ""))
             names = tuple(alias.name for alias in node.names)
             modules = (base,) + tuple(f"{base}.{n}" for n in names if n != "*")
             text = f"from {'.' * node.level}{node.module or ''} import {', '.join(names)}"

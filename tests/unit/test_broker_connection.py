@@ -8,7 +8,7 @@ import socket
 import amqp
 from kombu import Connection
 
-from shared.broker.connection import amqp_socket, amqp_transport, discard
+from imagesvc.shared.broker.connection import amqp_socket, amqp_transport, discard
 
 
 def closed_port() -> int:

@@ -10,11 +10,11 @@ from sqlalchemy import create_engine, select
 import pytest
 
 from imagesvc.cli import main
-from shared.config import Settings
-from shared.db.migrate import upgrade
-from shared.logging import configure_logging
-from shared.db.models import User
-from shared.keys import key_digest
+from imagesvc.shared.config import Settings
+from imagesvc.shared.db.migrate import upgrade
+from imagesvc.shared.logging import configure_logging
+from imagesvc.shared.db.models import User
+from imagesvc.shared.keys import key_digest
 
 
 @pytest.fixture(autouse=True)
@@ -235,9 +235,9 @@ def test_admin_node_set_requires_a_status(capsys):
 def test_admin_node_set_does_not_overwrite_a_fact_from_a_clock_ahead_of_ours(tmp_path, monkeypatch, capsys):
     from datetime import timedelta
 
-    from shared.db import nodes
-    from shared.db.engine import make_engine, write_transaction
-    from shared.db.models import utcnow
+    from imagesvc.shared.db import nodes
+    from imagesvc.shared.db.engine import make_engine, write_transaction
+    from imagesvc.shared.db.models import utcnow
 
     url = f"sqlite:///{tmp_path / 'nodes.db'}"
     monkeypatch.setenv("IMAGESVC_DATABASE_URL", url)
@@ -283,7 +283,7 @@ def test_version_and_help_show_what_an_operator_needs(capsys):
     helped = capsys.readouterr().out
     import dataclasses
 
-    from shared.config import Settings
+    from imagesvc.shared.config import Settings
     for field in dataclasses.fields(Settings):
         assert f"IMAGESVC_{field.name.upper()}=" in helped, field.name
     assert "IMAGESVC_ANSWER_WINDOW=5.0" in helped and "IMAGESVC_RETRY_BACKOFF=0.5,2.0,5.0,10.0" in helped

@@ -10,19 +10,19 @@ import uuid
 import orjson
 import pytest
 
-from domain import tasks
-from services.deleter.handlers import delete_image
-from services.importer.handlers import import_image
-from services.updater.handlers import attach_image, detach_image, update_image
-from shared import contracts
-from shared.broker.consumer import Delivery, Outcome
-from shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
-from shared.db import accounts, locks
-from shared.db.catalogue import image_lock_name
-from shared.db import events as store
-from shared.db.engine import read_transaction, write_transaction
-from shared.handling import CommandConsumer
-from shared.net.fetch import FetchError
+from imagesvc.domain import tasks
+from imagesvc.services.deleter.handlers import delete_image
+from imagesvc.services.importer.handlers import import_image
+from imagesvc.services.updater.handlers import attach_image, detach_image, update_image
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
+from imagesvc.shared.db import accounts, locks
+from imagesvc.shared.db.catalogue import image_lock_name
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.handling import CommandConsumer
+from imagesvc.shared.net.fetch import FetchError
 from tests.support.origin import sample_manifest
 
 MANIFEST_URL = "https://repo.example.com/images/{uuid}"
@@ -207,7 +207,7 @@ class TestImporter:
     def test_image_limit_of_the_datacenter(self, world):
         from sqlalchemy import update
 
-        from shared.db.models import Datacenter
+        from imagesvc.shared.db.models import Datacenter
 
         with write_transaction(world.engine) as conn:
             conn.execute(update(Datacenter.__table__).values(image_limit=1))
@@ -296,7 +296,7 @@ class TestUpdater:
     def test_an_expired_lease_does_not_block(self, world):
         from datetime import timedelta
 
-        from shared.db.models import utcnow
+        from imagesvc.shared.db.models import utcnow
 
         manifest = world.imported("stale-lock")
         with write_transaction(world.engine) as conn:
@@ -308,7 +308,7 @@ class TestUpdater:
     def test_pending_image_is_417(self, world):
         from sqlalchemy import update
 
-        from shared.db.models import Image
+        from imagesvc.shared.db.models import Image
 
         world.imported("busy")
         with write_transaction(world.engine) as conn:
@@ -358,7 +358,7 @@ class TestManifestAfterUpdate:
         assert (served["name"], served["public"], served["description"]) == ("renamed", True, "new desc")
         assert served["tags"]["erigones"] == ["x"]
         assert served["files"] == source["files"] and served["uuid"] == source["uuid"]
-        from shared.db.catalogue import SqlCatalogue
+        from imagesvc.shared.db.catalogue import SqlCatalogue
 
         with read_transaction(world.engine) as conn:
             stored = SqlCatalogue(conn).image_by_name("served")
@@ -377,8 +377,8 @@ def test_the_read_model_rebuilt_from_the_event_store_equals_the_live_one(world):
     which exercises its gap filling); a rebuild from the store must give the same read model."""
     import random
 
-    from services.projector.handlers import apply, rebuild
-    from shared.handling import EventConsumer
+    from imagesvc.services.projector.handlers import apply, rebuild
+    from imagesvc.shared.handling import EventConsumer
     from tests.support.projection import project
     from tests.support.read_model import read_model
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from shared.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, ConfigError, Settings
+from imagesvc.shared.config import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL, ConfigError, Settings
 
 
 def test_empty_environment_gives_the_defaults():

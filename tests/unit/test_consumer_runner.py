@@ -11,12 +11,12 @@ import orjson
 import pytest
 from kombu import Connection
 
-from shared.broker.connection import connect
-from shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, ConsumerRunner, Disposition
-from shared.broker.publisher import Publisher
-from shared.broker.topology import build_topology
-from shared.config import Settings
-from shared.logging import configure_logging
+from imagesvc.shared.broker.connection import connect
+from imagesvc.shared.broker.consumer import ATTEMPT_HEADER, DEATH_REASON_HEADER, ORIGINAL_QUEUE_HEADER, ConsumerRunner, Disposition
+from imagesvc.shared.broker.publisher import Publisher
+from imagesvc.shared.broker.topology import build_topology
+from imagesvc.shared.config import Settings
+from imagesvc.shared.logging import configure_logging
 from tests.support.polling import eventually
 
 SETTINGS = Settings(broker_url="memory://")
@@ -155,7 +155,7 @@ def test_every_line_logged_while_a_message_is_handled_carries_its_task_and_corre
     and the next message's lines carry only its own."""
     import logging
 
-    from shared.logging import get_logger
+    from imagesvc.shared.logging import get_logger
 
     start, send, _ = harness
     stream = io.StringIO()
@@ -196,7 +196,7 @@ def _nonempty(items):
 
 def test_the_publisher_is_the_brokers_user_id_and_survives_a_retry(harness):
     """(memory:// does not validate ``user_id``; RabbitMQ does, which is what makes it worth reading.)"""
-    from shared.broker.consumer import PUBLISHED_BY_HEADER, BrokerIdentity
+    from imagesvc.shared.broker.consumer import PUBLISHED_BY_HEADER, BrokerIdentity
 
     start, send, _ = harness
     handler = Handler([Disposition.retry("busy")])
@@ -214,7 +214,7 @@ def test_the_publisher_is_the_brokers_user_id_and_survives_a_retry(harness):
 
 
 def test_a_retried_copy_of_a_message_nobody_vouched_for_stays_unvouched(harness):
-    from shared.broker.consumer import BrokerIdentity
+    from imagesvc.shared.broker.consumer import BrokerIdentity
 
     start, send, _ = harness
     handler = Handler([Disposition.retry("busy")])
@@ -241,7 +241,7 @@ class FullDeadLetterQueue:
         self._publisher, self._dlx, self.refused = publisher, topology.dlx.name, []
 
     def publish(self, **message):
-        from shared.errors import Nacked
+        from imagesvc.shared.errors import Nacked
 
         if message["exchange"] == self._dlx:
             self.refused.append(message["message_id"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared import contracts
-from shared.contracts import (
+from imagesvc.shared import contracts
+from imagesvc.shared.contracts import (
     MESSAGE_TYPES,
     VmRemoved,
     VmSnapshotRemoved,
@@ -32,7 +32,7 @@ from shared.contracts import (
     TaskSucceeded,
     UpdateImage,
 )
-from shared.errors import PoisonMessage
+from imagesvc.shared.errors import PoisonMessage
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 TASK_ID = "1e1u1-9c1d2e3f-77aa-4c1e-9b0d"

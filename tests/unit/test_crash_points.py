@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from shared import crash
+from imagesvc.shared import crash
 
 PROGRAM = """
-from shared.crash import crash_point
+from imagesvc.shared.crash import crash_point
 for hit in range(1, 6):
     print(hit, flush=True)
     crash_point("after_commit_before_ack")

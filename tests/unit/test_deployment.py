@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from shared import deployment
-from shared.config import ConfigError, Settings, effective, sources
-from shared.store.local import IDENTITY_FILE, LocalStore
+from imagesvc.shared import deployment
+from imagesvc.shared.config import ConfigError, Settings, effective, sources
+from imagesvc.shared.store.local import IDENTITY_FILE, LocalStore
 
 RABBIT = "amqp://svc:s3cret@rabbit.example:5672//"
 

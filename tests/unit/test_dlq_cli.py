@@ -9,7 +9,7 @@ import pytest
 
 from imagesvc import cli
 from imagesvc.dlq import resolve
-from shared.config import Settings
+from imagesvc.shared.config import Settings
 
 
 @pytest.mark.parametrize("verb", [["list"], ["list", "importer"], ["replay", "importer", "--all"],
@@ -41,7 +41,7 @@ def test_dlq_beside_a_running_serve_says_the_broker_is_embedded(tmp_path, monkey
     """No broker configured and a `serve` holding this directory's database: the default RabbitMQ
     address is not that system's broker, so the command says so instead of asking RabbitMQ."""
     from imagesvc import serve_lock
-    from shared.config import Settings
+    from imagesvc.shared.config import Settings
 
     monkeypatch.delenv("IMAGESVC_BROKER_URL", raising=False)
     monkeypatch.delenv("IMAGESVC_DATABASE_URL", raising=False)

@@ -18,7 +18,7 @@ import uvicorn
 
 from imagesvc import edge
 from imagesvc.edge import EdgeLimits, EdgeProtocol, ImageServerProtocol
-from shared.logging import configure_logging
+from imagesvc.shared.logging import configure_logging
 from tests.support.polling import eventually
 from tests.support.raw_http import exchange, read_answer, read_until_closed
 

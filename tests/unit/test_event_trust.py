@@ -12,17 +12,17 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from domain import images
-from services.projector.handlers import apply
-from shared import contracts
-from shared.broker.consumer import BrokerIdentity, Outcome, original_routing_key, ROUTING_KEY_HEADER
-from shared.contracts import ImageDeleted, ImageImported, ImageUpdated, NodeUpdated, TaskSucceeded, VmRemoved
-from shared.contracts.routing import Publishers, datacenter_word, route
-from shared.db import nodes
-from shared.db.engine import read_transaction
-from shared.db.models import ReadImage, ReadTask
-from shared.db.records import ImageRecord
-from shared.handling import EventConsumer
+from imagesvc.domain import images
+from imagesvc.services.projector.handlers import apply
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import BrokerIdentity, Outcome, original_routing_key, ROUTING_KEY_HEADER
+from imagesvc.shared.contracts import ImageDeleted, ImageImported, ImageUpdated, NodeUpdated, TaskSucceeded, VmRemoved
+from imagesvc.shared.contracts.routing import Publishers, datacenter_word, route
+from imagesvc.shared.db import nodes
+from imagesvc.shared.db.engine import read_transaction
+from imagesvc.shared.db.models import ReadImage, ReadTask
+from imagesvc.shared.db.records import ImageRecord
+from imagesvc.shared.handling import EventConsumer
 from tests.support.projection import delivery_of
 
 SERVICE, NODEWATCH, VMBRIDGE = "imagesvc", "nodewatch", "vmbridge"

@@ -14,12 +14,12 @@ import types
 
 import pytest
 
-from services.node_agent import export as export_module
-from services.node_agent.export import DEFAULT_GZIP_LEVEL, SnapshotRef, export_snapshot
-from shared.config import Settings
-from shared.snapshots import FileSnapshotDriver, SnapshotError, take_snapshot
-from shared.store import LocalStore
-from shared.store.transfer import TransferFailed
+from imagesvc.services.node_agent import export as export_module
+from imagesvc.services.node_agent.export import DEFAULT_GZIP_LEVEL, SnapshotRef, export_snapshot
+from imagesvc.shared.config import Settings
+from imagesvc.shared.snapshots import FileSnapshotDriver, SnapshotError, take_snapshot
+from imagesvc.shared.store import LocalStore
+from imagesvc.shared.store.transfer import TransferFailed
 from tests.unit.test_store import partials, store  # noqa: F401 - store is a fixture
 
 VM = "6f1d1f3e-aaaa-bbbb-cccc-0123456789ab"
@@ -106,7 +106,7 @@ def test_progress_reports_snapshot_bytes_read_of_its_size_at_most_once_a_second(
     driver = snapshots(content)
     # The meter's clock (only the meter's): a quarter of a second passes at every reading.
     readings = iter(range(1000))
-    monkeypatch.setattr("shared.store.transfer.time", types.SimpleNamespace(monotonic=lambda: next(readings) / 4))
+    monkeypatch.setattr("imagesvc.shared.store.transfer.time", types.SimpleNamespace(monotonic=lambda: next(readings) / 4))
     reports = []
     export_snapshot(driver, SNAP, store, IMAGE, "t", lambda done, total: reports.append((done, total)))
     # Started at 0 s; chunks counted at 0.25, 0.5, 0.75, 1.0 (reported), 1.25 s.

@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 
-from shared.net.fetch import FetchError, Fetcher, UrlPolicy
+from imagesvc.shared.net.fetch import FetchError, Fetcher, UrlPolicy
 
 BOMB = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MiB of zeros in a few KiB
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from shared.net.fetch import WATCHDOG_THREAD, FetchError, Fetcher, UrlPolicy
+from imagesvc.shared.net.fetch import WATCHDOG_THREAD, FetchError, Fetcher, UrlPolicy
 from tests.support.polling import eventually
 
 DEADLINE = 1.0

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared.net.fetch import FetchError, Fetcher, UrlPolicy
+from imagesvc.shared.net.fetch import FetchError, Fetcher, UrlPolicy
 
 NAME = "rebind.example.test"
 

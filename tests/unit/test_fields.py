@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain import fields
-from domain.fields import FieldError
+from imagesvc.domain import fields
+from imagesvc.domain.fields import FieldError
 
 INVALID = "Invalid value."
 INVALID_URL = "Enter a valid URL."

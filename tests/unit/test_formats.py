@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from domain import formats
-from services.importer import transfer
-from services.node_agent.export import SnapshotRef, export_snapshot
-from shared.snapshots.files import FileSnapshotDriver, take_snapshot
-from shared.store import LocalStore
-from shared.store.transfer import TransferFailed
+from imagesvc.domain import formats
+from imagesvc.services.importer import transfer
+from imagesvc.services.node_agent.export import SnapshotRef, export_snapshot
+from imagesvc.shared.snapshots.files import FileSnapshotDriver, take_snapshot
+from imagesvc.shared.store import LocalStore
+from imagesvc.shared.store.transfer import TransferFailed
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 VM = "0b1c2d3e-1111-2222-3333-444455556666"

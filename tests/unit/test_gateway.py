@@ -12,14 +12,14 @@ from kombu import Connection
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from services.gateway.app import create_app
-from shared.broker.topology import build_topology
-from shared.config import Settings
-from shared.db import accounts
-from shared.db.engine import make_engine, read_transaction, write_transaction
-from shared.db.models import SubmittedCommand
-from shared.errors import PublishFailed
-from shared.logging import configure_logging
+from imagesvc.services.gateway.app import create_app
+from imagesvc.shared.broker.topology import build_topology
+from imagesvc.shared.config import Settings
+from imagesvc.shared.db import accounts
+from imagesvc.shared.db.engine import make_engine, read_transaction, write_transaction
+from imagesvc.shared.db.models import SubmittedCommand
+from imagesvc.shared.errors import PublishFailed
+from imagesvc.shared.logging import configure_logging
 
 KEY = "unit-test-key"
 
@@ -168,7 +168,7 @@ def test_throttling_is_off_by_default_and_answers_429_with_the_original_message_
 
 
 def test_the_throttle_window_slides():
-    from services.gateway.throttle import Throttle
+    from imagesvc.services.gateway.throttle import Throttle
 
     now = [0.0]
     throttle = Throttle(2, 60, clock=lambda: now[0])
@@ -183,7 +183,7 @@ def test_the_throttle_window_slides():
 
 
 def test_the_throttle_counts_a_request_under_every_key_or_under_none_and_takes_one_back():
-    from services.gateway.throttle import Throttle
+    from imagesvc.services.gateway.throttle import Throttle
 
     throttle = Throttle(2, 60, clock=lambda: 0.0)
     assert throttle.wait("user", "address") is None
@@ -195,7 +195,7 @@ def test_the_throttle_counts_a_request_under_every_key_or_under_none_and_takes_o
 
 
 def _with_password(engine, username: str, password: str) -> None:
-    from shared.keys import hash_password
+    from imagesvc.shared.keys import hash_password
 
     with write_transaction(engine) as conn:
         accounts.create_user(conn, username, api_key=None, is_superadmin=False, password_hash=hash_password(password))
@@ -232,7 +232,7 @@ def test_the_hashing_pool_runs_its_threads_queues_its_waiting_and_refuses_the_re
     import asyncio
     import threading
 
-    from services.gateway.blocking import BoundedPool, Busy
+    from imagesvc.services.gateway.blocking import BoundedPool, Busy
 
     release = threading.Event()
 
@@ -253,7 +253,7 @@ def test_a_login_beyond_the_hashing_pool_is_429_at_once_and_does_not_count_as_a_
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from services.gateway import routes
+    from imagesvc.services.gateway import routes
 
     _with_password(engine, "jane", "right")
     entered, release = threading.Event(), threading.Event()

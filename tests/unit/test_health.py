@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from shared import health
-from shared.db.migrate import head_revision, upgrade
+from imagesvc.shared import health
+from imagesvc.shared.db.migrate import head_revision, upgrade
 
 
 def test_readiness_names_each_failing_check_and_caches_a_round():

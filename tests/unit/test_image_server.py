@@ -13,9 +13,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from imagesvc.cli import main
-from services.image_server import app as image_server
-from services.image_server.ranges import ByteRange, Unsatisfiable, requested_range
-from shared.store import LocalStore
+from imagesvc.services.image_server import app as image_server
+from imagesvc.services.image_server.ranges import ByteRange, Unsatisfiable, requested_range
+from imagesvc.shared.store import LocalStore
 
 NOT_FOUND = {"code": "ResourceNotFound", "message": "Resource not found"}
 DATA = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, every offset distinguishable

@@ -6,14 +6,14 @@ from __future__ import annotations
 import functools
 from datetime import timedelta
 
-from services.deleter.handlers import delete_image
-from shared.contracts import AttachImage, DeleteImage, DetachImage
-from shared.db import accounts, vms
-from shared.db.catalogue import SqlCatalogue
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import utcnow
-from shared.handling import CommandConsumer
-from shared.store.server import STORE_DOWN
+from imagesvc.services.deleter.handlers import delete_image
+from imagesvc.shared.contracts import AttachImage, DeleteImage, DetachImage
+from imagesvc.shared.db import accounts, vms
+from imagesvc.shared.db.catalogue import SqlCatalogue
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.models import utcnow
+from imagesvc.shared.handling import CommandConsumer
+from imagesvc.shared.store.server import STORE_DOWN
 from tests.unit.test_command_handling import world  # noqa: F401 - the fixture
 
 USED = {"detail": "Image is used by some VMs"}

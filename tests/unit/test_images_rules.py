@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from domain import images
-from shared.db.records import ImageRecord
+from imagesvc.domain import images
+from imagesvc.shared.db.records import ImageRecord
 from tests.support.records import UUID, image_record
 
 DC_REQUIRED = (
@@ -223,8 +223,8 @@ def test_only_a_superadmin_may_change_dc_bound_but_anyone_may_restate_it():
 def test_the_public_view_of_an_event_state_equals_the_records():
     from datetime import datetime, timezone
 
-    from domain.images import public_view, public_view_of_state, to_state
-    from shared.db.records import ImageRecord
+    from imagesvc.domain.images import public_view, public_view_of_state, to_state
+    from imagesvc.shared.db.records import ImageRecord
 
     for bound, micro in (("main", 123456), (None, 0)):
         when = datetime(2026, 1, 2, 3, 4, 5, micro, tzinfo=timezone.utc)

@@ -10,15 +10,15 @@ import orjson
 import pytest
 from sqlalchemy import delete
 
-from services.projector.handlers import apply
-from shared import contracts
-from shared.broker.consumer import Outcome
-from shared.contracts import ImportImage
-from shared.db import accounts
-from shared.db.engine import read_transaction, write_transaction
-from shared.db import events as store
-from shared.db.models import SubmittedCommand
-from shared.handling import EventConsumer
+from imagesvc.services.projector.handlers import apply
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Outcome
+from imagesvc.shared.contracts import ImportImage
+from imagesvc.shared.db import accounts
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.models import SubmittedCommand
+from imagesvc.shared.handling import EventConsumer
 from tests.support.origin import sample_manifest
 from tests.support.projection import delivery_of
 from tests.unit.test_command_handling import world  # noqa: F401 - the fixture

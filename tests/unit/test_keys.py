@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.keys import check_password, hash_password, key_digest, new_api_key
+from imagesvc.shared.keys import check_password, hash_password, key_digest, new_api_key
 
 
 def test_a_password_hash_is_salted_and_checks_only_its_password():

@@ -13,13 +13,13 @@ import pytest
 
 from sqlalchemy import select
 
-from domain import images
-from domain.snapshots import snapshot_lock_name
-from services.sweeper.leases import LEASE_EXPIRED, LeaseSweeper
-from shared.db import locks
-from shared.db import events as store
-from shared.db.catalogue import SqlCatalogue, image_lock_name
-from shared.db.engine import read_transaction, write_transaction
+from imagesvc.domain import images
+from imagesvc.domain.snapshots import snapshot_lock_name
+from imagesvc.services.sweeper.leases import LEASE_EXPIRED, LeaseSweeper
+from imagesvc.shared.db import locks
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.catalogue import SqlCatalogue, image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
 from tests.support.leases import TASK, RecordingRelay, begin, task_events
 
 
@@ -79,8 +79,8 @@ def test_an_abandoned_imports_file_without_a_manifest_goes_unless_it_was_on_the_
         engine, owner, image_store, file_url, kept):
     """As the gateway journaled the import: a file URL on this image server means the file was
     put there before the import (kept), any other means the import downloaded it (removed)."""
-    from shared.contracts import ImportImage
-    from shared.store.server import ImageServer
+    from imagesvc.shared.contracts import ImportImage
+    from imagesvc.shared.store.server import ImageServer
     from tests.unit.test_serve_recovery import journal
 
     uuid, command_id = begin(engine, "image.import")
@@ -147,7 +147,7 @@ def test_an_abandoned_delete_whose_data_was_moved_aside_gets_it_back(engine, own
     uuid, command_id = begin(engine, "image.delete")
     stored_image(image_store, uuid)
     # The deleter died between moving the image's directory into .trash and emptying it.
-    monkeypatch.setattr("shared.store.local.LocalStore._empty_removal", staticmethod(lambda path: False))
+    monkeypatch.setattr("imagesvc.shared.store.local.LocalStore._empty_removal", staticmethod(lambda path: False))
     image_store.delete(uuid)
     monkeypatch.undo()
     assert image_store.manifest(uuid) is None and len(trash(image_store)) == 1
@@ -237,9 +237,9 @@ def test_an_expired_lock_whose_image_is_settled_is_only_removed(engine, owner):
 def test_the_read_model_of_swept_tasks_is_the_same_after_a_rebuild(engine, owner, image_store):
     """``imagesvc projector rebuild`` leaves the read model identical (covered in general by
     test_command_handling); here with the sweeper's events in the log."""
-    from services.projector.handlers import apply, rebuild
-    from shared.db.models import ReadImage, ReadStream, ReadTask
-    from shared.handling import EventConsumer
+    from imagesvc.services.projector.handlers import apply, rebuild
+    from imagesvc.shared.db.models import ReadImage, ReadStream, ReadTask
+    from imagesvc.shared.handling import EventConsumer
     from tests.support.projection import project
 
     for index, command in enumerate(["image.import", "image.update", "image.delete", "image.snapshot"]):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from starlette.requests import Request
 
-from services.gateway.http import ValidationFailed
-from services.gateway.routes import wants_objects
+from imagesvc.services.gateway.http import ValidationFailed
+from imagesvc.services.gateway.routes import wants_objects
 
 
 def request_with(query: str) -> Request:

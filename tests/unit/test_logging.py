@@ -9,7 +9,7 @@ import logging
 import orjson
 import pytest
 
-from shared.logging import configure_logging
+from imagesvc.shared.logging import configure_logging
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def test_a_stderr_replaced_and_closed_after_set_up_does_not_break_later_lines(mo
     captured.close()
     later = io.StringIO()
     monkeypatch.setattr("sys.stderr", later)
-    from shared.logging import get_logger
+    from imagesvc.shared.logging import get_logger
 
     get_logger("t").warning("after.close", n=1)
     logging.getLogger("kombu").warning("library after close")

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from domain import manifest
-from domain.manifest import ManifestError
+from imagesvc.domain import manifest
+from imagesvc.domain.manifest import ManifestError
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 COULD_NOT_PARSE = "Could not parse image manifest."
@@ -348,13 +348,13 @@ def test_build_does_not_modify_the_source():
 
 
 def test_a_numeric_string_image_size_is_read_as_an_integer():
-    from domain.manifest import parse
+    from imagesvc.domain.manifest import parse
 
     assert parse(raw(image_size="20480"))["image_size"] == 20480
 
 
 def test_manifest_flags_are_taken_by_truthiness_not_refused():
-    from domain.manifest import import_defaults
+    from imagesvc.domain.manifest import import_defaults
 
     offered = import_defaults(source(tags={"resize": "no", "deploy": 1}))
     assert offered["resize"] is True and offered["deploy"] is True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from shared import contracts
+from imagesvc.shared import contracts
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "messages.md"
 
@@ -36,7 +36,7 @@ def test_every_example_decodes_as_its_type():
 
 
 def test_documented_queues_match_the_topology():
-    from shared.broker.topology import build_topology
+    from imagesvc.shared.broker.topology import build_topology
 
     text = DOC.read_text()
     topology = build_topology("")

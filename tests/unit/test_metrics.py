@@ -20,18 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from domain import tasks
-from services.gateway.app import create_app
-from shared import contracts, health, metrics
-from shared.broker.consumer import Delivery, Outcome
-from shared.broker.topology import build_topology
-from shared.config import ConfigError, Settings
-from shared.contracts import Actor, DeleteImage
-from shared.db import accounts
-from shared.db.engine import write_transaction
-from shared.db.models import Lock, StoredEvent
-from shared.errors import Refused
-from shared.handling import CommandConsumer, EventConsumer
+from imagesvc.domain import tasks
+from imagesvc.services.gateway.app import create_app
+from imagesvc.shared import contracts, health, metrics
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.broker.topology import build_topology
+from imagesvc.shared.config import ConfigError, Settings
+from imagesvc.shared.contracts import Actor, DeleteImage
+from imagesvc.shared.db import accounts
+from imagesvc.shared.db.engine import write_transaction
+from imagesvc.shared.db.models import Lock, StoredEvent
+from imagesvc.shared.errors import Refused
+from imagesvc.shared.handling import CommandConsumer, EventConsumer
 
 KEY = "metrics-key"
 
@@ -320,7 +320,7 @@ def test_in_multiprocess_mode_any_process_answers_the_sum_of_all(tmp_path):
     env = {**os.environ, metrics.MULTIPROC_ENV: str(directory)}
     count = textwrap.dedent("""
         import sys
-        from shared import metrics
+        from imagesvc.shared import metrics
         for _ in range(int(sys.argv[1])):
             metrics.observe_request("/api/image/{name}", "GET", 200, 0.01)
         metrics.command_published("image.import")
@@ -329,7 +329,7 @@ def test_in_multiprocess_mode_any_process_answers_the_sum_of_all(tmp_path):
         subprocess.run([sys.executable, "-c", count, str(times)], env=env, check=True, timeout=60)
     answer = textwrap.dedent("""
         import sys
-        from shared import metrics
+        from imagesvc.shared import metrics
         class Fixed:
             def depths(self):
                 return {"importer.commands.dlq": 2}

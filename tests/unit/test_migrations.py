@@ -6,9 +6,9 @@ from __future__ import annotations
 from alembic import command
 from sqlalchemy import create_engine, inspect, select, text
 
-from shared.db import events
-from shared.db.migrate import alembic_config, upgrade
-from shared.db.models import Datacenter
+from imagesvc.shared.db import events
+from imagesvc.shared.db.migrate import alembic_config, upgrade
+from imagesvc.shared.db.models import Datacenter
 
 
 def test_upgrade_to_head_matches_the_models_and_seeds_main(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 from kombu import Connection, Producer
 
 from imagesvc import bootstrap
-from shared.broker.topology import COMMAND_ROUTES, NODE_COMMAND_TYPES, build_topology, node_queue_name, node_routing_key
-from shared.config import ConfigError, Settings
-from shared.snapshots import FileSnapshotDriver, ZfsSnapshotDriver
+from imagesvc.shared.broker.topology import COMMAND_ROUTES, NODE_COMMAND_TYPES, build_topology, node_queue_name, node_routing_key
+from imagesvc.shared.config import ConfigError, Settings
+from imagesvc.shared.snapshots import FileSnapshotDriver, ZfsSnapshotDriver
 
 
 def test_a_node_queue_is_named_after_its_node_under_the_prefix():

@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from services.projector.handlers import apply, rebuild
-from shared import contracts
-from shared.broker.consumer import Delivery, Outcome
-from shared.contracts import UNSET, NodeRemoved, NodeUpdated
-from shared.db import nodes
-from shared.db.engine import read_transaction, write_transaction
-from shared.errors import PoisonMessage
-from shared.handling import EventConsumer
+from imagesvc.services.projector.handlers import apply, rebuild
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.contracts import UNSET, NodeRemoved, NodeUpdated
+from imagesvc.shared.db import nodes
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.errors import PoisonMessage
+from imagesvc.shared.handling import EventConsumer
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 

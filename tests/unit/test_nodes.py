@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.db import nodes
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.nodes import NodeRecord
+from imagesvc.shared.db import nodes
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.nodes import NodeRecord
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=timezone.utc)
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"

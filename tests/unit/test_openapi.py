@@ -7,11 +7,11 @@ import re
 from kombu import Connection
 from starlette.routing import Route
 
-from services.gateway import openapi
-from services.gateway.app import create_app
-from shared.broker.topology import build_topology
-from shared.config import Settings
-from shared.db.engine import make_engine
+from imagesvc.services.gateway import openapi
+from imagesvc.services.gateway.app import create_app
+from imagesvc.shared.broker.topology import build_topology
+from imagesvc.shared.config import Settings
+from imagesvc.shared.db.engine import make_engine
 
 
 def test_every_route_is_described():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import ConfigError, Settings
+from imagesvc.shared.config import ConfigError, Settings
 
 
 def test_the_default_outage_backoff_outlives_a_25_second_outage():

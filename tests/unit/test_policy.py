@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from domain import policy
-from shared.db.records import DatacenterRecord, Grants, UserRecord
-from shared.errors import Refused
+from imagesvc.domain import policy
+from imagesvc.shared.db.records import DatacenterRecord, Grants, UserRecord
+from imagesvc.shared.errors import Refused
 
 USER = UserRecord(id=5, username="u", is_superadmin=False, default_dc_id=1)
 

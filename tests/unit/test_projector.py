@@ -9,16 +9,16 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from domain import images
-from services.projector.handlers import apply
-from shared import contracts
-from shared.broker.consumer import Delivery, Outcome
-from shared.contracts import ImageDeleted, ImageImported, ImageUpdated, TaskFailed, TaskSucceeded
-from shared.db import events as store
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import ReadImage, ReadTask
-from shared.db.records import ImageRecord
-from shared.handling import EventConsumer
+from imagesvc.domain import images
+from imagesvc.services.projector.handlers import apply
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.contracts import ImageDeleted, ImageImported, ImageUpdated, TaskFailed, TaskSucceeded
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.models import ReadImage, ReadTask
+from imagesvc.shared.db.records import ImageRecord
+from imagesvc.shared.handling import EventConsumer
 from tests.support.projection import delivery_of
 
 NOW = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=timezone.utc)

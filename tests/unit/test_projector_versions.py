@@ -15,13 +15,13 @@ import uuid
 
 import pytest
 
-from domain import images
-from shared import contracts
-from shared.broker.consumer import Outcome
-from shared.contracts import ImageImported, ImageUpdated
-from shared.contracts import envelope as envelope_module
-from shared.db import events as store
-from shared.db.engine import write_transaction
+from imagesvc.domain import images
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Outcome
+from imagesvc.shared.contracts import ImageImported, ImageUpdated
+from imagesvc.shared.contracts import envelope as envelope_module
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.engine import write_transaction
 from tests.unit.test_projector import Log, record
 
 

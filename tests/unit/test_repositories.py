@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from domain import repositories
-from shared.db.records import RepositoryRecord
+from imagesvc.domain import repositories
+from imagesvc.shared.db.records import RepositoryRecord
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 

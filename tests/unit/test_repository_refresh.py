@@ -8,14 +8,14 @@ import time
 import orjson
 import pytest
 
-from domain import repositories
-from services.importer.repositories import refresh_repositories
-from shared.contracts import RefreshImageRepositories
-from shared.db import accounts, locks
-from shared.db import repositories as stored
-from shared.db.engine import read_transaction, write_transaction
-from shared.handling import CommandConsumer
-from shared.net.fetch import FetchError, Fetcher, UrlPolicy
+from imagesvc.domain import repositories
+from imagesvc.services.importer.repositories import refresh_repositories
+from imagesvc.shared.contracts import RefreshImageRepositories
+from imagesvc.shared.db import accounts, locks
+from imagesvc.shared.db import repositories as stored
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.handling import CommandConsumer
+from imagesvc.shared.net.fetch import FetchError, Fetcher, UrlPolicy
 from tests.unit.test_command_handling import FakeFetcher, RecordingRelay, World
 
 CONFIGURED = {"good": "https://good.test/", "bad": "https://bad.test/"}

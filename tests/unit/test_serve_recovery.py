@@ -16,22 +16,22 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from domain import images, tasks
-from domain.snapshots import snapshot_lock_name
+from imagesvc.domain import images, tasks
+from imagesvc.domain.snapshots import snapshot_lock_name
 from imagesvc import bootstrap
 from imagesvc.cli import _lock_database
-from services.gateway.queries import Queries
-from services.sweeper.leases import INTERRUPTED, LeaseSweeper
-from services.sweeper.recovery import StartupRecovery
-from shared import contracts
-from shared.contracts import Actor, CreateImageFromSnapshot, ImportImage, UpdateImage
-from shared.db import accounts, locks
-from shared.db import events as store
-from shared.db.catalogue import SqlCatalogue, image_lock_name
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import Lock, SubmittedCommand, utcnow
-from shared.errors import PublishFailed
-from shared.config import Settings
+from imagesvc.services.gateway.queries import Queries
+from imagesvc.services.sweeper.leases import INTERRUPTED, LeaseSweeper
+from imagesvc.services.sweeper.recovery import StartupRecovery
+from imagesvc.shared import contracts
+from imagesvc.shared.contracts import Actor, CreateImageFromSnapshot, ImportImage, UpdateImage
+from imagesvc.shared.db import accounts, locks
+from imagesvc.shared.db import events as store
+from imagesvc.shared.db.catalogue import SqlCatalogue, image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.models import Lock, SubmittedCommand, utcnow
+from imagesvc.shared.errors import PublishFailed
+from imagesvc.shared.config import Settings
 from tests.support.leases import TASK, RecordingRelay, begin, task_events
 from tests.support.polling import eventually
 

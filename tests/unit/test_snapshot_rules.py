@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from domain import policy, snapshots
-from shared.db.records import Grants, UserRecord
-from shared.errors import Invalid, Refused
+from imagesvc.domain import policy, snapshots
+from imagesvc.shared.db.records import Grants, UserRecord
+from imagesvc.shared.errors import Invalid, Refused
 
 VM_UUID = "0b1c2d3e-1111-2222-3333-444455556666"
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from shared.snapshots import (FileSnapshotDriver, InvalidSnapshotRef, SnapshotError, SnapshotMissing,
+from imagesvc.shared.snapshots import (FileSnapshotDriver, InvalidSnapshotRef, SnapshotError, SnapshotMissing,
                               ZfsSnapshotDriver, check_dataset_template, open_driver, take_snapshot)
 
 VM = "6f1d1f3e-aaaa-bbbb-cccc-0123456789ab"

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from services.importer import transfer
-from shared.net.fetch import FetchError
-from shared.store import LocalStore, StoreError, StoreUnavailable, check_uuid, open_store
+from imagesvc.services.importer import transfer
+from imagesvc.shared.net.fetch import FetchError
+from imagesvc.shared.store import LocalStore, StoreError, StoreUnavailable, check_uuid, open_store
 
 UUID = "2f0c7c3e-1111-2222-3333-444455556666"
 
@@ -261,7 +261,7 @@ def test_a_removal_is_emptied_manifest_first(store, monkeypatch):
     stored(store)
     doomed = interrupted_removal(store)
     seen = []
-    monkeypatch.setattr("shared.store.local.shutil.rmtree",
+    monkeypatch.setattr("imagesvc.shared.store.local.shutil.rmtree",
                         lambda path, ignore_errors: seen.append(sorted(os.listdir(path))))
     store.delete(UUID)
     assert seen == [["file"]] and not os.path.exists(os.path.join(doomed, "manifest"))
@@ -290,7 +290,7 @@ def test_discard_temporaries_takes_an_images_partials_manifest_temporaries_and_r
 
 
 def test_survey_names_every_entry_by_kind_and_image(store):
-    from shared.store import EntryKind
+    from imagesvc.shared.store import EntryKind
 
     other = "9a8b7c6d-1111-2222-3333-444455556666"
     stored(store, data=b"12345")
@@ -330,7 +330,7 @@ def test_survey_names_every_entry_by_kind_and_image(store):
 
 
 def test_remove_takes_temporaries_only_and_stays_inside_the_store(store):
-    from shared.store import EntryKind
+    from imagesvc.shared.store import EntryKind
 
     stored(store)
     interrupted_removal(store)

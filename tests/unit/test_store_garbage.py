@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from domain import images
-from services.sweeper import garbage
-from shared.db import locks
-from shared.db.catalogue import SqlCatalogue, image_lock_name
-from shared.db.engine import read_transaction, write_transaction
+from imagesvc.domain import images
+from imagesvc.services.sweeper import garbage
+from imagesvc.shared.db import locks
+from imagesvc.shared.db.catalogue import SqlCatalogue, image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
 from tests.support.leases import begin
 from tests.support.records import image_record
 
@@ -122,13 +122,13 @@ def test_an_orphaned_directory_whose_uuid_an_import_holds_is_left_to_the_import(
 def test_while_the_sweep_holds_an_orphans_uuid_an_import_of_it_is_retried(engine, owner, image_store, monkeypatch):
     """The import records its image and takes the lease in one transaction: while the sweep
     holds the uuid it finds the lease taken and rolls back (to be retried); then it succeeds."""
-    from services.importer.handlers import import_image
-    from shared import contracts
-    from shared.broker.consumer import Outcome
-    from shared.contracts import Actor, ImportImage
-    from shared.errors import Transient
-    from shared.handling import CommandConsumer
-    from shared.store.server import ImageServer
+    from imagesvc.services.importer.handlers import import_image
+    from imagesvc.shared import contracts
+    from imagesvc.shared.broker.consumer import Outcome
+    from imagesvc.shared.contracts import Actor, ImportImage
+    from imagesvc.shared.errors import Transient
+    from imagesvc.shared.handling import CommandConsumer
+    from imagesvc.shared.store.server import ImageServer
     from tests.support.leases import RecordingRelay
     from tests.support.origin import sample_manifest
     from tests.unit.test_superseded_delivery import CONTENT, LIMITS, GatedFetcher, delivery
@@ -206,7 +206,7 @@ def test_the_check_reports_ok_images_whose_files_are_missing_or_wrong(engine, ow
 def logging_restored():
     """The command configures logging onto the sys.stderr of the moment, which capsys replaces
     and then closes: put it back once capsys has let go (requested first, torn down last)."""
-    from shared.logging import configure_logging
+    from imagesvc.shared.logging import configure_logging
 
     yield
     configure_logging("tests", fmt="console")

@@ -25,19 +25,19 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select, update
 
-from domain import tasks
-from services.importer.handlers import import_image
-from services.importer.transfer import Limits
-from shared import contracts
-from shared.broker.consumer import Delivery, Outcome
-from shared.contracts import Actor, ImportImage
-from shared.db import accounts, locks
-from shared.db.catalogue import image_lock_name
-from shared.db.engine import read_transaction, write_transaction
-from shared.db.models import Image, Lock, StoredEvent, TaskOwner
-from shared.handling import CommandConsumer
-from shared.store import LocalStore
-from shared.store.server import ImageServer
+from imagesvc.domain import tasks
+from imagesvc.services.importer.handlers import import_image
+from imagesvc.services.importer.transfer import Limits
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.contracts import Actor, ImportImage
+from imagesvc.shared.db import accounts, locks
+from imagesvc.shared.db.catalogue import image_lock_name
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.models import Image, Lock, StoredEvent, TaskOwner
+from imagesvc.shared.handling import CommandConsumer
+from imagesvc.shared.store import LocalStore
+from imagesvc.shared.store.server import ImageServer
 from tests.support.leases import RecordingRelay
 from tests.support.origin import sample_manifest
 

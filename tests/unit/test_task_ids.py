@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from domain import tasks
+from imagesvc.domain import tasks
 
 TASK_ID = re.compile(r"^(\d+)e(\d+)u(\d+)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$")
 DUMMY_ID = re.compile(r"^(\d+)d(\d+)u(\d+)-([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$")

@@ -13,13 +13,13 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from services.updater.handlers import update_image
-from shared import contracts
-from shared.broker.consumer import Delivery, Outcome
-from shared.contracts import DeleteImage, UpdateImage
-from shared.db import task_owners
-from shared.db.engine import write_transaction
-from shared.handling import CommandConsumer
+from imagesvc.services.updater.handlers import update_image
+from imagesvc.shared import contracts
+from imagesvc.shared.broker.consumer import Delivery, Outcome
+from imagesvc.shared.contracts import DeleteImage, UpdateImage
+from imagesvc.shared.db import task_owners
+from imagesvc.shared.db.engine import write_transaction
+from imagesvc.shared.handling import CommandConsumer
 from tests.support.polling import eventually
 from tests.unit.test_command_handling import world  # noqa: F401 - the fixture
 
@@ -139,7 +139,7 @@ def test_a_released_or_lapsed_claim_is_taken_by_the_next_delivery(engine):
 
 
 def test_the_keeper_renews_what_it_holds_until_dropped(engine):
-    from shared.db.models import TaskOwner
+    from imagesvc.shared.db.models import TaskOwner
 
     assert claim(engine, token="a", seconds=0.6) is task_owners.Claim.FIRST
     keeper = task_owners.ClaimKeeper(engine, 0.6)
@@ -168,7 +168,7 @@ def _is(value, expected):
 def test_a_delivery_that_ends_without_an_outcome_releases_its_claim_for_the_next(world, engine):
     """A handler that raised (the runner retries it) must not hold the command off for a claim's
     life: the retry claims it at once."""
-    from shared.handling import CommandConsumer
+    from imagesvc.shared.handling import CommandConsumer
 
     calls = []
 
@@ -194,7 +194,7 @@ def test_a_command_whose_handler_keeps_dying_is_given_up_after_max_runs(world, e
     """A crash loop counted by the claims (each run's process died holding one, so each next
     delivery found it lapsed), not by the broker's redeliveries: a copy that sat unseen in a dying
     process, or was deferred, never ran."""
-    from shared.handling import CommandConsumer
+    from imagesvc.shared.handling import CommandConsumer
 
     world.imported("centos")
     envelope = world.envelope(UpdateImage(name="centos", desc="never"))

@@ -8,12 +8,12 @@ import functools
 
 import pytest
 
-from services.updater.handlers import update_image
-from shared.contracts import UpdateImage
-from shared.db.catalogue import SqlCatalogue
-from shared.db.engine import read_transaction
-from shared.handling import CommandConsumer
-from shared.store.server import NODE_DOWN, STORE_DOWN
+from imagesvc.services.updater.handlers import update_image
+from imagesvc.shared.contracts import UpdateImage
+from imagesvc.shared.db.catalogue import SqlCatalogue
+from imagesvc.shared.db.engine import read_transaction
+from imagesvc.shared.handling import CommandConsumer
+from imagesvc.shared.store.server import NODE_DOWN, STORE_DOWN
 from tests.unit.test_command_handling import world  # noqa: F401 - the fixture
 
 

@@ -9,7 +9,7 @@ import ipaddress
 
 import pytest
 
-from shared.net.fetch import FetchError, UrlPolicy, is_public_address, literal_address, parse_allow_list
+from imagesvc.shared.net.fetch import FetchError, UrlPolicy, is_public_address, literal_address, parse_allow_list
 
 PUBLIC = "93.184.216.34"
 

@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-from shared.broker.consumer import Outcome
-from shared.contracts import ImportImage, UpdateImage
-from shared.db import accounts
-from shared.db.engine import write_transaction
-from shared.errors import CommandFailed, Refused, Superseded
-from shared.handling import CommandConsumer
-from shared.user_slots import UserSlots
+from imagesvc.shared.broker.consumer import Outcome
+from imagesvc.shared.contracts import ImportImage, UpdateImage
+from imagesvc.shared.db import accounts
+from imagesvc.shared.db.engine import write_transaction
+from imagesvc.shared.errors import CommandFailed, Refused, Superseded
+from imagesvc.shared.handling import CommandConsumer
+from imagesvc.shared.user_slots import UserSlots
 from tests.unit.test_command_handling import RecordingRelay, World
 
 

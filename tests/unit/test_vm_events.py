@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from services.projector.handlers import rebuild
-from shared.broker.consumer import Outcome
-from shared.contracts import VmRemoved, VmSnapshotRemoved, VmSnapshotUpdated, VmUpdated
-from shared.db import vms
-from shared.db.engine import read_transaction, write_transaction
-from shared.errors import PoisonMessage
+from imagesvc.services.projector.handlers import rebuild
+from imagesvc.shared.broker.consumer import Outcome
+from imagesvc.shared.contracts import VmRemoved, VmSnapshotRemoved, VmSnapshotUpdated, VmUpdated
+from imagesvc.shared.db import vms
+from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.errors import PoisonMessage
 from tests.unit import test_node_events as node_events
 from tests.unit.test_node_events import envelope, parse
 

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.db import vms
-from shared.db.engine import read_transaction
-from shared.db.vms import Disk, SnapshotRecord, VmRecord
+from imagesvc.shared.db import vms
+from imagesvc.shared.db.engine import read_transaction
+from imagesvc.shared.db.vms import Disk, SnapshotRecord, VmRecord
 from tests.unit.test_nodes import db  # noqa: F401 - the fixture: work(conn) in a write transaction of its own
 
 T0 = datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=timezone.utc)
