@@ -2,8 +2,8 @@
 
 Every ``imagesvc`` command line the README shows names subcommands and options that exist (checked
 against the real parser). The blocks marked ``<!-- docs-test: ... -->`` are run by bash, as a
-user would paste them: the first screen's ``serve`` and import (embedded), and the distributed
-recipe against RabbitMQ and PostgreSQL, followed by the same import.
+user would paste them: the first screen's ``serve``, import, look and delete (embedded), and the distributed
+recipe against RabbitMQ and PostgreSQL, followed by the same import, look and delete.
 
 What the test changes in a block, and only that: ports (8000, 8080, 8765) become free ones;
 ``/srv/images``, ``/srv/vms``, ``/tmp/imagesvc-demo`` and ``var/`` become directories of the test
@@ -184,6 +184,19 @@ def _import_then_check(tmp_path: Path, subs: dict[str, str], env: dict[str, str]
     assert "tiny" in listed["result"], listed
 
 
+def _watch_then_delete(tmp_path: Path, subs: dict[str, str], env: dict[str, str], api: str) -> None:
+    """Run the README's block that shows the image and deletes it: shown, then gone."""
+    done = subprocess.run(["bash", "-c", _substituted(tagged("watch-and-delete").text, subs)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown, *_rest, deleted = done.stdout.strip().splitlines()
+    assert '"status":"SUCCESS"' in shown and '"name":"tiny"' in shown, done.stdout
+    assert '"status":"SUCCESS"' in deleted and "Successfully deleted image tiny" in deleted, done.stdout
+    key = (tmp_path / "var" / "admin.key").read_text().strip()
+    listed = httpx.get(f"{api}/image/", headers={"ES-API-KEY": key}, timeout=30).json()
+    assert "tiny" not in listed["result"], listed
+
+
 def _subs(tmp_path: Path, api_port: int, origin_port: int) -> dict[str, str]:
     return {"127.0.0.1:8000": f"127.0.0.1:{api_port}", "8765": str(origin_port),
             "/tmp/imagesvc-demo": str(tmp_path / "demo"), "var/admin.key": str(tmp_path / "var" / "admin.key")}
@@ -200,6 +213,8 @@ def test_the_first_screen_serves_and_imports_an_image(tmp_path):
         assert (tmp_path / "var" / "admin.key").exists()  # serve kept its key where it said
         _import_then_check(tmp_path, subs, env, f"http://127.0.0.1:{api_port}/api")
         assert list((tmp_path / "var" / "images").glob("*/file")), "the file is not in the store"
+        _watch_then_delete(tmp_path, subs, env, f"http://127.0.0.1:{api_port}/api")
+        assert not list((tmp_path / "var" / "images").glob("*/file")), "the deleted image's file is still there"
     finally:
         _stop(serve)
 
@@ -239,6 +254,8 @@ def test_the_distributed_recipe_runs_and_imports_an_image(tmp_path, rabbitmq_url
         (tmp_path / "var" / "admin.key").write_text(key.strip() + "\n")
         _import_then_check(tmp_path, subs, env, f"http://127.0.0.1:{api_port}/api")
         assert list((tmp_path / "store").glob("*/file")), "the file is not in the shared store"
+        _watch_then_delete(tmp_path, subs, env, f"http://127.0.0.1:{api_port}/api")
+        assert not list((tmp_path / "store").glob("*/file")), "the deleted image's file is still there"
         health = subprocess.run(["imagesvc", "health", f"http://127.0.0.1:{api_port}"], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert health.returncode == 0, health.stdout + health.stderr
