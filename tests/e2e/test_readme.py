@@ -34,6 +34,8 @@ from imagesvc.cli import _parser
 from tests.support.polling import eventually
 from tests.support.services import delete_queues, drop_database, free_port
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 _TAG = re.compile(r"^<!-- docs-test: ([a-z-]+)")
