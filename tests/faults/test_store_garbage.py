@@ -36,6 +36,7 @@ from imagesvc.services.sweeper import garbage
 from imagesvc.shared.db.engine import make_engine
 from imagesvc.shared.db.models import Image, Lock
 from imagesvc.shared.store import LocalStore
+from imagesvc.shared.store.local import IDENTITY_FILE
 from tests.e2e.test_snapshot_images import NODE, new_vm
 from tests.support.ledger import assert_clean, read_ledger
 from tests.support.origin import Origin
@@ -196,10 +197,11 @@ def images(run: Run) -> tuple[dict[str, tuple[str, int]], int]:
 
 
 def leftovers(run: Run) -> list[str]:
-    """Every name in the store that is not an OK image's manifest or file."""
+    """Every name in the store that is not an OK image's manifest or file (or the store's own
+    identity)."""
     rows, _ = images(run)
     ok = {uuid for uuid, (_, status) in rows.items() if status == 1}
-    wanted = {f"{uuid}/{part}" for uuid in ok for part in ("manifest", "file")}
+    wanted = {f"{uuid}/{part}" for uuid in ok for part in ("manifest", "file")} | {IDENTITY_FILE}
     found = []
     for path in sorted(run.store.rglob("*")):
         relative = path.relative_to(run.store).as_posix()
