@@ -48,9 +48,9 @@ class Block:
     tag: str | None
 
 
-def blocks() -> list[Block]:
-    """The README's indented code blocks, each with the ``docs-test`` tag that precedes it."""
-    lines = README.read_text().splitlines()
+def blocks(doc: Path = README) -> list[Block]:
+    """The indented code blocks of ``doc``, each with the ``docs-test`` tag that precedes it."""
+    lines = doc.read_text().splitlines()
     found: list[Block] = []
     index, tag = 0, None
     while index < len(lines):
@@ -82,34 +82,38 @@ def tagged(tag: str) -> Block:
 # --- every imagesvc line names commands and options that exist ------------------------------
 
 
-def _commands() -> list[tuple[int, list[str]]]:
-    """(README line, tokens from ``imagesvc`` on) of every command line in a code block (lines
-    continued with a backslash joined) and of every inline `imagesvc ...` in the prose."""
-    found = []
+def _commands(doc: Path = README) -> list[tuple[int, list[str]]]:
+    """(line, tokens from ``imagesvc`` on) of every command line in a code block of ``doc`` (lines
+    continued with a backslash joined) and of every inline `imagesvc ...` in its prose."""
     candidates: list[tuple[int, str]] = []
-    for block in blocks():
+    for block in blocks(doc):
         joined = block.text.replace("\\\n", " ")
         candidates += [(block.line + offset, line) for offset, line in enumerate(joined.splitlines())]
-    for number, line in enumerate(README.read_text().splitlines(), start=1):
+    for number, line in enumerate(doc.read_text().splitlines(), start=1):
         if not line.startswith("    "):
             candidates += [(number, code) for code in re.findall(r"`(imagesvc [^`]+)`", line)]
+    found = []
     for line_number, line in candidates:
-        if True:
-            code = line.split("  #")[0].split(" (")[0]
-            try:
-                tokens = shlex.split(code, comments=True)
-            except ValueError:
-                continue
-            while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):
-                tokens = tokens[1:]  # VAR=value before the command
-            if tokens[:1] == ["imagesvc"]:
-                found.append((line_number, tokens[1:]))
+        code = line.split("  #")[0].split(" (")[0]
+        try:
+            tokens = shlex.split(code, comments=True)
+        except ValueError:
+            continue
+        while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):
+            tokens = tokens[1:]  # VAR=value before the command
+        if tokens[:1] == ["imagesvc"]:
+            found.append((line_number, tokens[1:]))
     return found
 
 
-def test_every_imagesvc_command_the_readme_shows_exists_with_its_options():
-    commands = _commands()
-    assert len(commands) >= 40, commands  # the README documents that many; a parse that finds few is broken
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_imagesvc_command_the_docs_show_exists_with_its_options(doc):
+    commands = _commands(doc)
+    if doc == README:
+        assert len(commands) >= 40, commands  # the README documents that many; a parse that finds few is broken
     for line, tokens in commands:
         parser: argparse.ArgumentParser = _parser()
         path = []
@@ -120,14 +124,14 @@ def test_every_imagesvc_command_the_readme_shows_exists_with_its_options():
             choices = subparsers[0].choices
             alternatives = token.split("|")
             assert all(choice in choices for choice in alternatives), \
-                f"README line {line}: `imagesvc {' '.join(path + [token])}` is no command (choices: {sorted(choices)})"
+                f"{doc.name} line {line}: `imagesvc {' '.join(path + [token])}` is no command (choices: {sorted(choices)})"
             parser = choices[alternatives[0]]
             path.append(token)
         known = {option for action in parser._actions for option in action.option_strings}
         for token in tokens[len(path):]:
             option = token.lstrip("[").split("=")[0].rstrip(".]")
             if option.startswith("--"):
-                assert option in known, f"README line {line}: `imagesvc {' '.join(path)}` has no option {option}"
+                assert option in known, f"{doc.name} line {line}: `imagesvc {' '.join(path)}` has no option {option}"
 
 
 # --- the marked blocks, run by bash --------------------------------------------------------
