@@ -143,5 +143,6 @@ def serve_in_thread(readiness: Readiness, host: str, port: int, *,
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    # A short poll: ``shutdown`` waits for the loop's next look (0.5 s by default) as a process stops.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="health", daemon=True).start()
     return server

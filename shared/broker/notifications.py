@@ -86,7 +86,8 @@ class NotificationListener:
                 delay = 0.5
                 while not self._stop.is_set():
                     try:
-                        connection.drain_events(timeout=0.25)
+                        # Short: ``stop`` (a gateway process ending) waits for this wait's end.
+                        connection.drain_events(timeout=0.05)
                     except socket.timeout:
                         pass
                     connection.heartbeat_check()

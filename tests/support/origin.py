@@ -132,7 +132,7 @@ class Origin:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.base = f"http://{host}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def route(self, path: str, body: bytes | str = b"", *, status: int = 200, headers: dict[str, str | None] | None = None,

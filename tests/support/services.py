@@ -27,7 +27,7 @@ def check_rabbitmq() -> str:
 
     try:
         with Connection(RABBITMQ_URL, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1, timeout=3)
+            conn.ensure_connection(max_retries=1, interval_start=0.5, timeout=3)
     except Exception as exc:  # noqa: BLE001
         unavailable("RabbitMQ", repr(exc))
     return RABBITMQ_URL

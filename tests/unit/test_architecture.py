@@ -15,6 +15,7 @@ Imports under ``if TYPE_CHECKING:`` are for type checkers only and are not count
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +158,15 @@ RULES = {
 
 
 
+@functools.cache
+def _parsed(path: Path) -> tuple[Import, ...]:
+    """Each source file is parsed once for all the rules."""
+    return tuple(imports_of(path))
+
+
 def violations(rule_name: str) -> list[Import]:
     check = RULES[rule_name]
-    return [imp for path in source_files() for imp in imports_of(path) if check(imp)]
+    return [imp for path in source_files() for imp in _parsed(path) if check(imp)]
 
 
 # --- tests -----------------------------------------------------------------------------------------

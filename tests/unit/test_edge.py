@@ -22,8 +22,8 @@ from imagesvc.shared.logging import configure_logging
 from tests.support.polling import eventually
 from tests.support.raw_http import exchange, read_answer, read_until_closed
 
-HEAD_TIMEOUT = 1.0
-BODY_TIMEOUT = 1.0
+HEAD_TIMEOUT = 0.6
+BODY_TIMEOUT = 0.6
 MAX_HEAD = 4096
 CAP = 6
 

@@ -16,7 +16,7 @@ import pytest
 from imagesvc.shared.net.fetch import WATCHDOG_THREAD, FetchError, Fetcher, UrlPolicy
 from tests.support.polling import eventually
 
-DEADLINE = 1.0
+DEADLINE = 0.6
 #: How late a fetch may end after its deadline: the watchdog's thread being scheduled, the
 #: socket shut down, the exception unwinding, on a loaded machine.
 SLACK = 1.5
