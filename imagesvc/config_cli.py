@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from imagesvc.settings import missing_sqlite_file
 from imagesvc.shared.config import ConfigError, Settings, effective, sources
 
 
@@ -66,7 +67,7 @@ def _record_lines(settings: Settings, *, serve: bool) -> list[str]:
     from imagesvc.shared import deployment
     from imagesvc.shared.db.engine import make_engine
 
-    if not _database_exists(settings):
+    if missing_sqlite_file(settings) is not None:
         return ["no database yet (the first process to start records its values)"]
     engine = make_engine(settings.database_url, pool_size=1)
     try:
@@ -93,15 +94,6 @@ def _record_lines(settings: Settings, *, serve: bool) -> list[str]:
         lines.append(f"{name} = {there.value!r}, recorded by {there.recorded_by} on "
                      f"{there.recorded_at:%Y-%m-%d %H:%M} UTC: {verdict}")
     return lines or ["empty (the first process to start records its values)"]
-
-
-def _database_exists(settings: Settings) -> bool:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return os.path.exists(url.database)
-    return True
 
 
 def _record(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from imagesvc.shared.config import ConfigError, Settings
 from imagesvc.shared.db import deployment as table
 from imagesvc.shared.db.deployment import Recorded, recorded
 from imagesvc.shared.store import StoreError, open_store
+from imagesvc.shared.store.local import IDENTITY_FILE
 
 #: The recorded value of "no image store".
 NO_STORE = "none"
@@ -132,17 +133,11 @@ def _mismatch(fact: Fact, there: Recorded, process: str) -> str:
             f"(recorded by {there.recorded_by} on {when}).")
     if fact.name == "image_store" and there.value != NO_STORE:
         fix = (f"Set {fact.setting} to that store's directory as mounted on this machine (it holds the file "
-               f"{_identity_file()} with that uuid)")
+               f"{IDENTITY_FILE} with that uuid)")
     else:
         fix = f"Set {fact.setting} as every other process of the deployment has it"
     return (f"{head} {fix}; if the deployment has deliberately changed, run `imagesvc config record --yes` "
             f"with this process's settings.")
-
-
-def _identity_file() -> str:
-    from imagesvc.shared.store.local import IDENTITY_FILE
-
-    return IDENTITY_FILE
 
 
 __all__ = ["DeploymentMismatch", "Fact", "NO_STORE", "Recorded", "check", "facts", "process_label",
