@@ -677,7 +677,7 @@ def measure_show(system: System, name: str, args: argparse.Namespace, results: d
     gateway_port, bare_port = free_port(), free_port()
     # Spawned through the System: its env, its log file, and System.stop() stops it.
     gateway = system.spawn("gateway-show", "gateway", "--port", str(gateway_port), "--workers", "1")
-    _wait_http(f"http://127.0.0.1:{gateway_port}/api", gateway, lambda: system.log("gateway-show"))
+    _wait_http(f"http://127.0.0.1:{gateway_port}/api/openapi.json", gateway, lambda: system.log("gateway-show"))
     bare = start_bare_app(system, bare_port)
     cleanup.callback(stop_process, bare)
     urls = {"imagesvc": f"http://127.0.0.1:{gateway_port}/api/image/{name}/",
