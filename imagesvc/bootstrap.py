@@ -22,8 +22,6 @@ from sqlalchemy import Engine
 from imagesvc.domain.creation import CREATION_LEASE_SECONDS
 from imagesvc.domain.repositories import local_repository
 from imagesvc.services.deleter.handlers import delete_image
-from imagesvc.services.gateway.app import create_app
-from imagesvc.services.image_server import app as image_server_http
 from imagesvc.services.importer.handlers import abandon_import, import_image
 from imagesvc.services.importer.repositories import refresh_repositories
 from imagesvc.services.importer.transfer import Limits
@@ -310,6 +308,10 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
 
 
 def gateway_app(infra: Infrastructure):
+    # Imported here, not at the top: a consumer process never serves HTTP, and the web stack
+    # (Starlette, AnyIO, the routes) would add ~15 MiB to each one's resident memory.
+    from imagesvc.services.gateway.app import create_app
+
     return create_app(infra.settings, engine=infra.engine, publisher=infra.publisher, topology=infra.topology,
                       connect=lambda: infra.connect("gateway-notifications"), system_metrics=system_metrics(infra))
 
@@ -325,6 +327,8 @@ def gateway_app_from_env():
 
 
 def image_server_app(store: ImageStore):
+    from imagesvc.services.image_server import app as image_server_http
+
     return image_server_http.create_app(store)
 
 
@@ -335,9 +339,10 @@ def embedded_app(infra: Infrastructure, store: ImageStore | None):
     if store is None:
         return gateway
     images = image_server_app(store)
+    from imagesvc.services.image_server.app import serves
 
     async def app(scope, receive, send) -> None:
-        if scope["type"] == "http" and image_server_http.serves(scope["path"]):
+        if scope["type"] == "http" and serves(scope["path"]):
             await images(scope, receive, send)
         else:
             await gateway(scope, receive, send)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 def _script_location() -> Path:
     """The migrations: ``imagesvc/migrations`` in an installed distribution (the repository's
@@ -18,8 +20,13 @@ def _script_location() -> Path:
 SCRIPT_LOCATION = _script_location()
 
 
-def alembic_config(url: str) -> Config:
-    config = Config()
+def alembic_config(url: str) -> "Config":
+    # Alembic (and Mako, which it loads) only when a migration or a revision is asked for: every
+    # process imports this module, and most never migrate.
+    from alembic.config import Config
+
+    # Alembic's default stdout is whatever sys.stdout was when alembic.config was first imported.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     config.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(rev)s_%%(slug)s")
     config.attributes["url"] = url
@@ -49,6 +56,8 @@ def schema_problem(engine, head: str) -> str | None:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (idempotent)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
