@@ -94,7 +94,7 @@ def imagesvc_round(snapshots: Path, store: Path, level: int, image_uuid: str) ->
 
 def child_main(snapshots: str, store_root: str, level: str, image_uuid: str) -> int:
     """The exporting process: loads what the node agent loads, then exports once."""
-    import imagesvc.bootstrap  # noqa: F401 - the agent's imports, so its resident memory is the agent's
+    __import__("imagesvc.bootstrap")  # the agent's imports, so its resident memory is the agent's
     from imagesvc.services.node_agent.export import SnapshotRef, export_snapshot
     from imagesvc.shared.snapshots import FileSnapshotDriver
     from imagesvc.shared.store import LocalStore
@@ -111,7 +111,8 @@ def child_main(snapshots: str, store_root: str, level: str, image_uuid: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from import_file import log, print_table, throughput_and_rss_rows, write_results
+    from import_file import log, print_table, round_figures, rows_as_figures, throughput_and_rss_rows
+    from report import figure, write_json
 
     from imagesvc.services.node_agent.export import DEFAULT_GZIP_LEVEL
     from imagesvc.shared.snapshots import FileSnapshotDriver
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--level", type=int, default=DEFAULT_GZIP_LEVEL)
     parser.add_argument("--dir", default=None, help="work directory (default: a new one under the system temp dir)")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the result there (default: bench/results/export-<timestamp>.json)")
     args = parser.parse_args(argv)
     size = args.size_mib * 1024 * 1024
     workdir = Path(tempfile.mkdtemp(prefix="imagesvc-export-bench-", dir=args.dir))
@@ -165,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     print("(baseline of the RSS row: the exporting process's resident memory before the export)")
     results.update(best_baseline_s=best_base, best_imagesvc_s=best_ours, ratio=ratio, peak_rss_mib=peak,
                    idle_rss_mib=idle, stored_bytes=results["rounds"][-1]["size"])
-    write_results(results, "export")
+    figures = rows_as_figures(rows)
+    figures.insert(1, round_figures(results["rounds"], "seconds", "baseline_s", size))
+    stored = results["stored_bytes"]
+    figures += [figure("stored file, MiB (ratio: its share of the snapshot, info)", stored / 2**20, None,
+                       stored / size),
+                figure("stored file decompresses to the snapshot (sha1)", "yes", None, None, "yes", True)]
+    write_json("export_snapshot", args, figures, results, path=args.json, kind="export")
     return 0
 
 

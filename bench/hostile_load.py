@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -126,6 +125,8 @@ def main() -> int:
     parser.add_argument("--origins", type=int, default=9, help="imports kept waiting on slow origins")
     parser.add_argument("--seconds", type=float, default=30.0, help="measuring window of each round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each side")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the result there (default: bench/results/hostile-load-<timestamp>.json)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="imagesvc-bench-hostile-"))
@@ -178,11 +179,16 @@ def main() -> int:
             ratio = "" if name == "n" else f"{loaded[what][name] / quiet[what][name]:.2f}"
             print(f"| {what} {name} | {quiet[what][name]} | {loaded[what][name]} | {ratio} |")
     print(f"\nhostile load (best round): {loaded['load']}")
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    out = results / f"hostile-load-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "rounds": rounds, "best": best}, indent=2))
-    log(f"written {out}")
+    from report import figure, write_json
+
+    # imagesvc: under the hostile load; baseline: the quiet rounds (no target: read the ratios).
+    figures = [figure(f"{what} {name.removesuffix('_ms')}, ms, hostile vs quiet", loaded[what][name],
+                      quiet[what][name], loaded[what][name] / quiet[what][name])
+               for what in ("show", "import") for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+    figures.append(figure("imports done in the round, hostile vs quiet", loaded["import"]["n"], quiet["import"]["n"],
+                          loaded["import"]["n"] / quiet["import"]["n"] if quiet["import"]["n"] else None))
+    write_json("hostile_load", args, figures, {"title": title, "rounds": rounds, "best": best}, path=args.json,
+               kind="hostile-load")
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.server
-import json
 import os
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ for entry in (str(ROOT), str(HERE)):
 
 import orjson  # noqa: E402
 
+from report import figure, write_json  # noqa: E402
 from tests.support.services import POSTGRES_ADMIN_URL, RABBITMQ_URL  # noqa: E402
 from tests.support.systems import start_distributed  # noqa: E402
 
@@ -208,18 +208,21 @@ def throughput_and_rss_rows(size: int, best_ours: float, best_base: float, peak:
 def print_table(rows: list[tuple], heading: str) -> None:
     print()
     print(f"{heading:42} | {'imagesvc':>9} | {'baseline':>9} | {'ratio':>5} | {'target':>7} | pass")
-    for figure, ours_v, base_v, r, target, ok in rows:
-        print(f"{figure:42} | {ours_v:9.1f} | {base_v:9.1f} | {r if r is None else round(r, 2)!s:>5} | {target:>7} | "
+    for name, ours_v, base_v, r, target, ok in rows:
+        print(f"{name:42} | {ours_v:9.1f} | {base_v:9.1f} | {r if r is None else round(r, 2)!s:>5} | {target:>7} | "
               f"{'PASS' if ok else 'FAIL'}")
 
 
-def write_results(results: dict[str, Any], kind: str) -> None:
-    """Keep the figures in ``bench/results/<kind>-<timestamp>.json`` (git-ignored)."""
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    target = out / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    target.write_text(json.dumps(results, indent=2))
-    print(f"figures written to {target.relative_to(ROOT)}")
+def round_figures(rounds: list[dict[str, Any]], ours: str, base: str, size: int) -> dict[str, Any]:
+    """The information row ``rounds 1 / 2 / ...`` of a file benchmark (MiB/s of each round)."""
+    return figure(f"  {'round 1' if len(rounds) == 1 else f'rounds 1-{len(rounds)}'}, MiB/s, info",
+                  " / ".join(f"{size / r[ours] / 2**20:.0f}" for r in rounds),
+                  " / ".join(f"{size / r[base] / 2**20:.0f}" for r in rounds))
+
+
+def rows_as_figures(rows: list[tuple]) -> list[dict[str, Any]]:
+    """The rows of ``throughput_and_rss_rows`` as ``figures``."""
+    return [figure(name, ours_v, base_v, r, target, ok) for name, ours_v, base_v, r, target, ok in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dir", default=None, help="work directory (default: a new one under the system temp dir)")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the result there (default: bench/results/import-<timestamp>.json)")
     args = parser.parse_args(argv)
     size = args.size_mib * 1024 * 1024
     workdir = Path(tempfile.mkdtemp(prefix="imagesvc-import-bench-", dir=args.dir))
@@ -270,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, "figure")
     print("(baseline of the RSS row: the importer's resident memory before any import)")
     results.update(best_baseline_s=best_base, best_imagesvc_s=best_ours, ratio=ratio, importer_peak_rss_mib=peak)
-    write_results(results, "import")
+    figures = rows_as_figures(rows)
+    figures.insert(1, round_figures(results["rounds"], "seconds", "baseline_s", size))
+    write_json("import_file", args, figures, results, path=args.json, kind="import")
     return 0
 
 

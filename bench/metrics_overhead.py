@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--no-scrape", action="store_true", help="no /metrics scrape while measuring")
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the result there (bench/all reads it)")
     args = parser.parse_args()
     origin = Origin()
     systems: dict[str, System] = {}
@@ -126,6 +127,15 @@ def main() -> int:
             print(f"{'':6}{'metrics on':>12}{'metrics off':>13}{'ratio':>8}")
             for label, with_metrics, without, ratio in rows:
                 print(f"{label:6}{with_metrics:>9.3f} ms{without:>10.3f} ms{ratio:>8.3f}")
+            if args.json:
+                from report import figure, write_json
+
+                # imagesvc: metrics on; baseline: the same server with metrics off (no target: read the ratio).
+                write_json("metrics_overhead", args,
+                           [figure(f"show {label}, ms, metrics on vs off", with_metrics, without, ratio)
+                            for label, with_metrics, without, ratio in rows],
+                           {"requests_per_mode": len(timings["on"]), "scrape": not args.no_scrape},
+                           path=args.json)
     finally:
         for system in systems.values():
             system.stop()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import re
 import shutil
@@ -820,7 +819,9 @@ def _git(*args: str) -> str:
 def machine_facts() -> dict[str, Any]:
     load = os.getloadavg()
     # Which code was measured: the commit, and the files changed since (outside bench/).
-    changed = [line[3:] for line in _git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
+    # (_git strips the output, so the first line may have lost its leading blank: the path is its last field.)
+    changed = [path for line in _git("status", "--porcelain").splitlines()
+               if not (path := line.split(maxsplit=1)[-1]).startswith("bench/")]
     return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "nproc": os.cpu_count(),
             "loadavg_before": [round(x, 2) for x in load], "python": sys.version.split()[0],
             "wrk": shutil.which("wrk"), "commit": _git("rev-parse", "--short", "HEAD") or "unknown",
@@ -837,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-admin-url", default=POSTGRES_ADMIN_URL)
     parser.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum",
                         help="queue type of the raw baseline (imagesvc's work queues are quorum queues)")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the result there (default: bench/results/pipeline-<timestamp>.json)")
     args = parser.parse_args(argv)
     args.duration = 5.0 if args.quick else 15.0
     args.rounds = 1 if args.quick else 3
@@ -916,11 +919,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows)
     print(f"\nwall time {results['wall_time_s']} s; load average now {[round(x, 2) for x in os.getloadavg()]}")
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-    out = out_dir / f"pipeline-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2, default=str))
-    print(f"figures written to {out.relative_to(ROOT)}")
+    from report import figure, write_json
+
+    figures = [figure(r["figure"], "-" if r["imagesvc"] is None else r["imagesvc"], r["baseline"], r["ratio"],
+                      None if r["target"] == "-" else r["target"], r["pass"]) for r in rows]
+    write_json("pipeline", args, figures, results, path=args.json, kind="pipeline")
     # Failed targets are findings, not a failed run: exit 1 only when a phase could not be measured.
     return 1 if results["errors"] else 0
 

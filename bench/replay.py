@@ -167,6 +167,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", default=None, help="write the result there (bench/all reads it)")
     args = parser.parse_args()
     configure_logging("bench", fmt="json", level="warning")
 
@@ -204,6 +205,23 @@ def main() -> int:
     print(f"10,000 events replay in {scaled:.1f} s (bound {BOUND_SECONDS:.0f} s): "
           f"{'met' if scaled <= BOUND_SECONDS else 'NOT met'}")
     print(f"rebuilt read model identical to the live projector's: {identical}")
+    if args.json:
+        from report import figure, write_json
+
+        figures = [
+            figure("replay time, s (best round; ratio: x the floor)", best, best_base, best / best_base,
+                   f"10,000 events <= {BOUND_SECONDS:.0f} s", scaled <= BOUND_SECONDS),
+            figure("10,000 events replay in, s", scaled, None, None, f"<= {BOUND_SECONDS:.0f} s",
+                   scaled <= BOUND_SECONDS),
+            figure("events per second (info)", events / best, events / best_base, best_base / best),
+            figure(f"  {'round 1' if len(imagesvc) == 1 else f'rounds 1-{len(imagesvc)}'}, s, info",
+                   " / ".join(f"{x:.2f}" for x in imagesvc), " / ".join(f"{x:.2f}" for x in baseline)),
+            figure("rebuilt read model equal to the live one", "yes" if identical else "no", None, None, "yes",
+                   identical),
+        ]
+        write_json("replay", args, figures, {"events": events, "images": IMAGES, "imagesvc_rounds_s": imagesvc,
+                                             "baseline_rounds_s": baseline, "identical": identical},
+                   path=args.json)
     return 0 if identical and scaled <= BOUND_SECONDS else 1
 
 

@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument("--logins", type=int, default=200, help="parallel login loops during login rounds")
     parser.add_argument("--seconds", type=float, default=15.0, help="measuring window of each round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each side")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the result there (default: bench/results/slow-clients-<timestamp>.json)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="imagesvc-bench-edge-"))
@@ -154,11 +156,13 @@ def main() -> int:
         print(f"| {name} | {quiet[name]} | {' | '.join(cells)} |")
     for side in sides:
         print(f"\n{side} (best round): {best[side]['load']}")
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    out = results / f"slow-clients-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "rounds": rounds, "best": best}, indent=2))
-    log(f"written {out}")
+    from report import figure, write_json
+
+    # imagesvc: the show under each load; baseline: the same show in the quiet rounds (no target).
+    figures = [figure(f"show {name.removesuffix('_ms')}, ms, {title} vs quiet", best[side][name], quiet[name],
+                      best[side][name] / quiet[name])
+               for side, (_, title) in sides.items() for name in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+    write_json("slow_clients", args, figures, {"rounds": rounds, "best": best}, path=args.json, kind="slow-clients")
     return 0
 
 

@@ -112,7 +112,7 @@ def delete_queues(broker_url: str, prefix: str, nodes: tuple[str, ...] = ()) -> 
                 channel.queue_delete(queue.name)
             except Exception:  # noqa: BLE001
                 channel = conn.channel()
-        for exchange in (topology.commands, topology.events, topology.dlx, topology.notifications):
+        for exchange in (topology.commands, topology.events, topology.dlx, topology.notifications, topology.inventory):
             try:
                 channel.exchange_delete(exchange.name)
             except Exception:  # noqa: BLE001
