@@ -44,7 +44,7 @@ from tests.support.systems import start_distributed  # noqa: E402
 
 BLOCK = 64 * 1024 * 1024
 RSS_TARGET_MIB = 100
-THROUGHPUT_TARGET = 0.80
+THROUGHPUT_TARGET = 0.95  # issue 15 (issue 4 asked 0.80)
 
 
 def log(message: str) -> None:

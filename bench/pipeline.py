@@ -752,7 +752,7 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     if put and raw and "throughput" in raw:
         ratio = put["per_s"] / raw["throughput"]["per_s"]
         row(f"PUT throughput, 32 clients (/s, best of {rounds} alternating rounds) vs raw pipeline", put["per_s"],
-            raw["throughput"]["per_s"], ratio, ">= 0.40", ratio >= 0.40)
+            raw["throughput"]["per_s"], ratio, ">= 0.50", ratio >= 0.50)
         for number, (put_round, raw_round) in enumerate(zip(results["put_rounds"], results["raw_rounds"]), 1):
             row(f"  round {number}, info", put_round["per_s"], raw_round["per_s"],
                 put_round["per_s"] / raw_round["per_s"], "-", None)
@@ -760,7 +760,7 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
             put["p50_ms"] / raw["throughput"]["p50_ms"], "-", None)
     elif put or raw:
         row("PUT throughput, 32 clients (/s) vs raw pipeline", put and put["per_s"],
-            raw and raw.get("throughput", {}).get("per_s"), None, ">= 0.40", False)
+            raw and raw.get("throughput", {}).get("per_s"), None, ">= 0.50", False)
     if put:
         # Errors and read-your-writes count over every round, not only the best one.
         every = results.get("put_rounds", [put])
@@ -775,12 +775,12 @@ def build_table(results: dict[str, Any]) -> list[dict[str, Any]]:
         single = raw["round_trip"]
         ratio = light["p50_ms"] / single["p50_ms"]
         row("PUT p50 at 20/s open loop (ms) vs raw single p50", light["p50_ms"], single["p50_ms"], ratio,
-            "<= 5.0", ratio <= 5.0 and light["errors"] == 0)
+            "<= 3.0", ratio <= 3.0 and light["errors"] == 0)
         row("PUT p95 at 20/s open loop (ms) vs raw single p95, info", light["p95_ms"], single["p95_ms"],
             light["p95_ms"] / single["p95_ms"], "-", None)
     elif light or raw:
         row("PUT p50 at 20/s open loop (ms) vs raw single p50", light and light["p50_ms"],
-            raw and raw.get("round_trip", {}).get("p50_ms"), None, "<= 5.0", False)
+            raw and raw.get("round_trip", {}).get("p50_ms"), None, "<= 3.0", False)
     lst = results.get("list")
     if lst:
         ratio = lst["imagesvc_median_ms"] / lst["baseline_median_ms"]
