@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, and_, bindparam, case, or_, select, update
 
 from imagesvc.shared.db.dialect import insert_ignore, prepared
-from imagesvc.shared.db.engine import relax_durability
 from imagesvc.shared.db.models import TaskOwner, utcnow
 from imagesvc.shared.logging import get_logger
 
@@ -106,16 +105,7 @@ def claim(conn: Connection, *, task_id: str, message_id: str, actor: str | None,
           seconds: float) -> Claimed:
     """Claim the handling of ``message_id``'s task for the delivery ``token`` for ``seconds``
     (one statement; a second one only when the claim is refused). Raises TaskTaken when the task
-    id belongs to another message. Concurrent claims of one task: exactly one wins.
-
-    The claim's transaction commits without waiting for the WAL flush (a flush took 0.3 ms on
-    the development machine's quiet disk and 4 ms while other work wrote to it: one of a
-    command's three durable commits). It is visible to every other
-    delivery at once, which is all the race needs; and it is durable whenever something depends
-    on it: the WAL is flushed in order, so the handler's own final commit flushes the claim too.
-    A database crash before that loses the claim together with everything of the run it
-    guarded, and the redelivered command claims afresh: as if it had never run."""
-    relax_durability(conn)
+    id belongs to another message. Concurrent claims of one task: exactly one wins."""
     now = utcnow()
     row = conn.execute(prepared(conn, _owners, "claim", _claiming), {
         "task_id": task_id, "message_id": message_id, "actor": actor, "command": command, "bound_at": now,
@@ -137,9 +127,7 @@ def _check_owner(conn: Connection, task_id: str, message_id: str):
 
 def release(conn: Connection, task_id: str, token: str) -> None:
     """Give up the claim ``token`` holds (a no-op if it holds none), so that the next delivery of
-    the command may handle it at once. (Like a claim, need not wait for the flush: losing the
-    release in a database crash only means waiting out the claim's expiry.)"""
-    relax_durability(conn)
+    the command may handle it at once."""
     conn.execute(_RELEASE, {"t": task_id, "token": token})
 
 
@@ -151,7 +139,6 @@ def release_all(conn: Connection) -> int:
 
 
 def renew(conn: Connection, tokens: list[str], seconds: float) -> None:
-    relax_durability(conn)  # a renewal lost in a database crash: the claim expires sooner, no more
     conn.execute(update(_owners).where(_owners.c.claim.in_(tokens))
                  .values(claim_expires_at=utcnow() + timedelta(seconds=seconds)))
 
