@@ -22,7 +22,6 @@ the deadline passes, which makes a read blocked in another thread return at once
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import ipaddress
 import socket
 import ssl
@@ -33,7 +32,6 @@ from typing import Callable, Iterable, Sequence
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
-from httpcore._sync.http11 import HTTP11Connection
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _EXTRA_DENIED = [ipaddress.ip_network(n) for n in (
@@ -50,24 +48,38 @@ _resolvers_lock = threading.Lock()
 
 
 #: How much one socket read of a body asks for. httpcore reads 64 KiB at a time, and each read
-#: goes through h11's parser in Python: a 1 GiB download cost 3.2-4.1 s of CPU that way against
-#: 0.8 s with 1 MiB reads (the size of ``download``'s chunks; 256 KiB gave 2.8 s, 4 MiB 1.1-1.3 s).
-#: httpcore takes the size from a class attribute, so it is raised for the whole process: reads
-#: only ever return what has arrived, so a small answer costs the same as before.
+#: goes through h11's parser in Python: a 1 GiB download over plain HTTP cost 3.2-4.1 s of CPU
+#: that way against 0.8 s with 1 MiB reads (the size of ``download``'s chunks; 256 KiB gave
+#: 2.8 s, 4 MiB 1.1-1.3 s). A small answer costs ~0.2 ms more (the larger buffer). Over TLS a
+#: read returns at most one TLS record (16 KiB) whatever it asks for, so there it changes little.
+#: httpcore takes the size from a class attribute of a private module, so it is raised for the
+#: whole process, and only if that attribute is still there (tests/unit/test_fetch_bodies.py
+#: notices when it is not).
 BODY_READ_BYTES = 1 << 20
-if getattr(HTTP11Connection, "READ_NUM_BYTES", BODY_READ_BYTES) < BODY_READ_BYTES:
+try:
+    from httpcore._sync.http11 import HTTP11Connection
+except ImportError:  # another httpcore layout: its own read size then
+    HTTP11Connection = None
+if HTTP11Connection is not None and getattr(HTTP11Connection, "READ_NUM_BYTES", BODY_READ_BYTES) < BODY_READ_BYTES:
     HTTP11Connection.READ_NUM_BYTES = BODY_READ_BYTES
 
 
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The one verifying TLS context of this process, built on first use.
+_per_thread = threading.local()
 
-    Loading the CA bundle costs about 20 ms of CPU; building it per fetch made it a third of an
-    import's CPU. An ``SSLContext`` is safe to share between threads; each connection still
-    verifies the certificate against its own host name (the SNI name ``_send`` gives it).
+
+def tls_context() -> ssl.SSLContext:
+    """The calling thread's verifying TLS context, built on its first fetch.
+
+    Loading the CA bundle costs about 20 ms of CPU; building a context per fetch made it a third
+    of an import's CPU. One per thread rather than one per process: httpcore sets the context's
+    ALPN protocols on every TLS connection it makes (a write to the context), and an OpenSSL
+    context must not change while another thread creates a connection from it. Each connection
+    still verifies the certificate against its own host name (the SNI name ``_send`` gives it).
     """
-    return httpx.create_ssl_context(verify=True, trust_env=False)
+    context = getattr(_per_thread, "tls", None)
+    if context is None:
+        context = _per_thread.tls = httpx.create_ssl_context(verify=True, trust_env=False)
+    return context
 
 
 def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:

@@ -1,8 +1,10 @@
-"""TLS in the fetcher: one verifying context per process, still verifying every connection.
+"""TLS in the fetcher: one verifying context per thread, still verifying every connection.
 
-The context is built once (loading the CA bundle costs milliseconds of CPU per fetch otherwise);
-sharing it must not weaken verification: an origin whose certificate no trusted CA signed is
-refused on every fetch, the first and the later ones alike.
+The context is built once per thread (loading the CA bundle costs milliseconds of CPU per fetch
+otherwise; per thread because httpcore writes to the context on every connection); sharing it
+must not weaken verification: an origin whose certificate no trusted CA signed is refused on
+every fetch, and a trusted certificate is accepted only for the names it was issued for, on the
+address the policy checked.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ class SelfSignedOrigin:
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1"],
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:origin.test"],
             check=True, capture_output=True,
         )
+        self.cert = cert
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.load_cert_chain(cert, key)
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -72,27 +75,56 @@ def origin(tmp_path):
     server.close()
 
 
-def test_fetches_share_one_context_and_each_still_refuses_an_untrusted_certificate(origin, monkeypatch):
+def _fetch_in_a_thread(fetch_once, times: int) -> list:
+    """Run ``fetch_once`` ``times`` on a new thread; returns what each raised (None: nothing)."""
+    outcomes: list = []
+
+    def run() -> None:
+        for _ in range(times):
+            try:
+                fetch_once()
+                outcomes.append(None)
+            except FetchError as exc:
+                outcomes.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    return outcomes
+
+
+def test_a_thread_builds_one_context_and_every_fetch_still_refuses_an_untrusted_certificate(origin, monkeypatch):
     built = []
     real = httpx.create_ssl_context
 
     def counting(*args, **kwargs):
-        built.append(kwargs)
-        return real(*args, **kwargs)
+        context = real(*args, **kwargs)
+        built.append(context)
+        return context
 
     monkeypatch.setattr(httpx, "create_ssl_context", counting)
-    fetch.tls_context.cache_clear()
-    try:
-        fetcher = Fetcher(UrlPolicy([f"127.0.0.1:{origin.port}"]))
-        url = f"https://127.0.0.1:{origin.port}/manifest"
-        for _ in range(3):
-            with pytest.raises(FetchError) as caught:
-                fetcher.get(url, max_bytes=1024, timeout=5)
-            assert caught.value.code == "connection_error"
-            assert "certificate" in str(caught.value).lower()
-    finally:
-        fetch.tls_context.cache_clear()
-    assert origin.handshakes == 3
-    assert len(built) == 1
-    assert fetch.tls_context() is fetch.tls_context()
-    assert fetch.tls_context().verify_mode == ssl.CERT_REQUIRED and fetch.tls_context().check_hostname
+    fetcher = Fetcher(UrlPolicy([f"127.0.0.1:{origin.port}"]))
+    url = f"https://127.0.0.1:{origin.port}/manifest"
+    first = _fetch_in_a_thread(lambda: fetcher.get(url, max_bytes=1024, timeout=5), 3)
+    assert len(built) == 1  # three fetches, one context
+    second = _fetch_in_a_thread(lambda: fetcher.get(url, max_bytes=1024, timeout=5), 1)
+    assert len(built) == 2 and built[0] is not built[1]  # another thread, its own
+    for failure in first + second:
+        assert isinstance(failure, FetchError) and failure.code == "connection_error"
+        assert "certificate" in str(failure).lower()
+    assert origin.handshakes == 4
+    assert all(context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname for context in built)
+
+
+def test_a_trusted_certificate_is_accepted_for_its_own_names_only(origin, monkeypatch):
+    trusting = ssl.create_default_context(cafile=str(origin.cert))  # as if a CA had signed it
+    monkeypatch.setattr(fetch, "tls_context", lambda: trusting)
+
+    def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # both names lead to the origin
+
+    fetcher = Fetcher(UrlPolicy([f"origin.test:{origin.port}", f"other.test:{origin.port}"], resolver=resolver))
+    assert fetcher.get(f"https://origin.test:{origin.port}/m", max_bytes=1024, timeout=5) == b"ok"
+    with pytest.raises(FetchError) as caught:
+        fetcher.get(f"https://other.test:{origin.port}/m", max_bytes=1024, timeout=5)
+    assert caught.value.code == "connection_error" and "certificate" in str(caught.value).lower()
