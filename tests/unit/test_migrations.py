@@ -3,11 +3,14 @@ tests/integration), and seed the default datacenter."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from alembic import command
 from sqlalchemy import create_engine, inspect, select, text
 
 from imagesvc.shared.db import events
-from imagesvc.shared.db.migrate import alembic_config, upgrade
+from imagesvc.shared.db.migrate import alembic_config, head_revision, upgrade
 from imagesvc.shared.db.models import Datacenter
 
 
@@ -75,3 +78,14 @@ def test_0002_moves_the_inbox_and_stream_heads_into_the_event_store_and_back(tmp
     engine.dispose()
     assert heads == {"image:u-1": 3, "image:gone": 2}
     assert [tuple(r) for r in inbox] == [("updater", "cmd-1")]
+
+
+def test_the_head_revision_is_alembics_and_is_found_without_loading_alembic():
+    from alembic.script import ScriptDirectory
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    # A worker asks for it to report readiness; Alembic (with Mako) would cost it ~8 MiB.
+    probe = "import sys; from imagesvc.shared.db.migrate import head_revision; head_revision(); " \
+            "print(sorted(m for m in ('alembic', 'mako') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
