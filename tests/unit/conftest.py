@@ -26,10 +26,16 @@ def sqlite_template(tmp_path_factory):
 
 
 @pytest.fixture
-def engine(sqlite_template, tmp_path):
+def migrated_url(sqlite_template, tmp_path) -> str:
+    """The URL of a fresh copy of the migrated template (what ``imagesvc db upgrade`` makes)."""
     path = tmp_path / f"{uuid.uuid4().hex}.db"
     shutil.copy(sqlite_template, path)
-    db = make_engine(f"sqlite:///{path}", pool_size=4)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def engine(migrated_url):
+    db = make_engine(migrated_url, pool_size=4)
     yield db
     db.dispose()
 

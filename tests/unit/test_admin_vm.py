@@ -24,10 +24,8 @@ def logging_to_the_real_stderr():
 
 
 @pytest.fixture
-def database(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'vms.db'}")
-    assert main(["db", "upgrade"]) == 0
-    capsys.readouterr()
+def database(migrated_url, monkeypatch):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", migrated_url)
 
 
 def lines(capsys) -> list[dict]:

@@ -215,10 +215,8 @@ def test_admin_node_set_stores_an_unknown_status_with_a_note(tmp_path, monkeypat
     ["remove", ""],
     ["remove", "h" * 256],
 ])
-def test_admin_node_refuses_what_could_never_be_stored_with_status_2(tmp_path, monkeypatch, capsys, arguments):
-    monkeypatch.setenv("IMAGESVC_DATABASE_URL", f"sqlite:///{tmp_path / 'nodes.db'}")
-    assert main(["db", "upgrade"]) == 0
-    capsys.readouterr()
+def test_admin_node_refuses_what_could_never_be_stored_with_status_2(migrated_url, monkeypatch, capsys, arguments):
+    monkeypatch.setenv("IMAGESVC_DATABASE_URL", migrated_url)
     assert main(["admin", "node", *arguments]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("imagesvc: ") and "\n" not in error
