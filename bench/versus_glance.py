@@ -62,7 +62,7 @@ for entry in (str(ROOT), str(HERE)):
 import httpx  # noqa: E402
 
 from report import figure, write_json  # noqa: E402
-from pipeline import CpuMeter, cpu_per_op, format_cpu, infra_groups, log, machine_facts, print_table  # noqa: E402
+from pipeline import CpuMeter, _describe, cpu_per_op, format_cpu, infra_groups, log, machine_facts, print_table  # noqa: E402
 from raw_pipeline import percentile  # noqa: E402
 from tests.support.origin import Origin  # noqa: E402
 from tests.support.services import POSTGRES_ADMIN_URL, RABBITMQ_URL  # noqa: E402
@@ -173,10 +173,6 @@ def stop_system(system: System) -> None:
 
 
 # --- one operation, one phase ----------------------------------------------------------------------
-
-
-def _describe(response: httpx.Response) -> str:
-    return f"HTTP {response.status_code}: {response.text[:200]}"
 
 
 def _expect(response: httpx.Response, status: int, what: str) -> httpx.Response:
