@@ -40,7 +40,7 @@ from imagesvc.shared.db import events as store
 from imagesvc.shared.db import task_owners
 from imagesvc.shared.db.task_owners import Claim, TaskTaken
 from imagesvc.shared.db.catalogue import SqlCatalogue
-from imagesvc.shared.db.engine import read_transaction, write_transaction
+from imagesvc.shared.db.engine import read_transaction, single_statement, write_transaction
 from imagesvc.shared.errors import CommandFailed, OutOfOrder, PoisonMessage, Refused, Superseded
 from imagesvc.shared.logging import get_logger
 from imagesvc.shared.user_slots import UserAtCap, UserSlots
@@ -268,14 +268,13 @@ class CommandConsumer:
                 return self._taken(taken)
             metrics.command_outcome(envelope.type, failure.http_code)
             return Disposition.ack("actor not trusted")
-        if self._check_first:
-            with read_transaction(self._engine) as conn:
-                handled = store.was_handled(conn, envelope.id)
-            if handled:
-                return self._duplicate(envelope)
+        if self._check_first and self._handled(envelope):
+            return self._duplicate(envelope)
         token = contracts.new_message_id()
         try:
-            with write_transaction(self._engine) as conn:
+            # One statement on its own (autocommit on PostgreSQL: one round trip, still durable):
+            # the claim must be committed, visible to other deliveries, before the handler runs.
+            with single_statement(self._engine, write=True) as conn:
                 claimed = task_owners.claim(conn, task_id=envelope.correlation_id, message_id=envelope.id,
                                             actor=envelope.actor.user if envelope.actor else None,
                                             command=envelope.type, token=token, seconds=self._claims.seconds)
@@ -344,7 +343,7 @@ class CommandConsumer:
         return Disposition.defer("another delivery of this command is handling it", delay)
 
     def _handled(self, envelope: Envelope) -> bool:
-        with read_transaction(self._engine) as conn:
+        with single_statement(self._engine) as conn:
             return store.was_handled(conn, envelope.id)
 
     def _release(self, envelope: Envelope, token: str) -> None:
@@ -368,9 +367,7 @@ class CommandConsumer:
         """The message's task already has its outcome: from this very message (a duplicate: ack,
         republishing what is pending), or from another message reusing its task id (dead-letter:
         a task ends once, and this command can be given no outcome of its own)."""
-        with read_transaction(self._engine) as conn:
-            handled = store.was_handled(conn, envelope.id)
-        if handled:
+        if self._handled(envelope):
             return self._duplicate(envelope)
         log.error("command.task_id_taken", task_id=envelope.correlation_id)
         return Disposition.dead_letter(f"task {envelope.correlation_id} already ended (its id was reused)")
@@ -383,7 +380,7 @@ class CommandConsumer:
         return Disposition.dead_letter(f"task id {taken.task_id} belongs to another command")
 
     def _duplicate(self, envelope: Envelope) -> Disposition:
-        with read_transaction(self._engine) as conn:
+        with single_statement(self._engine) as conn:
             pending = store.unpublished_for_message(conn, envelope.id)
         self._relay.publish(pending)
         return Disposition.ack("duplicate")

@@ -105,7 +105,9 @@ def claim(conn: Connection, *, task_id: str, message_id: str, actor: str | None,
           seconds: float) -> Claimed:
     """Claim the handling of ``message_id``'s task for the delivery ``token`` for ``seconds``
     (one statement; a second one only when the claim is refused). Raises TaskTaken when the task
-    id belongs to another message. Concurrent claims of one task: exactly one wins."""
+    id belongs to another message. Concurrent claims of one task: exactly one wins. Each statement
+    is atomic on its own, so ``conn`` may be in autocommit (``single_statement``): the claim is
+    then committed, and visible to other deliveries, in one round trip."""
     now = utcnow()
     row = conn.execute(prepared(conn, _owners, "claim", _claiming), {
         "task_id": task_id, "message_id": message_id, "actor": actor, "command": command, "bound_at": now,
