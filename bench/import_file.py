@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         log("starting the distributed system with an image store")
         (workdir / "system").mkdir()
         system = start_distributed(workdir / "system", broker_url=RABBITMQ_URL, postgres_admin_url=POSTGRES_ADMIN_URL,
-                                   gateways=1, extra_env={"IMAGESVC_IMAGE_STORE": str(store)})
+                                   gateways=1, extra_env={"IMAGESVC_IMAGE_STORE": str(store)}, contract_tap=False)
         idle_rss = rss_mib(system.processes["importer"].pid)
         results["importer_idle_rss_mib"] = idle_rss
         file_url = origin.base + "/images/x/file"

@@ -884,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"imagesvc: starting the distributed system (2 gateways, importer, updater, deleter, projector) "
                 f"in {workdir}")
             system = start_distributed(workdir, broker_url=args.broker_url, postgres_admin_url=args.postgres_admin_url,
-                                       gateways=2)
+                                       gateways=2, contract_tap=False)
             cleanup.callback(system.stop)
             origin = Origin()
             cleanup.callback(origin.close)

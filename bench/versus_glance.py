@@ -360,7 +360,8 @@ def imagesvc_round(args: argparse.Namespace, number: int) -> dict[str, Any]:
         started = time.monotonic()
         system = start_distributed(workdir, broker_url=args.broker_url, postgres_admin_url=args.postgres_admin_url,
                                    gateways=1, extra_env={"IMAGESVC_IMAGE_STORE": "none",
-                                                          "IMAGESVC_FETCH_ALLOW": "127.0.0.1"})
+                                                          "IMAGESVC_FETCH_ALLOW": "127.0.0.1"},
+                                   contract_tap=False)
         cleanup.callback(stop_system, system)
         result["startup_s"] = round(time.monotonic() - started, 2)
         log(f"imagesvc round {number}: up in {result['startup_s']:.1f} s (database "

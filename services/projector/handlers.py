@@ -174,7 +174,7 @@ def _catch_up(conn: Connection, stream_id: str, position: int, up_to: int) -> in
         try:
             missing = contracts.parse(contracts.decode(body))
         except PoisonMessage as unreadable:
-            # A stored version this projector cannot read (a newer producer's schema or type):
+            # A stored event this projector cannot read (a newer producer's new message type):
             # the stream parks before it, never skipping it, until an upgraded projector can.
             log.error("projector.stream_parked", stream=stream_id, after=caught_up, reason=unreadable.reason)
             raise OutOfOrder(f"{stream_id} parked after v{caught_up}: {unreadable.reason}") from None

@@ -13,7 +13,8 @@ gateway sets it); the events a command causes carry it on, so the projector can 
 listener when the read model has caught up.
 
 ``decode`` accepts exactly this shape and raises ``PoisonMessage`` (with whatever ids it could
-read) for anything else, so a bad delivery can still be answered with a terminal event.
+read) for anything else, so a bad delivery can still be answered with a terminal event. Unknown
+fields are ignored, and so is a ``schema_version`` higher than ours (``readable_version``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ import orjson
 
 from imagesvc.shared.errors import PoisonMessage
 
-#: The envelope/payload version this code writes and reads.
+#: The envelope/payload version this code writes.
 SCHEMA_VERSION = 1
 #: Longest ``reply_to`` accepted (an AMQP routing key is at most 255 bytes).
 REPLY_TO_MAX = 200
-#: Versions this code can still read.
-READABLE_SCHEMA_VERSIONS = frozenset({1})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,8 +107,8 @@ def decode(body: bytes | str, *, max_bytes: int | None = None) -> Envelope:
             raise PoisonMessage(f"envelope field {key!r} must be a non-empty string of at most {limit} characters",
                                 **ids)
     version = data.get("schema_version")
-    if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
-        raise PoisonMessage(f"unsupported schema_version {version!r}", **ids)
+    if not readable_version(version):
+        raise PoisonMessage(f"unsupported schema_version {version!r} (an integer of at least 1 is required)", **ids)
     payload = data.get("payload")
     if not isinstance(payload, dict):
         raise PoisonMessage("envelope field 'payload' must be an object", **ids)
@@ -136,6 +135,15 @@ def decode(body: bytes | str, *, max_bytes: int | None = None) -> Envelope:
         reply_to=reply_to,
         payload=payload,
     )
+
+
+def readable_version(version: object) -> bool:
+    """Whether a reader built for ``SCHEMA_VERSION`` reads a message of ``version``: any integer
+    from 1 up. A higher version than ours differs only by additions (new optional fields), which
+    ``Message.from_payload`` ignores; anything incompatible is a new message type, never a new
+    version of an old one ("Changing the contract" in docs/messages.md). So a reader never refuses
+    a newer writer, and readers need not be upgraded before writers."""
+    return isinstance(version, int) and not isinstance(version, bool) and version >= 1
 
 
 def _decode_actor(raw: object, ids: dict) -> Actor | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from tests.support.contract_tap import unbound
 from tests.support.faultproxy import FaultProxy
 from tests.support.ledger import assert_clean, read_ledger
 from tests.support.polling import eventually
@@ -425,7 +426,8 @@ def test_r7_unroutable_command(system, origin, broker):
     with Connection(broker.url, connect_timeout=5) as conn:
         conn.channel().queue_unbind(queue=queue, exchange=exchange, routing_key="image.import")
     try:
-        answers = [post_import(system, origin) for _ in range(5)]
+        with unbound(system.contract_tap, exchange, "image.import"):  # the tap's queue would route it too
+            answers = [post_import(system, origin) for _ in range(5)]
     finally:
         with Connection(broker.url, connect_timeout=5) as conn:
             conn.channel().queue_bind(queue=queue, exchange=exchange, routing_key="image.import")

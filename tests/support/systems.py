@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.contract_tap import ContractTap
 from tests.support.polling import eventually
 from tests.support.services import create_database, delete_queues, drop_database, free_port
 
@@ -50,6 +51,8 @@ class System:
     broker_url: str | None = None
     prefix: str = ""
     _cleanup: list = field(default_factory=list)
+    #: Checks what the system's service users publish against the message contract (distributed only).
+    contract_tap: ContractTap | None = None
 
     @property
     def url(self) -> str:
@@ -128,8 +131,12 @@ class System:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
-        for cleanup in self._cleanup:
-            cleanup()
+        try:
+            if self.contract_tap is not None:
+                self.contract_tap.check()  # raises AssertionError naming each message that broke the contract
+        finally:
+            for cleanup in self._cleanup:
+                cleanup()
 
 
 def _wait_http(probe_url: str, process: subprocess.Popen, log) -> None:
@@ -200,9 +207,12 @@ def start_gateway(workdir: Path, *, workers: int, extra_env: dict[str, str] | No
 
 
 def start_distributed(workdir: Path, *, broker_url: str, postgres_admin_url: str, gateways: int = 2,
-                      extra_env: dict[str, str] | None = None, prefix: str | None = None) -> System:
+                      extra_env: dict[str, str] | None = None, prefix: str | None = None,
+                      contract_tap: bool = True) -> System:
     """``prefix``: the topology prefix (default: a random one, so that systems can share a vhost;
-    "" on a virtual host of the test's own, as in production)."""
+    "" on a virtual host of the test's own, as in production). ``contract_tap``: check what the
+    system publishes against the message contract when it stops (benchmarks turn it off: it
+    would read and validate every message of the load)."""
     prefix = f"t{uuid.uuid4().hex[:8]}." if prefix is None else prefix
     database_url = create_database(postgres_admin_url)
     env = _base_env({
@@ -225,6 +235,8 @@ def start_distributed(workdir: Path, *, broker_url: str, postgres_admin_url: str
             system.start_gateway(index)
         for service in CONSUMERS:
             system.start_worker(service)
+        if contract_tap:
+            system.contract_tap = ContractTap.for_system(broker_url, prefix, env)
     except BaseException:
         system.stop()
         raise

@@ -207,6 +207,18 @@ def test_decode_accepts_str_bodies():
     assert contracts.decode(orjson.dumps(wire()).decode()).id == "msg-1"
 
 
+@pytest.mark.parametrize("version", [1, 2, 99])
+def test_a_newer_schema_version_is_read_and_its_added_fields_are_ignored(version):
+    """Versioning rule: a reader built for version 1 reads version N+1, which only adds optional
+    fields (docs/messages.md, "Changing the contract")."""
+    body = orjson.dumps({**wire(schema_version=version, type="image.update",
+                                payload={"name": "centos-7", "desc": "d", "added_in_v2": {"x": 1}}),
+                         "added_to_the_envelope": True})
+    envelope = contracts.decode(body)
+    assert envelope.schema_version == version
+    assert contracts.parse(envelope) == UpdateImage(name="centos-7", desc="d")
+
+
 @pytest.mark.parametrize("body", [b"", b"not json", b"{", b"\xff\xfe"])
 def test_decode_refuses_non_json(body):
     error = poison(body)
@@ -244,10 +256,12 @@ def test_decode_refuses_missing_or_bad_ids_and_keeps_the_readable_ones(changes, 
 @pytest.mark.parametrize(
     "changes",
     [
-        {"schema_version": 99},
         {"schema_version": 0},
+        {"schema_version": -1},
+        {"schema_version": 1.5},
         {"schema_version": "1"},
         {"schema_version": True},
+        {"schema_version": None},
         {"schema_version": ...},
         {"payload": []},
         {"payload": "x"},

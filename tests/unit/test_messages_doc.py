@@ -1,5 +1,6 @@
 """docs/messages.md is the message catalogue: each registered type has a section with a JSON
-example, and each example is a valid envelope of its type for the production codec."""
+example, and each example is a valid envelope of its type for the production codec and for the
+JSON Schema generated from its payload class."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def test_every_example_decodes_as_its_type():
         assert message.TYPE == message_type
         # Nothing in the example is lost on the way through the codec.
         assert orjson.loads(contracts.encode(envelope))["payload"] == orjson.loads(body)["payload"]
+
+
+def test_every_example_is_valid_for_its_generated_json_schema():
+    from jsonschema import Draft202012Validator
+
+    from imagesvc.shared.contracts.schema import envelope_schema
+
+    for message_type, body in examples().items():
+        validator = Draft202012Validator(envelope_schema(contracts.MESSAGE_TYPES[message_type]))
+        errors = [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+                  for error in validator.iter_errors(orjson.loads(body))]
+        assert not errors, f"the example of {message_type} does not match its schema: {errors}"
 
 
 def test_documented_queues_match_the_topology():
