@@ -15,7 +15,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagesvc.domain.repositories import local_repository
+from imagesvc.services.gateway import asyncapi
 from imagesvc.services.gateway import openapi
+from imagesvc.services.gateway.docs_page import OPEN_PATHS as DOCS_PATHS, DocsPage
 from imagesvc.services.gateway.auth import Authenticator
 from imagesvc.services.gateway.blocking import BoundedPool, in_thread
 from imagesvc.services.gateway.dispatch import Dispatcher, TaskWaiter
@@ -67,7 +69,8 @@ def _routes(path: str, endpoint, methods: list[str]) -> list[Route]:
 
 
 #: The paths anybody may call (their other methods are refused without asking who calls).
-_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json", "/healthz", "/readyz", "/metrics")
+_OPEN_PATHS = ("/api/accounts/login", "/api/openapi.json", "/api/asyncapi.json", "/healthz", "/readyz", "/metrics")
+_OPEN_PATHS += DOCS_PATHS  # the interactive API docs (/api/docs/) and their assets
 
 
 def _http_errors(auth: Authenticator):
@@ -135,6 +138,9 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
     async def openapi_document(request: Request) -> Response:
         return json_response(request, openapi.document())
 
+    async def asyncapi_document(request: Request) -> Response:
+        return json_response(request, asyncapi.document())
+
     checks = {"database": health.database_check(engine, head_revision()),
               "broker": health.broker_check(connect, settings.publish_timeout)}
     if store is not None:
@@ -189,8 +195,10 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
         *_routes("/api/accounts/login", account_routes.login, ["POST"]),
         *_routes("/api/accounts/logout", account_routes.logout, ["GET"]),
         Route("/api/openapi.json", openapi_document, methods=["GET"]),
+        Route("/api/asyncapi.json", asyncapi_document, methods=["GET"]),
         Route("/healthz", alive, methods=["GET"]),
         Route("/readyz", ready, methods=["GET"]),
+        *DocsPage().routes(),
     ]
     if settings.metrics == "on":
         routes.append(Route("/metrics", metrics_text, methods=["GET"]))

@@ -1,7 +1,13 @@
-"""The gateway's OpenAPI 3.1 description, served at ``GET /api/openapi.json``.
+"""The gateway's OpenAPI 3.1 description, served at ``GET /api/openapi.json`` and rendered by the
+interactive docs at ``/api/docs/`` (``docs_page.py``).
 
 Written by hand next to the routes (the framework cannot infer the original API's envelopes and
-status codes); ``tests/unit/test_openapi.py`` checks that it names every route the app serves.
+status codes). ``_document`` says what each handler answers; ``document`` then adds what the
+layers around the handlers answer, the same for every operation they apply to (the edge's and the
+middleware's refusals, authentication, throttling, reading the body, ``Idempotency-Key``).
+``tests/unit/test_openapi.py`` checks that it names every route the app serves with the answers
+each can give, and that it is a valid OpenAPI 3.1 document. The image server describes itself
+(``services/image_server/openapi.py``).
 """
 
 from __future__ import annotations
@@ -23,11 +29,28 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _detail(description: str) -> dict[str, Any]:
-    return _json(_ref("Detail"), description)
+def _detail(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer = _json(_ref("Detail"), description)
+    return {**answer, "headers": headers} if headers else answer
 
 
+_RETRY_AFTER = {"description": "Seconds to wait before trying again", "required": True,
+                "schema": {"type": "integer", "minimum": 1}}
+_CONNECTION_CLOSE = {"description": "The server closes the connection after this answer", "required": True,
+                     "schema": {"type": "string", "const": "close"}}
 _AUTH_FAILED = _detail("Forbidden: missing or invalid credentials, or no permission")
+#: Answered before any handler runs, to any operation (imagesvc/edge.py, the gateway middleware).
+_EDGE_AND_MIDDLEWARE = {
+    "408": _detail("Request headers or body not received in time (IMAGESVC_HEADER_TIMEOUT, IMAGESVC_BODY_TIMEOUT)",
+                   {"Connection": _CONNECTION_CLOSE}),
+    "431": _detail("Request headers are larger than IMAGESVC_MAX_HEADER_BYTES", {"Connection": _CONNECTION_CLOSE}),
+    "503": _detail("Service temporarily unavailable, try again later: the database or the broker is unreachable, "
+                   "the broker did not confirm a command (nothing was done), or the server has too many "
+                   "connections", {"Retry-After": _RETRY_AFTER}),
+}
+_UNAVAILABLE = _EDGE_AND_MIDDLEWARE["503"]
+#: Where credentials are needed (auth.py; throttle.py: IMAGESVC_THROTTLE, off by default).
+_THROTTLED = _detail("Request was throttled (IMAGESVC_THROTTLE)", {"Retry-After": _RETRY_AFTER})
 #: Text fields take a number as its text, as the original's (Django REST framework's CharField).
 _USERNAME = {"type": ["string", "number"]}
 
@@ -61,21 +84,30 @@ _BAD_REQUEST = _json({"anyOf": [_ref("TaskEnvelope"), _ref("Detail")]},
                      "FAILURE: validation errors by field (task envelope), or a body that is not a JSON object "
                      "(detail)")
 _BAD_FLAG = _json(_ref("TaskEnvelope"), "FAILURE: a flag that is not a boolean")
-_BODY_REFUSED = {"413": _detail("Request body too large"), "415": _detail("Unsupported media type")}
+_BODY_REFUSED = {"413": _detail("Request body is larger than IMAGESVC_MAX_BODY_BYTES"),
+                 "415": _detail("Unsupported media type: a body that is not application/json (or +json)")}
 _IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
              "description": 'Optional: the ETag of GET /api/image/{name}/ ("v<version>") or *. The change is '
                             "made only if the image still has that version, else 412 Precondition failed "
                             "(an addition to the original API)."}
+_TASK_ID_HEADER = {"description": "The task's id", "schema": {"type": "string"}}
 _TASK_ANSWERS = {
-    "200": _json(_ref("TaskEnvelope"), "SUCCESS: the consumer finished within the answer window"),
-    "201": _json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/"),
+    "200": {**_json(_ref("TaskEnvelope"), "SUCCESS: the consumer finished within the answer window"),
+            "headers": {"es_task_id": _TASK_ID_HEADER}},
+    "201": {**_json(_ref("TaskEnvelope"), "PENDING: accepted; poll /api/task/{task_id}/status/ (Location). With "
+                                          "ES-STREAM: es the connection stays open instead and ends with the "
+                                          "final HTTP code and body"),
+            "headers": {"Location": {"description": "Where to poll the task's status", "schema": {"type": "string"}},
+                        "es_task_id": _TASK_ID_HEADER}},
     "400": _BAD_REQUEST,
     "403": _AUTH_FAILED,
     "404": _detail("Image not found / Datacenter not found"),
     "412": _detail("Invalid order_by"),
     **_BODY_REFUSED,
     "417": _detail("Image status is not OK"),
-    "503": _detail("The broker or the database is unavailable; retry later"),
+    "500": _detail("The command could not be processed (it failed inside its consumer; its task's status "
+                   "reads FAILURE with this code)"),
+    "503": _UNAVAILABLE,
 }
 
 #: With an image store, every import, update (also of database-only fields) and delete is
@@ -87,7 +119,58 @@ _IMAGE_SERVER_REFUSALS = {
 
 
 def document() -> dict[str, Any]:
-    return _with_idempotency_keys(_document())
+    """The description: a new dict each call (callers may change it)."""
+    return _with_tags(_with_common_answers(_with_idempotency_keys(_document())))
+
+
+def _operations(doc: dict[str, Any]):
+    """(path, method, operation) of every operation of ``doc``."""
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":
+                yield path, method, operation
+
+
+def _with_common_answers(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add to every operation the answers of the layers its request passes before its handler
+    decides: the edge's and the middleware's (408, 431, 503: every operation); authentication's
+    and the throttle's (403, 429) where credentials are needed; the body reader's (413, 415) where
+    a body is read (a declared one, or a command's: every command reads its body). An answer the
+    handler already describes is kept."""
+    for _path, _method, operation in _operations(doc):
+        responses = dict(operation["responses"])  # a copy: one dict may be the responses of several operations
+        if operation.get("security", doc["security"]):
+            responses.setdefault("403", _AUTH_FAILED)
+            responses.setdefault("429", _THROTTLED)
+        if "requestBody" in operation or responses.get("201") is _TASK_ANSWERS["201"]:
+            for code, answer in _BODY_REFUSED.items():
+                responses.setdefault(code, answer)
+        for code, answer in _EDGE_AND_MIDDLEWARE.items():
+            responses.setdefault(code, answer)
+        operation["responses"] = dict(sorted(responses.items()))
+    return doc
+
+
+#: Swagger UI groups operations by tag: each path's is the first of these its path starts with.
+_TAGS = (
+    ("/api/image/", "images", "Server disk images"),
+    ("/api/vm/", "images", None),
+    ("/api/dc/{dc}/image/", "datacenter images", "Images attached to a datacenter"),
+    ("/api/imagestore/", "image store", "Remote image repositories and their images"),
+    ("/api/task/", "tasks", "Every command is a task: its status"),
+    ("/api/accounts/log", "authentication", "Tokens for Authorization: Token <token>"),
+    ("/api/accounts/", "accounts", "Users and groups (SuperAdmin)"),
+    ("/api/dc/", "datacenters", "Datacenters and their groups (SuperAdmin)"),
+    ("/", "operations", "Health and metrics, for load balancers and monitoring"),
+)
+
+
+def _with_tags(doc: dict[str, Any]) -> dict[str, Any]:
+    """Tag every operation by its path (``_TAGS``), and list the tags."""
+    for path, _method, operation in _operations(doc):
+        operation["tags"] = [next(tag for prefix, tag, _ in _TAGS if path.startswith(prefix))]
+    doc["tags"] = [{"name": tag, "description": about} for _prefix, tag, about in _TAGS if about]
+    return doc
 
 
 _IDEMPOTENCY_KEY = {
@@ -100,17 +183,14 @@ _IDEMPOTENCY_KEY = {
 
 def _with_idempotency_keys(doc: dict[str, Any]) -> dict[str, Any]:
     """Every operation that answers with a task (201 PENDING) takes an Idempotency-Key."""
-    for item in doc["paths"].values():
-        for method, operation in item.items():
-            if method not in ("post", "put", "delete"):
-                continue
-            responses = operation.get("responses", {})
-            if responses.get("201") is _TASK_ANSWERS["201"]:
-                operation["parameters"] = [*operation.get("parameters", []), _IDEMPOTENCY_KEY]
-                if responses.get("400") is not _BAD_REQUEST:  # a malformed key is 400 {"detail"}
-                    responses["400"] = _json({"anyOf": [responses["400"]["content"]["application/json"]["schema"],
-                                                        _ref("Detail")]},
-                                             responses["400"]["description"] + "; a malformed Idempotency-Key (detail)")
+    for _path, method, operation in _operations(doc):
+        if method in ("post", "put", "delete") and operation["responses"].get("201") is _TASK_ANSWERS["201"]:
+            operation["parameters"] = [*operation.get("parameters", []), _IDEMPOTENCY_KEY]
+            # A malformed key is 400 {"detail"}, which every command's 400 admits already (the body
+            # reader's refusals have that shape too).
+            refused = operation["responses"]["400"]
+            operation["responses"] = {**operation["responses"], "400": {
+                **refused, "description": refused["description"] + "; a malformed Idempotency-Key"}}
     return doc
 
 
@@ -121,12 +201,26 @@ def _document() -> dict[str, Any]:
             "title": "imagesvc",
             "version": "1.0.0",
             "description": "Server disk images, compatible with the Danube Cloud image API. Authenticate with "
-                           "the ES-API-KEY header. Every command answers 200 when it finished within a short "
-                           "window, 201 PENDING otherwise (send ES-STREAM: es to wait on the connection).",
+                           "the ES-API-KEY header, or with Authorization: Token <token> (POST "
+                           "/api/accounts/login/). Every command is a task: it answers 200 (or the consumer's "
+                           "refusal) when it finished within a short window, 201 PENDING otherwise (send "
+                           "ES-STREAM: es to wait on the connection); GET /api/task/{task_id}/status/ follows it. "
+                           "Refusals are {\"detail\": ...} with the original API's codes, field errors a 400 "
+                           "task envelope. What the server itself refuses before any operation is reached (a "
+                           "request that is not valid HTTP: 400) is {\"detail\": ...} too, with Connection: "
+                           "close. The image server (imagesvc image-server) describes itself at its own "
+                           "GET /openapi.json.",
         },
         "servers": [{"url": "/"}],
         "components": {
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "ES-API-KEY"}},
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "ES-API-KEY"},
+                # Not an HTTP scheme: "Token" is not a registered one (Swagger UI offers only basic
+                # and bearer), so the whole header value is the "key": Token <token>.
+                "token": {"type": "apiKey", "in": "header", "name": "Authorization",
+                          "description": "Token <token>, the whole header value, with a token from "
+                                         "POST /api/accounts/login/ (valid IMAGESVC_TOKEN_SECONDS)"},
+            },
             "schemas": {
                 "Detail": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
                 "TaskEnvelope": {
@@ -137,6 +231,34 @@ def _document() -> dict[str, Any]:
                         "status": {"type": "string", "enum": ["SUCCESS", "FAILURE", "PENDING", "STARTED"]},
                         "result": {},
                     },
+                },
+                "TaskStatus": {
+                    "description": "A task's status: SUCCESS (200), PENDING or STARTED (201, with progress "
+                                   "while the task reports it), FAILURE (the failed command's code)",
+                    "type": "object",
+                    "required": ["task_id", "status", "result"],
+                    "properties": {
+                        "task_id": {"type": "string"},
+                        "status": {"type": "string", "enum": ["SUCCESS", "FAILURE", "PENDING", "STARTED"]},
+                        "result": {"description": "The command's result; null while it runs"},
+                        "progress": _ref("Progress"),
+                    },
+                },
+                "Progress": {
+                    "description": "Bytes done of a running import or snapshot export (an addition to the "
+                                   "original API)",
+                    "type": "object",
+                    "required": ["done", "total"],
+                    "properties": {"done": {"type": "integer", "minimum": 0},
+                                   "total": {"type": ["integer", "null"], "minimum": 0,
+                                             "description": "null while unknown"}},
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["alive", "ready", "not ready"]},
+                                   "checks": {"type": "object", "additionalProperties": {
+                                       "type": "string", "enum": ["ok", "failing"]}}},
                 },
                 "Image": {
                     "type": "object",
@@ -163,7 +285,7 @@ def _document() -> dict[str, Any]:
                 "UpdateImage": {"type": "object", "properties": dict(_IMAGE_FIELDS)},
             },
         },
-        "security": [{"apiKey": []}],
+        "security": [{"apiKey": []}, {"token": []}],
         "paths": {
             "/api/image/": {
                 "get": {
@@ -290,12 +412,23 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "operationId": "task_status",
                     "summary": "Status of a task (every command is a task)",
+                    "description": "200 once it succeeded; 201 while it runs (PENDING, STARTED), with "
+                                   "progress while it reports any; once it failed, the failed command's code "
+                                   "with status FAILURE. The /state/ form of the path answers the same.",
                     "responses": {
-                        "200": _json(_ref("TaskEnvelope"), "SUCCESS"),
-                        "201": _json(_ref("TaskEnvelope"), "PENDING or STARTED"),
-                        "400": _json(_ref("TaskEnvelope"), "FAILURE (validation)"),
-                        "403": _AUTH_FAILED,
-                        "404": _detail("Task does not exist (anymore), or the task failed with 404"),
+                        "200": _json(_ref("TaskStatus"), "SUCCESS"),
+                        "201": _json(_ref("TaskStatus"), "PENDING or STARTED, with progress while it reports any"),
+                        "400": _json(_ref("TaskStatus"), "FAILURE: field errors, or a failure such as a checksum "
+                                                         "mismatch (result: returncode, message, detail, code)"),
+                        "403": _json({"anyOf": [_ref("Detail"), _ref("TaskStatus")]},
+                                     "Forbidden: credentials, or Permission denied (detail); or FAILURE with 403"),
+                        "404": _json({"anyOf": [_ref("Detail"), _ref("TaskStatus")]},
+                                     "Task does not exist (anymore) (detail); or FAILURE with 404"),
+                        **{code: _json(_ref("TaskStatus"), f"FAILURE with {code}: {why}") for code, why in (
+                            ("406", "already exists"), ("412", "a precondition (order_by, If-Match, disk_id)"),
+                            ("417", "a status is not OK"), ("423", "a node, VM or task is not operational"),
+                            ("428", "the image server is not available, or the image is used"),
+                            ("500", "the command could not be processed"))},
                     },
                 },
             },
@@ -314,8 +447,9 @@ def _document() -> dict[str, Any]:
                         "400": _json({"type": "object"}, "Missing fields, or wrong username or password"),
                         "403": _detail("User account is not allowed to access API"),
                         "429": _detail("Throttled: too many failed logins for the user name or from the client "
-                                       "address (IMAGESVC_LOGIN_THROTTLE), or too many password checks at once; "
-                                       "Retry-After says when to try again"),
+                                       "address (IMAGESVC_LOGIN_THROTTLE), too many password checks at once, or "
+                                       "too many requests from the address (IMAGESVC_THROTTLE)",
+                                       {"Retry-After": _RETRY_AFTER}),
                     },
                 },
             },
@@ -328,7 +462,29 @@ def _document() -> dict[str, Any]:
             },
             **_administration(),
             **_imagestore(),
+            **_operational(),
         },
+    }
+
+
+def _operational() -> dict[str, Any]:
+    """Health and metrics (services/gateway/app.py, shared/health.py): for anybody."""
+    return {
+        "/healthz": {"get": {"operationId": "alive", "summary": "Liveness: the process answers", "security": [],
+                             "responses": {"200": _json(_ref("Health"), "alive")}}},
+        "/readyz": {"get": {
+            "operationId": "ready", "security": [],
+            "summary": "Readiness: the database (at the migrations' head), the broker and the image store answer",
+            "responses": {"200": _json(_ref("Health"), "ready"), "503": _json(
+                {"anyOf": [_ref("Health"), _ref("Detail")]},
+                "not ready: which check fails (the reason goes to the log); or the server's own 503 "
+                "(detail, with Retry-After)")}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "security": [],
+            "summary": "Prometheus metrics (docs/metrics.md); 404 with IMAGESVC_METRICS=off",
+            "responses": {"200": {"description": "The Prometheus text exposition format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "404": _detail("Not found (IMAGESVC_METRICS=off)")}}},
     }
 
 
@@ -343,10 +499,14 @@ def _imagestore() -> dict[str, Any]:
         "200": _json(_ref("TaskEnvelope"), "SUCCESS: the repository objects (name, url, last_update, image_count, "
                                            "error)"),
         "201": _TASK_ANSWERS["201"],
-        "400": _json(_ref("TaskEnvelope"), "FAILURE: a repository could not be refreshed (its error is recorded)"),
+        "400": _json({"anyOf": [_ref("TaskEnvelope"), _ref("Detail")]},
+                     "FAILURE: a repository could not be refreshed (its error is recorded); or a body that is not "
+                     "a JSON object (detail)"),
         "403": _AUTH_FAILED,
+        "412": _detail("Invalid order_by"),
         "423": _detail("Task is already running"),
-        "503": _detail("The broker or the database is unavailable; retry later"),
+        "500": _TASK_ANSWERS["500"],
+        "503": _UNAVAILABLE,
     }
     return {
         "/api/imagestore/": {
@@ -408,7 +568,9 @@ def _administration() -> dict[str, Any]:
                      "requestBody": {"content": {"application/json": {"schema": {
                          "type": "object", "properties": create_body}}}},
                      "responses": {"201": _json(_ref("TaskEnvelope"), "Created"), "400": _BAD_REQUEST,
-                                   "403": _AUTH_FAILED, "406": _detail(f"{kind} already exists"), **_BODY_REFUSED}},
+                                   "403": _AUTH_FAILED, "406": _detail(f"{kind} already exists"), **_BODY_REFUSED,
+                                   # Checked first (a 400), so only if it is removed meanwhile.
+                                   "404": _detail("A user named in the body no longer exists")}},
         }
 
     names = {"oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]}

@@ -6,6 +6,7 @@
     GET|HEAD /images               the manifests of every image in the store, by uuid
     GET|HEAD /images/<uuid>        one manifest
     GET|HEAD /images/<uuid>/file   the file: Content-Length, Content-MD5, Last-Modified, one byte range
+    GET|HEAD /openapi.json         this server's OpenAPI 3.1 description (openapi.py)
 
 Errors are IMGAPI's ``{"code", "message"}`` bodies (404 ``ResourceNotFound``). Nothing here writes
 to the store except the store's own MD5 cache.
@@ -38,6 +39,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imagesvc.services.image_server import openapi
 from imagesvc.services.image_server.ranges import Unsatisfiable, requested_range
 from imagesvc.shared import health
 from imagesvc.shared.logging import get_logger
@@ -55,7 +57,7 @@ _OCTET_STREAM = "application/octet-stream"
 
 def serves(path: str) -> bool:
     """Whether ``path`` is the image server's (how ``serve`` shares one port with the gateway)."""
-    return path in ("/ping", "/ping/", "/images") or path.startswith("/images/")
+    return path in ("/ping", "/ping/", "/images", "/openapi.json") or path.startswith("/images/")
 
 
 def create_app(store: ImageStore) -> Starlette:
@@ -68,6 +70,7 @@ def create_app(store: ImageStore) -> Starlette:
         *_both_forms("/images", server.list_images),
         *_both_forms("/images/{uuid}", server.show_image),
         *_both_forms("/images/{uuid}/file", server.image_file),
+        Route("/openapi.json", server.description, methods=["GET"]),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_request_log)],
                     exception_handlers={HTTPException: _http_error})
@@ -89,6 +92,10 @@ class _ImageServer:
     def __init__(self, store: ImageStore):
         self.store = store
         self._readiness = health.Readiness({"store": health.store_check(store)}, details=False)
+        self._description = orjson.dumps(openapi.document())
+
+    async def description(self, request: Request) -> Response:
+        return Response(self._description, media_type="application/json")
 
     async def alive(self, request: Request) -> Response:
         return _json(health.ALIVE)

@@ -28,6 +28,11 @@ def test_the_wheel_installs_one_package_that_works_from_anywhere(tmp_path):
     assert {name.split("/")[0] for name in names} == {"imagesvc", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "imagesvc/migrations/env.py" in names and "imagesvc/shared/db/models.py" in names
     assert len([name for name in names if name.startswith("imagesvc/migrations/versions/")]) >= 12
+    # The interactive API docs' files (package data): our page and initializer, Swagger UI and its license.
+    docs = "imagesvc/services/gateway/static/"
+    assert {docs + "docs.html", docs + "docs.js", docs + "swagger-ui/swagger-ui-bundle.js",
+            docs + "swagger-ui/swagger-ui.css", docs + "swagger-ui/LICENSE", docs + "swagger-ui/NOTICE"} <= set(names)
+    assert not [name for name in names if name.endswith(".map")]
     target = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                                 "--disable-pip-version-check", "--target", str(target), str(wheel)],
