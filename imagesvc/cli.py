@@ -12,6 +12,13 @@
     imagesvc store check [--repair]             the image store against the catalogue (see imagesvc.store_check)
     imagesvc config show|record [--serve]       effective settings; the deployment's record (see imagesvc.config_cli)
     imagesvc health URL|local                   is a process ready
+
+and, for users of the API (see imagesvc.client.cli and docs/sdk.md):
+
+    imagesvc login | logout
+    imagesvc image list|show|import|update|delete|wait|vms ...
+    imagesvc task status|wait TASK_ID
+    imagesvc events tail [--type PATTERN ...] [--dc DC ...]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from imagesvc import admin as admin_module
 from imagesvc import dlq as dlq_module
 from imagesvc import store_check
 from imagesvc import config_cli
+from imagesvc.client import cli as user_cli
 from imagesvc.settings import for_existing_database
 from imagesvc.shared.config import ConfigError, Settings
 from imagesvc.shared.logging import configure_logging, get_logger
@@ -156,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_module.register(commands)
     store_check.register(commands)
     config_cli.register(commands)
+    user_cli.register(commands)
     return parser
 
 

@@ -6,7 +6,10 @@
 * a service never imports another service;
 * nothing under ``services/`` or ``domain/`` imports kombu or pika;
 * only ``shared/db/``, ``alembic/``, ``services/gateway/queries.py``,
-  ``services/projector/handlers.py`` and the composition root ``imagesvc/`` import SQLAlchemy.
+  ``services/projector/handlers.py`` and the composition root ``imagesvc/`` import SQLAlchemy;
+* ``client`` (the SDK a user installs) imports of ours only ``shared``'s contracts, errors and
+  broker topology, never the services, ``domain``, ``imagesvc`` or the server's libraries
+  (SQLAlchemy, psycopg, Starlette, uvicorn, Alembic), and only ``client/broker.py`` imports kombu.
 
 Imports under ``if TYPE_CHECKING:`` are for type checkers only and are not counted.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("shared", "domain", "services", "imagesvc")
+PACKAGES = ("shared", "domain", "services", "imagesvc", "client")
 SERVICES = sorted(p.name for p in (ROOT / "services").iterdir() if p.is_dir() and (p / "__init__.py").exists())
 SQLALCHEMY_ALLOWED = ("shared/db/", "alembic/", "services/gateway/queries.py", "services/projector/handlers.py",
                       "imagesvc/")
@@ -61,7 +64,7 @@ def _canonical(module: str) -> str:
     """The package a module lives in as the repository lays it out: ``imagesvc.shared.x`` (the
     installed namespace the folders are mapped into) is ``shared.x``."""
     head, _, rest = module.partition(".")
-    if head == "imagesvc" and rest.split(".")[0] in ("shared", "services", "domain"):
+    if head == "imagesvc" and rest.split(".")[0] in ("shared", "services", "domain", "client"):
         return rest
     return module
 
@@ -147,6 +150,21 @@ def sqlalchemy_confined(imp: Import) -> bool:
     return not imp.path.startswith(SQLALCHEMY_ALLOWED)
 
 
+#: What of ``shared/`` the SDK may use: the message contract and what it needs to speak it.
+CLIENT_MAY_USE = ("shared.contracts", "shared.errors", "shared.broker.topology")
+
+
+def client_stays_a_client(imp: Import) -> bool:
+    if not imp.path.startswith("client/"):
+        return False
+    if _touches(imp, "services", "domain", "imagesvc", "sqlalchemy", "psycopg", "starlette", "uvicorn", "alembic"):
+        return True
+    if imp.path != "client/broker.py" and _touches(imp, "kombu", "amqp", "pika"):
+        return True
+    named = [m for m in imp.modules if m != "shared"]  # ``from imagesvc.shared import contracts``
+    return _top(imp.base) == "shared" and not all(m.startswith(CLIENT_MAY_USE) for m in named)
+
+
 RULES = {
     "shared never imports services, domain or imagesvc": shared_layering,
     "shared never imports starlette, uvicorn or httptools": shared_without_http_server,
@@ -154,6 +172,7 @@ RULES = {
     "a service never imports another service": service_isolation,
     "nothing under services/ or domain/ imports kombu or pika": no_broker_client_in_services_or_domain,
     "only shared/db, alembic, gateway queries, projector handlers and imagesvc import sqlalchemy": sqlalchemy_confined,
+    "client imports only shared's contract, errors and topology, and no server library": client_stays_a_client,
 }
 
 

@@ -27,18 +27,18 @@ def test_no_stray_wheels_or_archives_in_the_repository():
 
 
 def test_every_package_of_the_repository_is_installed_under_imagesvc():
-    """The distribution installs one top-level package, ``imagesvc``: each folder of shared/,
-    services/, domain/ and imagesvc/ that is a package is listed, mapped into that namespace."""
+    """The distribution installs one top-level package, ``imagesvc``: each folder of client/,
+    shared/, services/, domain/ and imagesvc/ that is a package is listed, mapped into that namespace."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(setuptools["packages"])
     wanted = {"imagesvc.migrations"}
-    for top in ("imagesvc", "shared", "services", "domain"):
+    for top in ("imagesvc", "client", "shared", "services", "domain"):
         for init in (ROOT / top).rglob("__init__.py"):
             parts = init.parent.relative_to(ROOT).parts
             wanted.add(".".join(parts) if top == "imagesvc" else ".".join(("imagesvc", *parts)))
     assert listed == wanted, (sorted(wanted - listed), sorted(listed - wanted))
     assert {name.split(".")[0] for name in listed} == {"imagesvc"}
-    assert setuptools["package-dir"] == {"imagesvc": "imagesvc", "imagesvc.shared": "shared",
+    assert setuptools["package-dir"] == {"imagesvc": "imagesvc", "imagesvc.client": "client", "imagesvc.shared": "shared",
                                          "imagesvc.services": "services", "imagesvc.domain": "domain",
                                          "imagesvc.migrations": "alembic"}
 
@@ -47,8 +47,8 @@ def test_the_code_imports_its_packages_through_the_imagesvc_namespace():
     """``import shared`` would work in a checkout only: every import names ``imagesvc.shared``."""
     import re
 
-    stray = re.compile(r"^\s*(from|import) (shared|services|domain)(\.|\s|$)", re.M)
-    found = [str(path.relative_to(ROOT)) for top in ("imagesvc", "shared", "services", "domain", "alembic", "tests",
+    stray = re.compile(r"^\s*(from|import) (client|shared|services|domain)(\.|\s|$)", re.M)
+    found = [str(path.relative_to(ROOT)) for top in ("imagesvc", "client", "shared", "services", "domain", "alembic", "tests",
                                                      "bench")
              for path in (ROOT / top).rglob("*.py") if stray.search(path.read_text())]
     assert not found, found
