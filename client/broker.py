@@ -43,6 +43,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+from amqp.channel import Channel as AmqpChannel
 from amqp.exceptions import ChannelError
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu import Connection
@@ -376,6 +377,8 @@ class Subscription:
         self._screen = screen
         self._arrived: deque[Any] = deque()
         self._closed = False
+        #: The broker closed this subscription's channel (``Broker._route_channel_close``).
+        self._broken: BaseException | None = None
 
     # Called by py-amqp while some caller reads the connection, under the owner's lock: only keep it.
     def _arrive(self, message: Any) -> None:
@@ -444,6 +447,10 @@ class Subscription:
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerError("this subscription is closed")
+        if self._broken is not None:
+            code, text = _reply(self._broken)
+            raise SubscriptionRefused(f"the broker closed this subscription's channel: {text} (its consumer is gone: "
+                                      "subscribe again)", reply_code=code, reply_text=text)
         if self._generation != self._owner._generation:
             raise ConnectionFailed("the connection this subscription lived on was lost, and its queue with it: "
                                    "subscribe again (events published meanwhile were not kept)")
@@ -752,10 +759,24 @@ class Broker:
             except socket.timeout:
                 pass
             connection.heartbeat_check()
-        except ChannelError:
-            raise
+        except ChannelError as exc:
+            if not self._route_channel_close(exc):
+                raise  # the publishing channel's: ``_send`` reports it as that publish's refusal
         except _CONNECTION_ERRORS as exc:
             raise self._lost(exc) from exc
+
+    def _route_channel_close(self, exc: ChannelError) -> bool:
+        """The broker closed one channel (py-amqp reopened it, without its consumer): if it was a
+        subscription's, mark that subscription broken (its next ``get`` raises) and return True;
+        False for any other channel (the publishing one). Whichever caller happened to read the
+        connection, the error reaches the channel's owner, not the reader."""
+        closed = _closed_channel(exc)
+        for subscription in self._subscriptions:
+            if closed is not None and subscription._channel is closed:
+                subscription._broken = exc
+                log.warning("the broker closed subscription %s's channel: %s", subscription.queue, exc)
+                return True
+        return False
 
     def _keep_alive(self) -> None:
         """The heartbeat thread: while nobody else reads the connection (the caller works on an
@@ -777,7 +798,11 @@ class Broker:
                 pass
             except ChannelError as exc:
                 # The broker closed one channel (py-amqp reopened it): the connection lives on.
-                log.warning("the broker closed a channel: %s", exc)
+                if not self._route_channel_close(exc):
+                    # Not a subscription's: the publishing one, outside any publish (its owner,
+                    # ``_send``, holds the lock while it publishes). A fresh one next time.
+                    self._drop_publishing_channel()
+                    log.warning("the broker closed the publishing channel: %s", exc)
             except Exception as exc:  # noqa: BLE001 - remembered; the next call reconnects or reports it
                 log.warning("broker connection lost: %r", exc)
                 self._failure = exc
@@ -833,6 +858,17 @@ _TERMINAL_PATTERNS = (TaskSucceeded.TYPE, TaskFailed.TYPE)
 def _reply(exc: BaseException) -> tuple[int | None, str]:
     code = getattr(exc, "reply_code", None) or getattr(exc, "code", None)
     return code, str(getattr(exc, "reply_text", None) or exc)
+
+
+def _closed_channel(exc: BaseException) -> Any:
+    """The py-amqp channel whose ``Channel.Close`` raised ``exc`` (its ``_on_close`` frame), or None."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "_on_close" and isinstance(frame.f_locals.get("self"), AmqpChannel):
+            return frame.f_locals["self"]
+        traceback = traceback.tb_next
+    return None
 
 
 def _refusal(exc: BaseException, outgoing: OutgoingCommand) -> PublishRefused:

@@ -2,7 +2,7 @@
 
     imagesvc login [--username U] [--password-stdin]      a token, kept in the profile (mode 0600)
     imagesvc logout
-    imagesvc image list|show|import|update|delete|wait|vms ...
+    imagesvc image list|show|import|update|delete|snapshot|wait|vms ...
     imagesvc task status|wait TASK_ID
     imagesvc events tail [--type T ...] [--dc DC ...]
 
@@ -86,6 +86,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     remove.add_argument("name")
     remove.add_argument("--dc")
     remove.set_defaults(func=_guarded(_image_delete))
+    snapshot = images.add_parser("snapshot", parents=[common, following],
+                                 help="make an image from a VM disk snapshot, following the export's progress")
+    snapshot.add_argument("vm", help="the VM's hostname or uuid")
+    snapshot.add_argument("snapname", help="the snapshot's name")
+    snapshot.add_argument("name", help="the new image's name")
+    snapshot.add_argument("--dc")
+    snapshot.add_argument("--set", dest="fields", action="append", default=[], metavar="FIELD=VALUE",
+                          help="disk_id (default 1) and the image fields of import; repeatable")
+    snapshot.set_defaults(func=_guarded(_image_snapshot))
     wait = images.add_parser("wait", parents=[common], help="wait until an image is ready (status ok)")
     wait.add_argument("name")
     wait.add_argument("--dc")
@@ -129,11 +138,11 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     """Turn the SDK's exceptions into a sentence on stderr and an exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        from imagesvc.client import ApiError, TransportError
+        from imagesvc.client import ApiError, ImagesvcError, TransportError
 
         try:
             return command(args)
-        except client_settings.ProfileError as exc:
+        except (client_settings.ProfileError, UsageError) as exc:
             print(f"imagesvc: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except ApiError as exc:
@@ -145,6 +154,16 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except TimeoutError as exc:
             print(f"imagesvc: gave up waiting: {exc}", file=sys.stderr)
             return EXIT_TIMEOUT
+        except ImagesvcError as exc:  # the broker's: unreachable, refused, not confirmed
+            print(f"imagesvc: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        except ValueError as exc:  # a URL or a name the SDK refuses before sending anything
+            print(f"imagesvc: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except (KeyboardInterrupt, EOFError):
+            # Before a task was started (or while not following one): nothing was left running.
+            print(file=sys.stderr)
+            return EXIT_DETACHED
 
     return run
 
@@ -174,13 +193,25 @@ def _client(args: argparse.Namespace):
     return Client(chosen.url, **chosen.credentials())
 
 
+class UsageError(Exception):
+    """The command line asks for something that cannot be sent (exit 2)."""
+
+
+#: Names that are the command's own arguments, not fields of the image: ``--dc``, the positional
+#: name and URLs, and what the SDK's methods take as options.
+_NOT_FIELDS = frozenset({"name", "dc", "manifest_url", "file_url", "idempotency_key", "if_match", "vm", "snapname"})
+
+
 def _fields(pairs: Iterable[str]) -> dict[str, Any]:
     """``FIELD=VALUE`` pairs; VALUE is JSON when it parses as JSON (3, true, ["a"]), else text."""
     fields: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
-            raise SystemExit(f"imagesvc: --set wants FIELD=VALUE, not {pair!r}")
+            raise UsageError(f"--set wants FIELD=VALUE, not {pair!r}")
+        if name in _NOT_FIELDS:
+            raise UsageError(f"--set {name}=... is not an image field: give it as the command's "
+                             f"{'--' + name.replace('_', '-') if name in ('dc', 'file_url') else 'argument'}")
         try:
             fields[name] = json.loads(raw)
         except ValueError:
@@ -247,10 +278,13 @@ def _login(args: argparse.Namespace) -> int:
 
 def _logout(args: argparse.Namespace) -> int:
     chosen = _settings(args)
-    if chosen.token:
-        with _client(args) as client:
-            client.logout()
-    client_settings.save(chosen.profile, {"token": None})
+    try:
+        if chosen.token:
+            with _client(args) as client:
+                client.logout()
+    finally:
+        # Forgotten whatever the server said: an expired or revoked token is refused by logout too.
+        client_settings.save(chosen.profile, {"token": None})
     if not args.json:
         print("Logged out." if chosen.token else "No token was kept for this profile.")
     return EXIT_OK
@@ -293,6 +327,12 @@ def _image_delete(args: argparse.Namespace) -> int:
     with _client(args) as client:
         task = client.delete_image(args.name, dc=args.dc)
         return _follow(client, task, args, label=f"deleting {args.name}")
+
+
+def _image_snapshot(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        task = client.snapshot_image(args.vm, args.snapname, args.name, dc=args.dc, **_fields(args.fields))
+        return _follow(client, task, args, label=f"exporting {args.vm}@{args.snapname}")
 
 
 def _image_wait(args: argparse.Namespace) -> int:

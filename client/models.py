@@ -111,7 +111,8 @@ class Progress:
 @dataclass(frozen=True)
 class Task:
     """A task: every command is one. ``status``: ``PENDING``, ``STARTED``, ``SUCCESS`` or
-    ``FAILURE``; ``result``: what the task produced (the image for an import, the failure's
+    ``FAILURE``; ``result``: what the task produced (the image for a database-level change,
+    ``{"returncode", "message"}`` for an import through the image store, the failure's
     ``{"returncode", "message", "detail", "code"}`` or field errors, ...); ``http_code``: the HTTP
     status of the answer that carried this state; ``progress``: while it runs, if it reports any."""
 

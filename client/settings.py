@@ -73,12 +73,26 @@ def _read_profiles(path: Path) -> dict[str, dict[str, Any]]:
     return profiles
 
 
+def _same_server(a: str, b: str) -> bool:
+    """Whether two API URLs name the same server (``/api`` and a trailing slash aside)."""
+    def normal(url: str) -> str:
+        url = url.strip().rstrip("/")
+        return url[: -len("/api")] if url.endswith("/api") else url
+    return normal(a).lower() == normal(b).lower()
+
+
 def resolve(*, profile: str | None = None, url: str | None = None, broker_url: str | None = None,
             environ: Mapping[str, str] = os.environ) -> ClientSettings:
-    """The settings for one command: its options, then the environment, then the profile file."""
+    """The settings for one command: its options, then the environment, then the profile file.
+
+    A credential kept in the profile (a token, an API key) belongs to the profile's server: it is
+    used only while the URL in effect, wherever it comes from, is that server's (a profile
+    without a URL stands for the default one). Credentials from the environment are the user's
+    explicit choice for this command and are always used."""
     name = profile or environ.get("IMAGESVC_CLIENT_PROFILE") or DEFAULT_PROFILE
     stored = _read_profiles(config_path(environ)).get(name, {})
     values: dict[str, Any] = {k: stored.get(k) for k in _FIELDS if isinstance(stored.get(k), str)}
+    home = values.get("url") or DEFAULT_URL
     for field in _FIELDS:
         value = environ.get(f"IMAGESVC_CLIENT_{field.upper()}")
         if value:
@@ -87,8 +101,10 @@ def resolve(*, profile: str | None = None, url: str | None = None, broker_url: s
         values["url"] = url
     if broker_url:
         values["broker_url"] = broker_url
-    if url and not environ.get("IMAGESVC_CLIENT_TOKEN") and stored.get("url") not in (None, url):
-        values.pop("token", None)  # a stored token belongs to the server it was issued by
+    if not _same_server(values.get("url") or DEFAULT_URL, home):
+        for credential in ("token", "api_key"):
+            if not environ.get(f"IMAGESVC_CLIENT_{credential.upper()}"):
+                values.pop(credential, None)
     return replace(ClientSettings(profile=name), **{k: v for k, v in values.items() if v})
 
 

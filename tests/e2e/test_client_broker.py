@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 from kombu import Connection
 
-from imagesvc.client.broker import Broker, IdentityRefused, PublishRefused, Received
+from imagesvc.client.broker import Broker, IdentityRefused, PublishRefused, Received, SubscriptionRefused
 from imagesvc.client.errors import ImagesvcError
 from imagesvc.shared import contracts
 from imagesvc.shared.contracts import Actor, TaskSucceeded, UpdateImage
@@ -27,6 +27,7 @@ from imagesvc.shared.contracts.routing import route
 from tests.e2e.conftest import launch
 from tests.e2e.test_image_store import accepted, finished
 from tests.support.origin import Origin
+from tests.support.polling import eventually
 from tests.support.services import unavailable
 from tests.support.tap import publish
 
@@ -131,9 +132,32 @@ def test_a_command_published_as_the_programs_user_ends_in_task_succeeded(system,
     assert isinstance(outcome, TaskSucceeded), outcome
     assert (outcome.task_id, outcome.command, outcome.user, outcome.http_code) == (
         task_id, "image.update", program.user, 200)
+    # The outcome event leaves the updater before the projector has applied it: a program on the
+    # broker has no read-your-writes promise, so the read model catches up.
     with system.client() as client:
-        assert client.get(f"/image/{name}/").json()["result"]["desc"] == "by the sdk"
-        assert client.get(f"/task/{task_id}/status/").json()["status"] == "SUCCESS"
+        def projected() -> None:
+            assert client.get(f"/image/{name}/").json()["result"]["desc"] == "by the sdk"
+            assert client.get(f"/task/{task_id}/status/").json()["status"] == "SUCCESS"
+
+        eventually(projected, timeout=15)
+
+
+def test_a_subscription_whose_channel_the_broker_closes_says_so_and_publishing_goes_on(system, program, origin):
+    name = imported(system, origin)
+    with sdk(system, program) as broker:
+        broken = broker.subscribe(("task.#",), timeout=5)
+        healthy = broker.subscribe(("task.#",), timeout=5)
+        broken._channel.basic_ack(999_999)  # an unknown delivery tag: the broker closes that channel
+
+        def closed() -> None:
+            broken.get(0.2)
+            raise AssertionError("the broker's close has not been read yet")
+
+        with pytest.raises(SubscriptionRefused, match="closed this subscription's channel"):
+            eventually(closed, timeout=10)
+        task_id = broker.publish(UpdateImage(name=name, desc="after a close"), dc="main")
+        seen = broker.wait_for_task(task_id, timeout=30, subscription=healthy)
+        assert isinstance(seen, TaskSucceeded)
 
 
 def test_a_subscriber_sees_an_imports_whole_lifecycle_in_order(system, program, origin):

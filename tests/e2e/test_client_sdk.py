@@ -12,7 +12,10 @@ VM disk snapshots (a thread of ``serve``; its own process in the distributed mod
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +282,21 @@ def test_an_image_from_a_vm_snapshot_and_its_refusals(system, vms, sdk, name):
     with pytest.raises(Locked) as locked:
         sdk.snapshot_image(vm["hostname"], "daily", f"{name}-2")
     assert (locked.value.status, locked.value.detail) == (423, "VM is not operational")
+
+
+def test_the_command_line_makes_an_image_from_a_vm_snapshot(system, vms, name, tmp_path):
+    vm = new_vm(system, vms)
+    set_snapshot(system, vm, status="ok")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESVC_")}
+    env.update({"IMAGESVC_CLIENT_URL": system.url, "IMAGESVC_CLIENT_API_KEY": system.api_key,
+                "IMAGESVC_CLIENT_CONFIG": str(tmp_path / "profiles.json")})
+    made = subprocess.run([sys.executable, "-m", "imagesvc", "image", "snapshot", vm["hostname"], "daily", name,
+                           "--set", "desc=from the cli", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["status"] == "SUCCESS"
+    assert "\r" not in made.stderr  # not a terminal: no redrawn progress line
+    with Client(system.url, api_key=system.api_key) as client:
+        assert client.get_image(name).desc == "from the cli"
 
 
 # --- accounts and refusals -------------------------------------------------------------------------

@@ -9,10 +9,12 @@ import json
 import os
 import stat
 
+import httpx
 import pytest
 
 from imagesvc.client import settings as client_settings
-from imagesvc.client.cli import _fields, key_values, table
+from imagesvc.client.cli import UsageError, _fields, key_values, table
+from imagesvc.cli import main
 from imagesvc.client.progress import ProgressLine, human_bytes, human_duration
 
 
@@ -49,11 +51,33 @@ def test_profiles_are_separate_and_chosen_by_name_or_environment(environ):
     assert client_settings.resolve(profile="default", environ=environ).credentials() == {"api_key": "k-dev"}
 
 
-def test_a_token_wins_over_an_api_key_and_is_not_sent_to_another_server(environ):
+def test_a_token_wins_over_an_api_key(environ):
     client_settings.save("default", {"url": "http://a", "api_key": "key", "token": "tok"}, environ)
     assert client_settings.resolve(environ=environ).credentials() == {"token": "tok"}
-    elsewhere = client_settings.resolve(url="http://b", environ=environ)
-    assert elsewhere.credentials() == {"api_key": "key"}
+    assert client_settings.resolve(url="http://a/api/", environ=environ).credentials() == {"token": "tok"}
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_kept_credentials_are_never_sent_to_another_server(environ, how):
+    client_settings.save("default", {"url": "http://a", "api_key": "key", "token": "tok"}, environ)
+    if how == "option":
+        elsewhere = client_settings.resolve(url="https://evil.example", environ=environ)
+    else:
+        environ["IMAGESVC_CLIENT_URL"] = "https://evil.example"
+        elsewhere = client_settings.resolve(environ=environ)
+    assert elsewhere.url == "https://evil.example" and elsewhere.credentials() == {}
+
+
+def test_a_profile_without_a_url_keeps_its_credentials_for_the_default_server(environ):
+    client_settings.save("default", {"api_key": "key"}, environ)
+    assert client_settings.resolve(environ=environ).credentials() == {"api_key": "key"}
+    assert client_settings.resolve(url="https://evil.example", environ=environ).credentials() == {}
+
+
+def test_credentials_from_the_environment_go_where_the_user_says(environ):
+    client_settings.save("default", {"url": "http://a", "token": "tok"}, environ)
+    environ.update(IMAGESVC_CLIENT_URL="http://b", IMAGESVC_CLIENT_API_KEY="env-key")
+    assert client_settings.resolve(environ=environ).credentials() == {"api_key": "env-key"}
 
 
 def test_the_profile_file_is_written_for_its_owner_only(environ):
@@ -150,11 +174,49 @@ def test_human_units():
 def test_set_values_are_json_where_they_parse_and_text_otherwise():
     assert _fields(["access=3", "resize=true", 'tags=["a","b"]', "desc=A new image", "version=2.0.1", "alias="]) == {
         "access": 3, "resize": True, "tags": ["a", "b"], "desc": "A new image", "version": "2.0.1", "alias": ""}
-    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+    with pytest.raises(UsageError, match="FIELD=VALUE"):
         _fields(["desc"])
+    with pytest.raises(UsageError, match="not an image field"):
+        _fields(["dc=main"])
 
 
 def test_tables_align_their_columns():
     assert table([["a", "1"], ["long-name", "22"]], ["NAME", "N"]).splitlines() == [
         "NAME       N", "a          1", "long-name  22"]
     assert key_values([["task", "t1"], ["status", "SUCCESS"]]).splitlines() == ["task    t1", "status  SUCCESS"]
+
+
+@pytest.fixture
+def user_env(monkeypatch, tmp_path):
+    for key in list(os.environ):
+        if key.startswith("IMAGESVC_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("IMAGESVC_CLIENT_CONFIG", str(tmp_path / "profiles.json"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(("argv", "code", "said"), [
+    (["image", "update", "x", "--set", "dc=main"], 2, "not an image field"),
+    (["image", "import", "x", "http://o/m", "--set", "manifest_url=http://o/n"], 2, "not an image field"),
+    (["image", "list", "--url", "ftp://nowhere.example"], 2, "ftp"),
+    (["events", "tail", "--broker-url", "amqp://u:p@127.0.0.1:9/"], 3, "ConnectionFailed"),
+    (["events", "tail"], 2, "broker user's URL"),
+])
+def test_failures_are_a_sentence_and_an_exit_code_never_a_traceback(user_env, capsys, argv, code, said):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def test_logout_forgets_the_token_even_when_the_server_refuses_it(user_env, capsys, monkeypatch):
+    from imagesvc.client import Client
+    from imagesvc.client import cli as user_cli
+
+    refusing = httpx.MockTransport(lambda request: httpx.Response(403, json={"detail": "Invalid token"}))
+    monkeypatch.setattr(user_cli, "_client", lambda args: Client("http://api.example", token="stale",
+                                                                 transport=refusing))
+    client_settings.save("default", {"url": "http://api.example", "token": "stale"})
+    assert main(["logout"]) == 1  # refused (the token had expired) ...
+    assert "refused (403): Invalid token" in capsys.readouterr().err
+    stored = json.loads(client_settings.config_path().read_text())
+    assert stored == {"default": {"url": "http://api.example"}}  # ... and forgotten anyway
