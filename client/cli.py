@@ -4,6 +4,7 @@
     imagesvc logout
     imagesvc image list|show|import|update|delete|snapshot|wait|vms ...
     imagesvc task status|wait TASK_ID
+    imagesvc command publish TYPE --set FIELD=VALUE ... [--wait]   on the broker, as your broker user
     imagesvc events tail [--type T ...] [--dc DC ...]
 
 Tables for people, ``--json`` for programs. Exit codes (``EXIT_*``): 0 done; 1 refused by the
@@ -114,18 +115,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     follow.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 4)")
     follow.set_defaults(func=_guarded(_task_wait), detach=False)
 
+    broker_options = argparse.ArgumentParser(add_help=False)
+    broker_options.add_argument("--broker-url", help="your broker user's URL (IMAGESVC_CLIENT_BROKER_URL, or the profile's)")
+    broker_options.add_argument("--prefix", default="", help="the deployment's topology prefix (IMAGESVC_TOPOLOGY_PREFIX)")
+    broker_options.add_argument("--service-user", dest="service_users", action="append", default=[], metavar="USER",
+                                help="a broker user whose events are believed: imagesvc's IMAGESVC_SERVICE_USERS; "
+                                     "repeatable (default: imagesvc)")
+
+    command = commands.add_parser("command", help="commands published on the broker as your broker user")
+    command_commands = command.add_subparsers(dest="command_command", required=True)
+    publish = command_commands.add_parser("publish", parents=[common, broker_options],
+                                          help="publish a command (confirmed); --wait for its outcome event")
+    publish.add_argument("type", help="the command type: image.import, image.update, image.delete, ...")
+    publish.add_argument("--set", dest="fields", action="append", default=[], metavar="FIELD=VALUE",
+                         help="a payload field (docs/messages.md); VALUE is JSON where it parses as JSON; repeatable")
+    publish.add_argument("--dc", help="the datacenter you act in (the envelope's actor.dc)")
+    publish.add_argument("--node", help="the compute node a node command goes to (image.snapshot)")
+    publish.add_argument("--task-id", help="a task id of your own (default: a new UUID); the same id and "
+                                           "payload again are the same command")
+    publish.add_argument("--wait", action="store_true", help="wait for the task's outcome event")
+    publish.add_argument("--timeout", type=float, default=60.0, help="how long --wait waits (exit 4)")
+    publish.set_defaults(func=_guarded(_command_publish))
+
     events = commands.add_parser("events", help="image lifecycle events from the broker")
     event_commands = events.add_subparsers(dest="events_command", required=True)
-    tail = event_commands.add_parser("tail", parents=[common], help="print events as they happen (Ctrl-C ends)")
-    tail.add_argument("--broker-url", help="your broker user's URL (IMAGESVC_CLIENT_BROKER_URL, or the profile's)")
+    tail = event_commands.add_parser("tail", parents=[common, broker_options],
+                                     help="print events as they happen (Ctrl-C ends)")
     tail.add_argument("--type", dest="types", action="append", default=[], metavar="PATTERN",
                       help="event types or patterns (image.#, task.succeeded, ...); repeatable; default: all")
     tail.add_argument("--dc", dest="dcs", action="append", default=[], metavar="DC",
                       help="only this datacenter's events (and the global ones); repeatable")
-    tail.add_argument("--prefix", default="", help="the deployment's topology prefix (IMAGESVC_TOPOLOGY_PREFIX)")
-    tail.add_argument("--service-user", dest="service_users", action="append", default=[], metavar="USER",
-                      help="a broker user whose events are believed: imagesvc's IMAGESVC_SERVICE_USERS; repeatable "
-                           "(default: imagesvc)")
     tail.add_argument("--count", type=int, default=None, help="stop after this many events")
     tail.add_argument("--idle-timeout", type=float, default=None, help="stop after this many seconds without an event")
     tail.set_defaults(func=_guarded(_events_tail))
@@ -202,20 +221,27 @@ class UsageError(Exception):
 _NOT_FIELDS = frozenset({"name", "dc", "manifest_url", "file_url", "idempotency_key", "if_match", "vm", "snapname"})
 
 
-def _fields(pairs: Iterable[str]) -> dict[str, Any]:
+def _pairs(pairs: Iterable[str]) -> dict[str, Any]:
     """``FIELD=VALUE`` pairs; VALUE is JSON when it parses as JSON (3, true, ["a"]), else text."""
     fields: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
             raise UsageError(f"--set wants FIELD=VALUE, not {pair!r}")
-        if name in _NOT_FIELDS:
-            raise UsageError(f"--set {name}=... is not an image field: give it as the command's "
-                             f"{'--' + name.replace('_', '-') if name in ('dc', 'file_url') else 'argument'}")
         try:
             fields[name] = json.loads(raw)
         except ValueError:
             fields[name] = raw
+    return fields
+
+
+def _fields(pairs: Iterable[str]) -> dict[str, Any]:
+    """An image's fields from ``FIELD=VALUE`` pairs (``_pairs``), refusing the command's own arguments."""
+    fields = _pairs(pairs)
+    for name in fields:
+        if name in _NOT_FIELDS:
+            raise UsageError(f"--set {name}=... is not an image field: give it as the command's "
+                             f"{'--' + name.replace('_', '-') if name in ('dc', 'file_url') else 'argument'}")
     return fields
 
 
@@ -376,17 +402,54 @@ def _task_wait(args: argparse.Namespace) -> int:
         return _follow(client, client.task(args.task_id), args, label=f"task {args.task_id}")
 
 
-def _events_tail(args: argparse.Namespace) -> int:
+def _broker(args: argparse.Namespace, what: str):
     from imagesvc.client.broker import Broker
 
     chosen = _settings(args)
     if not chosen.broker_url:
-        print("imagesvc: events tail needs your broker user's URL: --broker-url, IMAGESVC_CLIENT_BROKER_URL "
-              "or the profile's broker_url", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{what} needs your broker user's URL: --broker-url, IMAGESVC_CLIENT_BROKER_URL "
+                         "or the profile's broker_url")
+    return Broker(chosen.broker_url, prefix=args.prefix, service_users=args.service_users or ("imagesvc",))
+
+
+def _command_publish(args: argparse.Namespace) -> int:
+    from imagesvc.shared.contracts import COMMAND_TYPES, TaskSucceeded
+    from imagesvc.shared.errors import PoisonMessage
+
+    kind = COMMAND_TYPES.get(args.type)
+    if kind is None:
+        raise UsageError(f"{args.type!r} is not a command type; one of: {', '.join(sorted(COMMAND_TYPES))}")
+    try:
+        command = kind.from_payload(_pairs(args.fields))
+    except PoisonMessage as bad:
+        raise UsageError(bad.reason) from None
+    with _broker(args, "command publish") as broker:
+        if not args.wait:
+            task_id = broker.publish(command, dc=args.dc, task_id=args.task_id, node=args.node)
+            if args.json:
+                _print_json({"task_id": task_id})
+            else:
+                print(f"published; task {task_id} (its outcome: imagesvc task status {task_id})")
+            return EXIT_OK
+        outcome = broker.publish_and_wait(command, dc=args.dc, task_id=args.task_id, node=args.node,
+                                          timeout=args.timeout)
+    payload = outcome.to_payload()
+    if args.json:
+        _print_json({"type": type(outcome).TYPE, **payload})
+    else:
+        print(key_values([["task", payload["task_id"]], ["outcome", type(outcome).TYPE],
+                          ["http_code", str(payload.get("http_code"))],
+                          *([["code", str(payload["code"])]] if payload.get("code") else []),
+                          ["result", json.dumps(payload.get("result"), default=str)]]))
+    if isinstance(outcome, TaskSucceeded):
+        return EXIT_OK
+    return EXIT_UNAVAILABLE if (payload.get("http_code") or 0) >= 500 else EXIT_REFUSED
+
+
+def _events_tail(args: argparse.Namespace) -> int:
     seen = 0
     try:
-        with Broker(chosen.broker_url, prefix=args.prefix, service_users=args.service_users or ("imagesvc",)) as broker:
+        with _broker(args, "events tail") as broker:
             with broker.subscribe(args.types or ["#"], args.dcs or None, timeout=args.idle_timeout) as events:
                 # The queue is bound now: what happens from here on is printed.
                 print(f"listening on {', '.join(events.bindings)} (Ctrl-C ends)", file=sys.stderr, flush=True)

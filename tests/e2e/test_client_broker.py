@@ -8,10 +8,13 @@ other process can reach, so there is nothing there for the SDK to connect to.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -234,3 +237,49 @@ def test_publishing_as_another_user_than_the_connections_is_refused_by_the_broke
             broker.publish(UpdateImage(name=name, desc="as root"), dc="main")
     with system.client() as client:
         assert client.get(f"/image/{name}/").json()["result"]["desc"] != "as root"
+
+
+# --- the same through the command line -----------------------------------------------------------
+
+
+def cli(system, program: Program, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGESVC_")}
+    env["IMAGESVC_CLIENT_BROKER_URL"] = program.url
+    service = [arg for user in program.service_users for arg in ("--service-user", user)]
+    return subprocess.run([sys.executable, "-m", "imagesvc", *args, "--prefix", system.prefix, *service],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_publishes_a_command_and_waits_for_its_outcome(system, program, origin):
+    name = imported(system, origin)
+    done = cli(system, program, "command", "publish", "image.update", "--set", f"name={name}",
+               "--set", "desc=from the command line", "--dc", "main", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert (outcome["type"], outcome["http_code"], outcome["user"]) == ("task.succeeded", 200, program.user)
+
+    refused = cli(system, program, "command", "publish", "image.update", "--set", f"name={name}",
+                  "--set", "access=7", "--dc", "main", "--wait")
+    assert refused.returncode == 1, refused.stderr
+    assert re.search(r"^outcome\s+task.failed$", refused.stdout, re.MULTILINE) and "http_code  400" in refused.stdout
+
+    sent = cli(system, program, "command", "publish", "image.delete", "--set", f"name={name}", "--dc", "main",
+               "--json")
+    assert sent.returncode == 0, sent.stderr
+    task_id = json.loads(sent.stdout)["task_id"]
+    with system.client() as client:
+        # Unknown (404) until the deleter has reported: nobody journaled a command published directly.
+        eventually(lambda: _assert_status(client, task_id, "SUCCESS"), timeout=30)
+        assert client.get(f"/image/{name}/").status_code == 404
+
+
+def _assert_status(client, task_id: str, status: str) -> None:
+    answer = client.get(f"/task/{task_id}/status/")
+    assert answer.status_code != 404 and answer.json()["status"] == status, answer.text
+
+
+def test_the_command_line_refuses_what_is_not_a_command_before_connecting(system, program):
+    unknown = cli(system, program, "command", "publish", "image.destroy", "--set", "name=x")
+    assert unknown.returncode == 2 and "not a command type" in unknown.stderr
+    missing = cli(system, program, "command", "publish", "image.update", "--set", "desc=no name")
+    assert missing.returncode == 2 and "'name' is required" in missing.stderr
