@@ -69,6 +69,10 @@ class Terminal:
     def __init__(self, env: dict[str, str], *args: str):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: exec the command on the terminal
+            # As a person's shell starts it: a test run started in the background (nohup, CI)
+            # ignores SIGINT, an ignored signal survives exec, and Python then installs no
+            # KeyboardInterrupt handler, so a typed Ctrl-C would do nothing.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execvpe(sys.executable, [sys.executable, "-m", "imagesvc", *args], env)
         self.output = b""
         self.status: int | None = None
