@@ -1,8 +1,9 @@
 """The imagesvc Python SDK.
 
 ``Client`` / ``AsyncClient`` speak the HTTP API (httpx only: importing this package loads nothing
-of the server). ``Broker``, the message-level half, is imported on first use, so its AMQP
-dependencies are loaded only by those who use it. docs/sdk.md is the user's guide.
+of the server). They and ``Broker``, the message-level half, are imported on first use: the
+``imagesvc`` command builds its parser from ``imagesvc.client.cli`` in every process it starts
+(workers, gateways), which must not load httpx or AMQP for it. docs/sdk.md is the user's guide.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from imagesvc.client.errors import (
     TransportError,
     Unavailable,
 )
-from imagesvc.client.http import USER_AGENT, AsyncClient, Client
 from imagesvc.client.models import Image, Progress, Repository, Task
 
 if TYPE_CHECKING:
     from imagesvc.client.broker import Broker
+    from imagesvc.client.http import USER_AGENT, AsyncClient, Client
 
 __all__ = [
     "Client", "AsyncClient", "Broker", "Image", "Task", "Progress", "Repository", "USER_AGENT",
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 #: Names served by a submodule imported on first use (module ``__getattr__``, PEP 562).
-_LAZY = {"Broker": "imagesvc.client.broker"}
+_LAZY = {"Broker": "imagesvc.client.broker", "Client": "imagesvc.client.http",
+         "AsyncClient": "imagesvc.client.http", "USER_AGENT": "imagesvc.client.http"}
 
 
 def __getattr__(name: str) -> Any:

@@ -220,3 +220,15 @@ def test_logout_forgets_the_token_even_when_the_server_refuses_it(user_env, caps
     assert "refused (403): Invalid token" in capsys.readouterr().err
     stored = json.loads(client_settings.config_path().read_text())
     assert stored == {"default": {"url": "http://api.example"}}  # ... and forgotten anyway
+
+
+def test_the_imagesvc_command_loads_the_sdk_only_for_the_commands_that_use_it():
+    """Every worker and gateway starts through ``imagesvc``, whose parser holds the user's
+    commands: building it must not load httpx or the SDK's HTTP and broker halves."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, imagesvc.cli; "
+             "print(sorted(m for m in ('httpx', 'imagesvc.client.http', 'imagesvc.client.broker') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]"
