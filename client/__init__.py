@@ -28,14 +28,14 @@ from imagesvc.client.errors import (
     TransportError,
     Unavailable,
 )
-from imagesvc.client.models import Image, Progress, Repository, Task
+from imagesvc.client.models import Image, Page, Progress, Repository, Task
 
 if TYPE_CHECKING:
     from imagesvc.client.broker import Broker
     from imagesvc.client.http import USER_AGENT, AsyncClient, Client
 
 __all__ = [
-    "Client", "AsyncClient", "Broker", "Image", "Task", "Progress", "Repository", "USER_AGENT",
+    "Client", "AsyncClient", "Broker", "Image", "Page", "Task", "Progress", "Repository", "USER_AGENT",
     "ImagesvcError", "TransportError", "ApiError", "BadRequest", "Forbidden", "NotFound", "NotAcceptable",
     "PreconditionFailed", "ExpectationFailed", "Locked", "PreconditionRequired", "TooManyRequests", "Unavailable",
     "ServerError", "TaskFailed",

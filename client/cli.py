@@ -62,6 +62,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     listing = images.add_parser("list", parents=[common], help="the images you may see")
     listing.add_argument("--dc", help="a datacenter's images (default: your current datacenter's)")
     listing.add_argument("--order-by", help="name or created; prefix - for descending")
+    listing.add_argument("--limit", type=int, help="one page of at most this many images (1..1000); with --all, "
+                                                   "the page size (default 100)")
+    listing.add_argument("--marker", help="the page after this image (the name the previous page ended with)")
+    listing.add_argument("--all", action="store_true", help="every image, read page by page")
+    listing.add_argument("--status", help="ok or pending")
+    listing.add_argument("--name", help="names beginning with this (any case)")
+    listing.add_argument("--ostype", help="1 Linux, 2 SunOS, 3 BSD, 4 Windows, 5 SunOS zone, 6 Linux zone")
+    listing.add_argument("--owner", help="the owner's username")
+    listing.add_argument("--tag", action="append", help="images with this tag; repeatable (every tag)")
+    listing.add_argument("--attached-to", metavar="DC", help="images attached to this datacenter")
+    listing.add_argument("--access", help="public, private or deleted")
     listing.set_defaults(func=_guarded(_image_list))
     show = images.add_parser("show", parents=[common], help="one image")
     show.add_argument("name")
@@ -317,12 +328,31 @@ def _logout(args: argparse.Namespace) -> int:
 
 
 def _image_list(args: argparse.Namespace) -> int:
+    """The whole list in one answer; with ``--limit``/``--marker`` one page (the marker of the
+    next one on standard error, or in the JSON); with ``--all`` every page, one after another."""
+    filters = {"status": args.status, "name": args.name, "ostype": args.ostype, "owner": args.owner,
+               "tag": args.tag, "attached_to": args.attached_to, "access": args.access}
+    filters = {key: value for key, value in filters.items() if value is not None}
+    next_marker = None
+    paged = args.limit is not None or args.marker is not None
+    size = args.limit if args.limit is not None else 100
     with _client(args) as client:
-        images = client.list_images(dc=args.dc, full=True, order_by=args.order_by)
+        if args.all:
+            images = list(client.iter_images(page_size=size, marker=args.marker, full=True,
+                                             order_by=args.order_by, datacenter=args.dc, **filters))
+        elif paged:
+            page = client.images(limit=size, marker=args.marker, full=True, order_by=args.order_by,
+                                 datacenter=args.dc, **filters)
+            images, next_marker = page.items, page.next_marker
+        else:
+            images = client.list_images(dc=args.dc, full=True, order_by=args.order_by, **filters)
     if args.json:
-        _print_json([image.raw for image in images])
+        raw = [image.raw for image in images]
+        _print_json({"images": raw, "next_marker": next_marker} if paged and not args.all else raw)
     else:
         print(table(_image_rows(images), [header for _, header in _IMAGE_COLUMNS]))
+        if next_marker is not None:
+            print(f"More images follow: add --marker {next_marker}", file=sys.stderr)
     return EXIT_OK
 
 

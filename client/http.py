@@ -32,14 +32,14 @@ from email.utils import parsedate_to_datetime
 from enum import Enum
 from importlib import metadata
 from types import TracebackType
-from typing import (Any, Awaitable, Callable, Concatenate, Generator, Generic, Mapping, ParamSpec, Self, TypeVar,
-                    overload)
+from typing import (Any, AsyncIterator, Awaitable, Callable, Concatenate, Generator, Generic, Iterator, Mapping,
+                    ParamSpec, Self, TypeVar, overload)
 from urllib.parse import quote
 
 import httpx
 
 from imagesvc.client import errors
-from imagesvc.client.models import FAILURE, SUCCESS, Image, Repository, Task
+from imagesvc.client.models import FAILURE, SUCCESS, Image, Page, Repository, Task
 
 __all__ = ["Client", "AsyncClient", "USER_AGENT"]
 
@@ -153,6 +153,45 @@ def _checked_key(key: str | None) -> str:
 def _present(**values: Any) -> dict[str, Any]:
     """The named values that are not None (optional request fields are left out, not sent as null)."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+#: The filters of ``images``/``iter_images`` (``GET /api/image/``), as the API names them.
+IMAGE_FILTERS = ("status", "name", "ostype", "owner", "tag", "attached_to", "access")
+
+
+def _filter_params(filters: Mapping[str, Any]) -> dict[str, Any]:
+    """Query parameters of image filters (None left out; ``tag`` may be a list: every tag)."""
+    unknown = sorted(set(filters) - set(IMAGE_FILTERS))
+    if unknown:
+        raise TypeError(f"unknown image filter(s): {', '.join(unknown)}; known: {', '.join(IMAGE_FILTERS)}")
+    params: dict[str, Any] = {}
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if key == "tag" and isinstance(value, (list, tuple)):
+            params[key] = [str(tag) for tag in value]
+        else:
+            params[key] = str(value)
+    return params
+
+
+def _page_params(limit: int, marker: str | None, marker_created: str | None = None) -> dict[str, str]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        raise ValueError("limit must be a whole number from 1 to 1000")
+    if marker_created is not None and marker is None:
+        raise ValueError("marker_created goes with a marker")
+    return {"limit": str(limit), **_present(marker=marker, marker_created=marker_created)}
+
+
+def _page(items: list[Any], response: httpx.Response) -> Page:
+    """A page, with the next one's URL and marker from its ``Link: <...>; rel="next"``: a
+    reference resolved against the request's URL (the gateway sends a path-absolute one)."""
+    url = response.links.get("next", {}).get("url")
+    if not url:
+        return Page(items)
+    resolved = response.request.url.join(url)
+    return Page(items, next=str(resolved), next_marker=resolved.params.get("marker"),
+                next_marker_created=resolved.params.get("marker_created"))
 
 
 def _decode(response: httpx.Response) -> Any:
@@ -377,17 +416,41 @@ class _Operations:
 
     @operation
     def list_images(self, *, dc: str | None = None, full: bool = True, extended: bool = False,
-                    order_by: str | None = None) -> Op[list[Image] | list[str]]:
+                    order_by: str | None = None, **filters: Any) -> Op[list[Image] | list[str]]:
         """The images (``GET /api/image/``), or those attached to datacenter ``dc``
-        (``GET /api/dc/<dc>/image/``). ``full``: Image objects, else names; ``extended``: objects
-        with ``dcs``; ``order_by``: ``name`` or ``created`` (``-`` for descending; a datacenter's
-        list sorts by name only)."""
+        (``GET /api/dc/<dc>/image/``), all in one answer. ``full``: Image objects, else names;
+        ``extended``: objects with ``dcs``; ``order_by``: ``name`` or ``created`` (``-`` for
+        descending; a datacenter's list sorts by name only); ``filters``: those of ``images``
+        (here ``dc`` is the list's datacenter; ``attached_to=`` filters by attachment)."""
         path = ("dc", dc, "image") if dc is not None else ("image",)
-        params = _present(full="true" if full else None, extended="true" if extended else None, order_by=order_by)
+        params = {**_present(full="true" if full else None, extended="true" if extended else None,
+                             order_by=order_by), **_filter_params(filters)}
         result, _ = yield from self._result(Call("GET", path, params=params))
         if full or extended:
             return [Image.from_json(item) for item in result]
         return [str(item) for item in result]
+
+    @operation
+    def images(self, *, limit: int = 100, marker: str | None = None, full: bool = True, extended: bool = False,
+               order_by: str | None = None, datacenter: str | None = None, marker_created: str | None = None,
+               **filters: Any) -> Op[Page]:
+        """One page of ``GET /api/image/`` (of ``GET /api/dc/<datacenter>/image/`` with
+        ``datacenter``): at most ``limit`` (1..1000) images after the one named ``marker`` (the
+        previous page's ``next_marker``; None: the first page), in ``order_by``.
+        ``marker_created``: the previous page's ``next_marker_created`` (an order by ``created``
+        then needs no look-up of the marker, which may have been removed since; without it the
+        marker must name an image the caller sees). ``filters``: ``status`` (1/2 or
+        ok/pending), ``name`` (a prefix, any case), ``ostype``, ``owner`` (a username), ``tag``
+        (one, or a list: images with every one), ``attached_to`` (attached to that datacenter),
+        ``access`` (1/3/4 or public/private/deleted). Items as ``list_images`` gives them (Image
+        objects, or names without ``full``)."""
+        params = {**_present(full="true" if full else None, extended="true" if extended else None,
+                             order_by=order_by), **_page_params(limit, marker, marker_created),
+                  **_filter_params(filters)}
+        path = ("dc", datacenter, "image") if datacenter is not None else ("image",)
+        result, response = yield from self._result(Call("GET", path, params=params))
+        items = [Image.from_json(item) for item in result] if full or extended else [str(item) for item in result]
+        return _page(items, response)
 
     @operation
     def get_image(self, name: str, *, dc: str | None = None, extended: bool = False) -> Op[Image]:
@@ -405,6 +468,13 @@ class _Operations:
         (``GET /api/image/<name>/vm/?full=true``): ``{hostname, uuid, dc, node, status, ostype, disks}``."""
         result, _ = yield from self._result(Call("GET", ("image", name, "vm"), params={"full": "true"}))
         return list(result)
+
+    @operation
+    def image_vms_page(self, name: str, *, limit: int = 100, marker: str | None = None) -> Op[Page]:
+        """One page of ``image_vms``: at most ``limit`` VMs after the one whose hostname is ``marker``."""
+        params = {"full": "true", **_page_params(limit, marker)}
+        result, response = yield from self._result(Call("GET", ("image", name, "vm"), params=params))
+        return _page(list(result), response)
 
     @operation
     def import_image(self, name: str, manifest_url: str, *, file_url: str | None = None, dc: str | None = None,
@@ -464,6 +534,13 @@ class _Operations:
         return [Repository.from_json(item) for item in result]
 
     @operation
+    def repositories_page(self, *, limit: int = 100, marker: str | None = None) -> Op[Page]:
+        """One page of ``list_repositories``: after the repository named ``marker``."""
+        params = {"full": "true", **_page_params(limit, marker)}
+        result, response = yield from self._result(Call("GET", ("imagestore",), params=params))
+        return _page([Repository.from_json(item) for item in result], response)
+
+    @operation
     def get_repository(self, name: str) -> Op[Repository]:
         """One repository (``GET /api/imagestore/<name>/``)."""
         result, _ = yield from self._result(Call("GET", ("imagestore", name)))
@@ -486,6 +563,13 @@ class _Operations:
         (``GET /api/imagestore/<name>/image/?full=true``)."""
         result, _ = yield from self._result(Call("GET", ("imagestore", name, "image"), params={"full": "true"}))
         return list(result)
+
+    @operation
+    def repository_images_page(self, name: str, *, limit: int = 100, marker: str | None = None) -> Op[Page]:
+        """One page of ``list_repository_images``: after the image whose uuid is ``marker``."""
+        params = {"full": "true", **_page_params(limit, marker)}
+        result, response = yield from self._result(Call("GET", ("imagestore", name, "image"), params=params))
+        return _page(list(result), response)
 
     @operation
     def get_repository_image(self, name: str, uuid: str) -> Op[dict[str, Any]]:
@@ -612,6 +696,21 @@ class Client(_Operations):
             return self._drive(fn(self, *args, **kwargs))
         return call
 
+    def iter_images(self, *, page_size: int = 100, marker: str | None = None, **kwargs: Any) -> Iterator[Any]:
+        """Every image of ``GET /api/image/`` (after ``marker``), read ``page_size`` at a time
+        (``images`` for the other arguments). Each page is one request, made as it is reached;
+        pages are keyset pages, so images added or removed meanwhile neither repeat nor shift
+        the others (an image added before the current position is not seen), and the removal
+        of the image a page ended with does not break the walk (the next request carries its
+        sort key, ``next_marker_created``, not only its name)."""
+        created = kwargs.pop("marker_created", None)
+        while True:
+            page = self.images(limit=page_size, marker=marker, marker_created=created, **kwargs)
+            yield from page.items
+            if page.next_marker is None:
+                return
+            marker, created = page.next_marker, page.next_marker_created
+
     def _drive(self, op: Op[T]) -> T:
         run = _Run(op)
         try:
@@ -661,6 +760,18 @@ class AsyncClient(_Operations):
         async def call(*args: Any, **kwargs: Any) -> Any:
             return await self._drive(fn(self, *args, **kwargs))
         return call
+
+    async def iter_images(self, *, page_size: int = 100, marker: str | None = None,
+                          **kwargs: Any) -> AsyncIterator[Any]:
+        """``Client.iter_images`` as an async iterator: ``async for image in c.iter_images()``."""
+        created = kwargs.pop("marker_created", None)
+        while True:
+            page = await self.images(limit=page_size, marker=marker, marker_created=created, **kwargs)
+            for item in page.items:
+                yield item
+            if page.next_marker is None:
+                return
+            marker, created = page.next_marker, page.next_marker_created
 
     async def _drive(self, op: Op[T]) -> T:
         run = _Run(op)

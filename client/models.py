@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["Image", "Progress", "Repository", "Task", "PENDING", "STARTED", "SUCCESS", "FAILURE"]
+__all__ = ["Image", "Page", "Progress", "Repository", "Task", "PENDING", "STARTED", "SUCCESS", "FAILURE"]
 
 PENDING, STARTED, SUCCESS, FAILURE = "PENDING", "STARTED", "SUCCESS", "FAILURE"
 _TERMINAL = frozenset({SUCCESS, FAILURE})
@@ -163,3 +163,28 @@ class Repository:
     @property
     def last_update_at(self) -> datetime | None:
         return _time(self.last_update)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list (``limit``/``marker`` paging): its ``items`` (Image objects, names, or
+    the list's own objects), and where the next page starts: ``next``, the absolute URL of the
+    answer's ``Link: <...>; rel="next"`` (resolved against the request's URL), ``next_marker``,
+    the marker in it, and ``next_marker_created``, the marker's sort key an image list sorted by
+    ``created`` adds (else None). They are None on the last page. A page iterates, and has a
+    length, as its items."""
+
+    items: list[Any]
+    next: str | None = None
+    next_marker: str | None = None
+    next_marker_created: str | None = None
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def last(self) -> bool:
+        return self.next is None

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import orjson
 import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesvc.domain import tasks
@@ -85,6 +85,19 @@ def raw_json_response(request: Request, body: bytes, status: int = 200,
     if _requested_indent(request):
         body = json_bytes(request, orjson.loads(body))
     return JSONBytes(body, status_code=status, headers=dict(headers or {}))
+
+
+def wants_indentation(request: Request) -> bool:
+    """Whether the client asked for indented JSON (which is re-encoded whole, never streamed)."""
+    return _requested_indent(request) > 0
+
+
+def streamed_json_response(chunks: AsyncIterator[bytes], status: int = 200,
+                           headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON answer sent as its chunks come (``Transfer-Encoding: chunked``, no
+    ``Content-Length``), so the gateway never holds it whole. Once the first chunk is sent the
+    status is decided: a failure after it can only cut the answer short."""
+    return StreamingResponse(chunks, status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
 def envelope(task_id: str, status: str, result: Any) -> dict[str, Any]:

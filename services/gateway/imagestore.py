@@ -16,7 +16,7 @@ from starlette.responses import Response
 from imagesvc.domain import fields, images, policy, repositories
 from imagesvc.services.gateway.blocking import in_thread
 from imagesvc.services.gateway.http import ApiError, ValidationFailed, dummy_task_id_for, json_response
-from imagesvc.services.gateway.routes import ImageRoutes, access_of, wants_objects
+from imagesvc.services.gateway.routes import ImageRoutes, access_of, page_answer, paging_of, wants_objects
 from imagesvc.shared.contracts import RefreshImageRepositories
 from imagesvc.shared.db.catalogue import storable
 
@@ -54,11 +54,14 @@ class ImageStoreRoutes:
     async def list_repositories(self, request: Request) -> Response:
         access = await self._entry(request)
         visible = self._visible(access)
-        if not wants_objects(request):
-            return self._success(request, list(visible))
+        full = wants_objects(request)
+        paging = paging_of(request)  # its marker: a repository's name
+        if not full:
+            return page_answer(request, list(visible), str, paging, list)
         states = await in_thread(self.queries.repositories, list(visible))
-        return self._success(request, [repositories.repository_object(name, url, states.get(name))
-                                       for name, url in visible.items()])
+        return page_answer(request, list(visible), str, paging,
+                           lambda page: [repositories.repository_object(name, visible[name], states.get(name))
+                                         for name in page])
 
     async def show_repository(self, request: Request) -> Response:
         access = await self._entry(request)
@@ -96,9 +99,11 @@ class ImageStoreRoutes:
         access = await self._entry(request)
         full = wants_objects(request)
         url, stored = await in_thread(self._stored_images, access, request.path_params["name"])
+        paging = paging_of(request)  # its marker: an image's uuid (after the repository's 404)
         if full:
-            return self._success(request, [repositories.image_object(entry, url) for entry in stored])
-        return self._success(request, [entry["uuid"] for entry in stored])
+            return page_answer(request, stored, _uuid, paging,
+                               lambda page: [repositories.image_object(entry, url) for entry in page])
+        return page_answer(request, stored, _uuid, paging, lambda page: [entry["uuid"] for entry in page])
 
     async def show_image(self, request: Request) -> Response:
         access = await self._entry(request)
@@ -127,6 +132,10 @@ class ImageStoreRoutes:
             raise ApiError(406, images.IMAGE_EXISTS)
         policy.require_image_admin_somewhere(access)  # the entry permission of POST /image/<name>/
         return self.images.prepare_import_named(request, access, data, name)
+
+
+def _uuid(entry: dict[str, Any]) -> str:
+    return str(entry.get("uuid"))
 
 
 def _find(stored: list[dict[str, Any]], uuid: str) -> dict[str, Any]:

@@ -76,6 +76,69 @@ _LIST_PARAMETERS = [
     {"name": "extended", "in": "query", "schema": _BOOL},
     {"name": "order_by", "in": "query", "schema": {"type": "string"}, "description": "name or created; prefix - for descending"},
 ]
+
+def _paging(marker: str) -> list[dict[str, Any]]:
+    """``limit``/``marker`` of a list (services/gateway/listing.py); ``marker``: what it names."""
+    return [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+         "description": "One page of at most this many items (an addition to the original API). Without it "
+                        "(and without marker) the answer is the whole list, as the original's. The page has a "
+                        "Link header to the next one while more may follow"},
+        {"name": "marker", "in": "query", "schema": {"type": "string"},
+         "description": f"The page after this item: {marker} of the previous page's last item (Glance's and "
+                        "IMGAPI's marker; keyset paging: the items strictly after it in the order asked for). "
+                        "One the caller cannot see in this list is refused like an unknown one (400), where it "
+                        "is looked up (an image list sorted by name takes any string as its own key; one "
+                        "sorted by created looks it up unless marker_created is given). Without limit, a page "
+                        "of 1000"},
+    ]
+
+
+#: The image lists' marker key: what their Link carries so that the next page needs no look-up.
+_MARKER_CREATED = {
+    "name": "marker_created", "in": "query", "schema": {"type": "string", "format": "date-time"},
+    "description": "With marker, in a list sorted by created: the marker image's created (ISO 8601), as the "
+                   "Link of the previous page gives it. The next page then starts from this key, so the removal "
+                   "of the marker image meanwhile breaks nothing. Not a timestamp: 400"}
+
+
+_IMAGE_FILTERS = [
+    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["1", "2", "ok", "pending"]},
+     "description": "Only images with this status (1/ok, 2/pending; the names in any case)"},
+    {"name": "name", "in": "query", "schema": {"type": "string", "maxLength": 64},
+     "description": "Only images whose name begins with this, without regard to case (% and _ are plain "
+                    "characters)"},
+    {"name": "ostype", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 6},
+     "description": "Only images of this OS type (1 Linux, 2 SunOS, 3 BSD, 4 Windows, 5 SunOS zone, 6 Linux zone)"},
+    {"name": "owner", "in": "query", "schema": {"type": "string", "maxLength": 150},
+     "description": "Only images owned by this user (username)"},
+    {"name": "tag", "in": "query", "schema": {"type": "array", "items": {
+        "type": "string", "pattern": "^[ :/A-Za-z0-9_-]+$", "maxLength": 64}}, "style": "form", "explode": True,
+     "description": "Only images with this tag; repeat it for images with every one of the tags"},
+    {"name": "attached_to", "in": "query", "schema": {"type": "string", "maxLength": 16},
+     "description": "Only images attached to this datacenter"},
+    {"name": "dc", "in": "query", "schema": {"type": "string", "maxLength": 16},
+     "description": "In a paged request (limit or marker given) only: the same as attached_to. Without them it "
+                    "is ignored, as the original ignores its general dc parameter on these lists (es get /image "
+                    "-dc X answers the whole list)"},
+    {"name": "access", "in": "query", "schema": {"type": "string", "enum": [
+        "1", "3", "4", "public", "private", "deleted"]}, "description": "Only images with this access"},
+]
+_NEXT_LINK = {"Link": {"description": 'With limit, while more may follow: </api/...?...>; rel="next", the next '
+                                      "page as a path-absolute reference to resolve against the request's URL "
+                                      "(it carries limit, marker, marker_created where sorted by created, "
+                                      "order_by, the flags and the filters)",
+                       "schema": {"type": "string"}}}
+_PAGE_OK = {**_json(_ref("TaskEnvelope"), "SUCCESS: the list, or with limit one page of it"),
+            "headers": _NEXT_LINK}
+#: An image list without limit is sent as it is read from the database (chunked, no Content-Length).
+_STREAMED_PAGE_OK = {**_json(_ref("TaskEnvelope"), "SUCCESS: the list, or with limit one page of it; without limit "
+                                                   "the whole list, streamed (chunked)"), "headers": _NEXT_LINK}
+_BAD_LIST_QUERY = _json(_ref("TaskEnvelope"),
+                        "FAILURE, by field: a flag that is not a boolean (checked first, one at a time), then "
+                        'every refused paging or filter value at once, e.g. {"limit": ["Ensure this value is '
+                        'less than or equal to 1000."], "marker": ["Unknown marker: it names nothing in this '
+                        'list."]}')
 _DC = {"name": "dc", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 16}}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]+$"}}
 #: A request body that is not a JSON object is refused by the parser with ``{"detail": "JSON parse
@@ -290,11 +353,13 @@ def _document() -> dict[str, Any]:
             "/api/image/": {
                 "get": {
                     "operationId": "image_list",
-                    "summary": "List server disk images",
-                    "parameters": _LIST_PARAMETERS,
-                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "400": _json(
-                        _ref("TaskEnvelope"), "Invalid flag"), "403": _AUTH_FAILED,
-                        "412": _detail("Invalid order_by")},
+                    "summary": "List server disk images (whole, or a page; filtered)",
+                    "description": "Checks in this order: credentials and permission (403), order_by (412), "
+                                   "full/extended (400), then limit, marker and the filters (400). The filters "
+                                   "narrow what the caller may see, never widen it.",
+                    "parameters": [*_LIST_PARAMETERS, *_paging("the name"), _MARKER_CREATED, *_IMAGE_FILTERS],
+                    "responses": {"200": _STREAMED_PAGE_OK, "400": _BAD_LIST_QUERY, "403": _AUTH_FAILED,
+                                  "412": _detail("Invalid order_by")},
                 }
             },
             "/api/image/{name}/": {
@@ -344,9 +409,9 @@ def _document() -> dict[str, Any]:
                         {"name": "extended", "in": "query", "schema": _BOOL},
                         {"name": "order_by", "in": "query", "schema": {"type": "string", "enum": ["hostname",
                                                                                               "-hostname"]}},
+                        *_paging("the hostname"),
                     ],
-                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "400": _json(
-                        _ref("TaskEnvelope"), "Invalid flag"), "403": _AUTH_FAILED,
+                    "responses": {"200": _PAGE_OK, "400": _BAD_LIST_QUERY, "403": _AUTH_FAILED,
                         "404": _detail("Image not found"), "412": _detail("Invalid order_by")},
                 },
             },
@@ -380,9 +445,10 @@ def _document() -> dict[str, Any]:
                 "parameters": [_DC],
                 "get": {
                     "operationId": "dc_image_list",
-                    "summary": "Images attached to a datacenter (its Admins and SuperAdmins)",
-                    "parameters": _LIST_PARAMETERS,
-                    "responses": {"200": _json(_ref("TaskEnvelope"), "SUCCESS"), "403": _AUTH_FAILED,
+                    "summary": "Images attached to a datacenter (its Admins and SuperAdmins); whole, or a page; "
+                               "filtered as GET /api/image/",
+                    "parameters": [*_LIST_PARAMETERS, *_paging("the name"), _MARKER_CREATED, *_IMAGE_FILTERS],
+                    "responses": {"200": _STREAMED_PAGE_OK, "400": _BAD_LIST_QUERY, "403": _AUTH_FAILED,
                                   "404": _detail("Datacenter not found"), "412": _detail("Invalid order_by")},
                 },
             },
@@ -512,7 +578,8 @@ def _imagestore() -> dict[str, Any]:
         "/api/imagestore/": {
             "get": {"operationId": "imagestore_list",
                     "summary": "Repository names; full/extended: their objects (the local one for SuperAdmins)",
-                    "parameters": flags, "responses": {"200": ok, "400": _BAD_FLAG, "403": _AUTH_FAILED}},
+                    "parameters": [*flags, *_paging("the repository's name")],
+                    "responses": {"200": _PAGE_OK, "400": _BAD_LIST_QUERY, "403": _AUTH_FAILED}},
             "put": {"operationId": "imagestore_refresh_all", "summary": "Download every repository's image list",
                     "responses": refresh_answers},
         },
@@ -527,8 +594,8 @@ def _imagestore() -> dict[str, Any]:
             "parameters": [repository],
             "get": {"operationId": "imagestore_image_list",
                     "summary": "Image uuids of the last refresh, newest first; full/extended: image objects",
-                    "parameters": flags,
-                    "responses": {"200": ok, "400": _BAD_FLAG, "403": _AUTH_FAILED,
+                    "parameters": [*flags, *_paging("the image's uuid")],
+                    "responses": {"200": _PAGE_OK, "400": _BAD_LIST_QUERY, "403": _AUTH_FAILED,
                                   "404": _detail("ImageStore not found")}},
         },
         "/api/imagestore/{name}/image/{uuid}/": {

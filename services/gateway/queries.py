@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from dataclasses import dataclass
-from typing import Any, Collection, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import orjson
-from sqlalchemy import Engine, bindparam, insert, select
+from sqlalchemy import Engine, and_, bindparam, func, insert, literal, select, tuple_
 
 from imagesvc.shared.db import accounts
 from imagesvc.shared.db import repositories as stored_repositories
@@ -23,6 +23,7 @@ from imagesvc.shared.db.dialect import insert_ignore
 from imagesvc.shared.db.engine import read_transaction, single_statement, write_transaction
 from imagesvc.shared.db.models import AuthToken, Datacenter, ReadImage, ReadTask, StoredEvent, SubmittedCommand, User, utcnow
 from imagesvc.shared.db.records import DatacenterRecord, Grants, RepositoryRecord, UserRecord
+from imagesvc.services.gateway.listing import ImageFilters
 
 _users = User.__table__
 _dcs = Datacenter.__table__
@@ -54,6 +55,8 @@ _CAUSED_BY = select(_events.c.correlation_id).where(_events.c.causation_id == bi
 
 #: Sortable fields of ``GET /image/`` and their columns.
 ORDER_FIELDS = {"name": _images.c.name, "created": _images.c.created}
+#: Rows per chunk of a streamed list (each chunk its own short keyset query).
+STREAM_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,81 @@ class Queries:
             return [with_dcs(row[0].encode(), row[1].encode()) for row in rows]
         return [row[0].encode() for row in rows]
 
+    def image_page(self, listing: ImageListing, *, limit: int, marker: str | None, full: bool,
+                   extended: bool, marker_created: datetime | None = None
+                   ) -> tuple[list[bytes], PageKey | None, bool]:
+        """One page of an image list: the encoded items (names as JSON strings, or objects), the
+        sort key of its last image (the next page's marker) and whether more follow. Keyset
+        paging: the rows strictly after the marker's sort key in the listing's order, never an
+        OFFSET.
+
+        The marker's row is not needed when the key is known without it: an order by name only
+        takes ``marker`` itself (any string: the rows after it), and an order by ``created``
+        takes ``marker_created`` with it; so an image removed (or hidden) since the previous page
+        breaks nothing. Only a marker given without its ``created`` is looked up, and raises
+        ``UnknownMarker`` when it names no image the listing's caller may see (filters aside)."""
+        order = listing.keyset_order()
+        key = None
+        if marker is not None:
+            key = listing.marker_key(marker, marker_created)
+            if key is None:
+                with single_statement(self.engine) as conn:
+                    found = conn.execute(listing.visible(select(*[column for column, _ in order]))
+                                         .where(_images.c.name == marker)).first()
+                if found is None:
+                    raise UnknownMarker(marker)
+                key = tuple(found)
+        # One more row than asked for tells whether another page follows.
+        rows = self._rows_after(listing, _image_columns(full, extended), key, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        encode = _encoder(full, extended)
+        last = PageKey(rows[-1][-2], rows[-1][-1]) if rows else None
+        return [encode(row) for row in rows], last, more
+
+    def _rows_after(self, listing: ImageListing, columns: Sequence[Any], key: tuple | None, limit: int) -> list:
+        """At most ``limit`` rows of ``columns`` (then ``name`` and ``created``) strictly after
+        the sort ``key`` (None: from the start) in the listing's order: one short read on a
+        connection given back to the pool before this returns."""
+        order = listing.keyset_order()
+        query = listing.select([*columns, _images.c.name, _images.c.created]).order_by(*_clauses(order))
+        rows: list = []
+        with single_statement(self.engine) as conn:
+            for case in ([None] if key is None else _after(order, key)):
+                chosen = query if case is None else query.where(case)
+                rows += conn.execute(chosen.limit(limit - len(rows))).all()
+                if len(rows) >= limit:
+                    break
+        return rows
+
+    def image_stream(self, listing: ImageListing, *, full: bool, extended: bool,
+                     batch: int = STREAM_BATCH) -> Iterator[bytes]:
+        """The whole image list as the chunks of its JSON array (``[``, the items, ``]``), read
+        ``batch`` rows at a time: the list is never held whole.
+
+        Each batch is its own keyset query (the rows after the previous batch's last key) on a
+        connection taken from the pool and given back before the chunk is yielded: a slow reader
+        of the answer holds no connection and no transaction while it is slow. The first batch
+        is read at the first ``next()`` (so a database failure is raised before anything is
+        sent). The batches are consistent with each other as the pages of a walk are: a quiet
+        catalogue gives exactly the bytes of one read; an image added or removed meanwhile is
+        listed or left out at most once, never repeated."""
+        encode = _encoder(full, extended)
+        columns = _image_columns(full, extended)
+        order = listing.keyset_order()
+        opening = b"["
+        key = None
+        while True:
+            rows = self._rows_after(listing, columns, key, batch)
+            if rows:
+                yield opening + b",".join(encode(row) for row in rows)
+                opening = b","
+                last = PageKey(rows[-1][-2], rows[-1][-1])
+                key = last.values(order)
+            if len(rows) < batch:
+                break
+        yield b"]" if opening == b"," else b"[]"
+
     def image_uuid_taken(self, uuid: str) -> bool:
         if not storable(uuid, 36):
             return False
@@ -348,6 +426,142 @@ class Queries:
                 "user": user, "owner": owner, "dc": dc, "created_at": utcnow(), "routing_key": routing_key,
                 "body": body.decode(),
             })
+
+
+class UnknownMarker(LookupError):
+    """A page's ``marker`` names nothing the caller may see in that list."""
+
+
+@dataclass(frozen=True)
+class PageKey:
+    """Where a page (or a streamed batch) ended: its last image's name and ``created``."""
+
+    name: str
+    created: datetime
+
+    def values(self, order: Sequence[tuple[Any, bool]]) -> tuple:
+        """The key's values for the columns of a keyset order."""
+        return tuple(self.created if column is _images.c.created else self.name for column, _ in order)
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """Which images a list holds and in which order: the caller's visibility (``exclude_access``,
+    ``bound_to``: only images bound to these datacenters, None for all; ``attached_to``: only
+    images attached to this datacenter), then the ``filters`` narrowing it."""
+
+    order: Sequence[tuple[str, bool]]
+    exclude_access: Sequence[int]
+    bound_to: Collection[str] | None = None
+    attached_to: str | None = None
+    filters: ImageFilters = ImageFilters()
+
+    def visible(self, query):
+        return _scoped(query, self.exclude_access, self.bound_to, self.attached_to)
+
+    def select(self, columns: Sequence[Any]):
+        return _filtered(self.visible(select(*columns)), self.filters)
+
+    @property
+    def needs_created(self) -> bool:
+        """Whether a marker's sort key includes its ``created`` (else the name alone is the key)."""
+        return any(column is _images.c.created for column, _ in self.keyset_order())
+
+    def marker_key(self, marker: str, marker_created: datetime | None) -> tuple | None:
+        """The sort key a marker stands for, when known without its row (None: look it up)."""
+        if not self.needs_created:
+            return (marker,)
+        if marker_created is None:
+            return None
+        return PageKey(marker, marker_created).values(self.keyset_order())
+
+    def keyset_order(self) -> list[tuple[Any, bool]]:
+        """The order as (column, descending), ending at the unique name: a total order whose key
+        a marker row gives (a field after ``name`` never decides, a repeated one never again)."""
+        seen: set[str] = set()
+        order: list[tuple[Any, bool]] = []
+        for field, descending in self.order:
+            if field in seen:
+                continue
+            seen.add(field)
+            order.append((ORDER_FIELDS[field], descending))
+            if field == "name":
+                return order
+        return [*order, (_images.c.name, False)]
+
+
+def _image_columns(full: bool, extended: bool) -> list[Any]:
+    if extended:
+        return [_images.c.doc, _images.c.dcs]
+    return [_images.c.doc] if full else [_images.c.name]
+
+
+def _encoder(full: bool, extended: bool) -> Callable[[Any], bytes]:
+    if extended:
+        return lambda row: with_dcs(row[0].encode(), row[1].encode())
+    if full:
+        return lambda row: row[0].encode()
+    return lambda row: orjson.dumps(row[0])
+
+
+def _clauses(order: Sequence[tuple[Any, bool]]) -> list:
+    return [column.desc() if descending else column.asc() for column, descending in order]
+
+
+def _after(order: Sequence[tuple[Any, bool]], key: Sequence[Any]) -> list:
+    """The conditions selecting the rows strictly after ``key`` (the marker row's values of the
+    order's columns) in ``order``, as a list whose parts are read one after the other: the rows
+    the first one selects all come before those of the second, and so on.
+
+    When every column sorts one way it is one row comparison, which PostgreSQL turns into the
+    start of an index scan over those columns (SQLite too). With mixed directions (``-created``:
+    newest first, names ascending within a second) no row comparison says it, and an OR of
+    per-column cases makes the planner sort what it finds; instead each case is its own plain
+    conjunction, read in turn: the marker's own ``created`` with the names after it, then the
+    older ``created`` values — each an index range."""
+    directions = {descending for _, descending in order}
+    if len(directions) == 1:
+        columns = tuple_(*[column for column, _ in order])
+        values = tuple_(*[literal(value, column.type) for (column, _), value in zip(order, key)])
+        return [columns < values if directions == {True} else columns > values]
+    cases = []
+    for position in reversed(range(len(order))):
+        column, descending = order[position]
+        equal = [earlier == key[index] for index, (earlier, _) in enumerate(order[:position])]
+        cases.append(and_(*equal, column < key[position] if descending else column > key[position]))
+    return cases
+
+
+_LIKE_ESCAPE = "!"
+
+
+def _like_literal(text: str) -> str:
+    """``text`` matched literally inside a LIKE pattern (escape character ``!``)."""
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def _filtered(query, filters: ImageFilters):
+    """The image filters. ``ostype`` and ``tags`` live only in the stored document: its encoding
+    (compact JSON, keys in a fixed order, every quote inside a string escaped) makes
+    ``,"ostype":N,`` and a ``"tag"`` between ``,"tags":[`` and ``],"status":`` exact matches."""
+    if filters.status is not None:
+        query = query.where(_images.c.status == filters.status)
+    if filters.access is not None:
+        query = query.where(_images.c.access == filters.access)
+    if filters.owner is not None:
+        query = query.where(_images.c.owner == filters.owner)
+    if filters.name is not None:
+        # Without regard to case (names are ASCII); lower() on both sides for SQLite and PostgreSQL alike.
+        query = query.where(func.lower(_images.c.name).like(_like_literal(filters.name.lower()) + "%",
+                                                            escape=_LIKE_ESCAPE))
+    if filters.ostype is not None:
+        query = query.where(_images.c.doc.like(f'%,"ostype":{int(filters.ostype)},%'))
+    for tag in filters.tags:
+        query = query.where(_images.c.doc.like(
+            '%,"tags":[%' + _like_literal(orjson.dumps(tag).decode()) + '%],"status":%', escape=_LIKE_ESCAPE))
+    if filters.attached_to is not None:
+        query = query.where(_images.c.dcs.contains(orjson.dumps(filters.attached_to).decode(), autoescape=True))
+    return query
 
 
 def _task_view(row) -> TaskView:

@@ -5,10 +5,12 @@ consumer re-checks everything; the gateway's checks only spare the broker doomed
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
 import time
 from datetime import timedelta
-from typing import Any, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,8 +27,11 @@ from imagesvc.services.gateway.http import (
     json_response,
     raw_json_response,
     read_json_body,
+    streamed_json_response,
+    wants_indentation,
 )
-from imagesvc.services.gateway.queries import ORDER_FIELDS, Queries
+from imagesvc.services.gateway import listing
+from imagesvc.services.gateway.queries import ORDER_FIELDS, ImageListing, Queries, UnknownMarker
 from imagesvc.services.gateway.throttle import NoThrottle, Throttle, throttled
 from imagesvc.shared.contracts import Actor, AttachImage, DeleteImage, DetachImage, ImportImage, UpdateImage
 from imagesvc.shared.db.records import DatacenterRecord, UserRecord
@@ -142,15 +147,33 @@ class ImageRoutes:
         order = parse_order_by(request.query_params.get("order_by"))
         extended = query_flag(request, "extended")
         full = query_flag(request, "full") or extended
-        scope = policy.list_scope(access)
+        paging, filters = paging_and_filters(request)
+        chosen = ImageListing(order, HIDDEN_FROM_LISTS, bound_to=policy.list_scope(access), filters=filters)
+        return await self.image_list(request, chosen, paging, full=full, extended=extended)
+
+    async def image_list(self, request: Request, chosen: ImageListing, paging: listing.Paging, *, full: bool,
+                         extended: bool) -> Response:
+        """An image list's answer: one page (keyset, ``Link`` to the next), or without ``limit``
+        the whole list, streamed in batches in the bytes a single read would give."""
         head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
-        if full:
-            docs = await in_thread(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_LISTS,
-                                           extended=extended, bound_to=scope)
-            return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
-        names = await in_thread(self.queries.image_names, order, exclude_access=HIDDEN_FROM_LISTS,
-                                        bound_to=scope)
-        return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
+        if paging.paged:
+            try:
+                items, last, more = await in_thread(self.queries.image_page, chosen, limit=paging.limit,
+                                                    marker=paging.marker, marker_created=paging.marker_created,
+                                                    full=full, extended=extended)
+            except UnknownMarker:
+                raise ValidationFailed({"marker": [listing.UNKNOWN_MARKER]}) from None
+            headers = {}
+            if more and last is not None:
+                headers["Link"] = listing.next_link(request, last.name,
+                                                    last.created if chosen.needs_created else None)
+            return raw_json_response(request, head + b"[" + b",".join(items) + b"]}", headers=headers)
+        chunks = _Chunks(self.queries.image_stream(chosen, full=full, extended=extended))
+        first = await in_thread(chunks.next)  # the query runs here: a failure is still a whole answer
+        if wants_indentation(request):
+            rest = await in_thread(chunks.drain)
+            return raw_json_response(request, head + first + rest + b"}")
+        return streamed_json_response(_stream(head + first, chunks, b"}"))
 
     # --- /image/<name>/ ------------------------------------------------------------------------
 
@@ -179,11 +202,12 @@ class ImageRoutes:
         image = await in_thread(self._existing_in_its_dc, request, request.path_params["name"])
         policy.require_manage(access, image.dc_bound)
         # Replicas are left out of the list (reference §3.7), though they keep the image in use.
+        paging = paging_of(request, marker_max=listing.HOSTNAME_MAX)  # its marker: a VM's hostname
         found = await in_thread(self.queries.vms_using_image, image.uuid, image.attached, replicas=False)
         if order[0][1]:
             found = found[::-1]  # hostnames are unique among live VMs: no ties to keep stable
-        result = [vm_object(vm) for vm in found] if full else [vm.hostname for vm in found]
-        return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": result})
+        return page_answer(request, found, lambda vm: vm.hostname, paging,
+                           lambda vms: [vm_object(vm) for vm in vms] if full else [vm.hostname for vm in vms])
 
     async def _body(self, request: Request, *, order_by_first: bool = True) -> dict[str, Any]:
         data = await read_json_body(request, self.max_body_bytes)
@@ -326,14 +350,10 @@ class ImageRoutes:
         _, dc = await self._dc_reader(request)
         order = parse_order_by(request.query_params.get("order_by"), DC_ORDER_FIELDS)
         extended = query_flag(request, "extended")
-        head = b'{"task_id":"' + dummy_task_id_for(request).encode() + b'","status":"SUCCESS","result":'
-        if query_flag(request, "full") or extended:
-            docs = await in_thread(self.queries.image_docs, order, exclude_access=HIDDEN_FROM_DC_LISTS,
-                                           extended=extended, attached_to=dc.name)
-            return raw_json_response(request, head + b"[" + b",".join(docs) + b"]}")
-        names = await in_thread(self.queries.image_names, order, exclude_access=HIDDEN_FROM_DC_LISTS,
-                                        attached_to=dc.name)
-        return json_response(request, {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": names})
+        full = query_flag(request, "full") or extended
+        paging, filters = paging_and_filters(request)
+        chosen = ImageListing(order, HIDDEN_FROM_DC_LISTS, attached_to=dc.name, filters=filters)
+        return await self.image_list(request, chosen, paging, full=full, extended=extended)
 
     async def dc_show_image(self, request: Request) -> Response:
         _, dc = await self._dc_reader(request)
@@ -402,6 +422,82 @@ class ImageRoutes:
         """An existing image's tasks belong to its bound DC, a global image's to the default DC."""
         dc = self.queries.datacenter(dc_bound) if dc_bound else None
         return dc or self.queries.default_datacenter()
+
+
+def paging_and_filters(request: Request) -> tuple[listing.Paging, listing.ImageFilters]:
+    """An image list's ``limit``/``marker`` and filters: every bad one at once, a 400 with the
+    field errors (checked after the entry permission, ``order_by`` and ``full``/``extended``)."""
+    errors: dict[str, list[str]] = {}
+    paging = listing.parse_paging(request.query_params, errors, keyed=True)
+    filters = listing.parse_image_filters(request.query_params, errors)
+    if errors:
+        raise ValidationFailed(listing.ordered_errors(errors, listing.IMAGE_FILTERS))
+    return paging, filters
+
+
+def paging_of(request: Request, *, marker_max: int = listing.NAME_MAX) -> listing.Paging:
+    """``limit``/``marker`` of a list without filters (400 with the field errors)."""
+    errors: dict[str, list[str]] = {}
+    paging = listing.parse_paging(request.query_params, errors, marker_max=marker_max)
+    if errors:
+        raise ValidationFailed(listing.ordered_errors(errors, ()))
+    return paging
+
+
+def page_answer(request: Request, items: Sequence[Any], key, paging: listing.Paging, render) -> Response:
+    """The answer of a list held in memory: all of it, or the page ``paging`` asks for with the
+    ``Link`` to the next one. ``key(item)``: the item's marker; ``render(items)``: the result."""
+    headers: dict[str, str] = {}
+    if paging.paged:
+        found = listing.page_after(items, key, paging)
+        if found is None:
+            raise ValidationFailed({"marker": [listing.UNKNOWN_MARKER]})
+        items, more = found
+        if more and items:
+            headers["Link"] = listing.next_link(request, key(items[-1]))
+    body = {"task_id": dummy_task_id_for(request), "status": "SUCCESS", "result": render(items)}
+    return json_response(request, body, headers=headers)
+
+
+class _Chunks:
+    """A blocking chunk generator stepped from the thread pool: one step at a time, and closed
+    even when the answer is abandoned while a step runs (a step holds a pooled connection only
+    while it reads its batch)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._lock = threading.Lock()
+
+    def next(self) -> bytes:
+        with self._lock:
+            try:
+                return next(self._chunks)
+            except BaseException:
+                self._chunks.close()
+                raise
+
+    def step(self) -> bytes | None:
+        with self._lock:
+            return next(self._chunks, None)
+
+    def drain(self) -> bytes:
+        with self._lock:
+            return b"".join(self._chunks)
+
+    def close(self) -> None:
+        with self._lock:
+            self._chunks.close()
+
+
+async def _stream(first: bytes, chunks: _Chunks, tail: bytes) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        while (chunk := await in_thread(chunks.step)) is not None:
+            yield chunk
+        yield tail
+    finally:
+        # Not awaited: a cancelled answer must not wait, and the lock orders it after a running step.
+        asyncio.get_running_loop().run_in_executor(None, chunks.close)
 
 
 def vm_object(vm: VmRecord) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
 from imagesvc.shared.errors import InvalidData, Transient
@@ -154,6 +155,9 @@ def translate_db_errors() -> Iterator[None]:
         raise InvalidData(f"Invalid value: {type(exc.orig).__name__ if exc.orig else 'data error'}") from exc
     except OperationalError as exc:
         raise Transient(f"database unavailable: {exc.orig or exc}") from exc
+    except PoolTimeout as exc:
+        # Every pooled connection busy for the whole wait: overload, which passes.
+        raise Transient(f"database busy: no free connection ({exc})") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise Transient(f"database connection lost: {exc.orig or exc}") from exc

@@ -406,7 +406,20 @@ class ReadImage(Base):
     dcs: Mapped[str] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_rm_images_created", "created"),)
+    # The list orders, each ending at the unique name (keyset pages start at an index position):
+    # ``created, name`` scanned forwards or backwards, and ``created, name DESC`` for ``-created``
+    # (``created DESC, name ASC``, the tie-breaker ascending); ``name`` has its unique index. Then
+    # the selective filters, name-ordered: owner, bound datacenter (what a non-SuperAdmin sees),
+    # status (pending images are few).
+    __table_args__ = (
+        Index("ix_rm_images_created_name", "created", "name"),
+        Index("ix_rm_images_owner_name", "owner", "name"),
+        Index("ix_rm_images_dc_bound_name", "dc_bound", "name"),
+        Index("ix_rm_images_status_name", "status", "name"),
+    )
+
+
+Index("ix_rm_images_created_name_desc", ReadImage.created, ReadImage.name.desc())
 
 
 class ReadStream(Base):
