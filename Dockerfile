@@ -7,8 +7,9 @@ COPY domain ./domain
 COPY services ./services
 COPY imagesvc ./imagesvc
 COPY alembic ./alembic
-# A regular install: one package, imagesvc, with the migrations inside (imagesvc/migrations).
-RUN pip install --no-cache-dir . && rm -rf build
+# A regular install: one package, imagesvc, with the migrations inside (imagesvc/migrations), and
+# the s3 extra (boto3) so that the image can use an S3-compatible image store too.
+RUN pip install --no-cache-dir ".[s3]" && rm -rf build
 # The processes run as `imagesvc` (uid/gid 10001), which owns the image store's mount point, so
 # that a fresh named volume mounted at /srv/images is created owned by it (Docker copies the
 # directory's ownership into an empty named volume). /srv/vms is the node agent's snapshot

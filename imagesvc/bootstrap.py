@@ -117,7 +117,7 @@ def queue_limits(settings: Settings) -> QueueLimits:
 
 def configured_image_server(settings: Settings) -> ImageServer | None:
     """The configured image server, or None for database-level operations."""
-    store = open_store(settings.image_store)
+    store = open_store(settings.image_store, settings.s3_options())
     if store is None:
         return None
     return ImageServer(store, url=settings.image_server_url, node=settings.image_server_node)
@@ -133,7 +133,7 @@ def health_server(infra: Infrastructure, runner: ConsumerRunner, *, store: bool)
         return None
     checks = {"database": health.database_check(infra.engine, head_revision()),
               "broker": health.broker_check(lambda: infra.connect("health"), settings.publish_timeout)}
-    image_store = open_store(settings.image_store) if store else None
+    image_store = open_store(settings.image_store, settings.s3_options()) if store else None
     if image_store is not None:
         checks["store"] = health.store_check(image_store)
     checks["consumer"] = health.flag_check(runner.ready, "not consuming its queue (the broker connection is down "
@@ -278,7 +278,7 @@ def node_agent(infra: Infrastructure, hostname: str, outbox: OutboxRelay | None 
     (declared with its dead-letter queue on every connect). Raises ConfigError without an image
     store or a usable snapshot driver, ValueError for a hostname that cannot name a node."""
     settings = infra.settings
-    if open_store(settings.image_store) is None:
+    if open_store(settings.image_store, settings.s3_options()) is None:
         raise ConfigError("IMAGESVC_IMAGE_STORE: a node agent exports into the image store; set its directory")
     driver = snapshot_driver(settings)
     topology = infra.topology.for_node(hostname)
@@ -380,7 +380,8 @@ class Embedded:
         consumed = {b.routing_key for queue in [*topology.command_queues.values(), *topology.node_queues.values()]
                     for b in queue.bindings}
         settings = self.infra.settings
-        return StartupRecovery(self.infra.engine, self.relay, self.sweeper, open_store(settings.image_store),
+        store = open_store(settings.image_store, settings.s3_options())
+        return StartupRecovery(self.infra.engine, self.relay, self.sweeper, store,
                                self.infra.publisher, exchange=topology.commands.name, consumed=consumed,
                                lease_seconds=settings.lease_seconds or CREATION_LEASE_SECONDS).run()
 

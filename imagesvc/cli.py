@@ -206,10 +206,10 @@ def _serve(args: argparse.Namespace) -> int:
     embedded = bootstrap.Embedded(infra)
     embedded.start()
     embedded.wait_ready()
-    store = open_store(settings.image_store)
+    store = open_store(settings.image_store, settings.s3_options())
     app = bootstrap.embedded_app(infra, store)
     base = f"http://{args.host}:{args.port}/api"
-    print(f"imagesvc is running at {base} (database: {settings.database_url}, broker: {settings.broker_url})")
+    print(f"imagesvc is running at {base} (database: {_redact(settings.database_url)}, broker: {_redact(settings.broker_url)})")
     if store is not None:
         print(f"The image server serves {store.location} at http://{args.host}:{args.port}/images")
     print(key_line)
@@ -294,7 +294,7 @@ def _image_server(args: argparse.Namespace) -> int:
     from imagesvc import bootstrap, edge
 
     settings = _settings()
-    store = open_store(settings.image_store)
+    store = open_store(settings.image_store, settings.s3_options())
     if store is None:
         print("imagesvc image-server: no image store is configured (IMAGESVC_IMAGE_STORE=none); "
               "set IMAGESVC_IMAGE_STORE to the store's directory", file=sys.stderr)

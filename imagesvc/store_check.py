@@ -11,7 +11,8 @@ file. One JSON object per line on stdout, a ``summary`` last; exit status 0 when
 to fix, 4 when something is (as fsck's "errors left uncorrected"), 1 for a mistake (one line on
 stderr).
 
-It works on ``IMAGESVC_DATABASE_URL`` and ``IMAGESVC_IMAGE_STORE``, or the embedded mode's
+It works on ``IMAGESVC_DATABASE_URL`` and ``IMAGESVC_IMAGE_STORE`` (a directory or an s3:// bucket;
+an S3 store's unfinished multipart uploads are its partial files), or the embedded mode's
 defaults (``./var/imagesvc.db``, ``./var/images``).
 """
 
@@ -41,17 +42,23 @@ def _check(args: argparse.Namespace) -> int:
     from imagesvc.services.sweeper import garbage
     from imagesvc.shared.db.engine import make_engine
     from imagesvc.shared.logging import configure_logging
-    from imagesvc.shared.store import open_store
+    from imagesvc.shared.store import LocalStore, StoreUnavailable, open_store
 
     settings = for_existing_database()
     configure_logging("store-check", fmt=settings.log_format, level=settings.log_level)
-    store = open_store(settings.image_store)
+    store = open_store(settings.image_store, settings.s3_options())
     if store is None:
         print("imagesvc: no image store is configured (IMAGESVC_IMAGE_STORE=none)", file=sys.stderr)
         return 1
-    if not os.path.isdir(store.location):
+    if isinstance(store, LocalStore) and not os.path.isdir(store.location):
         print(f"imagesvc: the image store {store.location} is not a directory", file=sys.stderr)
         return 1
+    if not isinstance(store, LocalStore):
+        try:
+            store.check()  # a bucket that cannot be read is a mistake, not an empty store
+        except StoreUnavailable as exc:
+            print(f"imagesvc: {exc}", file=sys.stderr)
+            return 1
     engine = make_engine(settings.database_url, pool_size=1)
     try:
         found = garbage.check(engine, store, repair=args.repair, verify=True)

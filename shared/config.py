@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ class ConfigError(ValueError):
 class Settings:
     """Every tunable of an imagesvc process. Defaults suit a loopback development setup."""
 
+    #: One AMQP URL, or the URLs of a RabbitMQ cluster's nodes separated by ``;`` (kombu's
+    #: failover list; ``broker_urls``); or ``memory://``, the embedded mode's broker.
     broker_url: str = DEFAULT_BROKER_URL
     database_url: str = DEFAULT_DATABASE_URL
     #: Prefix for every exchange and queue name (lets test runs share one broker safely).
@@ -55,10 +58,25 @@ class Settings:
     #: Operator allow-list for fetches: host names, IP addresses or CIDRs, each with an optional
     #: ``:port`` (deviations #6).
     fetch_allow: tuple[str, ...] = ()
-    #: Where the image server keeps images: a local directory (``file://`` optional), or
-    #: ``none`` for no image server (the original's database-level operations). The embedded
-    #: mode's default is ``<data_dir>/images``.
+    #: Where the image server keeps images: a local directory (``file://`` optional), an
+    #: S3-compatible bucket ``s3://bucket/prefix`` (the ``s3_*`` settings), or ``none`` for no
+    #: image server (the original's database-level operations). The embedded mode's default is
+    #: ``<data_dir>/images``.
     image_store: str = "none"
+    #: The S3 store's API URL (e.g. ``http://127.0.0.1:7480``); empty: boto3's own setting
+    #: (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, else AWS). Region and credentials come from
+    #: boto3's chain (``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, profiles).
+    s3_endpoint_url: str = ""
+    #: ``path`` (``<endpoint>/<bucket>``, what most S3-compatible servers want), ``virtual``
+    #: (``<bucket>.<endpoint>``) or ``auto``.
+    s3_addressing_style: str = "auto"
+    #: Seconds to connect to the S3 endpoint, and to wait for the next bytes of an answer.
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 60.0
+    #: Attempts per S3 request (transient errors and throttling are retried, with backoff).
+    s3_max_attempts: int = 3
+    #: Bytes per uploaded part of an image file (memory held per upload; at least 5 MiB).
+    s3_part_bytes: int = 8 * 1024 * 1024
     #: The image server's own URL as compute nodes and other imagesvc instances reach it
     #: (``imagesvc image-server``; in the embedded mode the ``serve`` address). A file URL on
     #: this origin is verified in the store instead of downloaded (reference §7.3, deviations #8).
@@ -66,6 +84,11 @@ class Settings:
     #: Hostname of the compute node that hosts the image server; its status must be ``online``
     #: for image-changing commands (423 Node is not operational). Empty: not checked.
     image_server_node: str = ""
+    #: How the image server answers a GET of an image's file: ``off`` (it streams the file) or
+    #: ``presigned`` (an S3 store only: a 302 to a presigned URL of the object, valid
+    #: ``image_server_redirect_seconds``; clients then download from the object store directly).
+    image_server_redirect: str = "off"
+    image_server_redirect_seconds: int = 300
     #: Largest image file an import accepts, in bytes.
     max_image_bytes: int = 64 * 1024**3
     #: Wall-clock deadline, in seconds, of an import's manifest fetch and of its file probe, each
@@ -208,6 +231,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        try:
+            broker_urls(self.broker_url)
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_BROKER_URL: {exc}") from None
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("IMAGESVC_LOG_FORMAT must be auto, json or console")
         if self.answer_window < 0:
@@ -222,12 +249,7 @@ class Settings:
             parse_rate(self.throttle)
         except ValueError as exc:
             raise ConfigError(f"IMAGESVC_THROTTLE: {exc}") from None
-        from imagesvc.shared.store import open_store
-
-        try:
-            open_store(self.image_store)
-        except ValueError as exc:
-            raise ConfigError(f"IMAGESVC_IMAGE_STORE: {exc}") from None
+        self._validate_store()
         if self.max_image_bytes < 1:
             raise ConfigError("IMAGESVC_MAX_IMAGE_BYTES must be at least 1")
         if min(self.download_connect_timeout, self.download_idle_timeout, self.download_timeout) <= 0:
@@ -284,6 +306,49 @@ class Settings:
             raise ConfigError("IMAGESVC_METRICS must be on or off")
         self._validate_edge()
 
+    def _validate_store(self) -> None:
+        from imagesvc.shared.store import open_store
+        from imagesvc.shared.store.s3 import ADDRESSING_STYLES, MIN_PART_BYTES
+
+        if self.s3_addressing_style not in ADDRESSING_STYLES:
+            raise ConfigError(f"IMAGESVC_S3_ADDRESSING_STYLE must be one of {', '.join(ADDRESSING_STYLES)}")
+        if self.s3_connect_timeout <= 0 or self.s3_read_timeout <= 0:
+            raise ConfigError("IMAGESVC_S3_CONNECT_TIMEOUT and IMAGESVC_S3_READ_TIMEOUT must be positive")
+        if self.s3_max_attempts < 1:
+            raise ConfigError("IMAGESVC_S3_MAX_ATTEMPTS must be at least 1")
+        if self.s3_part_bytes < MIN_PART_BYTES:
+            raise ConfigError(f"IMAGESVC_S3_PART_BYTES must be at least {MIN_PART_BYTES} (S3's smallest part)")
+        if self.image_server_redirect not in ("off", "presigned"):
+            raise ConfigError("IMAGESVC_IMAGE_SERVER_REDIRECT must be off or presigned")
+        if not 1 <= self.image_server_redirect_seconds <= 7 * 86400:
+            raise ConfigError("IMAGESVC_IMAGE_SERVER_REDIRECT_SECONDS must be 1 to 604800 (7 days, SigV4's limit)")
+        is_s3 = self.image_store.strip().lower().startswith("s3://")
+        # Checked here, not imported: boto3 is imported at the store's first use only.
+        if is_s3 and importlib.util.find_spec("boto3") is None:
+            raise ConfigError("IMAGESVC_IMAGE_STORE: an s3:// store needs boto3, which is not installed "
+                              "(pip install 'imagesvc[s3]')")
+        if self.image_server_redirect == "presigned" and not is_s3:
+            raise ConfigError("IMAGESVC_IMAGE_SERVER_REDIRECT=presigned needs an s3:// IMAGESVC_IMAGE_STORE")
+        if self.s3_endpoint_url:
+            try:
+                self.s3_options().validate()
+            except ValueError as exc:
+                raise ConfigError(f"IMAGESVC_S3_ENDPOINT_URL: {exc}") from None
+        try:
+            open_store(self.image_store, self.s3_options())
+        except ValueError as exc:
+            raise ConfigError(f"IMAGESVC_IMAGE_STORE: {exc}") from None
+
+    def s3_options(self):
+        """How an s3:// image store is reached (``shared.store.s3.S3Options``)."""
+        from imagesvc.shared.store.s3 import S3Options
+
+        return S3Options(endpoint_url=self.s3_endpoint_url.strip(), addressing_style=self.s3_addressing_style,
+                         connect_timeout=self.s3_connect_timeout, read_timeout=self.s3_read_timeout,
+                         max_attempts=self.s3_max_attempts, part_bytes=self.s3_part_bytes,
+                         presign_seconds=self.image_server_redirect_seconds
+                         if self.image_server_redirect == "presigned" else 0)
+
     def _validate_edge(self) -> None:
         """The HTTP edge's settings (one block, see above)."""
         if not all(0 < timeout < float("inf") for timeout in (self.header_timeout, self.body_timeout)):
@@ -328,8 +393,58 @@ class Settings:
         return dict(sorted(found.items()))
 
 
+#: Schemes of RabbitMQ URLs (kombu's names for its py-amqp transport).
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def broker_urls(value: str) -> tuple[str, ...]:
+    """The URLs of a broker setting, in order: one URL, or several separated by ``;`` (kombu's
+    failover list), each a node of the same RabbitMQ cluster.
+
+    Raises ValueError (its message shows no password) unless every URL is an AMQP URL with a host,
+    all with the same scheme, user and virtual host (the process is one broker user wherever it
+    connects: ``user_id`` and the service users depend on it), or the value is ``memory://`` alone.
+    """
+    urls = tuple(part.strip() for part in value.split(";") if part.strip())
+    if not urls:
+        raise ValueError("no broker URL")
+    from kombu.utils.url import parse_url
+
+    parsed = []
+    for url in urls:
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme == "memory":
+            parsed.append((scheme, None, None))
+            continue
+        if scheme not in AMQP_SCHEMES:
+            raise ValueError(f"{masked_url(url)}: expected amqp://user:password@host:port/vhost "
+                             f"(schemes {', '.join(AMQP_SCHEMES)}), or memory:// alone")
+        try:
+            parts = parse_url(url)
+            port = parts.get("port")
+        except ValueError:
+            raise ValueError(f"{masked_url(url)}: not a valid URL (a port must be a number)") from None
+        if not parts.get("hostname") or (port is not None and not 0 < int(port) < 65536):
+            raise ValueError(f"{masked_url(url)}: needs a host (and a port from 1 to 65535)")
+        parsed.append((scheme, parts.get("userid") or "guest", parts.get("virtual_host") or "/"))
+    schemes = {scheme for scheme, _, _ in parsed}
+    if "memory" in schemes and len(urls) > 1:
+        raise ValueError("memory:// (the embedded mode's in-process broker) cannot be listed with other "
+                         "URLs: give it alone, or only the amqp:// URLs of one RabbitMQ cluster's nodes")
+    if len(schemes) > 1:
+        raise ValueError(f"the URLs mix schemes ({', '.join(sorted(schemes))}): the nodes of one cluster "
+                         "are all reached the same way")
+    if len({user for _, user, _ in parsed}) > 1 or len({vhost for _, _, vhost in parsed}) > 1:
+        raise ValueError("every URL must name the same user and virtual host (one cluster's nodes: "
+                         "the process is one broker user wherever it connects)")
+    return urls
+
+
 def masked_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and ``imagesvc config show``)."""
+    """``url`` with its password replaced by ``***`` (for logs and ``imagesvc config show``); in a
+    ``;``-separated list of URLs, each one's."""
+    if ";" in url:
+        return ";".join(masked_url(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in credentials:

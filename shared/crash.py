@@ -35,6 +35,7 @@ POINTS = frozenset({
     "after_manifest_temp",  # store: a manifest's temporary written, not yet renamed over the manifest
     "after_manifest_rewrite",  # updater: the rewritten manifest is in the store, the catalogue unchanged
     "after_trash_move",  # store: an image's directory moved into .trash, not yet emptied
+    "after_manifest_removed",  # S3 store: an image's manifest deleted, its file and the rest not yet
     "after_data_removed",  # deleter: the image's data removed from the store, its record not yet
     "after_commit_before_ack",  # CommandConsumer: committed and published, ack not handed over
     "relay_after_confirm_before_mark",  # OutboxRelay: broker confirmed, rows not marked published

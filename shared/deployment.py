@@ -84,7 +84,7 @@ def facts(settings: Settings, *, uses_store: bool, server_url_configured: bool =
 
 
 def _store_fact(settings: Settings, *, create: bool) -> Fact:
-    store = open_store(settings.image_store)
+    store = open_store(settings.image_store, settings.s3_options())
     if store is None:
         return Fact("image_store", "IMAGESVC_IMAGE_STORE", NO_STORE, "none (IMAGESVC_IMAGE_STORE=none)")
     try:
@@ -93,7 +93,8 @@ def _store_fact(settings: Settings, *, create: bool) -> Fact:
         raise ConfigError(f"IMAGESVC_IMAGE_STORE={settings.image_store}: {exc}") from None
     if identity is None:
         return Fact("image_store", "IMAGESVC_IMAGE_STORE", "",
-                    f"{store.location}, which holds no store identity (an empty or unmounted directory?)")
+                    f"{store.location}, which holds no store identity (an empty or unmounted directory, or "
+                    f"another bucket or prefix?)")
     return Fact("image_store", "IMAGESVC_IMAGE_STORE", identity, f"{store.location} (store {identity})")
 
 
@@ -132,8 +133,8 @@ def _mismatch(fact: Fact, there: Recorded, process: str) -> str:
     head = (f"{fact.setting}: this {process} has {fact.shown}, but the deployment's is {recorded_as} "
             f"(recorded by {there.recorded_by} on {when}).")
     if fact.name == "image_store" and there.value != NO_STORE:
-        fix = (f"Set {fact.setting} to that store's directory as mounted on this machine (it holds the file "
-               f"{IDENTITY_FILE} with that uuid)")
+        fix = (f"Set {fact.setting} to that store's directory as mounted on this machine, or its s3://bucket/prefix "
+               f"(it holds the file or object {IDENTITY_FILE} with that uuid)")
     else:
         fix = f"Set {fact.setting} as every other process of the deployment has it"
     return (f"{head} {fix}; if the deployment has deliberately changed, run `imagesvc config record --yes` "

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from tests.support.ceph import s3_endpoint  # noqa: F401  (the test S3 server, session-wide)
 from tests.support.origin import Origin
 from tests.support.services import check_postgres, check_rabbitmq
 from tests.support.tier import is_nightly, tier

@@ -8,7 +8,8 @@ Database-level delete: one transaction that holds the image row; refused while a
 holds the image's lease lock. With an image server the data goes first, then the record
 (deviations #11): the image is marked PENDING under its lease and ``task.started`` goes out
 (201), its data is removed from the store (an image with no data there is fine), and only then is
-the row deleted; if the store refuses, the image is OK again and the task says why. The deletion
+the row deleted; if the store refuses before the image left it (``ImageStore.restore`` says so
+when the store cannot tell), the image is OK again and the task says why. The deletion
 is the next version of the image's event stream, so a stale event can never revive the image.
 """
 
@@ -18,7 +19,7 @@ from imagesvc.domain import creation, images, policy
 from imagesvc.shared.contracts import DeleteImage, ImageDeleted
 from imagesvc.shared.crash import crash_point
 from imagesvc.shared.db import vms
-from imagesvc.shared.errors import CommandFailed, Refused
+from imagesvc.shared.errors import CommandFailed, Refused, Transient
 from imagesvc.shared.handling import CommandContext
 from imagesvc.shared.store import StoreError
 from imagesvc.shared.store.server import ImageServer
@@ -69,6 +70,15 @@ def _remove(ctx: CommandContext, uuid: str, server: ImageServer, task_dc: str) -
         crash_point("after_data_removed")
     except StoreError as exc:
         failure = creation.store_failure(1, exc)
+        # A store may fail to tell whether its decisive step happened (an object store's manifest
+        # delete whose answer was lost): only the store can say whether the image is still there.
+        try:
+            if not server.store.restore(uuid):
+                failure = None  # the data is gone for good: the removal is finished, not undone
+        except StoreError as again:
+            # Cannot tell now: the delivery is retried (still PENDING under this task's lease);
+            # a command that runs out of attempts is settled by the lease sweeper, which asks again.
+            raise Transient(f"cannot tell whether image {uuid} left the store: {again}") from None
     with ctx.writing() as tx:
         current = creation.held(tx, ctx, uuid)
         if failure is not None:  # the data is still there: so is the image

@@ -125,7 +125,7 @@ def create_app(settings: Settings, *, engine: Engine, publisher, topology: Topol
                          max_body_bytes=settings.max_body_bytes)
     imagestore = ImageStoreRoutes(images=images, configured=settings.repositories(),
                                   local=local_repository(settings.image_server_url))
-    store = open_store(settings.image_store)
+    store = open_store(settings.image_store, settings.s3_options())
     snapshot_routes = SnapshotRoutes(images=images, store=store, image_server_node=settings.image_server_node)
     task_routes = TaskRoutes(queries=queries, auth=auth)
     administration = AdministrationRoutes(queries=queries, auth=auth, max_body_bytes=settings.max_body_bytes)

@@ -9,7 +9,11 @@
     GET|HEAD /openapi.json         this server's OpenAPI 3.1 description (openapi.py)
 
 Errors are IMGAPI's ``{"code", "message"}`` bodies (404 ``ResourceNotFound``). Nothing here writes
-to the store except the store's own MD5 cache.
+to the store except the store's own MD5 cache. A store that cannot answer (``StoreUnavailable``:
+unreachable, throttling, server errors after the store's retries) is a 503 ``ServiceUnavailable``
+with Retry-After; any other store failure (e.g. a stored manifest that is not JSON) a 500
+``InternalError`` naming no detail (that goes to the log, without a traceback). A store that cannot
+sign a download URL has the file streamed instead.
 
 Content-MD5 (base64 of the file's MD5, RFC 1864) is sent with whole-file answers only: a 206 would
 need the digest of the part. The MD5 of a multi-GiB file takes a while to compute, so the store
@@ -17,16 +21,20 @@ computes it once per version of the file and caches it; the first whole-file GET
 waits for it before its headers are sent. A HEAD computes it only for files up to
 ``HEAD_MD5_INLINE_BYTES`` and otherwise sends Content-MD5 only once it is cached: a HEAD must stay
 cheap.
+
+The file is read through the store (``ImageStore.open_file``), only the span answered: from an
+S3 store a range is one ranged GET. With ``IMAGESVC_IMAGE_SERVER_REDIRECT=presigned`` (an S3
+store only) a GET of the file is answered 302 to a short-lived presigned URL of the object
+instead (``ImageStore.download_url``); HEAD is still answered here.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import time
 import uuid as uuidlib
 from email.utils import formatdate
-from typing import Any, AsyncIterator, BinaryIO, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 import orjson
 import structlog
@@ -43,7 +51,7 @@ from imagesvc.services.image_server import openapi
 from imagesvc.services.image_server.ranges import Unsatisfiable, requested_range
 from imagesvc.shared import health
 from imagesvc.shared.logging import get_logger
-from imagesvc.shared.store import FileInfo, ImageStore, StoreError, StoreUnavailable, check_uuid
+from imagesvc.shared.store import FileInfo, ImageStore, OpenedFile, StoreError, StoreUnavailable, check_uuid
 
 log = get_logger("image_server")
 
@@ -51,6 +59,10 @@ log = get_logger("image_server")
 HEAD_MD5_INLINE_BYTES = 64 * 1024 * 1024
 #: Bytes read from the file per trip to the thread pool while streaming.
 STREAM_CHUNK_BYTES = 1024 * 1024
+#: Times a file replaced between its look-up and its opening is looked up again.
+_REOPENS = 3
+#: Seconds a client is told to wait when the store cannot answer.
+STORE_RETRY_AFTER = 5
 
 _OCTET_STREAM = "application/octet-stream"
 
@@ -73,7 +85,7 @@ def create_app(store: ImageStore) -> Starlette:
         Route("/openapi.json", server.description, methods=["GET"]),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_request_log)],
-                    exception_handlers={HTTPException: _http_error})
+                    exception_handlers={HTTPException: _http_error, StoreError: _store_error})
     app.router.redirect_slashes = False  # never a redirect built from the request's Host header
     return app
 
@@ -139,31 +151,43 @@ class _ImageServer:
         uuid = _image_uuid(request)
         if uuid is None:
             return _not_found()
-        opened = await run_in_threadpool(self._open_published_file, uuid)
-        if opened is None:
-            return _not_found()
-        handle, stats = opened
-        try:
-            return await self._file_response(request, uuid, handle, stats)
-        except BaseException:
-            handle.close()
-            raise
+        for _ in range(_REOPENS):
+            info = await run_in_threadpool(self._published_file, uuid)
+            if info is None:
+                return _not_found()
+            if request.method == "GET":
+                # A store that offers direct downloads (an S3 store with presigned URLs):
+                # the client fetches the bytes, ranges included, from the object store.
+                location = await run_in_threadpool(self._download_url, uuid)
+                if location is not None:
+                    return Response(b"", status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
+            response = await self._file_response(request, uuid, info)
+            if response is not None:
+                return response
+        # Replaced between every look and open: a client that retries gets the settled file.
+        return _error(503, "ServiceUnavailable", "The image file is being replaced; try again", {"Retry-After": "1"})
 
-    def _open_published_file(self, uuid: str) -> tuple[BinaryIO, os.stat_result] | None:
-        """The file of an image that is in the store (has its manifest) and its stat, or None."""
+    def _download_url(self, uuid: str) -> str | None:
+        """The store's direct-download URL, or None: then the file is streamed from here (a store
+        that cannot sign one now, e.g. without credentials, may still be readable)."""
+        try:
+            return self.store.download_url(uuid)
+        except StoreError as exc:
+            log.warning("image_file.no_download_url", uuid=uuid, error=str(exc))
+            return None
+
+    def _published_file(self, uuid: str) -> FileInfo | None:
+        """The file of an image that is in the store (has its manifest), or None."""
         if self.store.manifest(uuid) is None:
             return None
-        try:
-            handle = self.store.open_file(uuid)
-        except FileNotFoundError:
-            return None
-        # Every header describes the opened file, even if the image is replaced meanwhile.
-        return handle, os.fstat(handle.fileno())
+        return self.store.file_info(uuid)
 
-    async def _file_response(self, request: Request, uuid: str, handle: BinaryIO,
-                             stats: os.stat_result) -> Response:
-        size = stats.st_size
-        last_modified = formatdate(stats.st_mtime, usegmt=True)
+    async def _file_response(self, request: Request, uuid: str, info: FileInfo) -> Response | None:
+        """The answer for the file as ``info`` describes it; None when the file opened is
+        another version (replaced since ``info`` was read): every header must describe the bytes
+        sent."""
+        size = info.size
+        last_modified = formatdate(info.modified, usegmt=True)
         headers = {"Accept-Ranges": "bytes", "Last-Modified": last_modified}
         byte_range = None
         if_range = request.headers.get("if-range")
@@ -172,12 +196,11 @@ class _ImageServer:
             try:
                 byte_range = requested_range(request.headers.get("range"), size)
             except Unsatisfiable:
-                handle.close()
                 return _error(416, "RequestedRangeNotSatisfiable", "Requested range not satisfiable",
                               {**headers, "Content-Range": f"bytes */{size}"})
         if byte_range is None:
             may_compute = request.method == "GET" or size <= HEAD_MD5_INLINE_BYTES
-            md5 = await run_in_threadpool(self._md5_of_opened, uuid, stats, may_compute)
+            md5 = await run_in_threadpool(self._md5_of, uuid, info, may_compute)
             if md5 is not None:
                 headers["Content-MD5"] = base64.b64encode(bytes.fromhex(md5)).decode()
             first, length, status = 0, size, 200
@@ -186,33 +209,39 @@ class _ImageServer:
             first, length, status = byte_range.first, byte_range.length, 206
         headers["Content-Length"] = str(length)
         if request.method == "HEAD":
-            handle.close()
             return Response(b"", status_code=status, headers=headers, media_type=_OCTET_STREAM)
-        return _FileStream(handle, first, length, uuid, status_code=status, headers=headers)
+        try:
+            # Only the bytes answered are read: an object store fetches just the range.
+            handle = await run_in_threadpool(self.store.open_file, uuid, first, first + length)
+        except FileNotFoundError:
+            return _not_found()  # removed since it was looked at
+        if handle.info.version != info.version:
+            await run_in_threadpool(handle.close)
+            return None
+        return _FileStream(handle, length, uuid, status_code=status, headers=headers)
 
-    def _md5_of_opened(self, uuid: str, opened: os.stat_result, may_compute: bool) -> str | None:
-        """The MD5 of the file as opened, or None when it is not cached and must not be computed
-        now, or when the image's file was replaced after it was opened (the digest found may be
+    def _md5_of(self, uuid: str, info: FileInfo, may_compute: bool) -> str | None:
+        """The MD5 of the file ``info`` describes, or None when it is not cached and must not be
+        computed now, or when the image's file was replaced meanwhile (the digest found may be
         the new file's, and a wrong Content-MD5 is worse than none)."""
         md5 = self.store.file_md5(uuid) if may_compute else self.store.cached_file_md5(uuid)
-        if self.store.file_info(uuid) != FileInfo(size=opened.st_size, modified=opened.st_mtime):
+        if md5 is None or self.store.file_info(uuid) != info:
             return None
         return md5
 
 
 class _FileStream(StreamingResponse):
-    """The file from ``first``, ``length`` bytes, in chunks read on the thread pool; the handle is
+    """``length`` bytes of the opened span, in chunks read on the thread pool; the handle is
     closed however the response ends, and an answer cut short (the client went away) is logged."""
 
-    def __init__(self, handle: BinaryIO, first: int, length: int, uuid: str, **kwargs: Any):
-        super().__init__(self._chunks(handle, first, length), media_type=_OCTET_STREAM, **kwargs)
+    def __init__(self, handle: OpenedFile, length: int, uuid: str, **kwargs: Any):
+        super().__init__(self._chunks(handle, length), media_type=_OCTET_STREAM, **kwargs)
         self._handle = handle
         self._uuid = uuid
         self._length = length
         self._sent = 0
 
-    async def _chunks(self, handle: BinaryIO, first: int, length: int) -> AsyncIterator[bytes]:
-        await run_in_threadpool(handle.seek, first)
+    async def _chunks(self, handle: OpenedFile, length: int) -> AsyncIterator[bytes]:
         while self._sent < length:
             chunk = await run_in_threadpool(handle.read, min(STREAM_CHUNK_BYTES, length - self._sent))
             if not chunk:
@@ -252,6 +281,17 @@ def _error(status: int, code: str, message: str, headers: Mapping[str, str] | No
 
 def _not_found() -> Response:
     return _error(404, "ResourceNotFound", "Resource not found")
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    """A store failure before the answer began: 503 while the store cannot answer, else 500;
+    the detail (it names the store) goes to the log, not to an anonymous client."""
+    assert isinstance(exc, StoreError)
+    log.warning("image_store.failed", path=request.url.path, code=exc.code, error=str(exc))
+    if isinstance(exc, StoreUnavailable):
+        return _error(503, "ServiceUnavailable", "Image store is not available; try again",
+                      {"Retry-After": str(STORE_RETRY_AFTER)})
+    return _error(500, "InternalError", "Internal error")  # the last line of defence's answer, without a traceback
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -38,8 +38,10 @@ _EVERYWHERE = {
                                     "IMAGESVC_BODY_TIMEOUT)", {"Connection": _CONNECTION_CLOSE}),
     "431": _error("RequestHeaderFieldsTooLarge", "request headers are larger than IMAGESVC_MAX_HEADER_BYTES",
                   {"Connection": _CONNECTION_CLOSE}),
-    "500": _error("InternalError", "the store could not be read (details go to the log)"),
-    "503": _error("ServiceUnavailable", "too many connections", {"Retry-After": _RETRY_AFTER}),
+    "500": _error("InternalError", "the store failed to answer, e.g. a stored manifest that is not JSON (details "
+                                   "go to the log)"),
+    "503": _error("ServiceUnavailable", "too many connections, or the image store cannot answer now (unreachable, "
+                                        "throttling, server errors)", {"Retry-After": _RETRY_AFTER}),
 }
 _NOT_FOUND = _error("ResourceNotFound", "no such image in the store (or not a canonical lower-case uuid)")
 
@@ -140,10 +142,17 @@ def document() -> dict[str, Any]:
                             "type": "string", "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"}),
                         "Content-Length": _CONTENT_LENGTH, "Last-Modified": _LAST_MODIFIED,
                         "Accept-Ranges": _ACCEPT_RANGES}},
+                    "302": {"description": "With IMAGESVC_IMAGE_SERVER_REDIRECT=presigned (an S3 store): the file "
+                                           "is at Location, a presigned URL of the object store valid for a short "
+                                           "while (Range requests go there too)",
+                            "headers": {"Location": _header("The presigned URL", {"type": "string"})}},
                     "404": _NOT_FOUND,
                     "416": _error("RequestedRangeNotSatisfiable", "the range starts past the end of the file", {
                         "Content-Range": _header("bytes */<size>", {"type": "string", "pattern": "^bytes \\*/[0-9]+$"}),
                         "Last-Modified": _LAST_MODIFIED, "Accept-Ranges": _ACCEPT_RANGES}),
+                    "503": _error("ServiceUnavailable", "too many connections, the image store cannot answer now, "
+                                  "or the file was replaced between every look and its opening",
+                                  {"Retry-After": _RETRY_AFTER}),
                 }, parameters=_FILE_PARAMETERS),
                 "head": _operation("image_file_head", "The file's headers (a Range is ignored)", {
                     "200": {"description": "The whole file's headers, no body", "headers": _WHOLE_FILE},

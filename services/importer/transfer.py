@@ -4,7 +4,8 @@ The original ran ``esimg import`` (curl into the image directory, then sha1sum);
 reported with esimg's return codes and ``ERROR:`` messages (reference §9.2), plus a stable
 ``code`` (deviations #9). The file is written under a partial name, hashed (sha1 checked against
 the manifest, sha256 recorded) by a second thread while the next chunk is read, and only
-committed (fsync + rename) when size and checksum match; on any failure it is removed.
+committed (fsync + rename; an object store's multipart upload completed) when size and checksum
+match; on any failure it is removed (the upload aborted).
 """
 
 from __future__ import annotations
@@ -88,6 +89,10 @@ class _Digest:
         self._worker.close()
 
 
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc)
+
+
 def _verify(expected: Expected, size: int, sha1: str) -> None:
     if size != expected.size:
         raise TransferFailed(RC_FILE, f"Image file size mismatch ({expected.size} != {size})", "size_mismatch")
@@ -123,12 +128,13 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
     free = store.free_bytes()
     if free is not None and free < expected.size + SPACE_MARGIN:
         raise TransferFailed(RC_SPACE, "Not enough free space in the image store", "no_space")
-    store.discard_temporaries(uuid)  # what an interrupted earlier attempt left
     started = time.monotonic()
     try:
+        store.discard_temporaries(uuid)  # what an interrupted earlier attempt left
         upload = store.upload(uuid, attempt)
-    except StoreError as exc:
-        raise TransferFailed(RC_STORE, str(exc), exc.code) from None
+    except (OSError, StoreError) as exc:
+        raise TransferFailed(RC_STORE, f"Cannot prepare the image file ({_reason(exc)})",
+                             getattr(exc, "code", "store_write_failed")) from None
     committed = False
     try:
         digest = _Digest(upload.write)
@@ -160,11 +166,15 @@ def download(fetcher: Fetcher, url: str, store: ImageStore, uuid: str, attempt: 
         except OSError as exc:
             raise TransferFailed(RC_STORE, f"Cannot store the image file ({exc.strerror or exc})",
                                  "store_write_failed") from None
+        except StoreError as exc:  # an object store refused the upload's completion
+            raise TransferFailed(RC_STORE, f"Cannot store the image file ({exc})", exc.code) from None
         committed = True
         return Received(meter.done, digest.sha1.hexdigest(), digest.sha256.hexdigest(), time.monotonic() - started)
     except OSError as exc:  # the partial file could not be written
         raise TransferFailed(RC_STORE, f"Cannot write the image file ({exc.strerror or exc})",
                              "store_write_failed") from None
+    except StoreError as exc:  # an object store refused a part
+        raise TransferFailed(RC_STORE, f"Cannot write the image file ({exc})", exc.code) from None
     finally:
         if not committed:
             upload.abort()
@@ -176,8 +186,10 @@ def verify_in_place(store: ImageStore, uuid: str, expected: Expected, progress: 
     started = time.monotonic()
     try:
         handle = store.open_file(uuid)
-    except (FileNotFoundError, StoreError):
+    except FileNotFoundError:  # the only answer that says the file is not there
         raise TransferFailed(RC_MANIFEST, "Image file does not exist on the image server", "file_missing") from None
+    except StoreError as exc:  # the store could not answer (now): a store failure, not a missing file
+        raise TransferFailed(RC_STORE, f"Cannot read the image file ({exc})", "store_read_failed") from None
     except OSError as exc:
         raise TransferFailed(RC_STORE, f"Cannot read the image file ({exc.strerror or exc})",
                              "store_read_failed") from None

@@ -2,6 +2,10 @@
 reference §9.2): the snapshot streamed through gzip into the store, its sha1 and size taken from
 the compressed bytes as they are written, published whole or not at all.
 
+The file goes through the store's ``Upload`` like an import's: into a local store's partial file,
+or straight into an S3 store as a multipart upload (parts sent as they fill, nothing visible
+before the commit, the upload aborted on failure); nothing is staged on the node's disk.
+
 Threads: the calling thread reads the snapshot and compresses it (zlib releases the GIL while it
 deflates); a ``ChunkWorker`` hashes and writes the compressed chunks (hashlib and ``os.write``
 release it too), so the two overlap on two cores. Memory is bounded whatever the snapshot's size:
@@ -173,6 +177,8 @@ def export_snapshot(driver: SnapshotDriver, snapshot: SnapshotRef, store: ImageS
             raise TransferFailed(RC_SPACE, "Not enough free space in the image store", "no_space") from None
         raise TransferFailed(RC_STORE, f"Cannot write the image file ({exc.strerror or exc})",
                              "store_write_failed") from None
+    except StoreError as exc:  # an object store refused a part or the upload's completion
+        raise TransferFailed(RC_STORE, f"Cannot write the image file ({exc})", exc.code) from None
     finally:
         stream.close()
         if not committed:

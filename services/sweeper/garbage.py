@@ -25,6 +25,18 @@ Whose a name is (docs/architecture.md, "Garbage in the image store"):
   check's probe) exist for milliseconds: they go once older than ``SCRATCH_GRACE_SECONDS``, as
   does a name in ``.partial`` or ``.trash`` that names no image.
 - **Anything else** (names imagesvc never writes) is reported, never removed.
+
+An S3 store (``shared.store.s3``) has the same kinds: its unfinished multipart uploads of an
+image's file are the image's partial files (found by ``survey`` with their age, removed by
+aborting them), its health-check probes are scratch, and its removal markers
+(``<uuid>/.removing.<random>``, written before the manifest is deleted) are its trash: a removal
+that got past the manifest but not past the file is a TRASH entry holding the file, never an
+image directory with a file and no manifest (which would be kept as staged). It has no manifest
+temporaries.
+
+Trash of an image without a record is removed under the image's lease, as an orphaned
+directory is: finishing an S3 removal deletes ``<uuid>/file``, which an import of the uuid
+starting meanwhile could be writing.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from imagesvc.domain import images
 from imagesvc.shared.db import locks
@@ -128,7 +140,7 @@ def check(engine: Engine, store: ImageStore, *, repair: bool, verify: bool,
         if finding is None:
             continue
         if finding.finding == GARBAGE and repair and (orphans or entry.kind != EntryKind.IMAGE):
-            finding = replace(finding, removed=_remove(engine, store, entry))
+            finding = replace(finding, removed=_remove(engine, store, entry, recorded=entry.uuid in records))
         found.findings.append(finding)
     for uuid, (name, status) in sorted(records.items()):
         if status == images.STATUS_PENDING and image_lock_name(uuid) not in leased:
@@ -184,25 +196,27 @@ def _judge(entry: StoreEntry, records: dict[str, tuple[str, int]], grace: float)
                    why=f"{_WHAT[entry.kind]} of an image that {state}: its writer has ended")
 
 
-def _remove(engine: Engine, store: ImageStore, entry: StoreEntry) -> bool:
+def _remove(engine: Engine, store: ImageStore, entry: StoreEntry, *, recorded: bool) -> bool:
     try:
         if entry.kind == EntryKind.IMAGE:
-            return _remove_orphan(engine, store, entry.uuid)  # type: ignore[arg-type]
+            return _remove_orphan(engine, store, entry.uuid, lambda: store.delete(entry.uuid))  # type: ignore[arg-type]
+        if entry.kind == EntryKind.TRASH and entry.uuid is not None and not recorded:
+            return _remove_orphan(engine, store, entry.uuid, lambda: store.remove(entry))
         return store.remove(entry)
     except (OSError, StoreError) as exc:  # found again by the next sweep
         log.warning("store.garbage_not_removed", path=entry.path, error=str(exc))
         return False
 
 
-def _remove_orphan(engine: Engine, store: ImageStore, uuid: str) -> bool:
-    """Remove the directory of an image that has no record, holding the image's lease meanwhile
-    so that no import of the uuid can start writing into it."""
+def _remove_orphan(engine: Engine, store: ImageStore, uuid: str, remove: Callable[[], bool]) -> bool:
+    """``remove()`` what is left of an image that has no record (its directory, its trash),
+    holding the image's lease meanwhile so that no import of the uuid can start writing into it."""
     lock, claim = image_lock_name(uuid), CLAIM_PREFIX + uuidlib.uuid4().hex
     with write_transaction(engine) as conn:
         if SqlCatalogue(conn).image_by_uuid(uuid) is not None or not locks.acquire(conn, lock, claim, CLAIM_SECONDS):
             return False  # recorded or leased meanwhile: an import's now
     try:
-        return store.delete(uuid)
+        return remove()
     finally:
         with write_transaction(engine) as conn:
             locks.release(conn, lock, claim)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, BinaryIO, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 
 class StoreError(Exception):
@@ -40,6 +40,39 @@ class FileInfo:
     size: int
     #: Seconds since the epoch of the file's last change (for HTTP caching headers).
     modified: float
+    #: Opaque tag of this version of the file: a replaced file has another one (the local store:
+    #: inode, mtime and size; the S3 store: the object's ETag).
+    version: str = ""
+
+
+class OpenedFile:
+    """A file opened for reading (``ImageStore.open_file``): ``info`` describes the version that
+    was opened, whatever happens to the image's file afterwards; ``read`` returns the bytes of
+    the requested span only, then b"". Closes ``raw`` when closed."""
+
+    def __init__(self, raw: Any, info: FileInfo, length: int | None = None):
+        self._raw = raw
+        self.info = info
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left is not None:
+            if self._left <= 0:
+                return b""
+            size = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._raw.read() if size is None or size < 0 else self._raw.read(size)
+        if self._left is not None:
+            self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "OpenedFile":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class EntryKind(StrEnum):
@@ -87,10 +120,13 @@ class Upload(Protocol):
     def written(self) -> int: ...
 
     def commit(self) -> None:
-        """Flush to disk and publish as the image's file (replacing an older one)."""
+        """Make the file durable and publish it as the image's file (replacing an older one) in
+        one step: before it, readers see the old file (or none), after it the whole new one.
+        Raises OSError or StoreError when that fails (then nothing was published)."""
 
     def abort(self) -> None:
-        """Remove what was written (idempotent; also after a failed commit)."""
+        """Remove what was written (idempotent; also after a failed commit). Never raises for
+        what it cannot remove: that is left for ``discard_temporaries`` and the sweeper."""
 
 
 class ImageStore(Protocol):
@@ -108,7 +144,7 @@ class ImageStore(Protocol):
         it), StoreError when what is there is not an identity."""
 
     def free_bytes(self) -> int | None:
-        """Space left for new files, or None when the store cannot tell."""
+        """Space left for new files, or None when the store cannot tell (an object store)."""
 
     def upload(self, uuid: str, attempt: str) -> Upload:
         """Start writing the file of ``uuid``; ``attempt`` tells concurrent partial files apart."""
@@ -126,7 +162,8 @@ class ImageStore(Protocol):
 
     def survey(self) -> list[StoreEntry]:
         """Every name in the store, each image's directory as one entry (its temporaries and
-        anything unknown inside it as entries of their own)."""
+        anything unknown inside it as entries of their own). An object store lists its
+        unfinished multipart uploads as PARTIAL entries (their age counted from their start)."""
 
     def remove(self, entry: StoreEntry) -> bool:
         """Remove a temporary, removal or scratch file ``survey`` found (an image's directory goes
@@ -138,13 +175,21 @@ class ImageStore(Protocol):
     def manifest(self, uuid: str) -> dict[str, Any] | None:
         """The image's manifest, or None if the image is not in the store."""
 
-    def file_info(self, uuid: str) -> FileInfo | None: ...
+    def file_info(self, uuid: str) -> FileInfo | None:
+        """Size, change time and version of the image's file, or None when there is none."""
 
-    def open_file(self, uuid: str) -> BinaryIO:
-        """The image's file for reading; raises FileNotFoundError when there is none."""
+    def open_file(self, uuid: str, start: int = 0, end: int | None = None) -> OpenedFile:
+        """The image's file for reading, bytes ``start`` up to ``end`` (exclusive; None: to its
+        end) only: an object store fetches just that span. ``info`` of the result is the opened
+        version's. Raises FileNotFoundError when there is none."""
 
     def file_path(self, uuid: str) -> str | None:
         """A local filesystem path of the file (for sendfile), or None if not local."""
+
+    def download_url(self, uuid: str) -> str | None:
+        """A short-lived URL from which any HTTP client can GET the image's file (an object
+        store's presigned URL, when the store was opened with them), or None: then the file is
+        served through ``open_file``."""
 
     def file_md5(self, uuid: str) -> str | None:
         """The hex MD5 of the image's file, or None when there is none. Computed at most once per
@@ -156,12 +201,19 @@ class ImageStore(Protocol):
 
     def delete(self, uuid: str) -> bool:
         """Remove the image (manifest, file, partials) and whatever an interrupted removal of it
-        left. True if there was something to remove."""
+        left; the image leaves the store (its manifest goes) before anything else of it does.
+        True if there was something to remove. Raises StoreError only before the image left the
+        store (or when the store cannot tell whether it did: ``restore`` settles that); what
+        cannot be freed afterwards is logged and left as a half-done removal (TRASH)."""
 
     def restore(self, uuid: str) -> bool:
-        """Undo an interrupted removal of the image: if its directory is gone but a removal of it
-        is still whole, move that back; empty every other removal of it. True if the image's
-        directory is there afterwards (False: its data is gone for good)."""
+        """Settle an interrupted removal of the image. True if the image is there afterwards,
+        False if its data is gone for good (then what is left of it is removed).
+
+        A store that removes by moving aside (the local directory) moves a removal that is still
+        whole back. A store that cannot (an object store, whose removal deletes the manifest
+        first) has nothing to move back: the image is there iff its manifest still is, and a
+        removal that got past the manifest is completed."""
 
     def uuids(self) -> list[str]:
         """Uuids of the images in the store (those with a manifest), sorted."""

@@ -28,10 +28,11 @@ import shutil
 import threading
 import time
 import uuid as uuidlib
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from imagesvc.shared.crash import crash_point
-from imagesvc.shared.store.base import EntryKind, FileInfo, StoreEntry, StoreError, StoreUnavailable, check_uuid
+from imagesvc.shared.store.base import (EntryKind, FileInfo, OpenedFile, StoreEntry, StoreError, StoreUnavailable,
+                                        check_uuid)
 
 _PARTIAL = ".partial"
 _TRASH = ".trash"
@@ -135,8 +136,17 @@ class LocalUpload:
             os.close(self._fd)
             self._fd = None
         directory = self._store.image_dir(self._uuid)
+        created = not os.path.isdir(directory)
         os.makedirs(directory, exist_ok=True)
-        os.replace(self.path, os.path.join(directory, "file"))
+        try:
+            os.replace(self.path, os.path.join(directory, "file"))
+        except OSError:
+            if created:  # a failed commit leaves nothing, not even an empty image directory
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+            raise
         _fsync_dir(directory)
 
     def abort(self) -> None:
@@ -364,19 +374,36 @@ class LocalStore:
             return _unlink(path)
         raise ValueError(f"{entry.kind} {entry.path!r} is not a temporary (an image goes with delete)")
 
+    @staticmethod
+    def _info(stats: os.stat_result) -> FileInfo:
+        return FileInfo(size=stats.st_size, modified=stats.st_mtime,
+                        version=f"{stats.st_ino}-{stats.st_mtime_ns}-{stats.st_size}")
+
     def file_info(self, uuid: str) -> FileInfo | None:
         try:
             stats = os.stat(os.path.join(self.image_dir(uuid), "file"))
         except FileNotFoundError:
             return None
-        return FileInfo(size=stats.st_size, modified=stats.st_mtime)
+        return self._info(stats)
 
-    def open_file(self, uuid: str) -> BinaryIO:
-        return open(os.path.join(self.image_dir(uuid), "file"), "rb")
+    def open_file(self, uuid: str, start: int = 0, end: int | None = None) -> OpenedFile:
+        handle = open(os.path.join(self.image_dir(uuid), "file"), "rb")
+        try:
+            # Described through the open descriptor: a file replaced meanwhile is another inode.
+            info = self._info(os.fstat(handle.fileno()))
+            if start:
+                handle.seek(start)
+        except BaseException:
+            handle.close()
+            raise
+        return OpenedFile(handle, info, None if end is None else max(0, end - start))
 
     def file_path(self, uuid: str) -> str | None:
         path = os.path.join(self.image_dir(uuid), "file")
         return path if os.path.isfile(path) else None
+
+    def download_url(self, uuid: str) -> str | None:
+        return None
 
     def cached_file_md5(self, uuid: str) -> str | None:
         try:
@@ -394,7 +421,7 @@ class LocalStore:
             if known is not None:
                 return known
             try:
-                handle = self.open_file(uuid)
+                handle = open(os.path.join(self.image_dir(uuid), "file"), "rb")
             except FileNotFoundError:
                 return None
             with handle:

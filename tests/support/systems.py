@@ -175,8 +175,9 @@ def restart_embedded(system: System, extra_env: dict[str, str] | None = None, *,
     _wait_http(system.url + "/openapi.json", process, lambda: system.log("serve"))
 
 
-def start_image_server(workdir: Path, store: Path, extra_env: dict[str, str] | None = None) -> System:
-    """``imagesvc image-server`` serving ``store``; ``url`` is its root (no ``/api``)."""
+def start_image_server(workdir: Path, store: Path | str, extra_env: dict[str, str] | None = None) -> System:
+    """``imagesvc image-server`` serving ``store`` (a directory, or an ``s3://`` spec with its
+    ``IMAGESVC_S3_*`` and ``AWS_*`` variables in ``extra_env``); ``url`` is its root (no ``/api``)."""
     port = free_port()
     env = _base_env({"IMAGESVC_IMAGE_STORE": str(store), **(extra_env or {})})
     system = System("image-server", workdir, env, api_key="", gateway_urls=[f"http://127.0.0.1:{port}"])

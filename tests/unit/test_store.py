@@ -31,8 +31,8 @@ def test_open_store_reads_the_setting(tmp_path):
     assert open_store("none") is None
     assert isinstance(open_store(str(tmp_path)), LocalStore)
     assert open_store(f"file://{tmp_path}").root == str(tmp_path)
-    with pytest.raises(ValueError, match="S3"):
-        open_store("s3://bucket")
+    with pytest.raises(ValueError, match="bucket"):
+        open_store("s3://")
     with pytest.raises(ValueError):
         open_store("")
 
