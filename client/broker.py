@@ -507,7 +507,9 @@ class _Confirms:
 class Broker:
     """A connection to imagesvc's RabbitMQ as one broker user. See the module docstring.
 
-    ``url``: the broker user's AMQP URL, on imagesvc's virtual host. ``user``: the imagesvc user to
+    ``url``: the broker user's AMQP URL, on imagesvc's virtual host; for a RabbitMQ cluster, one URL
+    per node separated by ``;`` (the same scheme, user and virtual host in each): a connection
+    goes to the first that answers, trying them in turn (kombu's round-robin failover). ``user``: the imagesvc user to
     act as, also the ``user_id`` (default: the URL's user name; the broker refuses any other).
     ``prefix``: imagesvc's ``IMAGESVC_TOPOLOGY_PREFIX`` (empty in production). ``service_users``:
     imagesvc's ``IMAGESVC_SERVICE_USERS``, the only publishers whose events are believed.
@@ -523,12 +525,22 @@ class Broker:
     def __init__(self, url: str, *, user: str | None = None, prefix: str = "",
                  service_users: Iterable[str] = ("imagesvc",), confirm_timeout: float = 10.0,
                  heartbeat: float = 15, connect_timeout: float = 10.0):
-        parsed = Connection(url)  # parsing only: no I/O
-        if parsed.transport_cls not in _AMQP_TRANSPORTS:
-            raise ValueError(f"{parsed.transport_cls}:// is not RabbitMQ: the SDK speaks AMQP 0-9-1 "
-                             "(amqp://, amqps://); "
-                             "the embedded mode's memory:// broker cannot be reached from another process")
+        urls = [part.strip() for part in url.split(";") if part.strip()]
+        if not urls:
+            raise ValueError("no broker URL")
+        nodes = [Connection(part) for part in urls]  # parsing only: no I/O
+        for parsed in nodes:
+            if parsed.transport_cls not in _AMQP_TRANSPORTS:
+                raise ValueError(f"{parsed.transport_cls}:// is not RabbitMQ: the SDK speaks AMQP 0-9-1 "
+                                 "(amqp://, amqps://); "
+                                 "the embedded mode's memory:// broker cannot be reached from another process")
+        if len({(n.transport_cls, n.userid, n.virtual_host) for n in nodes}) > 1:
+            raise ValueError("the broker URLs (one per node of a cluster, ';'-separated) must share their scheme, "
+                             "user and virtual host")
+        parsed = nodes[0]
         self.url = url
+        #: The URLs of the cluster's nodes (one, for a single broker).
+        self.urls = tuple(urls)
         #: The broker user of the URL (kombu's default, guest, when the URL names none).
         self.connection_user: str = parsed.userid or "guest"
         self.user = user or self.connection_user
@@ -726,20 +738,21 @@ class Broker:
             self._discard()
         if self._connection is not None:
             return
-        connection = Connection(self.url, heartbeat=self.heartbeat, connect_timeout=self.connect_timeout,
-                                transport_options={
+        connection = Connection(list(self.urls), failover_strategy="round-robin", heartbeat=self.heartbeat,
+                                connect_timeout=self.connect_timeout, transport_options={
                                     # Confirms are awaited here, not by py-amqp (which waits without
                                     # telling a return from an ack).
                                     "confirm_publish": False,
                                     "client_properties": {"connection_name": f"imagesvc-client {self.user}"},
                                 })
         try:
-            # Once: kombu's default retries forever.
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0,
-                                         timeout=self.connect_timeout)
+            # Each URL once in turn (one URL: twice): kombu's default retries forever.
+            connection.ensure_connection(max_retries=max(1, len(self.urls) - 1), interval_start=0,
+                                         interval_step=0, interval_max=0, timeout=self.connect_timeout)
         except Exception as exc:  # noqa: BLE001 - refused, unreachable, bad credentials: all "no connection"
             _discard(connection)
-            raise ConnectionFailed(f"cannot connect to {connection.as_uri()}: {exc}") from exc
+            where = " or ".join(Connection(url).as_uri() for url in self.urls)  # as_uri hides the password
+            raise ConnectionFailed(f"cannot connect to {where}: {exc}") from exc
         self._connection = connection
         self._generation += 1
         self._failure = None

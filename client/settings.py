@@ -9,7 +9,9 @@ than believed.
 
 Environment (each overrides the profile): ``IMAGESVC_CLIENT_URL``, ``IMAGESVC_CLIENT_API_KEY``,
 ``IMAGESVC_CLIENT_TOKEN``, ``IMAGESVC_CLIENT_BROKER_URL``, ``IMAGESVC_CLIENT_PROFILE`` (the
-profile's name, ``default`` unless set). The server's own ``IMAGESVC_*`` settings are not read:
+profile's name, ``default`` unless set). A broker URL may list the nodes of a RabbitMQ cluster,
+``;``-separated (``client.broker.Broker`` fails over between them). The server's own
+``IMAGESVC_*`` settings are not read:
 a user's shell and an operator's service are configured apart.
 """
 

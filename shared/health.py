@@ -80,7 +80,8 @@ def database_check(engine, head: str) -> Check:
 
 
 def broker_check(connect: Callable, timeout: float) -> Check:
-    """A new broker connection opens within ``timeout`` seconds."""
+    """A new broker connection opens within ``timeout`` seconds (to any node of a cluster's URL
+    list: the check passes while imagesvc can still fail over to one)."""
     from imagesvc.shared.broker.connection import discard, ensure_connected
 
     def check() -> str | None:

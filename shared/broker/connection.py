@@ -4,17 +4,29 @@ kombu's defaults switch heartbeats off and retry forever; here every AMQP connec
 heartbeat, a connect timeout and bounded reconnect attempts (publisher confirms are the
 publisher's business). ``memory://`` (the embedded mode) gets a short polling interval instead
 of kombu's one second.
+
+Failover: ``IMAGESVC_BROKER_URL`` may list the nodes of a RabbitMQ cluster (``;``-separated).
+Every connection gets them all, with kombu's ``round-robin`` strategy: a connection that cannot
+be opened on one URL tries the next (``ensure_connected`` tries each once), so a dead node costs
+one refused or timed-out attempt and is never retried before the others (kombu's ``shuffle``
+picks a random URL at each step: it may retry the dead node while a live one waits, and with a
+bounded number of attempts give up though two nodes are up). A process's first connection
+starts at the first URL (the operator's order: list the nodes in another order on another host
+to spread the connections); afterwards a new connection starts at the URL that last worked in
+this process, so reconnects after a node's death do not each wait for the dead node first (a
+host that drops packets costs a whole connect timeout).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Sequence
 
 from kombu import Connection
 
-from imagesvc.shared.config import Settings
+from imagesvc.shared.config import Settings, broker_urls
 
 if TYPE_CHECKING:
     from imagesvc.shared.broker.consumer import BrokerIdentity
@@ -32,7 +44,8 @@ def connect(settings: Settings, purpose: str) -> Connection:
     if settings.embedded_broker:
         return Connection(settings.broker_url, transport_options={"polling_interval": MEMORY_POLLING_INTERVAL})
     return Connection(
-        settings.broker_url,
+        _preference.ordered(broker_urls(settings.broker_url)),
+        failover_strategy="round-robin",
         heartbeat=settings.heartbeat,
         connect_timeout=settings.publish_timeout,
         transport_options={
@@ -47,8 +60,44 @@ def connect(settings: Settings, purpose: str) -> Connection:
 
 
 def ensure_connected(connection: Connection, timeout: float | None = None) -> None:
-    """Open ``connection`` or raise, trying once (kombu's default retries forever)."""
-    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0, timeout=timeout)
+    """Open ``connection`` or raise, trying each of its URLs once in turn (one URL: twice), with
+    no pause; kombu's default retries forever. ``timeout`` bounds all the attempts together."""
+    urls = list(getattr(connection, "alt", None) or [None])
+    connection.ensure_connection(max_retries=max(1, len(urls) - 1), interval_start=0, interval_step=0,
+                                 interval_max=0, timeout=timeout)
+    if len(urls) > 1:
+        _preference.worked(urls, connection)
+
+
+class _Preference:
+    """Where this process's next connection to a list of URLs starts (see the module's doc)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: The URL list (sorted: any rotation of it is the same list) -> its URL to try first.
+        self._first: dict[tuple[str, ...], str] = {}
+
+    def ordered(self, urls: Sequence[str]) -> list[str]:
+        """``urls`` rotated to start at the preferred one (at first the first one)."""
+        urls = list(urls)
+        with self._lock:
+            first = self._first.setdefault(tuple(sorted(urls)), urls[0])
+        start = urls.index(first)
+        return urls[start:] + urls[:start]
+
+    def worked(self, urls: Sequence[str], connection: Connection) -> None:
+        """``connection``, made from ``urls``, is open: its URL comes first next time."""
+        from kombu.utils.url import parse_url
+
+        for url in urls:
+            parts = parse_url(url)
+            if (parts.get("hostname"), parts.get("port")) == (connection.hostname, connection.port):
+                with self._lock:
+                    self._first[tuple(sorted(urls))] = url
+                return
+
+
+_preference = _Preference()
 
 
 def access_refused(exc: BaseException, connection: Connection | None) -> str | None:
@@ -119,7 +168,8 @@ def broker_identity(settings: Settings) -> BrokerIdentity | None:
 
     if settings.embedded_broker:
         return None
-    own = Connection(settings.broker_url).userid or "guest"  # parsing only: no I/O
+    # Parsing only, no I/O; every URL of the list names the same user (Settings.validate).
+    own = Connection(broker_urls(settings.broker_url)[0]).userid or "guest"
     return BrokerIdentity(own=own, services=frozenset(settings.service_users or (own,)),
                           inventory={"node": frozenset(settings.node_publishers),
                                      "vm": frozenset(settings.vm_publishers)})

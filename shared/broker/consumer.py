@@ -538,10 +538,12 @@ class ConsumerRunner:
             # The copy is ours; who published the original goes with it ("" for nobody).
             user_id = self._identity.own
             headers[PUBLISHED_BY_HEADER] = delivery.publisher or ""
+        # retry_nacks=False: this runs on the I/O thread, which must not sleep between resends;
+        # ``_settle`` tries a nacked retry copy again a second later by itself.
         self._publisher.publish(
             exchange=exchange, routing_key=routing_key, body=delivery.body, message_id=delivery.message_id,
             message_type=delivery.message_type, correlation_id=delivery.correlation_id, headers=headers,
-            user_id=user_id,
+            user_id=user_id, retry_nacks=False,
         )
 
 

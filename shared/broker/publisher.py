@@ -3,7 +3,10 @@
 ``Publisher.publish_many`` sends a batch of messages and returns only once the broker has
 confirmed every one of them (persistent, and routed to at least one queue when ``mandatory``);
 it raises ``Unroutable`` when one was returned and ``PublishFailed`` on a nack, a timeout or a
-broken connection, within about ``timeout`` seconds. The confirms of a batch are awaited
+broken connection, within about ``timeout`` seconds. Within that time it sends again what was not
+confirmed: the whole batch once on a new connection when the connection broke (on a cluster's URL
+list, the next node's), and the nacked part after a short pause when the broker nacked (a quorum
+queue between two leaders nacks, as a full queue does). The confirms of a batch are awaited
 together (one round trip for all of them, instead of one per message as kombu's confirm mode
 does). It never retries forever: a caller that promised nothing yet (the gateway) answers 503;
 a caller holding the messages in its outbox (the relay) tries again later. After a failure some
@@ -35,6 +38,8 @@ from imagesvc.shared.logging import get_logger
 log = get_logger(__name__)
 
 _NO_ROUTE = 312
+#: Pauses before a nacked batch's unacknowledged messages are sent again (within the timeout).
+NACK_RETRY_PAUSES = (0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -190,16 +195,18 @@ class Publisher:
     def publish(self, *, exchange: str, routing_key: str, body: bytes, message_id: str | None = None,
                 message_type: str | None = None, correlation_id: str | None = None,
                 headers: dict[str, Any] | None = None, persistent: bool = True, mandatory: bool = True,
-                user_id: str | None = None) -> None:
+                user_id: str | None = None, retry_nacks: bool = True) -> None:
         """Publish one message and wait for the broker's confirm (see ``publish_many``)."""
         self.publish_many([Outgoing(exchange, routing_key, body, message_id, message_type, correlation_id,
-                                    headers or {}, persistent, mandatory, user_id)])
+                                    headers or {}, persistent, mandatory, user_id)], retry_nacks=retry_nacks)
 
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+    def publish_many(self, messages: Sequence[Outgoing], *, retry_nacks: bool = True) -> None:
         """Publish messages in order and wait for all their confirms.
 
         Raises Unroutable if the broker returned one (no queue bound for its routing key) and
         PublishFailed on any other failure, both within about the configured timeout.
+        ``retry_nacks=False``: a nack raises Nacked at once, for a caller with a retry policy of its
+        own that must not wait here (a consumer's I/O thread).
         """
         if not messages:
             return
@@ -210,11 +217,12 @@ class Publisher:
             raise PublishFailed("no publisher connection became free in time") from None
         try:
             last_error: Exception | None = None
-            for _attempt in range(2):
-                if time.monotonic() >= deadline:
-                    break
+            pending = list(messages)
+            nack_pauses = list(NACK_RETRY_PAUSES) if retry_nacks else []
+            connections = 2  # a broken connection is replaced once (on a cluster: by the next node's)
+            while connections and time.monotonic() < deadline:
                 try:
-                    self._send(slot, messages, deadline)
+                    self._send(slot, pending, deadline)
                     return
                 except Unroutable:
                     slot.reset()
@@ -223,18 +231,37 @@ class Publisher:
                     # Keep the connection: it hears the broker's connection.unblocked.
                     last_error = exc
                     break
+                except Nacked as exc:
+                    # A full queue nacks; so does a quorum queue whose leader's node died, to a
+                    # channel that still knows the dead leader (measured: such a channel went on
+                    # being nacked for seconds while new ones were taken after about 0.6 s). What was not
+                    # acked goes again after a pause, on a new connection; a queue still full is
+                    # refused after the last pause. A nack may hide a copy the queue kept:
+                    # consumers deduplicate by message id.
+                    slot.reset()
+                    last_error = exc
+                    pause = nack_pauses.pop(0) if nack_pauses else None
+                    if pause is None or time.monotonic() + pause >= deadline:
+                        break
+                    pending = getattr(exc, "unconfirmed", None) or pending
+                    time.sleep(pause)
                 except PublishFailed as exc:
                     slot.reset()
                     last_error = exc
-                    break  # nacked or timed out: the broker was reached, do not resend blindly
+                    break  # timed out: the broker was reached, do not resend blindly
                 except AmqpChannelError as exc:
                     slot.reset()
                     if _no_route(exc):
                         raise Unroutable(f"no queue bound for {messages[0].exchange}/{messages[0].routing_key}") from exc
                     last_error = exc
+                    connections -= 1
                 except Exception as exc:  # noqa: BLE001 - any other failure means "not confirmed"
+                    # The connection broke (its node died, the network): nothing of the batch is
+                    # promised, so all of it goes again on a new connection.
                     slot.reset()
                     last_error = exc
+                    connections -= 1
+                    pending = list(messages)
             failure = Nacked if isinstance(last_error, Nacked) else PublishFailed
             raise failure(f"publish of {len(messages)} message(s) not confirmed: {last_error!r}")
         finally:
@@ -288,11 +315,15 @@ class Publisher:
             except socket.timeout:
                 pass
         returned = {m.message_id for m in messages} & confirms.returned
+        unconfirmed = [m for index, m in enumerate(messages) if confirms.settled.get(first + index) is not True]
         confirms.forget(last)
         if returned:
             raise Unroutable(f"returned by the broker (no queue bound): {sorted(map(str, returned))}")
         if outcome is False:
-            raise Nacked("the broker nacked a message (a full queue refuses publishes)")
+            nacked = Nacked("the broker nacked a message (a full queue refuses publishes, and a quorum queue "
+                            "while it has no leader)")
+            nacked.unconfirmed = unconfirmed  # type: ignore[attr-defined]
+            raise nacked
 
     def _tick_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):

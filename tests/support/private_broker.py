@@ -8,6 +8,9 @@ cookie). The scripts under /usr/lib/rabbitmq/bin are run directly: the /usr/sbin
 to the ``rabbitmq`` user, which could not write our temporary directory.
 
 ``available()`` says why a node cannot be started here (None when it can).
+
+``PrivateCluster`` runs several such nodes with one Erlang cookie, joined into one RabbitMQ
+cluster (``rabbitmqctl join_cluster``), for the tests that kill a cluster node.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import signal
 import socket
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.support.polling import eventually
@@ -39,8 +43,9 @@ def available() -> str | None:
 class PrivateBroker:
     """``start()`` boots the node; ``url`` is its AMQP URL; ``close()`` always leaves nothing running."""
 
-    def __init__(self, base_dir: Path, *, extra_config: str = "") -> None:
-        """``extra_config``: more lines of ``rabbitmq.conf`` (e.g. ``consumer_timeout = 60000``)."""
+    def __init__(self, base_dir: Path, *, extra_config: str = "", cookie: str | None = None) -> None:
+        """``extra_config``: more lines of ``rabbitmq.conf`` (e.g. ``consumer_timeout = 60000``).
+        ``cookie``: the Erlang cookie (nodes of one cluster share theirs); default a random one."""
         self.dir = Path(base_dir)
         self.node = f"imagesvc-faults-{uuid.uuid4().hex[:8]}@localhost"
         self.port = free_port()
@@ -49,9 +54,9 @@ class PrivateBroker:
         home = self.dir / "home"
         for sub in ("home", "mnesia", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(uuid.uuid4().hex.upper())
-        cookie.chmod(0o400)
+        cookie_file = home / ".erlang.cookie"
+        cookie_file.write_text(cookie or uuid.uuid4().hex.upper())
+        cookie_file.chmod(0o400)
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
             # Loopback-only guest is RabbitMQ's default; stated so that a changed default shows here.
@@ -79,10 +84,19 @@ class PrivateBroker:
     def start(self) -> None:
         """Boot the node (or boot it again after ``kill``/``stop``: same name, same data) and
         wait until it accepts AMQP connections."""
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start booting the node, without waiting (``wait_started`` waits)."""
         pid_file = self.dir / "node.pid"
         pid_file.unlink(missing_ok=True)
         subprocess.run([str(RABBITMQ_BIN / "rabbitmq-server"), "-detached"], env=self.env, check=True,
                        capture_output=True, timeout=30, cwd=self.dir)
+        self._launched = True
+
+    def wait_started(self) -> None:
+        """Wait until the launched node has booted and accepts AMQP connections."""
 
         # ``await_startup`` fails at once while the node is not yet registered with epmd.
         def booted() -> None:
@@ -142,6 +156,13 @@ class PrivateBroker:
 
         eventually(gone, timeout=10)
 
+    def join(self, other: "PrivateBroker") -> None:
+        """Make this (running) node a member of ``other``'s cluster; it forgets its own data."""
+        self._ctl("stop_app")
+        self._ctl("reset")
+        self._ctl("join_cluster", other.node)
+        self.start_app()
+
     def set_disk_free_limit(self, limit: str) -> None:
         """E.g. ``"1000GB"`` raises the disk alarm (publishers are blocked); ``"50MB"`` clears it."""
         self._ctl("set_disk_free_limit", limit)
@@ -152,6 +173,14 @@ class PrivateBroker:
 
     def close(self) -> None:
         """Stop the node (kill it if ``stop`` does not work) and remove its files."""
+        if getattr(self, "_launched", False) and not (self.dir / "node.pid").exists():
+            # Launched but not yet far enough to have written its pid: wait for it, or the
+            # booting node would outlive us.
+            try:
+                eventually(lambda: (self.dir / "node.pid").exists() or _fail("no pid file yet"),
+                           timeout=START_TIMEOUT, interval=0.2)
+            except AssertionError:
+                pass
         try:
             if self.pid is not None:
                 self._ctl("stop", check=False, timeout=60)
@@ -173,3 +202,83 @@ class PrivateBroker:
     def log_tail(self, chars: int = 2000) -> str:
         logs = sorted((self.dir / "log").glob("*.log"))
         return "".join(p.read_text(errors="replace")[-chars:] for p in logs)
+
+
+class PrivateCluster:
+    """``size`` private nodes with one Erlang cookie, joined into one cluster.
+
+    ``start()`` boots them side by side (a boot mostly waits) and joins the others to the first;
+    ``urls`` is imagesvc's ``IMAGESVC_BROKER_URL`` for the cluster (one URL per node,
+    ``;``-separated); ``close()`` always leaves no node running, even a half-started cluster.
+    """
+
+    def __init__(self, base_dir: Path, *, size: int = 3, extra_config: str = "") -> None:
+        cookie = uuid.uuid4().hex.upper()
+        self.nodes = [PrivateBroker(Path(base_dir) / f"node{index}", extra_config=extra_config, cookie=cookie)
+                      for index in range(size)]
+
+    @property
+    def urls(self) -> str:
+        return ";".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.launch()
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.wait_started(), self.nodes))
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.join(first)
+
+        def formed() -> None:
+            running = first.ctl("eval", "length(rabbit_nodes:all_running()).").strip()
+            assert running == str(len(self.nodes)), f"{running} of {len(self.nodes)} nodes running in the cluster"
+
+        eventually(formed, timeout=START_TIMEOUT, interval=0.5)
+
+    def node_named(self, name: str) -> PrivateBroker:
+        for node in self.nodes:
+            if node.node == name:
+                return node
+        raise KeyError(f"{name} is not a node of this cluster ({[n.node for n in self.nodes]})")
+
+    def running(self) -> list[PrivateBroker]:
+        return [node for node in self.nodes if node.pid is not None]
+
+    def quorum_queues(self) -> dict[str, tuple[str, list[str]]]:
+        """Queue name -> (its leader's node name, its members' node names), for the quorum queues
+        (asked of a running node)."""
+        import json
+
+        output = self.running()[0].ctl("list_queues", "--quiet", "--formatter", "json", "name", "type", "leader",
+                                       "members")
+        return {row["name"]: (row["leader"], list(row["members"])) for row in json.loads(output)
+                if row.get("type") == "quorum"}
+
+    def connections(self) -> list[tuple[str, str]]:
+        """(node name, client's connection name) of every AMQP connection to a running node."""
+        import json
+
+        port_to_node = {node.port: node.node for node in self.nodes}
+        output = self.running()[0].ctl("list_connections", "--quiet", "--formatter", "json", "port",
+                                       "client_properties")
+        found = []
+        for row in json.loads(output):
+            name = next((value for key, _kind, value in row["client_properties"] if key == "connection_name"), "")
+            found.append((port_to_node.get(row["port"], str(row["port"])), name))
+        return found
+
+    def close(self) -> None:
+        """Stop every node (killing what does not stop) and remove their files."""
+        errors = []
+        for node in self.nodes:
+            try:
+                node.close()
+            except Exception as exc:  # noqa: BLE001 - every node must be closed, whatever one did
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+def _fail(message: str) -> None:
+    raise AssertionError(message)
