@@ -191,7 +191,18 @@ def _apply_change(conn: Connection, event: Event) -> None:
         return
     assert isinstance(event, (ImageImported, ImageUpdated))
     state = event.image
-    row = {
+    row = read_model_row(event)
+    if isinstance(event, ImageImported):
+        # Names are unique on the write side; another uuid holding this name here is an image
+        # whose deletion (another stream) has not been projected yet.
+        conn.execute(delete(_images).where(_images.c.name == state["name"], _images.c.uuid != state["uuid"]))
+    conn.execute(prepared(conn, _images, "upsert", _upsert_image), {"uuid": state["uuid"], **row})
+
+
+def read_model_row(event: ImageImported | ImageUpdated) -> dict:
+    """The ``rm_images`` row (without ``uuid``) an image's state event projects to."""
+    state = event.image
+    return {
         "name": state["name"],
         "created": images.parse_time(state["created"]),
         "owner": state["owner"],
@@ -202,11 +213,6 @@ def _apply_change(conn: Connection, event: Event) -> None:
         "dcs": orjson.dumps(sorted(state.get("dcs") or [])).decode(),
         "version": event.version,
     }
-    if isinstance(event, ImageImported):
-        # Names are unique on the write side; another uuid holding this name here is an image
-        # whose deletion (another stream) has not been projected yet.
-        conn.execute(delete(_images).where(_images.c.name == state["name"], _images.c.uuid != state["uuid"]))
-    conn.execute(prepared(conn, _images, "upsert", _upsert_image), {"uuid": state["uuid"], **row})
 
 
 def _apply_task(conn: Connection, event: TaskEvent, applied: dict[str, int],
