@@ -210,7 +210,7 @@ _LOOKING = ("health", "dlq list", "store check", "config show", "admin user list
 
 def _exported(script: str) -> dict[str, str]:
     """The variables a script's ``export NAME=value`` lines set."""
-    return dict(re.findall(r"^export (IMAGESVC_[A-Z_]+)=(\S+)", script, re.M))
+    return dict(re.findall(r"^export (IMAGESVC_[A-Z0-9_]+)=(\S+)", script, re.M))
 
 
 def _read_only_commands_succeed(env: dict[str, str], subs: dict[str, str], cwd: Path) -> set[str]:
@@ -291,6 +291,77 @@ def test_the_distributed_recipe_runs_and_imports_an_image(tmp_path, rabbitmq_url
         assert not list((tmp_path / "store").glob("*/file")), "the deleted image's file is still there"
         ran = _read_only_commands_succeed({**env, **_exported(script)}, subs, tmp_path)
         assert {"health", "dlq list", "store check", "config show", "admin user list"} <= ran, ran
+    finally:
+        _stop(recipe_run)
+        drop_database(postgres_admin_url, f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
+        delete_queues(rabbitmq_url, prefix, nodes=("cn1",))
+
+
+def test_the_object_store_recipe_runs_with_two_image_servers(tmp_path, rabbitmq_url, postgres_admin_url,
+                                                             s3_endpoint):
+    """The README's object-store recipe on a real S3 server (Ceph radosgw): the import lands in the
+    bucket, both image servers hand out the same bytes, and the delete leaves no object behind."""
+    from tests.support.ceph import new_bucket, s3_client
+
+    api_port, first_port, second_port, origin_port = free_port(), free_port(), free_port(), free_port()
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    database = f"imagesvc_readme_{uuid.uuid4().hex[:8]}"
+    bucket = new_bucket(s3_endpoint, "readme")
+    subs = {**_subs(tmp_path, api_port, origin_port),
+            "127.0.0.1:5432/imagesvc": f"127.0.0.1:5432/{database}", "--port 8000": f"--port {api_port}",
+            "--port 8080": f"--port {first_port}", "--port 8081": f"--port {second_port}",
+            "127.0.0.1:8080": f"127.0.0.1:{first_port}", "s3://images/": f"s3://{bucket}/",
+            "http://127.0.0.1:7480": s3_endpoint.endpoint_url, "AWS_REGION=us-east-1": f"AWS_REGION={s3_endpoint.region}",
+            "images-key": s3_endpoint.access_key, "images-secret": s3_endpoint.secret_key,
+            "/srv/vms": str(tmp_path / "vms")}
+    recipe = _substituted(tagged("start-object-store").text, subs)
+    assert f"s3://{bucket}/catalogue" in recipe and s3_endpoint.endpoint_url in recipe
+    script = (f"export IMAGESVC_TOPOLOGY_PREFIX={prefix}\nexport IMAGESVC_FETCH_ALLOW=127.0.0.1:{origin_port}\n"
+              f"export IMAGESVC_LOG_FORMAT=json\n{recipe}\nwait")
+    env = _environment(tmp_path)
+    del env["IMAGESVC_DATA_DIR"]
+    log = tmp_path / "recipe.log"
+    objects = s3_client(s3_endpoint)
+
+    def keys() -> list[str]:
+        listed = objects.list_objects_v2(Bucket=bucket, Prefix="catalogue/")
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+    with open(tmp_path / "recipe.out", "wb") as out:
+        recipe_run = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stdout=out,
+                                      stderr=open(log, "wb"), start_new_session=True)
+    try:
+        eventually(lambda: _answers(f"http://127.0.0.1:{api_port}/readyz"), timeout=120, interval=0.5)
+        for port in (first_port, second_port):
+            eventually(lambda port=port: _answers(f"http://127.0.0.1:{port}/readyz"), timeout=60, interval=0.5)
+
+        def consuming() -> None:
+            text = log.read_text(errors="replace")
+            assert text.count('"consumer.ready"') >= 5, text[-3000:]  # 4 workers and the node agent
+
+        eventually(consuming, timeout=60, interval=0.5)
+        printed = (tmp_path / "recipe.out").read_text().splitlines()
+        said = next(index for index, line in enumerate(printed) if line.startswith("created SuperAdmin 'admin'"))
+        (tmp_path / "var").mkdir(exist_ok=True)
+        (tmp_path / "var" / "admin.key").write_text(printed[said + 1].strip() + "\n")
+        _import_then_check(tmp_path, subs, env, f"http://127.0.0.1:{api_port}/api")
+        key = (tmp_path / "var" / "admin.key").read_text().strip()
+        shown = httpx.get(f"http://127.0.0.1:{api_port}/api/image/tiny/", headers={"ES-API-KEY": key}, timeout=30)
+        image_uuid = shown.json()["result"]["uuid"]
+        assert f"catalogue/{image_uuid}/file" in keys(), keys()
+        stored = objects.get_object(Bucket=bucket, Key=f"catalogue/{image_uuid}/file")["Body"].read()
+        served = [httpx.get(f"http://127.0.0.1:{port}/images/{image_uuid}/file", timeout=30)
+                  for port in (first_port, second_port)]
+        assert [answer.status_code for answer in served] == [200, 200]
+        assert served[0].content == served[1].content == stored
+        assert served[0].headers["content-md5"] == served[1].headers["content-md5"]
+        _watch_then_delete(tmp_path, subs, env, f"http://127.0.0.1:{api_port}/api")
+        assert not [k for k in keys() if image_uuid in k], keys()
+        assert not objects.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        credentials = {"AWS_REGION": s3_endpoint.region, "AWS_ACCESS_KEY_ID": s3_endpoint.access_key,
+                       "AWS_SECRET_ACCESS_KEY": s3_endpoint.secret_key}
+        ran = _read_only_commands_succeed({**env, **_exported(script), **credentials}, subs, tmp_path)
+        assert "store check" in ran, ran
     finally:
         _stop(recipe_run)
         drop_database(postgres_admin_url, f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")
