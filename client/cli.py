@@ -61,10 +61,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     images = image.add_subparsers(dest="image_command", required=True)
     listing = images.add_parser("list", parents=[common], help="the images you may see")
     listing.add_argument("--dc", help="a datacenter's images (default: your current datacenter's)")
-    listing.add_argument("--order-by", help="name or created; prefix - for descending")
+    listing.add_argument("--order-by", help="name or created; prefix - for descending (--order-by=-created)")
     listing.add_argument("--limit", type=int, help="one page of at most this many images (1..1000); with --all, "
                                                    "the page size (default 100)")
     listing.add_argument("--marker", help="the page after this image (the name the previous page ended with)")
+    listing.add_argument("--marker-created", help="with --marker in an order by created: the marker's creation "
+                                                  "time as the previous page printed it (the marker then need not "
+                                                  "exist any more)")
     listing.add_argument("--all", action="store_true", help="every image, read page by page")
     listing.add_argument("--status", help="ok or pending")
     listing.add_argument("--name", help="names beginning with this (any case)")
@@ -333,26 +336,28 @@ def _image_list(args: argparse.Namespace) -> int:
     filters = {"status": args.status, "name": args.name, "ostype": args.ostype, "owner": args.owner,
                "tag": args.tag, "attached_to": args.attached_to, "access": args.access}
     filters = {key: value for key, value in filters.items() if value is not None}
-    next_marker = None
+    next_marker = next_created = None
     paged = args.limit is not None or args.marker is not None
     size = args.limit if args.limit is not None else 100
     with _client(args) as client:
         if args.all:
-            images = list(client.iter_images(page_size=size, marker=args.marker, full=True,
-                                             order_by=args.order_by, datacenter=args.dc, **filters))
+            images = list(client.iter_images(page_size=size, marker=args.marker, marker_created=args.marker_created,
+                                             full=True, order_by=args.order_by, datacenter=args.dc, **filters))
         elif paged:
-            page = client.images(limit=size, marker=args.marker, full=True, order_by=args.order_by,
-                                 datacenter=args.dc, **filters)
-            images, next_marker = page.items, page.next_marker
+            page = client.images(limit=size, marker=args.marker, marker_created=args.marker_created, full=True,
+                                 order_by=args.order_by, datacenter=args.dc, **filters)
+            images, next_marker, next_created = page.items, page.next_marker, page.next_marker_created
         else:
             images = client.list_images(dc=args.dc, full=True, order_by=args.order_by, **filters)
     if args.json:
         raw = [image.raw for image in images]
-        _print_json({"images": raw, "next_marker": next_marker} if paged and not args.all else raw)
+        _print_json({"images": raw, "next_marker": next_marker, "next_marker_created": next_created}
+                    if paged and not args.all else raw)
     else:
         print(table(_image_rows(images), [header for _, header in _IMAGE_COLUMNS]))
         if next_marker is not None:
-            print(f"More images follow: add --marker {next_marker}", file=sys.stderr)
+            more = f"--marker {next_marker}" + (f" --marker-created {next_created}" if next_created else "")
+            print(f"More images follow: add {more}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -310,7 +310,20 @@ def test_the_command_line_lists_a_page_or_every_page(world, tmp_path):
     assert every.returncode == 0, every.stderr
     assert json.loads(every.stdout) == expected
     page = imagesvc("--limit", "3", "--tag", "linux", "--access", "private", "--json")
-    assert json.loads(page.stdout) == {"images": expected[:3], "next_marker": expected[2]["name"]}
+    assert json.loads(page.stdout) == {"images": expected[:3], "next_marker": expected[2]["name"],
+                                       "next_marker_created": None}
+    with world.root() as client:
+        by_created = whole(client, full="true", tag="linux", access="private", order_by="-created")
+    listed = imagesvc("--limit", "3", "--order-by=-created", "--tag", "linux", "--access", "private", "--json")
+    assert listed.returncode == 0, listed.stderr
+    first = json.loads(listed.stdout)
+    assert first["images"] == by_created[:3] and first["next_marker"] == by_created[2]["name"]
+    assert first["next_marker_created"]  # an order by created: the marker's key goes with it
+    second = imagesvc("--limit", "3", "--order-by=-created", "--marker", first["next_marker"], "--marker-created",
+                      first["next_marker_created"], "--tag", "linux", "--access", "private")
+    assert second.returncode == 0, second.stderr
+    assert by_created[3]["name"] in second.stdout and by_created[2]["name"] not in second.stdout
+    assert "--marker-created " in second.stderr
     table = imagesvc("--limit", "3", "--marker", expected[2]["name"], "--tag", "linux", "--access", "private")
     assert table.returncode == 0 and expected[3]["name"] in table.stdout and expected[2]["name"] not in table.stdout
     assert f"--marker {expected[5]['name']}" in table.stderr

@@ -17,6 +17,7 @@ import block reads it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -190,14 +191,30 @@ def _import_then_check(tmp_path: Path, subs: dict[str, str], env: dict[str, str]
     assert "tiny" in listed["result"], listed
 
 
+def _json_values(text: str) -> list:
+    """The JSON values written one after another in ``text`` (whitespace between them or not)."""
+    decoder, values, index = json.JSONDecoder(), [], 0
+    while index < len(text):
+        if text[index].isspace():
+            index += 1
+            continue
+        value, index = decoder.raw_decode(text, index)
+        values.append(value)
+    return values
+
+
 def _watch_then_delete(tmp_path: Path, subs: dict[str, str], env: dict[str, str], api: str) -> None:
     """Run the README's block that shows the image and deletes it: shown, then gone."""
     done = subprocess.run(["bash", "-c", _substituted(tagged("watch-and-delete").text, subs)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
-    shown, *_rest, deleted = done.stdout.strip().splitlines()
-    assert '"status":"SUCCESS"' in shown and '"name":"tiny"' in shown, done.stdout
-    assert '"status":"SUCCESS"' in deleted and "Successfully deleted image tiny" in deleted, done.stdout
+    # The show's answer ends without a newline, and a delete that ends before the stream's first
+    # keep-alive line is one line: the two answers may share a line, so read them as JSON values.
+    answers = _json_values(done.stdout)
+    shown, deleted = answers[0], answers[-1]
+    assert len(answers) >= 2 and shown["status"] == "SUCCESS" and shown["result"]["name"] == "tiny", done.stdout
+    assert deleted["status"] == "SUCCESS" and "Successfully deleted image tiny" in deleted["result"]["message"], \
+        done.stdout
     key = (tmp_path / "var" / "admin.key").read_text().strip()
     listed = httpx.get(f"{api}/image/", headers={"ES-API-KEY": key}, timeout=30).json()
     assert "tiny" not in listed["result"], listed
