@@ -38,7 +38,7 @@ for entry in (str(ROOT), str(HERE)):
 
 import httpx  # noqa: E402
 
-from report import figure, write_json  # noqa: E402
+from report import figure, process_tree, write_json  # noqa: E402
 
 PAGE = 100
 #: How deep the "deep" page is, as a fraction of the catalogue.
@@ -63,24 +63,6 @@ def _sql_order(order_by: str) -> str:
 
 
 # --- process memory ---------------------------------------------------------------------------------
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -229,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         results["seed_seconds"] = seed(database_url, args.images)
         log(f"seeded in {results['seed_seconds']:.1f} s")
         dsn = libpq_dsn(database_url)
-        gateway_pids = _tree(system.processes["gateway"].pid)
+        gateway_pids = process_tree(system.processes["gateway"].pid)
         figures = []
         with psycopg.connect(dsn, autocommit=True) as conn, system.client() as client:
             client.timeout = httpx.Timeout(120.0)

@@ -59,3 +59,21 @@ def write_json(bench: str, args: argparse.Namespace | dict[str, Any], figures: l
     shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
     print(f"figures written to {shown}", flush=True)
     return target
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (from the parent pids in /proc/<pid>/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found

@@ -61,7 +61,7 @@ for entry in (str(ROOT), str(HERE)):
 
 import httpx  # noqa: E402
 
-from report import figure, write_json  # noqa: E402
+from report import figure, process_tree, write_json  # noqa: E402
 from pipeline import CpuMeter, _describe, cpu_per_op, format_cpu, infra_groups, log, machine_facts, print_table  # noqa: E402
 from raw_pipeline import percentile  # noqa: E402
 from tests.support.origin import Origin  # noqa: E402
@@ -105,24 +105,6 @@ class Outcome(Exception):
 # --- CPU groups ------------------------------------------------------------------------------------
 
 
-def _process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (from the parent pids in /proc/<pid>/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def glance_groups(glance_dir: Path) -> Callable[[], dict[str, list[int]]]:
     pid_file = glance_dir / "state" / "run" / "uwsgi.pid"
 
@@ -132,7 +114,7 @@ def glance_groups(glance_dir: Path) -> Callable[[], dict[str, list[int]]]:
         except (OSError, ValueError):
             master = None
         found = {"client (this process)": [os.getpid()],
-                 "glance uwsgi (master + workers)": _process_tree(master) if master else []}
+                 "glance uwsgi (master + workers)": process_tree(master) if master else []}
         found.update(infra_groups())
         return found
 
@@ -144,7 +126,7 @@ def imagesvc_groups(system: System) -> Callable[[], dict[str, list[int]]]:
         found = {"client + origin (this process)": [os.getpid()]}
         for name, process in system.processes.items():
             if process.poll() is None:
-                found[f"imagesvc {name}"] = _process_tree(process.pid)
+                found[f"imagesvc {name}"] = process_tree(process.pid)
         found.update(infra_groups())
         return found
 

@@ -22,13 +22,12 @@ from imagesvc.shared.broker import connection as broker_connection
 from imagesvc.shared.broker.connection import connect, ensure_connected
 from imagesvc.shared.broker.consumer import ConsumerRunner, Disposition
 from imagesvc.shared.broker.publisher import Publisher
-from imagesvc.shared.broker.topology import Topology, build_topology
+from imagesvc.shared.broker.topology import Topology
 from imagesvc.shared.config import Settings
 from imagesvc.shared.errors import Nacked
-from tests.integration.test_rabbitmq import Recorder, running, send
+from tests.integration.test_rabbitmq import Recorder, running, send, topology  # noqa: F401  (a fixture)
 from tests.support.faultproxy import FaultProxy
 from tests.support.polling import eventually
-from tests.support.services import delete_queues
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -43,18 +42,6 @@ def closed_port() -> int:
 def fresh_process(monkeypatch):
     """Each test starts as a new process does: no URL has worked yet (the first listed comes first)."""
     monkeypatch.setattr(broker_connection, "_preference", broker_connection._Preference())
-
-
-@pytest.fixture
-def topology(rabbitmq_url: str) -> Iterator[Topology]:
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    topology = build_topology(prefix=prefix)
-    try:
-        with Connection(rabbitmq_url, connect_timeout=5) as conn:
-            topology.declare(conn.channel())
-        yield topology
-    finally:
-        delete_queues(rabbitmq_url, prefix)
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from imagesvc.services.gateway.listing import ImageFilters
 from imagesvc.services.gateway.queries import ImageListing, Queries
 from imagesvc.services.gateway.routes import HIDDEN_FROM_LISTS, parse_order_by
 from imagesvc.shared.db import migrate
-from imagesvc.shared.db.engine import make_engine, write_transaction
+from imagesvc.shared.db.engine import write_transaction
 from tests.support.catalogue_rows import seed
-from tests.support.services import create_database, drop_database
+from tests.support.services import create_database, drop_database, migrated_engine
 
 pytestmark = pytest.mark.postgres
 
@@ -29,24 +29,13 @@ ORDERS = ["name", "-name", "created", "-created", "created,-name", "-created,-na
 
 
 @pytest.fixture(scope="module")
-def db_url(postgres_admin_url: str):
-    url = create_database(postgres_admin_url)
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        drop_database(postgres_admin_url, url)
-
-
-@pytest.fixture(scope="module")
-def engine(db_url: str):
+def engine(postgres_admin_url: str):
     """An engine made as the gateway makes its own: autocommit, one statement at a time."""
-    engine = make_engine(db_url, pool_size=4, relaxed_durability=True, single_statements=True)
-    with write_transaction(engine) as conn:
-        seed(conn, COUNT, prefix="pp", owners=("admin", "alice", "bob"), dcs=("main", "dc2"))
-        conn.execute(text("ANALYZE rm_images"))
-    yield engine
-    engine.dispose()
+    with migrated_engine(postgres_admin_url, pool_size=4, relaxed_durability=True, single_statements=True) as engine:
+        with write_transaction(engine) as conn:
+            seed(conn, COUNT, prefix="pp", owners=("admin", "alice", "bob"), dcs=("main", "dc2"))
+            conn.execute(text("ANALYZE rm_images"))
+        yield engine
 
 
 def test_the_migration_matches_the_models_and_goes_down_and_up(postgres_admin_url):

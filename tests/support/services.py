@@ -71,16 +71,16 @@ def drop_database(admin_url: str, url: str) -> None:
 
 
 @contextlib.contextmanager
-def migrated_engine(admin_url: str, *, pool_size: int):
+def migrated_engine(admin_url: str, *, pool_size: int, **options):
     """An engine on a new database next to ``admin_url``'s, migrated to head; the database is
-    dropped afterwards."""
+    dropped afterwards. ``options``: more of ``make_engine``'s."""
     from imagesvc.shared.db import migrate
     from imagesvc.shared.db.engine import make_engine
 
     url = create_database(admin_url)
     try:
         migrate.upgrade(url)
-        engine = make_engine(url, pool_size=pool_size)
+        engine = make_engine(url, pool_size=pool_size, **options)
         try:
             yield engine
         finally:

@@ -561,10 +561,10 @@ def test_a_stream_holds_no_connection_between_its_batches(engine, catalogue):
 @pytest.fixture
 def small_engine(migrated_url, catalogue):
     """The gateway's engine with a pool of 2 connections (and 2 more in overflow), waiting at
-    most 1 s for one (the gateway's waits 30 s)."""
+    most 0.1 s for one (the gateway's waits 30 s)."""
     from sqlalchemy import create_engine
 
-    engine = create_engine(migrated_url, pool_size=2, max_overflow=2, pool_timeout=1,
+    engine = create_engine(migrated_url, pool_size=2, max_overflow=2, pool_timeout=0.1,
                            connect_args={"check_same_thread": False})
     yield engine
     engine.dispose()
